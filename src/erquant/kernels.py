@@ -1,0 +1,112 @@
+"""Low-level image kernels with one meaning and per-backend fast implementations.
+
+The segmentation algorithm (``erquant.segment``) is written once against these
+functions. Each function takes and returns arrays of the input's backend:
+NumPy inputs use OpenCV where it is much faster than SciPy for the same result
+(Gaussian blur, Euclidean distance transform, connected components, nearest
+seed), CuPy inputs use ``cupyx.scipy.ndimage``. ``ERQUANT_NO_OPENCV=1`` forces
+the SciPy implementations (used by the tests to compare both CPU paths).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from erquant.backend import Backend
+
+try:  # OpenCV is a core dependency, but keep the SciPy path importable without it
+    import cv2
+
+    cv2.setNumThreads(max(1, os.cpu_count() or 1))
+except Exception:  # pragma: no cover
+    cv2 = None
+
+
+def _use_cv2(bk: Backend) -> bool:
+    return (not bk.is_gpu) and cv2 is not None and os.environ.get("ERQUANT_NO_OPENCV") != "1"
+
+
+def gaussian(bk: Backend, img, sigma: float):
+    """Gaussian blur of a float32 2-D image (truncate = 4 sigma, reflect borders)."""
+    if sigma <= 0:
+        return img
+    if _use_cv2(bk):
+        k = int(2 * round(4 * sigma) + 1)
+        return cv2.GaussianBlur(img, (k, k), sigmaX=sigma, sigmaY=sigma,
+                                borderType=cv2.BORDER_REFLECT)
+    return bk.ndi.gaussian_filter(img, sigma, mode="reflect", truncate=4.0)
+
+
+def maximum_filter(bk: Backend, img, size: int):
+    """Square maximum filter of odd ``size``."""
+    size = max(1, int(size) | 1)
+    if _use_cv2(bk):
+        return cv2.dilate(img, np.ones((size, size), np.uint8), borderType=cv2.BORDER_REFLECT)
+    return bk.ndi.maximum_filter(img, size=size, mode="reflect")
+
+
+def minimum_filter(bk: Backend, img, size: int):
+    """Square minimum filter of odd ``size``."""
+    size = max(1, int(size) | 1)
+    if _use_cv2(bk):
+        return cv2.erode(img, np.ones((size, size), np.uint8), borderType=cv2.BORDER_REFLECT)
+    return bk.ndi.minimum_filter(img, size=size, mode="reflect")
+
+
+def uniform_filter(bk: Backend, img, size: int):
+    size = max(1, int(size) | 1)
+    if _use_cv2(bk):
+        return cv2.blur(img, (size, size), borderType=cv2.BORDER_REFLECT)
+    return bk.ndi.uniform_filter(img, size=size, mode="reflect")
+
+
+def edt(bk: Backend, mask):
+    """Euclidean distance of each foreground pixel to the nearest background pixel (float32)."""
+    if _use_cv2(bk):
+        return cv2.distanceTransform(mask.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return bk.ndi.distance_transform_edt(mask).astype(bk.xp.float32, copy=False)
+
+
+def label(bk: Backend, mask):
+    """8-connected components of a boolean mask → (int32 labels, count).
+
+    ``count`` is a Python int: a host sync on the GPU (needed to size what follows).
+    """
+    if _use_cv2(bk):
+        n, lab = cv2.connectedComponents(mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        return lab, int(n) - 1
+    lab, n = bk.ndi.label(mask, structure=bk.xp.ones((3, 3), dtype=bool))
+    return lab.astype(bk.xp.int32, copy=False), int(n)
+
+
+def nearest_seed(bk: Backend, seeds):
+    """Label every pixel with the id of the nearest non-zero pixel of ``seeds``.
+
+    ``seeds`` is an int32 label image of seed regions (0 = no seed). The result
+    is the (discrete) Voronoi partition of the plane by the seed regions.
+    """
+    xp = bk.xp
+    if _use_cv2(bk):
+        zero = (seeds == 0).view(np.uint8)
+        _, cc = cv2.distanceTransformWithLabels(zero, cv2.DIST_L2, 5,
+                                                labelType=cv2.DIST_LABEL_CCOMP)
+        # cc numbers the connected components of seed pixels; map them to seed ids
+        lut = np.zeros(int(cc.max()) + 1, np.int32)
+        on = seeds > 0
+        lut[cc[on]] = seeds[on]
+        return lut[cc]
+    idx = bk.ndi.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
+    return seeds[idx[0], idx[1]]
+
+
+def resize(bk: Backend, img, shape):
+    """Bilinear resize of a float32 2-D image to ``shape`` (align corners)."""
+    if tuple(img.shape) == tuple(shape):
+        return img
+    if _use_cv2(bk):
+        return cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    zoom = (shape[0] / img.shape[0], shape[1] / img.shape[1])
+    out = bk.ndi.zoom(img, zoom, order=1, mode="nearest", grid_mode=True)
+    return out[: shape[0], : shape[1]]
