@@ -1,0 +1,265 @@
+"""Tests for erquant.measure: exact per-label statistics and background correction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage as ndi
+
+from erquant.backend import cupy_available, get_backend, to_numpy
+from erquant.measure import (
+    background_map,
+    cytoplasm_mask,
+    field_background,
+    measure_cells,
+    measurement_columns,
+    occupied_mask,
+)
+
+
+@pytest.fixture(
+    params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)],
+)
+def bk(request):
+    if request.param == "cupy" and not cupy_available():
+        pytest.skip("CuPy / CUDA not available")
+    return get_backend(request.param)
+
+
+def _two_cells():
+    """Two cells with hand-chosen pixel values.
+
+    label 3: nucleus rows 2-3, cols 2-3 (4 px) values 10, 20, 30, 40;
+             cytoplasm cols 4-5 of rows 2-3 (4 px) value 5.
+    label 7: nucleus rows 8-9, cols 8-10 (6 px) value 100;
+             no cytoplasm.
+    """
+    nuc = np.zeros((12, 14), np.uint16)
+    cel = np.zeros_like(nuc)
+    er = np.zeros((12, 14), np.float64)
+    nuc[2:4, 2:4] = 3
+    cel[2:4, 2:6] = 3
+    er[2:4, 2:4] = [[10, 20], [30, 40]]
+    er[2:4, 4:6] = 5
+    nuc[8:10, 8:11] = 7
+    cel[8:10, 8:11] = 7
+    er[8:10, 8:11] = 100
+    return nuc, cel, er
+
+
+def test_exact_statistics_two_cells(bk):
+    nuc, cel, er = _two_cells()
+    t = measure_cells(
+        bk.asarray(nuc), bk.asarray(cel), {"er": bk.asarray(er)}, background=None
+    )
+    assert list(t.columns) == measurement_columns(["er"])
+    assert t["label"].tolist() == [3, 7]
+    assert t["nucleus_area_px"].tolist() == [4, 6]
+    assert t["cyto_area_px"].tolist() == [4, 0]
+    assert t["cell_area_px"].tolist() == [8, 6]
+    np.testing.assert_allclose(t["centroid_y"], [2.5, 8.5])
+    np.testing.assert_allclose(t["centroid_x"], [2.5, 9.0])
+    np.testing.assert_allclose(t["nucleus_er_mean"], [25.0, 100.0])
+    np.testing.assert_allclose(t["nucleus_er_std"], [np.std([10, 20, 30, 40]), 0.0], atol=1e-9)
+    np.testing.assert_allclose(t["nucleus_er_integrated"], [100.0, 600.0])
+    np.testing.assert_allclose(t["cyto_er_integrated"], [20.0, 0.0])
+    assert t["cyto_er_mean"][0] == 5.0 and np.isnan(t["cyto_er_mean"][1])
+    np.testing.assert_allclose(t["cell_er_mean"], [120.0 / 8, 100.0])
+    np.testing.assert_allclose(t["cell_er_integrated"], [120.0, 600.0])
+    # background=None: bgcorr == raw, background column 0
+    np.testing.assert_allclose(t["nucleus_er_mean_bgcorr"], t["nucleus_er_mean"])
+    np.testing.assert_allclose(t["er_background"], [0.0, 0.0])
+    assert t["er_nc_ratio"][0] == pytest.approx(5.0) and np.isnan(t["er_nc_ratio"][1])
+    assert t["label"].dtype == np.int64 and t["nucleus_area_px"].dtype == np.int64
+
+
+def test_std_no_cancellation_on_large_offset():
+    nuc, cel, er = _two_cells()
+    t = measure_cells(nuc, cel, {"er": er + 1e7}, background=None)
+    assert t["nucleus_er_std"][0] == pytest.approx(np.std([10, 20, 30, 40]), rel=1e-6)
+
+
+def test_cells_none_means_no_cytoplasm():
+    nuc, _, er = _two_cells()
+    t = measure_cells(nuc, None, {"er": er}, background=None)
+    assert t["cyto_area_px"].tolist() == [0, 0]
+    assert t["cell_area_px"].tolist() == t["nucleus_area_px"].tolist()
+    np.testing.assert_allclose(t["cell_er_mean"], t["nucleus_er_mean"])
+    assert t["cyto_er_mean"].isna().all() and t["er_nc_ratio"].isna().all()
+
+
+def test_fixed_and_field_background():
+    nuc, cel, er = _two_cells()
+    er = er + 7.0  # flat background of 7 everywhere (cells included)
+    t = measure_cells(nuc, cel, {"er": er}, background=7.0)
+    np.testing.assert_allclose(t["nucleus_er_mean_bgcorr"], [25.0, 100.0])
+    np.testing.assert_allclose(t["cyto_er_mean_bgcorr"][:1], [5.0])
+    np.testing.assert_allclose(t["cell_er_mean_bgcorr"], [15.0, 100.0])
+    np.testing.assert_allclose(t["er_background"], [7.0, 7.0])
+    tf = measure_cells(nuc, cel, {"er": er}, background="field")
+    np.testing.assert_allclose(tf["er_background"], [7.0, 7.0])
+    np.testing.assert_allclose(tf["nucleus_er_mean_bgcorr"], [25.0, 100.0])
+    td = measure_cells(nuc, cel, {"er": er, "dna": er * 2}, background={"er": 7.0, "dna": None})
+    np.testing.assert_allclose(td["nucleus_er_mean_bgcorr"], [25.0, 100.0])
+    np.testing.assert_allclose(td["nucleus_dna_mean_bgcorr"], td["nucleus_dna_mean"])
+
+
+def test_flatfield_applied_pixelwise():
+    nuc, cel, signal = _two_cells()
+    rng = np.random.default_rng(0)
+    gain = rng.uniform(0.5, 1.5, size=signal.shape)
+    image = 50.0 + gain * signal
+    t = measure_cells(nuc, cel, {"er": image}, background=50.0, flatfield=gain)
+    np.testing.assert_allclose(t["nucleus_er_mean_bgcorr"], [25.0, 100.0])
+    np.testing.assert_allclose(t["cyto_er_mean_bgcorr"][:1], [5.0])
+    td = measure_cells(nuc, cel, {"er": image}, background=50.0, flatfield={"er": gain})
+    np.testing.assert_allclose(td["cell_er_mean_bgcorr"], t["cell_er_mean_bgcorr"])
+
+
+def test_large_noncontiguous_ids_match_small_ids(bk):
+    nuc, cel, er = _two_cells()
+    small = measure_cells(nuc, cel, {"er": er}, background="field")
+    remap = np.zeros(8, np.uint32)
+    remap[3], remap[7] = 4_000_000_000, 17
+    big = measure_cells(
+        bk.asarray(remap[nuc]), bk.asarray(remap[cel]), {"er": bk.asarray(er)}, background="field"
+    )
+    assert big["label"].tolist() == [17, 4_000_000_000]
+    a = small.drop(columns="label").iloc[::-1].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, big.drop(columns="label"))
+
+
+def test_orphan_cell_label_ignored_and_int64_labels():
+    nuc, cel, er = _two_cells()
+    cel = cel.astype(np.int64)
+    cel[0, 0:3] = 2**40  # a cell without nucleus, huge id -> compressed path
+    t = measure_cells(nuc.astype(np.int64), cel, {"er": er}, background=None)
+    assert t["label"].tolist() == [3, 7]
+    assert t["cyto_area_px"].tolist() == [4, 0]
+
+
+def test_empty_labels_give_empty_table_with_columns():
+    z = np.zeros((16, 16), np.int32)
+    t = measure_cells(z, z, {"er": np.ones((16, 16)), "nuclei": np.ones((16, 16))})
+    assert len(t) == 0
+    assert list(t.columns) == measurement_columns(["er", "nuclei"])
+    assert t["label"].dtype == np.int64 and t["nucleus_er_mean"].dtype == np.float64
+    assert len(measure_cells(z)) == 0
+
+
+def test_geometry_only_without_channels():
+    nuc, cel, _ = _two_cells()
+    t = measure_cells(nuc, cel)
+    assert list(t.columns) == measurement_columns([])
+    assert t["cell_area_px"].tolist() == [8, 6]
+
+
+def test_validation_errors():
+    nuc, cel, er = _two_cells()
+    with pytest.raises(ValueError, match=r"channel 'er' has shape \(5, 5\)"):
+        measure_cells(nuc, cel, {"er": np.zeros((5, 5))})
+    bad = er.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="channel 'er' contains NaN"):
+        measure_cells(nuc, cel, {"er": bad})
+    with pytest.raises(TypeError, match="integer label image"):
+        measure_cells(nuc.astype(float), cel)
+    with pytest.raises(ValueError, match="cells has shape"):
+        measure_cells(nuc, cel[:5])
+    with pytest.raises(ValueError, match="must be 2-D"):
+        measure_cells(nuc, cel, {"er": np.zeros((2, 12, 14))})
+    with pytest.raises(ValueError, match="negative"):
+        measure_cells(nuc.astype(np.int32) - 1)
+    with pytest.raises(ValueError, match="flatfield"):
+        measure_cells(nuc, cel, {"er": er}, flatfield=np.zeros_like(er))
+    with pytest.raises(ValueError, match="background"):
+        measure_cells(nuc, cel, {"er": er}, background="median")
+
+
+def _gradient_field(seed=1):
+    """256x256 field: linear background ramp + noise, 16 disks with known signal."""
+    rng = np.random.default_rng(seed)
+    shape = (256, 256)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    bg = 200.0 + 0.5 * xx + 0.3 * yy
+    nuc = np.zeros(shape, np.int32)
+    signal = {}
+    k = 0
+    for cy in range(24, 256, 64):
+        for cx in range(24, 256, 64):
+            k += 1
+            oy, ox = rng.integers(-6, 7, size=2)
+            disk = (yy - cy - oy) ** 2 + (xx - cx - ox) ** 2 <= 8**2
+            nuc[disk] = k * 5  # non-contiguous ids
+            signal[k * 5] = float(rng.uniform(300, 1500))
+    cel = ndi.grey_dilation(nuc, size=9)
+    cel[nuc > 0] = nuc[nuc > 0]
+    sig = np.zeros(shape)
+    for lab, s in signal.items():
+        sig[nuc == lab] = s
+        sig[(cel == lab) & (nuc == 0)] = 0.25 * s
+    image = bg + sig + rng.normal(0, 5, size=shape)
+    return nuc, cel, image, signal, bg
+
+
+def test_local_background_gradient_within_1pct(bk):
+    nuc, cel, image, signal, bg = _gradient_field()
+    t = measure_cells(bk.asarray(nuc), bk.asarray(cel), {"er": bk.asarray(image)}, tile=64)
+    truth = np.array([signal[lab] for lab in t["label"]])
+    np.testing.assert_allclose(t["nucleus_er_mean_bgcorr"], truth, rtol=0.01)
+    np.testing.assert_allclose(t["cyto_er_mean_bgcorr"], 0.25 * truth, rtol=0.04)
+    np.testing.assert_allclose(t["er_nc_ratio"], 4.0, rtol=0.05)
+    # background column = mean of the map over the cell ~ true ramp over the cell
+    true_bg = ndi.mean(bg, cel, index=t["label"].to_numpy())
+    np.testing.assert_allclose(t["er_background"], true_bg, atol=4.0)
+    # a single field value cannot follow the ramp: clearly worse than local
+    tf = measure_cells(nuc, cel, {"er": image}, background="field")
+    err_local = np.abs(t["nucleus_er_mean_bgcorr"] - truth).max()
+    err_field = np.abs(tf["nucleus_er_mean_bgcorr"] - truth).max()
+    assert err_field > 5 * err_local
+
+
+def test_background_map_linear_ramp_and_missing_tiles(bk):
+    yy, xx = np.mgrid[:96, :128]
+    ramp = 10.0 + 2.0 * xx + 1.0 * yy
+    occ = np.zeros(ramp.shape, bool)
+    m = to_numpy(background_map(bk.asarray(ramp), bk.asarray(occ), tile=32))
+    # bilinear interpolation (+ linear extrapolation at the borders) of a linear
+    # function is exact, and the median of a ramp over a tile is its centre value
+    np.testing.assert_allclose(m, ramp, atol=1e-3)
+    m1 = to_numpy(background_map(bk.asarray(ramp[:, :100]), bk.asarray(occ[:, :100]), tile=32))
+    np.testing.assert_allclose(m1, ramp[:, :100], atol=1e-3)  # partial last tile
+    # a fully occupied tile is filled from its neighbours, map stays finite and close
+    occ[32:64, 32:64] = True
+    m2 = to_numpy(background_map(bk.asarray(ramp), bk.asarray(occ), tile=32))
+    assert np.isfinite(m2).all()
+    assert np.abs(m2 - ramp).max() < 2.0 * 32 + 32  # at most one tile step off
+    # nothing unoccupied: constant fallback (5th percentile of the image)
+    m3 = to_numpy(background_map(bk.asarray(ramp), bk.asarray(np.ones_like(occ)), tile=32))
+    np.testing.assert_allclose(m3, np.percentile(ramp, 5))
+
+
+def test_field_background_fallback_when_few_background_pixels():
+    img = np.arange(10000, dtype=float).reshape(100, 100)
+    mask = np.zeros(img.shape, bool)
+    mask[0, :50] = True  # 0.5 % background -> fallback
+    assert float(field_background(img, mask)) == pytest.approx(np.percentile(img, 5))
+    mask[1, :] = True  # 1.5 %
+    assert float(field_background(img, mask)) == pytest.approx(np.median(img[mask]))
+
+
+def test_masks():
+    nuc, cel, _ = _two_cells()
+    cm = cytoplasm_mask(nuc, cel)
+    assert cm.sum() == 4 and not (cm & (nuc > 0)).any()
+    occ = occupied_mask(cel, margin=2)
+    assert occ.sum() == (4 + 4) * (2 + 4) + (3 + 4) * (2 + 4)
+
+
+def test_integer_channel_and_flat_gain_consistency():
+    nuc, cel, image, signal, _ = _gradient_field(seed=3)
+    img16 = np.clip(np.round(image), 0, 65535).astype(np.uint16)
+    t16 = measure_cells(nuc, cel, {"er": img16}, tile=64)
+    tf = measure_cells(nuc, cel, {"er": img16.astype(float)}, tile=64)
+    pd.testing.assert_frame_equal(t16, tf)
