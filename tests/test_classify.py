@@ -54,8 +54,12 @@ def test_class_bounds_and_conflicts():
 
 
 def test_other_channel_and_compartment():
-    t = classify_cells(_table([1, 5], channel="pr", compartment="cell"), channel="pr",
-                       compartment="cell", threshold=3)
+    t = classify_cells(
+        _table([1, 5], channel="pr", compartment="cell"),
+        channel="pr",
+        compartment="cell",
+        threshold=3,
+    )
     assert t["pr_class"].tolist() == [0, 1]
     assert "er_class" not in t
 
@@ -112,7 +116,16 @@ def test_allred_extremes_and_rounding():
 
 def test_allred_proportion_bins():
     assert [allred_proportion_score(p) for p in (0, 0.99, 1, 10, 10.5, 33, 34, 66, 66.5, 100)] == [
-        0, 1, 2, 2, 3, 3, 4, 4, 5, 5,
+        0,
+        1,
+        2,
+        2,
+        3,
+        3,
+        4,
+        4,
+        5,
+        5,
     ]
 
 

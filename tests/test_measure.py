@@ -50,9 +50,7 @@ def _two_cells():
 
 def test_exact_statistics_two_cells(bk):
     nuc, cel, er = _two_cells()
-    t = measure_cells(
-        bk.asarray(nuc), bk.asarray(cel), {"er": bk.asarray(er)}, background=None
-    )
+    t = measure_cells(bk.asarray(nuc), bk.asarray(cel), {"er": bk.asarray(er)}, background=None)
     assert list(t.columns) == measurement_columns(["er"])
     assert t["label"].tolist() == [3, 7]
     assert t["nucleus_area_px"].tolist() == [4, 6]
@@ -258,7 +256,7 @@ def test_masks():
 
 
 def test_integer_channel_and_flat_gain_consistency():
-    nuc, cel, image, signal, _ = _gradient_field(seed=3)
+    nuc, cel, image, _, _ = _gradient_field(seed=3)
     img16 = np.clip(np.round(image), 0, 65535).astype(np.uint16)
     t16 = measure_cells(nuc, cel, {"er": img16}, tile=64)
     tf = measure_cells(nuc, cel, {"er": img16.astype(float)}, tile=64)

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["classify_cells", "field_scores", "otsu_threshold", "allred_proportion_score"]
+__all__ = ["allred_proportion_score", "classify_cells", "field_scores", "otsu_threshold"]
 
 _COMPARTMENTS = ("nucleus", "cyto", "cell")
 
@@ -265,7 +265,7 @@ def field_scores(
         pct_pos = 100.0 * n_pos / n
         h = pct[1] + 2.0 * pct[2] + 3.0 * pct[3]
         ps = allred_proportion_score(pct_pos)
-        is_ = int(math.floor(float(np.mean(cls[cls >= 1])) + 0.5)) if n_pos else 0
+        is_ = math.floor(float(np.mean(cls[cls >= 1])) + 0.5) if n_pos else 0
         allred = ps + is_
         finite = values[np.isfinite(values)]
         mean = float(finite.mean()) if finite.size else nan

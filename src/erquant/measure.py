@@ -77,14 +77,14 @@ import pandas as pd
 from erquant.backend import Backend, backend_for, to_numpy
 
 __all__ = [
-    "measure_cells",
-    "background_map",
-    "field_background",
-    "cytoplasm_mask",
-    "occupied_mask",
-    "measurement_columns",
-    "GEOMETRY_COLUMNS",
     "CHANNEL_COLUMN_TEMPLATES",
+    "GEOMETRY_COLUMNS",
+    "background_map",
+    "cytoplasm_mask",
+    "field_background",
+    "measure_cells",
+    "measurement_columns",
+    "occupied_mask",
 ]
 
 GEOMETRY_COLUMNS: tuple[str, ...] = (
@@ -184,10 +184,9 @@ def _as_channels(bk: Backend, channels: Mapping[str, Any] | None, shape: tuple) 
                 f"channel {name!r} has shape {tuple(arr.shape)} but the label images "
                 f"have shape {shape}"
             )
-        if np.issubdtype(arr.dtype, np.floating):
-            # host sync: one boolean per channel to reject NaN early
-            if bool(bk.xp.isnan(arr).any()):
-                raise ValueError(f"channel {name!r} contains NaN values")
+        # host sync: one boolean per float channel to reject NaN early
+        if np.issubdtype(arr.dtype, np.floating) and bool(bk.xp.isnan(arr).any()):
+            raise ValueError(f"channel {name!r} contains NaN values")
         out[name] = arr
     return out
 
@@ -630,9 +629,9 @@ def measure_cells(
             bg_rows = [sb[slots], sb[cslots]]
         else:
             if mode == "field":
-                bval = field_background(
-                    img, ~occ, fallback_percentile=fallback_percentile
-                ).astype(np.float64)
+                bval = field_background(img, ~occ, fallback_percentile=fallback_percentile).astype(
+                    np.float64
+                )
             else:
                 bval = xp.asarray(0.0 if mode is None else mode, dtype=np.float64)
             if ff is None:

@@ -1,0 +1,363 @@
+"""Field quality control: focus, saturation, background, contrast, sanity checks.
+
+All image work runs on the input's backend (NumPy or CuPy); each channel ends
+with ONE device→host transfer of a handful of scalars.
+
+Measures
+--------
+focus_score
+    Band-pass energy ratio ``E(G₁ − G₂) / E(G₂ − G₄)``, where ``Gσ`` is the
+    image smoothed by a Gaussian of σ px and ``E`` the mean square. Fine
+    detail (object edges at 1–2 px) is compared with coarse structure
+    (2–4 px), so the score is independent of gain and offset (brightness)
+    and, unlike the variance of the Laplacian, nearly independent of object
+    size and of pixel noise (which σ₁ = 1 already suppresses). Sharp
+    synthetic nuclei score about 0.4–0.55, a copy blurred with σ = 2 px about
+    0.2, σ = 3 px about 0.13. Pure noise scores high (≈ 4): an empty noisy
+    field is caught by the ``empty`` / ``low_contrast`` flags, not by focus.
+    The default ``focus_threshold`` of 0.2 should be checked on a plate (real
+    optics already blur by ~1 px): compare fields with the plate median.
+saturated_fraction
+    Fraction of pixels ≥ ``saturation_value`` (default: the dtype maximum of
+    integer images; NaN for float images without a ``saturation_value`` —
+    pass the raw camera images).
+background_level
+    Median of the pixels outside the nuclei (of the whole image when no
+    ``nuclei`` labels are given).
+contrast
+    ``(p99.9 − background) / noise`` with ``noise = 1.4826 × MAD`` of the
+    background pixels (a robust signal-to-noise ratio; ∞ when the background
+    is noiseless and something is brighter, 0 for a constant image).
+
+Flags
+-----
+``"out_of_focus"`` focus channel's score < ``focus_threshold``;
+``"saturated"`` any channel with saturated fraction > ``saturation_limit``;
+``"empty"`` ``nuclei`` given without any nucleus, or the focus channel is
+constant; ``"low_contrast"`` focus channel's contrast < ``contrast_threshold``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from erquant.backend import backend_for, to_numpy
+
+__all__ = [
+    "FLAGS",
+    "field_qc",
+    "flatten_qc",
+    "focus_score",
+    "is_constant",
+    "saturated_fraction",
+    "validate_image",
+]
+
+FLAGS = ("out_of_focus", "saturated", "empty", "low_contrast")
+_MAD_TO_SIGMA = 1.4826
+
+
+def _check_numeric(image: Any, name: str):
+    bk = backend_for(image)
+    arr = image if hasattr(image, "dtype") and hasattr(image, "ndim") else np.asarray(image)
+    arr = bk.asarray(arr)
+    if arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise TypeError(f"{name} image must be numeric, got dtype {arr.dtype}")
+    return bk, arr
+
+
+def validate_image(image: Any, name: str = "image", *, ndim: int = 2) -> None:
+    """Raise a clear ``ValueError`` for images no pipeline step can use.
+
+    Checks, in order: numeric dtype (TypeError), number of dimensions, empty,
+    NaN, infinite values, all pixels saturated (integer images at their dtype
+    maximum), constant.
+
+    Parameters
+    ----------
+    image : array
+        NumPy or CuPy array.
+    name : str
+        Used in the messages (``"nuclei image is constant (all pixels = 0)"``).
+    ndim : int
+        Required number of dimensions.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> validate_image(np.arange(4).reshape(2, 2), "nuclei")
+    >>> validate_image(np.zeros((4, 4)), "nuclei")
+    Traceback (most recent call last):
+    ...
+    ValueError: nuclei image is constant (all pixels = 0)
+    """
+    bk, arr = _check_numeric(image, name)
+    xp = bk.xp
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} image must be {ndim}-D, got shape {tuple(arr.shape)}")
+    if arr.size == 0:
+        raise ValueError(f"{name} image is empty (shape {tuple(arr.shape)})")
+    if np.issubdtype(arr.dtype, np.floating):
+        # host sync: two booleans
+        has_nan, has_inf = (
+            bool(b) for b in to_numpy(xp.stack([xp.isnan(arr).any(), xp.isinf(arr).any()]))
+        )
+        if has_nan:
+            raise ValueError(f"{name} image contains NaN")
+        if has_inf:
+            raise ValueError(f"{name} image contains infinite values")
+    lo, hi = to_numpy(xp.stack([arr.min(), arr.max()])).tolist()  # host sync: 2 scalars
+    if lo == hi:
+        if np.issubdtype(arr.dtype, np.integer) and hi == np.iinfo(arr.dtype).max and hi > 1:
+            raise ValueError(f"{name} image is saturated (all pixels = {_fmt(hi)})")
+        raise ValueError(f"{name} image is constant (all pixels = {_fmt(hi)})")
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def is_constant(image: Any) -> bool:
+    """True when every pixel has the same value (NaN-free input).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> is_constant(np.full((3, 3), 7)), is_constant(np.eye(3))
+    (True, False)
+    """
+    bk = backend_for(image)
+    arr = bk.asarray(image)
+    if arr.size == 0:
+        return True
+    return bool(arr.min() == arr.max())  # host sync: one boolean
+
+
+def _focus_terms(bk, f, sigmas):
+    xp, ndi = bk.xp, bk.ndi
+    s1, s2, s4 = sigmas
+    g1 = ndi.gaussian_filter(f, s1)
+    g2 = ndi.gaussian_filter(f, s2)
+    fine = g1 - g2
+    del g1
+    g4 = ndi.gaussian_filter(f, s4)
+    coarse = g2 - g4
+    return xp.mean(fine * fine, dtype=np.float64), xp.mean(coarse * coarse, dtype=np.float64)
+
+
+def _ratio(fine: float, coarse: float) -> float:
+    if coarse > 0:
+        return fine / coarse
+    return math.inf if fine > 0 else 0.0
+
+
+def focus_score(image: Any, *, sigmas: tuple[float, float, float] = (1.0, 2.0, 4.0)) -> float:
+    """Gain- and offset-invariant sharpness: ``E(G₁ − G₂) / E(G₂ − G₄)``.
+
+    Lower for blurred images; 0.0 for a constant image. See the module
+    docstring for typical values.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy.ndimage import gaussian_filter
+    >>> img = np.zeros((64, 64)); img[20:40, 20:40] = 1.0
+    >>> focus_score(img) > focus_score(gaussian_filter(img, 3))
+    True
+    >>> bool(np.isclose(focus_score(img), focus_score(5 * img + 100)))
+    True
+    """
+    bk, arr = _check_numeric(image, "image")
+    fine, coarse = to_numpy(  # host sync: 2 scalars
+        bk.xp.stack(_focus_terms(bk, arr.astype(np.float32), sigmas))
+    ).tolist()
+    return _ratio(fine, coarse)
+
+
+def _saturation_level(arr, value: Any) -> float | None:
+    if value is not None:
+        return float(value)
+    if np.issubdtype(arr.dtype, np.integer):
+        return float(np.iinfo(arr.dtype).max)
+    return None
+
+
+def saturated_fraction(image: Any, saturation_value: float | None = None) -> float:
+    """Fraction of pixels ≥ ``saturation_value`` (dtype max for integer images).
+
+    Returns NaN for a float image without ``saturation_value``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.zeros((10, 10), np.uint8); img[0, :3] = 255
+    >>> saturated_fraction(img)
+    0.03
+    """
+    bk, arr = _check_numeric(image, "image")
+    level = _saturation_level(arr, saturation_value)
+    if level is None:
+        return math.nan
+    return float(bk.xp.mean(arr >= level, dtype=np.float64))  # host sync: 1 scalar
+
+
+def field_qc(
+    channels: Mapping[str, Any],
+    *,
+    nuclei: Any = None,
+    saturation_value: float | Mapping[str, float] | None = None,
+    focus_channel: str | None = None,
+    saturation_limit: float = 0.01,
+    focus_threshold: float = 0.2,
+    contrast_threshold: float = 5.0,
+    focus_sigmas: tuple[float, float, float] = (1.0, 2.0, 4.0),
+) -> dict[str, Any]:
+    """Quality measures and flags of one field.
+
+    Parameters
+    ----------
+    channels : mapping of str to (Y, X) array
+        Raw images by channel name (NumPy or CuPy).
+    nuclei : (Y, X) integer array, optional
+        Nucleus labels; gives ``n_nuclei`` and restricts the background to
+        pixels outside nuclei.
+    saturation_value : float or dict, optional
+        Saturation level (per channel with a dict); default: integer dtype max.
+    focus_channel : str, optional
+        Channel whose focus / contrast drive the flags; default ``"nuclei"``
+        when present, else the first channel.
+    saturation_limit : float
+        ``"saturated"`` when a channel's saturated fraction exceeds it (0.01).
+    focus_threshold : float
+        ``"out_of_focus"`` below this focus score (0.2).
+    contrast_threshold : float
+        ``"low_contrast"`` below this contrast (5.0).
+    focus_sigmas : (float, float, float)
+        Gaussian σ of the two bands of :func:`focus_score`.
+
+    Returns
+    -------
+    dict
+        ``focus_score``, ``saturated_fraction``, ``background_level``,
+        ``contrast`` (each ``{channel: float}``), ``focus_channel`` (str),
+        ``n_nuclei`` (int or None) and ``flags`` (list of str from
+        :data:`FLAGS`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.full((64, 64), 100, np.uint16); img[20:40, 20:40] = 4000
+    >>> lab = (img > 1000).astype(np.int32)
+    >>> qc = field_qc({"nuclei": img}, nuclei=lab)
+    >>> qc["n_nuclei"], qc["background_level"]["nuclei"], qc["flags"]
+    (1, 100.0, [])
+    """
+    if not isinstance(channels, Mapping) or len(channels) == 0:
+        raise ValueError("channels must be a non-empty mapping {name: 2-D image}")
+    names = list(channels)
+    if focus_channel is None:
+        focus_channel = "nuclei" if "nuclei" in channels else names[0]
+    if focus_channel not in channels:
+        raise ValueError(f"focus_channel {focus_channel!r} is not one of {names}")
+
+    bk = backend_for(nuclei, *channels.values())
+    xp = bk.xp
+    shape = None
+    outside = None
+    n_nuclei = None
+    if nuclei is not None:
+        lab = bk.asarray(nuclei)
+        if not np.issubdtype(lab.dtype, np.integer) or lab.ndim != 2:
+            raise ValueError(
+                f"nuclei must be a 2-D integer label image, got {lab.dtype} {tuple(lab.shape)}"
+            )
+        shape = tuple(lab.shape)
+        outside = lab == 0
+        u = xp.unique(lab)  # host sync below: number of distinct labels
+        n_nuclei = int(u.size) - int(bool(u[0] == 0))
+
+    out: dict[str, Any] = {
+        "focus_score": {},
+        "saturated_fraction": {},
+        "background_level": {},
+        "contrast": {},
+        "focus_channel": focus_channel,
+        "n_nuclei": n_nuclei,
+        "flags": [],
+    }
+    constant = {}
+    for name, image in channels.items():
+        _, arr = _check_numeric(bk.asarray(image), f"channel {name!r}")
+        if arr.ndim != 2:
+            raise ValueError(f"channel {name!r} must be 2-D, got shape {tuple(arr.shape)}")
+        if shape is not None and tuple(arr.shape) != shape:
+            raise ValueError(
+                f"channel {name!r} has shape {tuple(arr.shape)} but nuclei has shape {shape}"
+            )
+        f = arr.astype(np.float32)
+        sv = (
+            saturation_value.get(name)
+            if isinstance(saturation_value, Mapping)
+            else saturation_value
+        )
+        level = _saturation_level(arr, sv)
+        sat = xp.mean(arr >= level, dtype=np.float64) if level is not None else xp.asarray(np.nan)
+        bgpix = f[outside] if outside is not None else f.ravel()  # host sync on CuPy (size)
+        if bgpix.size == 0:
+            bgpix = f.ravel()
+        bg = xp.median(bgpix)
+        mad = xp.median(xp.abs(bgpix - bg))
+        fine, coarse = _focus_terms(bk, f, focus_sigmas)
+        terms = [fine, coarse, sat, bg, mad, xp.percentile(f, 99.9), f.min(), f.max()]
+        # host sync: 8 scalars per channel, the only transfer of this channel
+        fine, coarse, sat, bg, mad, p999, lo, hi = to_numpy(
+            xp.stack([xp.asarray(t, dtype=np.float64) for t in terms])
+        ).tolist()
+        noise = _MAD_TO_SIGMA * mad
+        signal = p999 - bg
+        if noise > 0:
+            contrast = max(signal, 0.0) / noise
+        else:
+            contrast = math.inf if signal > 0 else 0.0
+        out["focus_score"][name] = _ratio(fine, coarse)
+        out["saturated_fraction"][name] = sat
+        out["background_level"][name] = bg
+        out["contrast"][name] = contrast
+        constant[name] = lo == hi
+
+    flags = out["flags"]
+    if out["focus_score"][focus_channel] < focus_threshold and not constant[focus_channel]:
+        flags.append("out_of_focus")
+    if any(s > saturation_limit for s in out["saturated_fraction"].values() if not math.isnan(s)):
+        flags.append("saturated")
+    if (n_nuclei is not None and n_nuclei == 0) or constant[focus_channel]:
+        flags.append("empty")
+    if out["contrast"][focus_channel] < contrast_threshold:
+        flags.append("low_contrast")
+    return out
+
+
+def flatten_qc(qc: Mapping[str, Any], prefix: str = "qc_") -> dict[str, Any]:
+    """One flat row (for a per-field table) from a :func:`field_qc` result.
+
+    Examples
+    --------
+    >>> flatten_qc({"focus_score": {"nuclei": 0.4}, "n_nuclei": 3, "flags": ["saturated"]})
+    {'qc_focus_score_nuclei': 0.4, 'qc_n_nuclei': 3, 'qc_flags': 'saturated'}
+    """
+    row: dict[str, Any] = {}
+    for key, value in qc.items():
+        if isinstance(value, Mapping):
+            for ch, v in value.items():
+                row[f"{prefix}{key}_{ch}"] = v
+        elif key == "flags":
+            row[f"{prefix}flags"] = ";".join(value)
+        else:
+            row[f"{prefix}{key}"] = value
+    return row
