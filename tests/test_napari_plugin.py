@@ -385,3 +385,24 @@ def test_screenshot_renders(make_napari_viewer, field):
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert shot.ndim == 3 and shot.shape[0] > 0 and shot.shape[1] > 0
     assert shot[..., :3].std() > 0  # something was drawn, not a blank canvas
+
+
+@needs_display
+def test_contributions_through_napari(make_napari_viewer, tmp_path):
+    """The installed manifest wires reader, sample data and widget into napari."""
+    from napari_erquant._widgets import QuantifyWidget
+
+    pm = npe2.PluginManager.instance()
+    if "erquant" not in pm:  # not installed (e.g. plain checkout): register the file
+        pm.register(npe2.PluginManifest.from_file(MANIFEST))
+    viewer = make_napari_viewer()
+    data = np.random.default_rng(1).integers(0, 999, (2, 24, 24), dtype=np.uint16)
+    path = tmp_path / "two.ome.tif"
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "CYX"})
+    viewer.open(str(path), plugin="erquant")
+    assert [lay.name for lay in viewer.layers] == ["nuclei", "er"]
+    assert isinstance(viewer.layers["er"].data, da.Array)
+    viewer.open_sample("erquant", "er_field")
+    assert "ground truth" in viewer.layers
+    _, widget = viewer.window.add_plugin_dock_widget("erquant", "Quantify ERα")
+    assert isinstance(widget, QuantifyWidget)
