@@ -1,0 +1,225 @@
+"""The synthetic plate generator against its own ground truth."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.measure import label as cc_label
+
+from erquant.synthetic import (
+    CompoundSpec,
+    PlateSpec,
+    illumination_profile,
+    make_field,
+    make_plate,
+    write_plate,
+)
+
+SMALL = {"shape": (192, 192), "nucleus_diameter": 22.0}
+
+
+@pytest.fixture(scope="module")
+def field():
+    return make_field(n_nuclei=45, seed=3, **SMALL)
+
+
+def test_label_counts_match_request_and_truth(field):
+    ids = np.unique(field.nuclei)
+    assert field.nuclei.dtype == np.uint32 and field.cells.dtype == np.uint32
+    assert list(ids) == list(range(46))  # 0 + labels 1..45
+    assert len(field.truth) == 45
+    assert list(field.truth.label) == list(range(1, 46))
+    assert np.array_equal(np.unique(field.cells), ids)
+    # cells contain their nucleus, with the same id
+    nuc = field.nuclei > 0
+    assert np.array_equal(field.cells[nuc], field.nuclei[nuc])
+    assert (field.truth.cell_area_px > field.truth.area_px).all()
+    # truth areas are the label areas
+    areas = np.bincount(field.nuclei.ravel())[1:]
+    assert np.array_equal(areas, field.truth.area_px.to_numpy())
+
+
+def test_touching_clusters_but_each_label_is_one_region(field):
+    lab = field.nuclei
+    horiz = (lab[:, :-1] > 0) & (lab[:, 1:] > 0) & (lab[:, :-1] != lab[:, 1:])
+    vert = (lab[:-1, :] > 0) & (lab[1:, :] > 0) & (lab[:-1, :] != lab[1:, :])
+    assert horiz.sum() + vert.sum() > 10  # some nuclei share a border
+    assert field.truth.touching.sum() >= 4
+    assert not field.truth.touching.all()
+    # no label is split in pieces (4-connectivity)
+    assert cc_label(lab, background=0, connectivity=1).max() == lab.max()
+
+
+def test_er_truth_matches_pixels(field):
+    sig = field.signal(1)  # (img - offset) / illum - background
+    t = field.truth
+    mean = np.bincount(field.nuclei.ravel(), sig.ravel())[1:] / t.area_px.to_numpy()
+    big = (t.area_px > 150).to_numpy()
+    rel = mean[big] / t.true_er.to_numpy()[big] - 1
+    assert big.sum() > 20
+    assert np.abs(rel).max() < 0.04
+    assert abs(rel.mean()) < 0.01
+    # in focus, the blurred truth is close to the drawn level
+    assert np.allclose(t.true_er, t.er_level, rtol=0.15)
+    # the cytoplasm is dim: ~10 % of the nucleus
+    ratio = (t.true_er_cyto / t.true_er)[t.cyto_area_px > 100]
+    assert 0.05 < ratio.median() < 0.2
+    # the nuclear stain too
+    sig0 = field.signal(0)
+    mean0 = np.bincount(field.nuclei.ravel(), sig0.ravel())[1:] / t.area_px.to_numpy()
+    assert np.allclose(mean0[big], t.true_nuc_intensity.to_numpy()[big], rtol=0.04)
+
+
+def test_heterogeneity_and_realism(field):
+    t = field.truth
+    cv = t.er_level.std() / t.er_level.mean()
+    assert 0.15 < cv < 0.6  # log-normal, CV 0.35
+    assert t.true_nuc_intensity.std() / t.true_nuc_intensity.mean() > 0.15
+    assert t.area_px.std() / t.area_px.mean() > 0.1
+    # offset and vignetting: background at the corner is dimmer than at the centre
+    bg = field.image[0].astype(float)
+    assert 90 < np.percentile(bg, 5) < 150
+    illum = field.illumination
+    assert illum.max() == pytest.approx(1.0, abs=1e-3) and illum.min() < 0.8
+    assert np.array_equal(illum, illumination_profile(field.image.shape[1:], 0.25))
+
+
+def test_mitotic_nuclei_are_small_and_bright():
+    f = make_field(n_nuclei=60, seed=11, mitotic_fraction=0.3, **SMALL)
+    t = f.truth
+    mit, inter = t[t.is_mitotic], t[~t.is_mitotic]
+    assert len(mit) > 5
+    assert mit.area_px.median() < 0.7 * inter.area_px.median()
+    assert mit.true_nuc_intensity.median() > 1.5 * inter.true_nuc_intensity.median()
+
+
+def _sharpness(img: np.ndarray) -> float:
+    from scipy.ndimage import laplace
+
+    return float(laplace(img.astype(np.float64)).var())
+
+
+def test_out_of_focus_is_blurrier():
+    sharp = make_field(n_nuclei=40, seed=5, in_focus=True, **SMALL)
+    blur = make_field(n_nuclei=40, seed=5, in_focus=False, **SMALL)
+    assert not blur.in_focus and sharp.in_focus
+    # same layout, much less high-frequency content (noise alone keeps some)
+    assert np.array_equal(sharp.nuclei, blur.nuclei)
+    assert _sharpness(blur.image[0]) < 0.5 * _sharpness(sharp.image[0])
+
+
+def test_too_dense_raises():
+    with pytest.raises(ValueError, match="too dense"):
+        make_field(shape=(64, 64), n_nuclei=200, seed=0)
+
+
+def test_dose_response_follows_hill():
+    spec = PlateSpec(
+        shape=(256, 256),
+        n_nuclei=40,
+        fields_per_well=2,
+        n_vehicle=2,
+        n_reference=1,
+        time_points_h=(6.0, 48.0),
+        out_of_focus_fraction=0.0,
+    )
+    plate = make_plate(spec)
+    pm = plate.plate_map
+    assert {
+        "well",
+        "row",
+        "col",
+        "compound",
+        "concentration_nM",
+        "time_h",
+        "cell_line",
+        "role",
+    } <= set(pm.columns)
+    assert set(pm.role) == {"vehicle", "reference", "sample"}
+    tw = plate.truth_wells.set_index(["well", "time_h"])
+    comp = spec.compounds[0]
+    top = pm[(pm.compound == comp.name) & (pm.concentration_nM == max(spec.doses_nM))].well.iloc[0]
+    veh = pm[pm.role == "vehicle"].well.iloc[0]
+    # model: ER loss and count loss follow the Hill curves, and grow with time
+    for t in (6.0, 48.0):
+        assert tw.loc[(top, t), "er_fraction"] == pytest.approx(
+            float(comp.er_fraction(1000.0, t)), rel=1e-9
+        )
+    assert tw.loc[(top, 6.0), "er_fraction"] > tw.loc[(top, 48.0), "er_fraction"] + 0.2
+    assert tw.loc[(top, 48.0), "count_fraction"] < tw.loc[(top, 6.0), "count_fraction"]
+    # the rendered pixels follow the truth
+    cells = plate.cell_truth(wells=[top, veh])
+    sel = cells[cells.time_h == 48.0]
+    counts = sel.groupby("well").size()
+    assert counts[top] == tw.loc[(top, 48.0), "true_count"]
+    assert counts[veh] == tw.loc[(veh, 48.0), "true_count"]
+    assert counts[top] < 0.7 * counts[veh]
+    er = sel.groupby("well").true_er.mean()
+    expected = tw.loc[(top, 48.0), "er_fraction"]
+    assert er[top] / er[veh] == pytest.approx(expected, rel=0.3)
+    assert er[top] < 0.3 * er[veh]
+    tc = plate.truth_compounds
+    row = tc[(tc.compound == comp.name) & (tc.time_h == 48.0)].iloc[0]
+    assert row.dc50_nM == comp.dc50_nM and row.ic50_nM == comp.ic50_nM
+    assert row.dmax == pytest.approx(comp.dmax_at(48.0))
+
+
+def test_hill_model_values():
+    c = CompoundSpec("x", dc50_nM=2.0, dmax=0.8, hill=1.0, ic50_nM=10.0, hill_prolif=2.0, imax=0.5)
+    long = 1e9
+    assert float(c.er_fraction(2.0, long)) == pytest.approx(1 - 0.8 * 0.5)
+    assert float(c.er_fraction(0.0, long)) == 1.0
+    assert float(c.count_fraction(10.0, long)) == pytest.approx(1 - 0.5 * 0.5)
+    assert float(c.count_fraction(1e6, long)) == pytest.approx(0.5, abs=1e-6)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_gives_identical_files(tmp_path):
+    spec = PlateSpec(shape=(96, 96), n_nuclei=12, fields_per_well=2)
+    wells = ["A01", "A08", "A11"]
+    a = _digest(write_plate(spec, tmp_path / "a", wells=wells, progress=False))
+    b = _digest(write_plate(spec, tmp_path / "b", wells=wells, progress=False))
+    assert a == b
+    assert "TimePoint_1/A01_s1_w1.tif" in a and "plate.ome.tif" in a
+    assert "truth/cells.parquet" in a and "truth/TimePoint_1/A01_s2_nuclei.tif" in a
+    c = _digest(
+        write_plate(
+            PlateSpec(shape=(96, 96), n_nuclei=12, fields_per_well=2, seed=1),
+            tmp_path / "c",
+            wells=wells,
+            progress=False,
+        )
+    )
+    assert c["TimePoint_1/A01_s1_w1.tif"] != a["TimePoint_1/A01_s1_w1.tif"]
+    assert c["TimePoint_1/A01_s1_w2.tif"] != a["TimePoint_1/A01_s1_w2.tif"]
+
+
+def test_written_truth_tables(tmp_path):
+    import pandas as pd
+    import tifffile
+
+    spec = PlateSpec(shape=(96, 96), n_nuclei=10, fields_per_well=1, time_points_h=(6.0, 24.0))
+    out = write_plate(
+        spec, tmp_path / "p", wells=["A01", "A11"], progress=False, formats=("metaxpress",)
+    )
+    cells = pd.read_parquet(out / "truth" / "cells.parquet")
+    assert {"plate", "well", "field", "time_h", "label", "true_er"} <= set(cells.columns)
+    wells = pd.read_csv(out / "truth" / "wells.csv")
+    assert len(wells) == 4 and set(wells.well) == {"A01", "A11"}
+    for r in wells.itertuples():
+        assert r.true_count == ((cells.well == r.well) & (cells.time_h == r.time_h)).sum()
+    lab = tifffile.imread(out / "truth" / "TimePoint_2" / "A01_s1_nuclei.tif")
+    n = int(wells[(wells.well == "A01") & (wells.time_h == 24.0)].true_count.iloc[0])
+    assert lab.dtype == np.uint32 and lab.max() == n
+    assert pd.read_csv(out / "timepoints.csv").time_h.tolist() == [6.0, 24.0]
+    assert not (out / "plate.ome.tif").exists()
