@@ -1,0 +1,750 @@
+"""Throughput benchmark: erquant stages and pipeline vs the recipes people write today.
+
+``erquant bench`` (or ``python benchmarks/bench.py``) times, in one run and on
+the same synthetic two-channel fields (:func:`erquant.synthetic.make_field`,
+default 2048² uint16 with ~1,500 nuclei):
+
+* every stage of erquant (TIFF load, nuclei, cells, measurement) and the whole
+  per-field pipeline, on each available backend (NumPy always, CuPy when a
+  CUDA device is usable), as megapixels/s and fields/s;
+* the reference recipes side by side: the scikit-image recipe (Gaussian, Otsu,
+  distance transform, ``peak_local_max``, ``watershed``, ``expand_labels``,
+  ``regionprops_table``) and pyclesperanto's ``voronoi_otsu_labeling`` +
+  ``statistics_of_labelled_pixels`` (when an OpenCL device exists), with the
+  erquant / reference throughput ratios;
+* batched GPU processing (N fields per launch) vs one field at a time (CuPy only);
+* scaling with the image size (time per megapixel, fitted exponent of time vs pixels).
+
+Every speed is printed beside its accuracy (F1 at IoU 0.5 against the
+generator's truth) so a faster-but-worse result cannot pass unseen. Setup
+(generation, TIFF writing, imports, one warm-up call) is outside the timed
+region; the GPU is synchronised before each clock stop; each timing is the
+median of ``--repeats`` runs. Results go to ``bench.json`` and ``bench.md`` in
+``--out`` (default ``benchmarks/results/``).
+
+Examples
+--------
+>>> from erquant.bench import main
+>>> main(["--quick", "--size", "128", "--no-reference", "--no-scaling",
+...       "--out", "/tmp/erq_bench_doc"])  # doctest: +SKIP
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from erquant._bench_recipes import (
+    CELL_DISTANCE,
+    _pyclesperanto,
+    pyclesperanto_recipe,
+    skimage_recipe,
+)
+
+__all__ = ["BenchConfig", "add_parser", "fit_exponent", "main", "pyclesperanto_recipe",
+           "render_markdown", "run_benchmark", "skimage_recipe"]
+
+#: Nuclei per pixel of the default field (1,500 nuclei in 2048²; realistic 10× field).
+DENSITY = 1500 / 2048**2
+#: Largest field generated directly; bigger scaling fields tile a field of this size.
+MAX_GENERATED = 2048
+#: Rough peak memory of the CPU pipeline per pixel (bytes), for the 8192² guard.
+BYTES_PER_PIXEL = 160
+STAGES = ("load", "nuclei", "cells", "measure")
+GPU_MISSING = "GPU not available: batched GPU benchmark not run"
+
+
+@dataclass
+class BenchConfig:
+    """What one benchmark run does (see ``erquant bench --help``)."""
+
+    size: int = 2048
+    fields: int = 2
+    repeats: int = 3
+    backends: tuple[str, ...] = ("numpy", "cupy")
+    reference: bool = True
+    scaling: bool = True
+    scaling_sizes: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)
+    scaling_budget_s: float = 120.0
+    batch: int = 8
+    seed: int = 0
+    out: str = "benchmarks/results"
+    quick: bool = False
+
+
+# ------------------------------------------------------------------ helpers
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+def n_nuclei_for(size: int) -> int:
+    """Nuclei in a ``size``² field at the default density (≥ 4).
+
+    Examples
+    --------
+    >>> n_nuclei_for(2048), n_nuclei_for(1024)
+    (1500, 375)
+    """
+    return max(4, round(DENSITY * size * size))
+
+
+def fit_exponent(pixels: Sequence[float], seconds: Sequence[float]) -> float:
+    """Slope of log(time) vs log(pixels): 1.0 means cost linear in pixels.
+
+    Examples
+    --------
+    >>> round(fit_exponent([1e6, 4e6, 16e6], [1.0, 4.0, 16.0]), 3)
+    1.0
+    """
+    if len(pixels) < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(pixels), np.log(seconds), 1)[0])
+
+
+def _rate(seconds: float, megapixels: float, n_fields: int) -> dict:
+    """Throughput record of ``n_fields`` fields of ``megapixels`` each done in ``seconds``."""
+    s = max(seconds, 1e-9)
+    return {"seconds": seconds, "s_per_field": seconds / n_fields,
+            "mpx_per_s": megapixels * n_fields / s, "fields_per_s": n_fields / s}
+
+
+def _median_runs(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Median wall time of ``repeats`` calls of ``run`` (which syncs itself) and the last result."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def _f1(truths: Sequence[np.ndarray], preds: Sequence[Any]) -> dict:
+    """Pooled F1 at IoU 0.5 (TP/FP/FN summed over fields)."""
+    from erquant.backend import to_numpy
+    from erquant.metrics import match_labels
+
+    total = None
+    for t, p in zip(truths, preds):
+        m = match_labels(t, to_numpy(p))
+        total = m if total is None else total + m
+    return {"f1": total.f1, "precision": total.precision, "recall": total.recall,
+            "n_true": total.n_true, "n_pred": total.n_pred}
+
+
+def _tile(field_image: np.ndarray, truth: np.ndarray, reps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tile a field ``reps`` × ``reps`` times; truth labels stay unique per tile."""
+    image = np.tile(field_image, (1, reps, reps))
+    n = int(truth.max())
+    h, w = truth.shape
+    lab = np.zeros((h * reps, w * reps), np.uint32)
+    for i in range(reps):
+        for j in range(reps):
+            k = i * reps + j
+            lab[i * h:(i + 1) * h, j * w:(j + 1) * w] = np.where(truth > 0, truth + k * n, 0)
+    return image, lab
+
+
+# ------------------------------------------------------------------ machine facts
+def _version(*dists: str) -> str | None:
+    for d in dists:
+        try:
+            return metadata.version(d)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_bytes(kind: str = "MemAvailable") -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(kind + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def machine_info(gpu_backend: Any = None, cle_device: str | None = None) -> dict:
+    """CPU/GPU facts and library versions recorded with every result."""
+    import erquant
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS/Windows
+        usable = os.cpu_count()
+    info = {
+        "platform": platform.platform(), "python": platform.python_version(),
+        "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(), "cpu_usable": usable,
+        "memory_total_gb": round((_memory_bytes("MemTotal") or 0) / 2**30, 1),
+        "gpu": None, "opencl_device": cle_device, "erquant": erquant.__version__,
+        "versions": {name: _version(*dists) for name, dists in {
+            "numpy": ("numpy",), "scipy": ("scipy",), "scikit-image": ("scikit-image",),
+            "opencv": ("opencv-python-headless", "opencv-python"), "tifffile": ("tifffile",),
+            "pandas": ("pandas",), "pyclesperanto": ("pyclesperanto",),
+            "cupy": ("cupy", "cupy-cuda12x", "cupy-cuda13x", "cupy-cuda11x"),
+            "cucim": ("cucim", "cucim-cu12", "cucim-cu13"),
+        }.items()},
+    }
+    try:
+        import cv2
+
+        info["opencv_threads"] = int(cv2.getNumThreads())
+    except ImportError:  # pragma: no cover - OpenCV missing
+        info["opencv_threads"] = None
+    if gpu_backend is not None:
+        cp = gpu_backend.xp
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        name = props.get("name", b"")
+        info["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
+        info["gpu_memory_gb"] = round(props.get("totalGlobalMem", 0) / 2**30, 1)
+    return info
+
+
+# ------------------------------------------------------------------ erquant runners
+def _pipeline(bk) -> tuple[Callable[[np.ndarray], Any], str]:
+    """Per-field pipeline on backend ``bk`` → (fn(field) -> nuclei labels, description)."""
+    from erquant.measure import measure_cells
+    from erquant.segment import segment_cells, segment_nuclei
+
+    try:
+        from erquant.pipeline import quantify
+    except ImportError:
+        quantify = None
+    if quantify is not None:
+        def run_quantify(img):
+            res = quantify(img, nuclei_channel=0, marker_channels={"er": 1}, backend=bk.name)
+            bk.synchronize()
+            nuclei = getattr(res, "nuclei", None)
+            return res if nuclei is None else nuclei
+        return run_quantify, "erquant.pipeline.quantify"
+
+    def run_chain(img):
+        arr = bk.asarray(img)
+        nuc = segment_nuclei(arr[0])
+        cells = segment_cells(nuc, max_distance=CELL_DISTANCE)
+        measure_cells(nuc, cells, {"er": arr[1]})
+        bk.synchronize()
+        return nuc
+    return run_chain, "segment_nuclei → segment_cells → measure_cells (no erquant.pipeline yet)"
+
+
+def _stage_chain(bk, paths: Sequence[str]) -> tuple[dict, list]:
+    """One pass over the fields timing each stage; returns (seconds per stage, nuclei)."""
+    import tifffile
+
+    from erquant.measure import measure_cells
+    from erquant.segment import segment_cells, segment_nuclei
+
+    acc = dict.fromkeys(STAGES, 0.0)
+    nuclei = []
+    for p in paths:
+        t0 = time.perf_counter()
+        arr = bk.asarray(tifffile.imread(p))
+        bk.synchronize()
+        t1 = time.perf_counter()
+        nuc = segment_nuclei(arr[0])
+        bk.synchronize()
+        t2 = time.perf_counter()
+        cells = segment_cells(nuc, max_distance=CELL_DISTANCE)
+        bk.synchronize()
+        t3 = time.perf_counter()
+        measure_cells(nuc, cells, {"er": arr[1]})
+        bk.synchronize()
+        t4 = time.perf_counter()
+        for k, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            acc[k] += dt
+        nuclei.append(nuc)
+    return acc, nuclei
+
+
+def _bench_backend(bk, fields, paths, cfg: BenchConfig) -> dict:
+    mpx = cfg.size * cfg.size / 1e6
+    n = len(fields)
+    truths = [f.nuclei for f in fields]
+    # warm-up (kernel compilation, caches, lazy imports) outside the timed region
+    _stage_chain(bk, paths[:1])
+    runs = [_stage_chain(bk, paths) for _ in range(cfg.repeats)]
+    stages = {}
+    for k in STAGES:
+        stages[k] = _rate(statistics.median(r[0][k] for r in runs), mpx, n)
+    stage_f1 = _f1(truths, runs[-1][1])
+    stages["nuclei"].update(stage_f1)
+    total = statistics.median(sum(r[0].values()) for r in runs)
+    stages["sum of stages"] = _rate(total, mpx, n)
+
+    run_field, impl = _pipeline(bk)
+    images = [f.image for f in fields]
+    run_field(images[0])  # warm-up
+    t, preds = _median_runs(lambda: [run_field(im) for im in images], cfg.repeats)
+    pipeline = _rate(t, mpx, n)
+    pipeline.update(_f1(truths, preds) if "quantify" in impl else stage_f1)
+    return {"stages": stages, "pipeline": pipeline, "pipeline_impl": impl}
+
+
+def _bench_reference(fields, cfg: BenchConfig, notes: list) -> tuple[dict, str | None]:
+    mpx = cfg.size * cfg.size / 1e6
+    n = len(fields)
+    truths = [f.nuclei for f in fields]
+    out: dict = {}
+
+    def sk_run():
+        return [skimage_recipe(f.image[0], f.image[1])[0] for f in fields]
+
+    skimage_recipe(fields[0].image[0], fields[0].image[1])  # warm-up
+    t, preds = _median_runs(sk_run, cfg.repeats)
+    out["scikit-image"] = _rate(t, mpx, n) | _f1(truths, preds) | {
+        "recipe": "gaussian(σ=2) → otsu → EDT → peak_local_max(min_distance=r) → watershed "
+                  "→ expand_labels → regionprops_table(ER)"}
+
+    cle, dev = _pyclesperanto()
+    if cle is None:
+        msg = f"pyclesperanto skipped: {dev}"
+        _log(msg)
+        notes.append(msg)
+        out["pyclesperanto"] = {"skipped": dev}
+        return out, None
+    _log(f"pyclesperanto on OpenCL device: {dev}")
+
+    def cle_run():
+        return [pyclesperanto_recipe(cle, f.image[0], f.image[1])[0] for f in fields]
+
+    pyclesperanto_recipe(cle, fields[0].image[0], fields[0].image[1])  # warm-up: kernel build
+    t, preds = _median_runs(cle_run, cfg.repeats)
+    out["pyclesperanto"] = _rate(t, mpx, n) | _f1(truths, preds) | {
+        "recipe": "voronoi_otsu_labeling(spot_sigma=d/6, outline_sigma=1) → "
+                  "statistics_of_labelled_pixels(ER)", "device": dev}
+    return out, dev
+
+
+def _bench_batched_gpu(bk, fields, cfg: BenchConfig) -> dict:
+    """N fields per launch vs one at a time on the GPU (CuPy only)."""
+    n = max(2, cfg.batch)
+    stack = np.stack([fields[i % len(fields)].image for i in range(n)])  # (N, 2, Y, X)
+    run_field, impl = _pipeline(bk)
+    mpx = cfg.size * cfg.size / 1e6
+    try:
+        from erquant.pipeline import quantify_batch  # a real batched API, when there is one
+    except ImportError:
+        quantify_batch = None
+
+    def one_by_one():
+        for im in stack:
+            run_field(im)  # each call: transfer, compute, sync, results back
+        bk.synchronize()
+
+    if quantify_batch is not None:
+        def batched():
+            quantify_batch(stack, nuclei_channel=0, marker_channels={"er": 1}, backend=bk.name)
+            bk.synchronize()
+        how = "erquant.pipeline.quantify_batch on the (N, C, Y, X) stack"
+    else:
+        def batched():
+            dev = bk.asarray(stack)  # one host→device copy for N fields
+            for k in range(n):
+                run_field(dev[k])
+            bk.synchronize()
+        how = ("one host→device copy of the (N, C, Y, X) stack, then the per-field "
+               f"pipeline on device views ({impl}); no batched API in erquant.pipeline")
+    batched()
+    one_by_one()  # warm-up both
+    t1, _ = _median_runs(one_by_one, cfg.repeats)
+    tb, _ = _median_runs(batched, cfg.repeats)
+    return {"n_fields": n, "one_at_a_time": _rate(t1, mpx, n), "batched": _rate(tb, mpx, n),
+            "speedup": t1 / max(tb, 1e-9), "method": how}
+
+
+def _bench_scaling(bk, base_field, cfg: BenchConfig, s_per_mpx: float, notes: list) -> dict:
+    from erquant.synthetic import make_field
+
+    run_field, _ = _pipeline(bk)
+    points, skipped = [], []
+    deadline = time.perf_counter() + cfg.scaling_budget_s
+    avail = _memory_bytes() or 0
+    for size in cfg.scaling_sizes:
+        mpx = size * size / 1e6
+        est = s_per_mpx * mpx
+        remaining = deadline - time.perf_counter()
+        if not bk.is_gpu:
+            if avail and size * size * BYTES_PER_PIXEL > 0.6 * avail:
+                skipped.append({"size": size, "reason": "not enough free memory on this machine"})
+                continue
+            if est * 1.3 > remaining:
+                skipped.append({"size": size, "reason": (
+                    f"capped on CPU: predicted {est:.0f} s > {max(remaining, 0):.0f} s left of "
+                    f"--scaling-budget {cfg.scaling_budget_s:.0f} s")})
+                continue
+        repeats = cfg.repeats if est * cfg.repeats * 1.3 <= remaining or bk.is_gpu else 1
+        tiled = size > MAX_GENERATED
+        if not tiled:
+            if base_field is not None and base_field.image.shape[-1] == size:
+                f = base_field
+            else:
+                f = make_field(shape=(size, size), n_nuclei=n_nuclei_for(size), seed=cfg.seed)
+            image, truth = f.image, f.nuclei
+        else:
+            if base_field is None or base_field.image.shape[-1] != MAX_GENERATED:
+                base_field = make_field(shape=(MAX_GENERATED,) * 2,
+                                        n_nuclei=n_nuclei_for(MAX_GENERATED), seed=cfg.seed)
+            reps = math.ceil(size / MAX_GENERATED)
+            image, truth = _tile(base_field.image, base_field.nuclei, reps)
+            image, truth = image[:, :size, :size], truth[:size, :size]
+        if not points:
+            run_field(image)  # warm-up at the first size
+        t, pred = _median_runs(lambda im=image: run_field(im), repeats)
+        if tiled:  # F1 on one generated tile (match_labels on 67 MP is slow, same content)
+            b = MAX_GENERATED
+            acc = _f1([truth[:b, :b]], [np.asarray(_to_host(pred))[:b, :b]])
+        else:
+            acc = _f1([truth], [pred])
+        points.append({"size": size, "megapixels": mpx, "seconds": t, "s_per_mpx": t / mpx,
+                       "mpx_per_s": mpx / t, "repeats": repeats, "tiled": tiled, "f1": acc["f1"]})
+        _log(f"  scaling {bk.name} {size}²: {t:.3f} s, {mpx / t:.2f} MP/s, F1 {acc['f1']:.3f}"
+             + (" (tiled)" if tiled else ""))
+    for s in skipped:
+        notes.append(f"scaling {bk.name} {s['size']}² skipped: {s['reason']}")
+        _log(notes[-1])
+    exp = fit_exponent([p["megapixels"] for p in points], [p["seconds"] for p in points])
+    return {"points": points, "skipped": skipped, "exponent": exp}
+
+
+def _to_host(a):
+    from erquant.backend import to_numpy
+
+    return to_numpy(a)
+
+
+# ------------------------------------------------------------------ driver
+def run_benchmark(cfg: BenchConfig) -> dict:
+    """Run the whole benchmark; returns the result dict written to ``bench.json``.
+
+    Examples
+    --------
+    >>> res = run_benchmark(BenchConfig(size=128, fields=1, repeats=1, reference=False,
+    ...                                 scaling=False, out="/tmp/erq"))  # doctest: +SKIP
+    >>> sorted(res["erquant"])  # doctest: +SKIP
+    ['numpy']
+    """
+    import tifffile
+
+    from erquant.backend import cupy_available, get_backend
+    from erquant.synthetic import make_field
+
+    t_start = time.perf_counter()
+    notes: list[str] = []
+    backends = []
+    for name in cfg.backends:
+        if name == "numpy":
+            backends.append(get_backend("numpy"))
+        elif name == "cupy":
+            if cupy_available():
+                backends.append(get_backend("cupy"))
+            else:
+                notes.append("CuPy backend not available (no CuPy or no CUDA device): "
+                             "GPU timings not run")
+                _log(notes[-1])
+        else:
+            raise ValueError(f"unknown backend {name!r}")
+    gpu = next((b for b in backends if b.is_gpu), None)
+
+    n_nuc = n_nuclei_for(cfg.size)
+    _log(f"generating {cfg.fields} field(s) of {cfg.size}² with {n_nuc} nuclei each (setup)")
+    fields = [make_field(shape=(cfg.size, cfg.size), n_nuclei=n_nuc, seed=cfg.seed + i)
+              for i in range(cfg.fields)]
+    result: dict = {"config": asdict(cfg), "fields": {
+        "size": cfg.size, "n_fields": cfg.fields, "n_nuclei_per_field": n_nuc,
+        "megapixels_per_field": cfg.size**2 / 1e6, "dtype": "uint16", "channels": 2,
+        "generator": "erquant.synthetic.make_field"}, "erquant": {}, "notes": notes}
+
+    with tempfile.TemporaryDirectory(prefix="erquant-bench-") as tmp:
+        paths = []
+        for i, f in enumerate(fields):
+            p = os.path.join(tmp, f"field_{i}.tif")
+            tifffile.imwrite(p, f.image)
+            paths.append(p)
+        for bk in backends:
+            _log(f"erquant [{bk.name}]: stages and pipeline, {cfg.repeats} repeat(s)")
+            r = _bench_backend(bk, fields, paths, cfg)
+            result["erquant"][bk.name] = r
+            p = r["pipeline"]
+            _log(f"  pipeline {p['mpx_per_s']:.2f} MP/s, {p['fields_per_s']:.3f} fields/s, "
+                 f"F1 {p['f1']:.3f}")
+
+    cle_dev = None
+    if cfg.reference:
+        _log(f"reference recipes, {cfg.repeats} repeat(s)")
+        result["reference"], cle_dev = _bench_reference(fields, cfg, notes)
+        ratios = {}
+        for bname, r in result["erquant"].items():
+            for ref, rr in result["reference"].items():
+                if "mpx_per_s" in rr:
+                    ratios[f"erquant-{bname} / {ref}"] = (r["pipeline"]["mpx_per_s"]
+                                                          / rr["mpx_per_s"])
+        result["ratios"] = ratios
+        for k, v in ratios.items():
+            _log(f"  {k}: {v:.2f}×")
+        np_r, sk = result["erquant"].get("numpy"), result["reference"].get("scikit-image")
+        if np_r and sk:
+            ratio = np_r["pipeline"]["mpx_per_s"] / sk["mpx_per_s"]
+            met = ratio >= 10 and np_r["pipeline"]["f1"] >= sk["f1"]
+            result["target"] = {
+                "goal": "erquant NumPy >= 10x scikit-image recipe throughput at >= F1",
+                "ratio": ratio, "f1_erquant": np_r["pipeline"]["f1"], "f1_skimage": sk["f1"],
+                "met": bool(met)}
+    else:
+        notes.append("reference recipes not run (--no-reference)")
+
+    if gpu is not None:
+        _log(f"batched GPU: {cfg.batch} fields per launch vs one at a time")
+        result["batched_gpu"] = _bench_batched_gpu(gpu, fields, cfg)
+    else:
+        print(GPU_MISSING, flush=True)
+        result["batched_gpu"] = {"skipped": GPU_MISSING}
+
+    if cfg.scaling:
+        result["scaling"] = {}
+        base = fields[0]
+        for bk in backends:
+            _log(f"scaling {bk.name}: sizes {', '.join(f'{s}²' for s in cfg.scaling_sizes)}")
+            spm = result["erquant"][bk.name]["pipeline"]["s_per_field"] / (cfg.size**2 / 1e6)
+            result["scaling"][bk.name] = _bench_scaling(bk, base, cfg, spm, notes)
+    else:
+        notes.append("scaling not run (--no-scaling)")
+
+    result["machine"] = machine_info(gpu, cle_dev)
+    result["machine"]["backends"] = [b.name for b in backends]
+    result["elapsed_s"] = time.perf_counter() - t_start
+    return result
+
+
+# ------------------------------------------------------------------ report
+def _fmt(x: Any, nd: int = 2) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "n/a"
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def render_markdown(res: dict) -> str:
+    """Markdown report of a :func:`run_benchmark` result.
+
+    Examples
+    --------
+    >>> "erquant" in render_markdown({"fields": {}, "erquant": {}, "notes": [],
+    ...                               "machine": {}, "batched_gpu": {"skipped": "x"}})
+    True
+    """
+    m, fd = res.get("machine", {}), res.get("fields", {})
+    gpu = m.get("gpu") or "none"
+    lines = ["# erquant throughput benchmark", "",
+             (f"- machine: {m.get('cpu_model', '?')}, {m.get('cpu_usable', '?')} usable CPU "
+              f"core(s), {m.get('memory_total_gb', '?')} GB RAM; GPU: {gpu}; OpenCL: "
+              f"{m.get('opencl_device') or 'none'}"),
+             (f"- erquant {m.get('erquant', '?')}, backends: {', '.join(m.get('backends', []))}; "
+              + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v)),
+             (f"- fields: {fd.get('n_fields')} × {fd.get('size')}² two-channel uint16, "
+              f"{fd.get('n_nuclei_per_field')} nuclei each; median of "
+              f"{res.get('config', {}).get('repeats')} repeat(s); F1 at IoU 0.5 vs generator "
+              "truth"),
+             ""]
+    lines += ["## erquant stages and pipeline", "",
+              "| backend | stage | s/field | MP/s | fields/s | F1 |", "|---|---|---:|---:|---:|---:|"]
+    for b, r in res.get("erquant", {}).items():
+        for k, s in list(r["stages"].items()) + [("pipeline", r["pipeline"])]:
+            name = f"**{k}**" if k == "pipeline" else k
+            lines.append(f"| {b} | {name} | {_fmt(s['s_per_field'], 3)} | {_fmt(s['mpx_per_s'])} "
+                         f"| {_fmt(s['fields_per_s'], 3)} | {_fmt(s.get('f1'), 3)} |")
+    for b, r in res.get("erquant", {}).items():
+        lines.append(f"\npipeline [{b}]: {r['pipeline_impl']}")
+    if "reference" in res:
+        lines += ["", "## erquant vs reference recipes (field in memory → nuclei, cells, ER table)", "",
+                  ("| method | s/field | MP/s | fields/s | F1 | precision | recall | "
+                   "erquant-numpy speed-up |"), "|---|---|---:|---:|---:|---:|---:|---:|"]
+        rows = [(f"erquant ({b})", r["pipeline"]) for b, r in res["erquant"].items()]
+        rows += list(res["reference"].items())
+        npx = res["erquant"].get("numpy", {}).get("pipeline", {}).get("mpx_per_s")
+        for name, r in rows:
+            if "skipped" in r:
+                lines.append(f"| {name} | skipped: {r['skipped']} | | | | | | |")
+                continue
+            sp = npx / r["mpx_per_s"] if npx else None
+            lines.append(f"| {name} | {_fmt(r['s_per_field'], 3)} | {_fmt(r['mpx_per_s'])} | "
+                         f"{_fmt(r['fields_per_s'], 3)} | {_fmt(r['f1'], 3)} | "
+                         f"{_fmt(r['precision'], 3)} | {_fmt(r['recall'], 3)} | {_fmt(sp)}× |")
+        for name, r in res["reference"].items():
+            if "recipe" in r:
+                lines.append(f"\n{name}: {r['recipe']}")
+        if "target" in res:
+            t = res["target"]
+            lines.append(f"\n**Target** ({t['goal']}): {_fmt(t['ratio'])}× at F1 "
+                         f"{_fmt(t['f1_erquant'], 3)} vs {_fmt(t['f1_skimage'], 3)} → "
+                         f"{'MET' if t['met'] else 'NOT met'}")
+    lines += ["", "## Batched GPU", ""]
+    bg = res.get("batched_gpu", {})
+    if "skipped" in bg:
+        lines.append(bg["skipped"])
+    else:
+        lines += ["| mode | s/field | MP/s | fields/s |", "|---|---:|---:|---:|"]
+        for k in ("one_at_a_time", "batched"):
+            r = bg[k]
+            lines.append(f"| {k.replace('_', ' ')} ({bg['n_fields']} fields) | "
+                         f"{_fmt(r['s_per_field'], 4)} | {_fmt(r['mpx_per_s'])} | "
+                         f"{_fmt(r['fields_per_s'], 2)} |")
+        lines.append(f"\nbatched speed-up: {_fmt(bg['speedup'])}×; {bg['method']}")
+    if "scaling" in res:
+        lines += ["", "## Scaling with image size (erquant pipeline)", "",
+                  "| backend | size | MP | s | s/MP | MP/s | F1 | repeats |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for b, sc in res["scaling"].items():
+            for p in sc["points"]:
+                lines.append(f"| {b} | {p['size']}²{' (tiled)' if p['tiled'] else ''} | "
+                             f"{_fmt(p['megapixels'])} | {_fmt(p['seconds'], 3)} | "
+                             f"{_fmt(p['s_per_mpx'], 4)} | {_fmt(p['mpx_per_s'])} | "
+                             f"{_fmt(p['f1'], 3)} | {p['repeats']} |")
+            for s in sc["skipped"]:
+                lines.append(f"| {b} | {s['size']}² | | | | | | skipped |")
+        for b, sc in res["scaling"].items():
+            lines.append(f"\n{b}: time ∝ pixels^{_fmt(sc['exponent'])} (1.00 = linear)")
+        lines.append("\nSizes above 2048² tile a generated 2048² field (nuclei count scales with "
+                     "area); their F1 is measured on one 2048² tile.")
+    if res.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
+    if "elapsed_s" in res:
+        lines.append(f"\nTotal benchmark wall time (incl. setup): {res['elapsed_s']:.0f} s")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ CLI
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.replace("x", ",").split(",") if x.strip())
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true",
+                   help="CI-sized run: 1024² field, 1 repeat, scaling 256²…2048²")
+    p.add_argument("--size", type=int, help="field edge in pixels (default 2048; quick 1024)")
+    p.add_argument("--fields", type=int, help="fields per timing (default 2; quick 1)")
+    p.add_argument("--repeats", type=int, help="repeats per timing, median reported "
+                                               "(default 3; quick 1)")
+    p.add_argument("--backends", default="numpy,cupy",
+                   help="comma-separated backends; cupy is skipped without a CUDA device")
+    p.add_argument("--no-reference", action="store_true",
+                   help="skip the scikit-image and pyclesperanto recipes")
+    p.add_argument("--no-scaling", action="store_true", help="skip the image-size scaling")
+    p.add_argument("--scaling-sizes", type=_int_list,
+                   help="comma-separated edges (default 512,…,8192; quick 256,…,2048)")
+    p.add_argument("--scaling-budget", type=float,
+                   help="seconds the CPU scaling may take; larger sizes are capped "
+                        "(default 120; quick 30)")
+    p.add_argument("--batch", type=int, default=8, help="fields per launch for batched GPU")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated fields")
+    p.add_argument("--out", default="benchmarks/results",
+                   help="output folder for bench.json and bench.md")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """Build a :class:`BenchConfig` from parsed arguments (quick defaults applied)."""
+    q = bool(args.quick)
+    cfg = BenchConfig(
+        size=args.size or (1024 if q else 2048),
+        fields=args.fields or (1 if q else 2),
+        repeats=args.repeats or (1 if q else 3),
+        backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
+        reference=not args.no_reference, scaling=not args.no_scaling,
+        scaling_sizes=args.scaling_sizes or ((256, 512, 1024, 2048) if q
+                                             else (512, 1024, 2048, 4096, 8192)),
+        scaling_budget_s=args.scaling_budget or (30.0 if q else 120.0),
+        batch=args.batch, seed=args.seed, out=args.out, quick=q)
+    if cfg.size < 32 or cfg.fields < 1 or cfg.repeats < 1:
+        raise ValueError("--size must be >= 32, --fields and --repeats >= 1")
+    return cfg
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        print(f"erquant bench: {exc}", file=sys.stderr)
+        return 2
+    res = run_benchmark(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = render_markdown(res)
+    (out / "bench.json").write_text(json.dumps(res, indent=2, default=_json_default))
+    (out / "bench.md").write_text(md)
+    print(md)
+    _log(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
+    return 0
+
+
+def _json_default(o: Any):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, tuple | set):
+        return list(o)
+    return str(o)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``bench`` sub-command to an ``argparse`` sub-parser set.
+
+    The sub-parser's ``func`` default is a callable ``func(args) -> int``.
+
+    Examples
+    --------
+    >>> ap = argparse.ArgumentParser(prog="erquant"); sub = ap.add_subparsers()
+    >>> args = add_parser(sub) and ap.parse_args(["bench", "--quick"])
+    >>> args.quick, callable(args.func)
+    (True, True)
+    """
+    p = subparsers.add_parser(
+        "bench", help="throughput benchmark: erquant vs scikit-image / pyclesperanto",
+        description=__doc__.split("\n\n")[0])
+    _add_arguments(p)
+    p.set_defaults(func=_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``erquant bench`` / ``python benchmarks/bench.py``.
+
+    Examples
+    --------
+    >>> main(["--quick", "--size", "128", "--no-reference", "--no-scaling",
+    ...       "--out", "/tmp/erq_bench"])  # doctest: +SKIP
+    0
+    """
+    p = argparse.ArgumentParser(prog="erquant bench", description=__doc__.split("\n\n")[0])
+    _add_arguments(p)
+    return _run(p.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
