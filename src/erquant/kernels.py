@@ -81,24 +81,28 @@ def label(bk: Backend, mask):
     return lab.astype(bk.xp.int32, copy=False), int(n)
 
 
-def nearest_seed(bk: Backend, seeds):
+def nearest_seed(bk: Backend, seeds, *, return_distance: bool = False):
     """Label every pixel with the id of the nearest non-zero pixel of ``seeds``.
 
     ``seeds`` is an int32 label image of seed regions (0 = no seed). The result
-    is the (discrete) Voronoi partition of the plane by the seed regions.
+    is the (discrete) Voronoi partition of the plane by the seed regions; with
+    ``return_distance`` also the float32 distance to that nearest seed pixel.
     """
-    xp = bk.xp
     if _use_cv2(bk):
         zero = (seeds == 0).view(np.uint8)
-        _, cc = cv2.distanceTransformWithLabels(zero, cv2.DIST_L2, 5,
-                                                labelType=cv2.DIST_LABEL_CCOMP)
-        # cc numbers the connected components of seed pixels; map them to seed ids
-        lut = np.zeros(int(cc.max()) + 1, np.int32)
-        on = seeds > 0
-        lut[cc[on]] = seeds[on]
-        return lut[cc]
-    idx = bk.ndi.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
-    return seeds[idx[0], idx[1]]
+        dist, cc = cv2.distanceTransformWithLabels(zero, cv2.DIST_L2, 5,
+                                                   labelType=cv2.DIST_LABEL_PIXEL)
+        # cc numbers the seed pixels in scan order; map them to seed ids
+        lut = np.zeros(int(np.count_nonzero(seeds)) + 1, np.int32)
+        lut[1:] = seeds[seeds > 0]
+        owner = lut[cc]
+        return (owner, dist) if return_distance else owner
+    out = bk.ndi.distance_transform_edt(seeds == 0, return_distances=return_distance,
+                                        return_indices=True)
+    if return_distance:
+        dist, idx = out
+        return seeds[idx[0], idx[1]], dist.astype(bk.xp.float32, copy=False)
+    return seeds[out[0], out[1]]
 
 
 def resize(bk: Backend, img, shape):

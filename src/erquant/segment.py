@@ -216,13 +216,13 @@ def estimate_diameter(image, *, threshold: str = "otsu") -> float:
     img = _normalise(bk, img)
     if img is None:
         return float("nan")
-    return _estimate_diameter(bk, K.gaussian(bk, img, 1.0), threshold)
+    return _estimate_diameter(bk, img, threshold, smoothing=0.08, background_factor=4.0,
+                              log_threshold=True, local_contrast=0.4, fill_holes=True)
 
 
-def _estimate_diameter(bk: Backend, smooth, threshold: str, fallback: float = 20.0) -> float:
+def _diameter_from_mask(bk: Backend, mask, fallback: float) -> float:
+    """Area-weighted median over objects of twice the largest inscribed radius."""
     xp = bk.xp
-    t = threshold_value(smooth, threshold if threshold != "manual" else "otsu")
-    mask = smooth > t
     lab, n = K.label(bk, mask)
     if n == 0:
         return fallback
@@ -241,12 +241,28 @@ def _estimate_diameter(bk: Backend, smooth, threshold: str, fallback: float = 20
     return float(2.0 * r + 1.0)
 
 
+def _estimate_diameter(bk: Backend, norm, threshold: str, *, iterations: int = 4,
+                       **kw) -> float:
+    """Fixed-point iteration: foreground mask at a provisional scale → diameter → mask ..."""
+    d = max(norm.shape) / 16.0
+    for _ in range(iterations):
+        mask = _foreground(bk, norm, d, threshold, None, **kw)[0]
+        d_new = _diameter_from_mask(bk, mask, fallback=d)
+        d_new = min(max(d_new, 4.0), max(norm.shape) / 2)
+        if abs(d_new - d) < 0.08 * d:
+            return d_new
+        d = d_new
+    return d
+
+
 # ---------------------------------------------------------------- nuclei
 def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "otsu",
                    threshold_value_: float | None = None, min_area_fraction: float = 0.12,
-                   seed_distance: float = 0.6, background_factor: float = 4.0,
+                   seed_distance: float = 0.7, background_factor: float = 4.0,
                    smoothing: float = 0.08, log_threshold: bool = True,
-                   fill_holes: bool = True, local_contrast: float = 0.4, return_info: bool = False):
+                   fill_holes: bool = True, local_contrast: float = 0.4,
+                   contrast_window: float = 0.6,
+                   intensity_weight: float = 0.3, return_info: bool = False):
     """Segment nuclei in a nuclear-stain image.
 
     Parameters
@@ -292,11 +308,26 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
     if norm is None:  # constant image: nothing to find
         labels = xp.zeros(img.shape, xp.uint32)
         return (labels, {"diameter": diameter, "threshold": None}) if return_info else labels
+    kw = dict(smoothing=smoothing, background_factor=background_factor,
+              log_threshold=log_threshold, local_contrast=local_contrast, fill_holes=fill_holes,
+              contrast_window=contrast_window)
     if diameter is None:
-        diameter = _estimate_diameter(bk, K.gaussian(bk, norm, 1.0), threshold)
+        diameter = _estimate_diameter(bk, norm, threshold, **kw)
     diameter = float(diameter)
     if not diameter > 0:
         raise ValueError(f"diameter must be > 0, got {diameter}")
+    mask, smooth, t = _foreground(bk, norm, diameter, threshold, threshold_value_, **kw)
+    labels = _split(bk, mask, smooth, t, diameter, seed_distance, min_area_fraction,
+                    intensity_weight=intensity_weight)
+    if return_info:
+        return labels, {"diameter": diameter, "threshold": t}
+    return labels
+
+
+def _foreground(bk: Backend, norm, diameter, threshold, threshold_value_, *, smoothing,
+                background_factor, log_threshold, local_contrast, fill_holes,
+                contrast_window=0.6):
+    """Foreground mask of nuclei at a given diameter → (mask, smoothed image, threshold)."""
     sigma = max(0.0, smoothing * diameter)
     smooth = K.gaussian(bk, norm, sigma) if sigma >= 0.5 else norm
     if background_factor > 0:
@@ -304,14 +335,11 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
     t = _foreground_threshold(bk, smooth, threshold, threshold_value_, log_threshold)
     mask = smooth > t
     if local_contrast > 0:  # keep pixels above a fraction of their neighbourhood's peak
-        peak = K.maximum_filter(bk, smooth, int(diameter) | 1)
+        peak = K.maximum_filter(bk, smooth, int(contrast_window * diameter) | 1)
         mask &= smooth > local_contrast * peak
     if fill_holes:
         mask = bk.ndi.binary_fill_holes(mask)
-    labels = _split(bk, mask, smooth, t, diameter, seed_distance, min_area_fraction)
-    if return_info:
-        return labels, {"diameter": diameter, "threshold": t}
-    return labels
+    return mask, smooth, t
 
 
 def _foreground_threshold(bk: Backend, smooth, method, value, log_threshold):
@@ -328,34 +356,65 @@ def _foreground_threshold(bk: Backend, smooth, method, value, log_threshold):
     med = float(xp.median(sub))  # host sync
     noise = float(xp.median(xp.abs(sub - med))) * 1.4826  # host sync: MAD noise estimate
     floor = med + max(noise, 1e-4)
-    logimg = xp.log(xp.maximum(smooth, floor) - med)
-    tl = threshold_value(logimg, method)
-    return float(math.exp(tl) + med)
+    if log_threshold is True or log_threshold == 0:
+        logimg = xp.log(xp.maximum(smooth, floor) - med)
+        tl = threshold_value(logimg, method)
+        return float(math.exp(tl) + med)
+    g = float(log_threshold)
+    pimg = (xp.maximum(smooth, floor) - med) ** g
+    return float(threshold_value(pimg, method) ** (1 / g) + med)
 
 
-def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fraction):
+def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fraction,
+           core_fraction: float = 0.7, intensity_weight: float = 0.3):
+    """Split the foreground into nuclei: adaptive-window seeds, disc cores, nearest core."""
     xp = bk.xp
     cc, ncc = K.label(bk, mask)
     if ncc == 0:
         return xp.zeros(mask.shape, xp.uint32)
     dist = K.edt(bk, mask)
-    sdist = K.gaussian(bk, dist, max(1.0, diameter / 12))
-    # seed map: distance to the edge, modulated by intensity above threshold
+    sdist = K.gaussian(bk, dist, max(1.0, diameter / 16))
+    # seed map: distance to the edge, slightly modulated by intensity above threshold
     inten = xp.clip(smooth - t, 0, None)
-    score = sdist * (0.5 + inten / (inten.max() + 1e-12))
-    win = max(3, int(round(seed_distance * diameter)))
-    peaks = (score >= K.maximum_filter(bk, score, win)) & mask & (dist >= 0.15 * diameter / 2)
+    if intensity_weight > 0:
+        inten = K.gaussian(bk, inten, diameter / 8)
+        score = sdist ** (1 - intensity_weight) * (inten + 1e-6) ** intensity_weight
+    else:
+        score = sdist
+    # a seed is the maximum of a window that scales with its own inscribed radius:
+    # a small nucleus touching a big one keeps its seed (a fixed window would drop it)
+    rmin = max(1.0, 0.15 * diameter / 2)
+    peaks = xp.zeros(mask.shape, bool)
+    lo = rmin
+    while lo < 1.5 * diameter:
+        hi = lo * 1.6
+        win = 2 * int(round(seed_distance * lo)) + 1
+        band = (sdist >= lo) & (sdist < hi)
+        peaks |= band & (score >= K.maximum_filter(bk, score, max(3, win)))
+        lo = hi
+    peaks &= mask
     seeds, nseeds = K.label(bk, peaks)
+    # cores: discs of core_fraction × the seed's inscribed radius, so that the
+    # partition follows the nuclei's sizes (a power diagram, not a plain Voronoi)
+    if nseeds:
+        owner, dseed = K.nearest_seed(bk, seeds, return_distance=True)
+        rad = xp.zeros(nseeds + 1, xp.float32)
+        on = seeds > 0
+        rad[seeds[on]] = sdist[on]  # plateau: any of its values
+        cores = xp.where(mask & (dseed <= core_fraction * rad[owner]), owner, 0)
+        cores = xp.where(on, seeds, cores).astype(xp.int32)
+    else:
+        cores = seeds
     # components without a seed (small or thin objects) get one: the whole component
     has_seed = xp.zeros(ncc + 1, bool)
     has_seed[cc[peaks]] = True
     orphan = ~has_seed[cc] & mask
-    seeds = xp.where(orphan, cc + nseeds, seeds).astype(xp.int32)
+    cores = xp.where(orphan, cc + nseeds, cores).astype(xp.int32)
     # seed -> its component
     seed_cc = xp.zeros(nseeds + ncc + 1, xp.int32)
-    on = seeds > 0
-    seed_cc[seeds[on]] = cc[on]
-    owner = K.nearest_seed(bk, seeds)
+    on = cores > 0
+    seed_cc[cores[on]] = cc[on]
+    owner = K.nearest_seed(bk, cores)
     labels = xp.where(mask & (seed_cc[owner] == cc), owner, 0)
     # remove small objects, relabel 1..N
     area = xp.bincount(labels.ravel(), minlength=nseeds + ncc + 1)
