@@ -126,7 +126,7 @@ def _triangle(counts, centers):
     return centers[idx]
 
 
-def threshold_value(img, method: str = "otsu", *, mask=None, value: float | None = None,
+def compute_threshold(img, method: str = "otsu", *, mask=None, value: float | None = None,
                     nbins: int = 512) -> float:
     """Global threshold of ``img`` by ``method`` (computed from a device histogram).
 
@@ -144,7 +144,7 @@ def threshold_value(img, method: str = "otsu", *, mask=None, value: float | None
     --------
     >>> import numpy as np
     >>> img = np.r_[np.zeros(50), np.ones(50)].astype(np.float32)
-    >>> 0 < threshold_value(img, "otsu") < 1
+    >>> 0 < compute_threshold(img, "otsu") < 1
     True
     """
     if method not in THRESHOLD_METHODS:
@@ -174,8 +174,8 @@ def _normalise(bk: Backend, img):
         hi = float(img.max())  # host sync
         lo = float(img.min())  # host sync
     if hi <= lo:
-        return None
-    return (img - lo) * (1.0 / (hi - lo))
+        return None, lo, hi
+    return (img - lo) * (1.0 / (hi - lo)), lo, hi
 
 
 def background(bk: Backend, img, diameter: float, *, factor: float = 4.0):
@@ -213,7 +213,7 @@ def estimate_diameter(image, *, threshold: str = "otsu") -> float:
     """
     bk = backend_for(image)
     img = as_2d_float(image, bk=bk)
-    img = _normalise(bk, img)
+    img = _normalise(bk, img)[0]
     if img is None:
         return float("nan")
     return _estimate_diameter(bk, img, threshold, smoothing=0.08, background_factor=4.0,
@@ -241,12 +241,12 @@ def _diameter_from_mask(bk: Backend, mask, fallback: float) -> float:
     return float(2.0 * r + 1.0)
 
 
-def _estimate_diameter(bk: Backend, norm, threshold: str, *, iterations: int = 4,
-                       **kw) -> float:
+def _estimate_diameter(bk: Backend, norm, threshold: str, threshold_value=None, *,
+                       iterations: int = 4, **kw) -> float:
     """Fixed-point iteration: foreground mask at a provisional scale → diameter → mask ..."""
     d = max(norm.shape) / 16.0
     for _ in range(iterations):
-        mask = _foreground(bk, norm, d, threshold, None, **kw)[0]
+        mask = _foreground(bk, norm, d, threshold, threshold_value, **kw)[0]
         d_new = _diameter_from_mask(bk, mask, fallback=d)
         d_new = min(max(d_new, 4.0), max(norm.shape) / 2)
         if abs(d_new - d) < 0.08 * d:
@@ -257,7 +257,7 @@ def _estimate_diameter(bk: Backend, norm, threshold: str, *, iterations: int = 4
 
 # ---------------------------------------------------------------- nuclei
 def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "otsu",
-                   threshold_value_: float | None = None, min_area_fraction: float = 0.12,
+                   threshold_value: float | None = None, min_area_fraction: float = 0.12,
                    seed_distance: float = 0.7, background_factor: float = 4.0,
                    smoothing: float = 0.08, log_threshold: bool = True,
                    fill_holes: bool = True, local_contrast: float = 0.4,
@@ -273,9 +273,9 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
         Typical nucleus diameter in pixels; estimated from the image when None.
     threshold : {"otsu", "li", "triangle", "manual"}
         Global threshold of the background-corrected image.
-    threshold_value_ : float, optional
-        Threshold for ``"manual"``, in units of the normalised image (0..1 between
-        the 0.5th and 99.9th percentiles of the raw image).
+    threshold_value : float, optional
+        Threshold for ``"manual"``, in raw image intensity units (applied to the
+        lightly smoothed image, without background subtraction).
     min_area_fraction : float
         Objects smaller than this fraction of a disc of ``diameter`` are removed.
     seed_distance : float
@@ -304,7 +304,11 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
     bk = backend_for(image)
     xp = bk.xp
     img = as_2d_float(image, name="nuclei image", bk=bk)
-    norm = _normalise(bk, img)
+    norm, lo, hi = _normalise(bk, img)
+    if threshold == "manual":
+        if threshold_value is None:
+            raise ValueError("threshold method 'manual' needs a threshold value")
+        threshold_value = (float(threshold_value) - lo) / (hi - lo) if hi > lo else 0.0
     if norm is None:  # constant image: nothing to find
         labels = xp.zeros(img.shape, xp.uint32)
         return (labels, {"diameter": diameter, "threshold": None}) if return_info else labels
@@ -312,11 +316,11 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
               log_threshold=log_threshold, local_contrast=local_contrast, fill_holes=fill_holes,
               contrast_window=contrast_window)
     if diameter is None:
-        diameter = _estimate_diameter(bk, norm, threshold, **kw)
+        diameter = _estimate_diameter(bk, norm, threshold, threshold_value, **kw)
     diameter = float(diameter)
     if not diameter > 0:
         raise ValueError(f"diameter must be > 0, got {diameter}")
-    mask, smooth, t = _foreground(bk, norm, diameter, threshold, threshold_value_, **kw)
+    mask, smooth, t = _foreground(bk, norm, diameter, threshold, threshold_value, **kw)
     labels = _split(bk, mask, smooth, t, diameter, seed_distance, min_area_fraction,
                     intensity_weight=intensity_weight)
     if return_info:
@@ -324,15 +328,15 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
     return labels
 
 
-def _foreground(bk: Backend, norm, diameter, threshold, threshold_value_, *, smoothing,
+def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoothing,
                 background_factor, log_threshold, local_contrast, fill_holes,
                 contrast_window=0.6):
     """Foreground mask of nuclei at a given diameter → (mask, smoothed image, threshold)."""
     sigma = max(0.0, smoothing * diameter)
     smooth = K.gaussian(bk, norm, sigma) if sigma >= 0.5 else norm
-    if background_factor > 0:
+    if background_factor > 0 and threshold != "manual":
         smooth = smooth - background(bk, smooth, diameter, factor=background_factor)
-    t = _foreground_threshold(bk, smooth, threshold, threshold_value_, log_threshold)
+    t = _foreground_threshold(bk, smooth, threshold, threshold_value, log_threshold)
     mask = smooth > t
     if local_contrast > 0:  # keep pixels above a fraction of their neighbourhood's peak
         peak = K.maximum_filter(bk, smooth, int(contrast_window * diameter) | 1)
@@ -351,18 +355,18 @@ def _foreground_threshold(bk: Backend, smooth, method, value, log_threshold):
     """
     xp = bk.xp
     if method == "manual" or not log_threshold:
-        return threshold_value(smooth, method, value=value)
+        return compute_threshold(smooth, method, value=value)
     sub = smooth[:: max(1, smooth.shape[0] // 1024), :: max(1, smooth.shape[1] // 1024)]
     med = float(xp.median(sub))  # host sync
     noise = float(xp.median(xp.abs(sub - med))) * 1.4826  # host sync: MAD noise estimate
     floor = med + max(noise, 1e-4)
     if log_threshold is True or log_threshold == 0:
         logimg = xp.log(xp.maximum(smooth, floor) - med)
-        tl = threshold_value(logimg, method)
+        tl = compute_threshold(logimg, method)
         return float(math.exp(tl) + med)
     g = float(log_threshold)
     pimg = (xp.maximum(smooth, floor) - med) ** g
-    return float(threshold_value(pimg, method) ** (1 / g) + med)
+    return float(compute_threshold(pimg, method) ** (1 / g) + med)
 
 
 def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fraction,
@@ -476,7 +480,7 @@ def segment_cells(nuclei, *, cytoplasm_image=None, max_distance: float | None = 
         if cyto.shape != nuclei.shape:
             raise ValueError(f"cytoplasm image shape {cyto.shape} != nuclei shape {nuclei.shape}")
         sm = K.gaussian(bk, cyto, 1.5)
-        t = threshold_value(sm, threshold, mask=nuclei == 0)
+        t = compute_threshold(sm, threshold, mask=nuclei == 0)
         grow = grow & (sm > t)
     cells = xp.where(grow | (nuclei > 0), owner, 0).astype(xp.uint32)
     return xp.where(nuclei > 0, nuclei, cells)
