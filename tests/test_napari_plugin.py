@@ -38,122 +38,6 @@ SHAPE = (256, 256)
 N_NUCLEI = 30
 
 
-# ------------------------------------------------- TEMPORARY stand-in for the core (remove)
-def _standin_modules() -> dict:
-    """Minimal fakes of erquant.pipeline / params / synthetic following the contract."""
-    import dataclasses
-    import types
-    from typing import Any
-
-    from scipy import ndimage as ndi
-    from skimage.draw import polygon as draw_polygon
-    from skimage.filters import threshold_otsu
-
-    @dataclasses.dataclass(frozen=True)
-    class Seg:
-        diameter: float | None = None
-        threshold: str = "otsu"
-        threshold_value: float | None = None
-
-    @dataclasses.dataclass(frozen=True)
-    class CellsP:
-        max_distance: float | None = None
-
-    @dataclasses.dataclass(frozen=True)
-    class Params:
-        segment: Seg = Seg()
-        cells: CellsP = CellsP()
-
-        @classmethod
-        def from_dict(cls, d):
-            return cls(Seg(**d.get("segment", {})), CellsP(**d.get("cells", {})))
-
-    @dataclasses.dataclass
-    class FieldResult:
-        nuclei: Any
-        cells: Any
-        table: Any
-        qc: dict
-        params: Any
-
-    @dataclasses.dataclass
-    class Progress:
-        stage: str
-        fraction: float
-
-    def quantify_iter(field, *, nuclei_channel=0, marker_channels=None, roi=None,
-                      params=None, backend="auto"):
-        params = params or Params()
-        marker_channels = {"er": 1} if marker_channels is None else marker_channels
-        field = np.asarray(field, float)
-        nuc = field if field.ndim == 2 else field[nuclei_channel]
-        yield Progress("threshold", 0.2)
-        seg = params.segment
-        try:
-            from erquant.segment import segment_nuclei
-
-            labels = np.asarray(segment_nuclei(
-                nuc, diameter=seg.diameter, threshold=seg.threshold,
-                threshold_value_=seg.threshold_value), dtype=np.uint32)
-            n = int(labels.max())
-        except ImportError:
-            t = seg.threshold_value if seg.threshold == "manual" else threshold_otsu(nuc)
-            labels, n = ndi.label(nuc > t)
-            labels = labels.astype(np.uint32)
-        yield Progress("measure", 0.6)
-        ids = np.arange(1, n + 1)
-        cy, cx = (np.array(ndi.mean(g, labels, ids)) for g in np.indices(nuc.shape))
-        table = pd.DataFrame({"label": ids, "centroid_y": cy, "centroid_x": cx,
-                              "nucleus_area_px": ndi.sum(np.ones_like(nuc), labels, ids)})
-        for name, ch in marker_channels.items():
-            table[f"nucleus_{name}_mean"] = ndi.mean(field[ch], labels, ids)
-        if roi is not None:
-            mask = np.zeros(nuc.shape, int) - 1
-            for i, poly in enumerate(roi):
-                rr, cc = draw_polygon(poly[:, 0], poly[:, 1], nuc.shape)
-                mask[rr, cc] = i
-            r = mask[np.round(cy).astype(int), np.round(cx).astype(int)] if n else []
-            keep = np.asarray(r) >= 0
-            table = table[keep].assign(roi=np.asarray(r)[keep]).reset_index(drop=True)
-            labels[~np.isin(labels, table["label"])] = 0
-        yield Progress("done", 1.0)
-        return FieldResult(labels, labels.copy(), table, {}, params)
-
-    def quantify(field, **kw):
-        gen = quantify_iter(field, **kw)
-        try:
-            while True:
-                next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-    def make_field(shape=(256, 256), n_nuclei=30, seed=0):
-        image, truth = _sample_data._fallback_field(shape, n_nuclei, seed)
-        return types.SimpleNamespace(image=image, nuclei=truth)
-
-    return {
-        "erquant.pipeline": types.SimpleNamespace(quantify_iter=quantify_iter, quantify=quantify,
-                                                  FieldResult=FieldResult),
-        "erquant.params": types.SimpleNamespace(Params=Params),
-        "erquant.synthetic": types.SimpleNamespace(make_field=make_field),
-    }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _temporary_core_standin():
-    """TEMPORARY: inject stand-ins for core modules that do not exist yet."""
-    missing = {}
-    for name, mod in _standin_modules().items():
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing[name] = mod
-    with pytest.MonkeyPatch.context() as mp:
-        for name, mod in missing.items():
-            mp.setitem(sys.modules, name, mod)
-        yield
-
-
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def field():
@@ -338,7 +222,7 @@ def test_widget_end_to_end(widget_viewer, qtbot):
 
 
 @needs_display
-def test_widget_cancel_and_error(widget_viewer, qtbot, monkeypatch):
+def test_widget_cancel_and_empty_field(widget_viewer, qtbot):
     viewer, widget, _ = widget_viewer
     widget.run_button.native.click()
     widget.cancel_button.native.click()
@@ -346,23 +230,40 @@ def test_widget_cancel_and_error(widget_viewer, qtbot, monkeypatch):
     assert widget.last_result is None and widget.status.value == "cancelled"
     assert _layers.NUCLEI_LAYER not in viewer.layers
 
-    # an exception in the core becomes a notification, not a crash
+    # nuclei-only run with a manual threshold above everything: an empty, valid result
+    widget.threshold.value = "manual"
+    widget.threshold_value.value = 1e9
+    widget.max_distance.value = 5
+    widget.er_layer.value = None
+    _run(qtbot, widget)
+    assert widget.last_result is not None and len(widget.last_result.table) == 0
+    assert len(viewer.layers[_layers.POINTS_LAYER].data) == 0
+    assert _n_labels(viewer.layers[_layers.NUCLEI_LAYER].data) == 0
+
+
+@needs_display
+def test_widget_errors_become_notifications(widget_viewer, qtbot, monkeypatch):
     import napari_erquant._widgets as w
 
-    errors = []
+    import erquant.pipeline
+
+    viewer, widget, _ = widget_viewer
+    errors: list[str] = []
     monkeypatch.setattr(w, "show_error", errors.append)
-    widget.threshold.value = "manual"
-    widget.threshold_value.value = 1e9  # nothing above it
-    widget.max_distance.value = 5
-    widget.er_layer.value = None  # nuclei-only run
+    # bad input: planes of different shapes are refused before any thread starts
+    widget.er_layer.value = viewer.add_image(np.zeros((10, 10)), name="small")
+    assert widget.run() is None and "differ in shape" in errors[-1]
+    # an exception raised inside the worker thread
+    widget.er_layer.value = viewer.layers["er"]
+
+    def broken(field, **kwargs):
+        yield erquant.pipeline.Progress("segment", 0.1)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(erquant.pipeline, "quantify_iter", broken)
     _run(qtbot, widget)
-    if widget.last_result is not None:  # the core accepted it: an empty field
-        assert len(widget.last_result.table) == 0
-        assert not errors
-        assert len(viewer.layers[_layers.POINTS_LAYER].data) == 0
-        assert _n_labels(viewer.layers[_layers.NUCLEI_LAYER].data) == 0
-    else:
-        assert errors and "erquant" in errors[0]
+    assert "boom" in errors[-1] and widget.status.value == "error"
+    assert widget.last_result is None and widget.run_button.enabled
 
 
 @needs_display
@@ -406,3 +307,18 @@ def test_contributions_through_napari(make_napari_viewer, tmp_path):
     assert "ground truth" in viewer.layers
     _, widget = viewer.window.add_plugin_dock_widget("erquant", "Quantify ERα")
     assert isinstance(widget, QuantifyWidget)
+
+
+def test_build_params_maps_widget_values():
+    from napari_erquant._widgets import build_params
+
+    from erquant.params import Params
+
+    p = build_params(diameter=12, threshold="li", threshold_value=5.0, max_distance=0)
+    assert isinstance(p, Params)
+    assert (p.segment.diameter, p.segment.threshold, p.segment.threshold_value) == (12.0, "li", None)
+    assert p.cells.max_distance == Params().cells.max_distance  # 0 keeps the default
+    q = build_params(diameter=0, threshold="manual", threshold_value=300, max_distance=8)
+    assert (q.segment.diameter, q.segment.threshold_value, q.cells.max_distance) == (None, 300, 8)
+    with pytest.raises(ValueError, match="threshold"):
+        build_params(threshold="magic")

@@ -340,9 +340,21 @@ class QuantifyWidget(QWidget):
             show_info(f"erquant: table written to {written}")
 
 
+class QuantifyError(Exception):
+    """A RuntimeError raised by the core, re-raised under a type the worker reports."""
+
+
 def _quantify_gen(field: np.ndarray, **kwargs: Any):
-    """Generator wrapper so ``create_worker`` always builds a GeneratorWorker."""
+    """Generator wrapper so ``create_worker`` always builds a GeneratorWorker.
+
+    superqt's GeneratorWorker takes a RuntimeError from the generator for "worker
+    deleted" and stops without emitting ``errored`` or ``finished``, which would leave
+    the widget busy forever; such errors are re-raised as :class:`QuantifyError`.
+    """
     from erquant.pipeline import quantify_iter
 
-    result = yield from quantify_iter(field, **kwargs)
+    try:
+        result = yield from quantify_iter(field, **kwargs)
+    except RuntimeError as exc:
+        raise QuantifyError(f"{type(exc).__name__}: {exc}") from exc
     return result
