@@ -80,7 +80,8 @@ class BenchConfig:
     reference: bool = True
     scaling: bool = True
     scaling_sizes: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)
-    scaling_budget_s: float = 120.0
+    scaling_budget_s: float = 150.0
+    time_budget_s: float = 270.0
     batch: int = 8
     seed: int = 0
     out: str = "benchmarks/results"
@@ -378,16 +379,23 @@ def _bench_batched_gpu(bk, fields, cfg: BenchConfig) -> dict:
             "speedup": t1 / max(tb, 1e-9), "method": how}
 
 
-def _bench_scaling(bk, base_field, cfg: BenchConfig, s_per_mpx: float, notes: list) -> dict:
+def _bench_scaling(bk, base_field, cfg: BenchConfig, s_per_mpx: float, notes: list,
+                   deadline: float) -> dict:
     from erquant.synthetic import make_field
 
     run_field, _ = _pipeline(bk)
     points, skipped = [], []
-    deadline = time.perf_counter() + cfg.scaling_budget_s
+    deadline = min(deadline, time.perf_counter() + cfg.scaling_budget_s)
     avail = _memory_bytes() or 0
     for size in cfg.scaling_sizes:
         mpx = size * size / 1e6
-        est = s_per_mpx * mpx
+        if points:  # extrapolate from the largest size measured, never better than linear
+            last = points[-1]
+            exp = max(1.0, fit_exponent([q["megapixels"] for q in points],
+                                        [q["seconds"] for q in points]) if len(points) > 1 else 1.0)
+            est = last["seconds"] * (mpx / last["megapixels"]) ** exp
+        else:
+            est = s_per_mpx * mpx
         remaining = deadline - time.perf_counter()
         if not bk.is_gpu:
             if avail and size * size * BYTES_PER_PIXEL > 0.6 * avail:
@@ -396,7 +404,8 @@ def _bench_scaling(bk, base_field, cfg: BenchConfig, s_per_mpx: float, notes: li
             if est * 1.3 > remaining:
                 skipped.append({"size": size, "reason": (
                     f"capped on CPU: predicted {est:.0f} s > {max(remaining, 0):.0f} s left of "
-                    f"--scaling-budget {cfg.scaling_budget_s:.0f} s")})
+                    f"the time budget (--time-budget {cfg.time_budget_s:.0f} s, "
+                    f"--scaling-budget {cfg.scaling_budget_s:.0f} s)")})
                 continue
         repeats = cfg.repeats if est * cfg.repeats * 1.3 <= remaining or bk.is_gpu else 1
         tiled = size > MAX_GENERATED
@@ -531,7 +540,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         for bk in backends:
             _log(f"scaling {bk.name}: sizes {', '.join(f'{s}²' for s in cfg.scaling_sizes)}")
             spm = result["erquant"][bk.name]["pipeline"]["s_per_field"] / (cfg.size**2 / 1e6)
-            result["scaling"][bk.name] = _bench_scaling(bk, base, cfg, spm, notes)
+            result["scaling"][bk.name] = _bench_scaling(bk, base, cfg, spm, notes,
+                                                        t_start + cfg.time_budget_s)
     else:
         notes.append("scaling not run (--no-scaling)")
 
@@ -662,7 +672,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated edges (default 512,…,8192; quick 256,…,2048)")
     p.add_argument("--scaling-budget", type=float,
                    help="seconds the CPU scaling may take; larger sizes are capped "
-                        "(default 120; quick 30)")
+                        "(default 150; quick 30)")
+    p.add_argument("--time-budget", type=float,
+                   help="seconds the whole run should stay under; scaling sizes that would "
+                        "overrun are capped on the CPU (default 270; quick 50)")
     p.add_argument("--batch", type=int, default=8, help="fields per launch for batched GPU")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated fields")
     p.add_argument("--out", default="benchmarks/results",
@@ -680,7 +693,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         reference=not args.no_reference, scaling=not args.no_scaling,
         scaling_sizes=args.scaling_sizes or ((256, 512, 1024, 2048) if q
                                              else (512, 1024, 2048, 4096, 8192)),
-        scaling_budget_s=args.scaling_budget or (30.0 if q else 120.0),
+        scaling_budget_s=args.scaling_budget or (30.0 if q else 150.0),
+        time_budget_s=args.time_budget or (50.0 if q else 270.0),
         batch=args.batch, seed=args.seed, out=args.out, quick=q)
     if cfg.size < 32 or cfg.fields < 1 or cfg.repeats < 1:
         raise ValueError("--size must be >= 32, --fields and --repeats >= 1")
