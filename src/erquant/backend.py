@@ -111,8 +111,14 @@ def get_backend(name: str | Backend = "auto") -> Backend:
             )
         return gpu
     chosen = gpu or NUMPY
-    log.info("erquant backend: %s", "cupy (CUDA GPU)" if gpu else "numpy (CPU)")
+    _log_choice(chosen.name)
     return chosen
+
+
+@functools.lru_cache(maxsize=None)
+def _log_choice(name: str) -> None:
+    """Say once per process which backend ``auto`` picked."""
+    log.info("erquant backend: %s", "cupy (CUDA GPU)" if name == "cupy" else "numpy (CPU)")
 
 
 def is_cupy_array(a: Any) -> bool:
