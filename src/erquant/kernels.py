@@ -114,3 +114,29 @@ def resize(bk: Backend, img, shape):
     zoom = (shape[0] / img.shape[0], shape[1] / img.shape[1])
     out = bk.ndi.zoom(img, zoom, order=1, mode="nearest", grid_mode=True)
     return out[: shape[0], : shape[1]]
+
+
+def label_max(bk: Backend, values, labels, n: int):
+    """Per-label maximum of ``values`` for labels 0..n (scatter-max, no sorting)."""
+    xp = bk.xp
+    out = xp.zeros(n + 1, dtype=values.dtype)
+    if bk.is_gpu:
+        import cupyx
+
+        cupyx.scatter_max(out, labels.ravel(), values.ravel())
+    else:
+        np.maximum.at(out, labels.ravel(), values.ravel())
+    return out
+
+
+def fill_holes(bk: Backend, mask):
+    """Fill holes: background regions (4-connected) that do not touch the image border."""
+    if _use_cv2(bk):
+        n, lab = cv2.connectedComponents((~mask).view(np.uint8), connectivity=4,
+                                         ltype=cv2.CV_32S)
+        border = np.zeros(n, bool)
+        for edge in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
+            border[edge] = True
+        border[0] = True  # label 0 = the mask itself
+        return mask | ~border[lab]
+    return bk.ndi.binary_fill_holes(mask)
