@@ -407,7 +407,9 @@ def _bench_scaling(bk, base_field, cfg: BenchConfig, s_per_mpx: float, notes: li
                     f"the time budget (--time-budget {cfg.time_budget_s:.0f} s, "
                     f"--scaling-budget {cfg.scaling_budget_s:.0f} s)")})
                 continue
-        repeats = cfg.repeats if est * cfg.repeats * 1.3 <= remaining or bk.is_gpu else 1
+        # on the CPU, sizes above the main field size are timed once (their cost dominates)
+        fits = est * cfg.repeats * 1.5 <= remaining and size <= cfg.size
+        repeats = cfg.repeats if fits or bk.is_gpu else 1
         tiled = size > MAX_GENERATED
         if not tiled:
             if base_field is not None and base_field.image.shape[-1] == size:
