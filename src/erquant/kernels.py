@@ -129,14 +129,22 @@ def label_max(bk: Backend, values, labels, n: int):
     return out
 
 
-def fill_holes(bk: Backend, mask):
-    """Fill holes: background regions (4-connected) that do not touch the image border."""
+def fill_holes(bk: Backend, mask, max_area: float | None = None):
+    """Fill holes: background regions (4-connected) that do not touch the image border
+    (and, with ``max_area``, are no larger than that many pixels)."""
+    xp = bk.xp
+    if max_area is None and not _use_cv2(bk):
+        return bk.ndi.binary_fill_holes(mask)
     if _use_cv2(bk):
         n, lab = cv2.connectedComponents((~mask).view(np.uint8), connectivity=4,
                                          ltype=cv2.CV_32S)
-        border = np.zeros(n, bool)
-        for edge in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
-            border[edge] = True
-        border[0] = True  # label 0 = the mask itself
-        return mask | ~border[lab]
-    return bk.ndi.binary_fill_holes(mask)
+    else:
+        lab, n = bk.ndi.label(~mask)
+        n = int(n) + 1  # host sync: number of background regions
+    keep = xp.zeros(n, bool)  # True = stays background
+    for edge in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
+        keep[edge] = True
+    if max_area is not None:
+        keep |= xp.bincount(lab.ravel(), minlength=n) > max_area
+    keep[0] = True  # label 0 = the mask itself
+    return mask | ~keep[lab]

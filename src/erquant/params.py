@@ -38,6 +38,9 @@ class SegmentParams:
     local_contrast: float = 0.4  #: keep pixels above this fraction of the local peak
     contrast_window: float = 0.6  #: local-peak window / diameter
     intensity_weight: float = 0.3  #: weight of intensity vs. shape in the seed map
+    seed_contrast: float = 0.55  #: seeds from pixels above this fraction of the local peak
+    seed_hole_fraction: float = 0.08  #: fill seed-mask holes up to this fraction of a nucleus
+    rim_fraction: float = 0.1  #: re-admit dim rims within this fraction of a diameter
     fill_holes: bool = True
 
 

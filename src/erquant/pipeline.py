@@ -174,7 +174,8 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
         background_factor=sp.background_factor, smoothing=sp.smoothing,
         log_threshold=sp.log_threshold, local_contrast=sp.local_contrast,
         contrast_window=sp.contrast_window, intensity_weight=sp.intensity_weight,
-        fill_holes=sp.fill_holes, return_info=True)
+        seed_contrast=sp.seed_contrast, seed_hole_fraction=sp.seed_hole_fraction,
+        rim_fraction=sp.rim_fraction, fill_holes=sp.fill_holes, return_info=True)
 
     yield Progress("cells", 0.45)
     cyto = next(iter(markers.values())) if (params.cells.use_marker and markers) else None
