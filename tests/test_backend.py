@@ -1,0 +1,64 @@
+"""``erquant.backend``: choosing and moving between NumPy and CuPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from erquant.backend import backend_for, cupy_available, get_backend, to_numpy
+
+
+def test_get_numpy():
+    bk = get_backend("numpy")
+    assert bk.name == "numpy" and bk.xp is np and not bk.is_gpu
+    import scipy.ndimage
+
+    assert bk.ndi is scipy.ndimage
+    assert get_backend(bk) is bk
+    assert get_backend("NumPy") is bk
+
+
+def test_auto_returns_a_working_backend():
+    bk = get_backend("auto")
+    assert bk.name == ("cupy" if cupy_available() else "numpy")
+
+
+def test_unknown_backend_raises():
+    with pytest.raises(ValueError, match="torch"):
+        get_backend("torch")
+
+
+@pytest.mark.skipif(cupy_available(), reason="CuPy with a CUDA device is available here")
+def test_cupy_without_cuda_raises_with_install_hint():
+    with pytest.raises(RuntimeError, match=r"erquant\[gpu-cuda1[23]\]"):
+        get_backend("cupy")
+
+
+def test_backend_for_numpy_and_none():
+    assert backend_for(np.zeros(3)).name == "numpy"
+    assert backend_for(None, np.zeros(3)).name == "numpy"
+    assert backend_for([1, 2]).name == "numpy"
+
+
+def test_to_numpy_of_list_and_array():
+    a = to_numpy([[1, 2], [3, 4]])
+    assert isinstance(a, np.ndarray) and a.shape == (2, 2) and a[1, 0] == 3
+    b = np.arange(5)
+    assert to_numpy(b) is b or np.array_equal(to_numpy(b), b)
+
+
+def test_roundtrip_on_each_backend(backend):
+    src = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    dev = backend.asarray(src)
+    assert backend_for(dev).name == backend.name
+    assert type(dev).__module__.split(".")[0] == ("cupy" if backend.is_gpu else "numpy")
+    f = backend.asarray(src, dtype=np.float32)
+    assert f.dtype == np.float32
+    back = to_numpy(dev)
+    assert isinstance(back, np.ndarray) and np.array_equal(back, src)
+    # ndimage on the backend gives the CPU answer
+    blurred = to_numpy(backend.ndi.uniform_filter(f, 3))
+    import scipy.ndimage as ndi
+
+    np.testing.assert_allclose(blurred, ndi.uniform_filter(src.astype(np.float32), 3), rtol=1e-6)
+    backend.synchronize()
