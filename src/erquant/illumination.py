@@ -32,10 +32,21 @@ import numpy as np
 import pandas as pd
 
 
-def _design(y: np.ndarray, x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    yy = np.asarray(y, float) / max(shape[0] - 1, 1) - 0.5
-    xx = np.asarray(x, float) / max(shape[1] - 1, 1) - 0.5
-    return np.stack([np.ones_like(yy), yy, xx, yy * yy, xx * xx, yy * xx], axis=1)
+MODELS = ("radial", "quadratic")
+
+
+def _design(y: np.ndarray, x: np.ndarray, shape: tuple[int, int], model: str = "radial"):
+    """Design matrix: ``radial`` = c0 + c1·y + c2·x + c3·(y² + x²) (isotropic vignetting
+    with a free centre, 4 terms); ``quadratic`` = full 2-D quadratic (6 terms)."""
+    s = max(shape[0] - 1, shape[1] - 1, 1)  # one scale for both axes keeps "radial" round
+    yy = (np.asarray(y, float) - (shape[0] - 1) / 2) / s
+    xx = (np.asarray(x, float) - (shape[1] - 1) / 2) / s
+    one = np.ones_like(yy)
+    if model == "radial":
+        return np.stack([one, yy, xx, yy * yy + xx * xx], axis=1)
+    if model == "quadratic":
+        return np.stack([one, yy, xx, yy * yy, xx * xx, yy * xx], axis=1)
+    raise ValueError(f"unknown illumination model {model!r}; choose one of {', '.join(MODELS)}")
 
 
 @dataclass(frozen=True)
@@ -45,9 +56,10 @@ class Illumination:
     coef: tuple[float, ...]
     shape: tuple[int, int]
     n_cells: int = 0
+    model: str = "radial"
 
     def _raw(self, y, x):
-        return _design(y, x, self.shape) @ np.asarray(self.coef)
+        return _design(y, x, self.shape, self.model) @ np.asarray(self.coef)
 
     @property
     def _peak(self) -> float:
@@ -80,7 +92,7 @@ class Illumination:
 
 def fit_illumination(tables: Iterable[pd.DataFrame], shape: tuple[int, int], *,
                      column: str = "nucleus_nuclei_mean_bgcorr", min_cells: int = 50,
-                     iterations: int = 3) -> Illumination:
+                     iterations: int = 3, model: str = "radial") -> Illumination:
     """Fit the vignetting gain from per-cell tables of fields of one optical setup.
 
     Parameters
@@ -95,6 +107,10 @@ def fit_illumination(tables: Iterable[pd.DataFrame], shape: tuple[int, int], *,
         Background-corrected nuclear-stain intensity column.
     min_cells : int
         Fewer usable cells raise a ValueError (the fit would be noise).
+    model : {"radial", "quadratic"}
+        ``radial`` (default): isotropic quadratic fall-off around a free centre,
+        4 terms, the usual shape of vignetting and the stabler fit; ``quadratic``:
+        any 2-D quadratic (6 terms) for tilted or elliptical illumination.
     """
     ys, xs, vs = [], [], []
     for t in tables:
@@ -112,7 +128,7 @@ def fit_illumination(tables: Iterable[pd.DataFrame], shape: tuple[int, int], *,
         raise ValueError(f"need at least {min_cells} cells with a positive '{column}' to fit "
                          f"the illumination, got {n}")
     y, x, v = np.concatenate(ys), np.concatenate(xs), np.concatenate(vs)
-    A = _design(y, x, shape)
+    A = _design(y, x, shape, model)
     keep = np.ones(len(v), bool)
     coef = None
     for _ in range(iterations):  # robust: refit without > 3 MAD outliers (in log space)
@@ -121,4 +137,5 @@ def fit_illumination(tables: Iterable[pd.DataFrame], shape: tuple[int, int], *,
         res = np.log(np.clip(v, 1e-6, None)) - np.log(np.clip(fit, 1e-6, None))
         mad = np.median(np.abs(res[keep] - np.median(res[keep]))) * 1.4826 + 1e-12
         keep = np.abs(res - np.median(res[keep])) < 3 * mad
-    return Illumination(tuple(float(c) for c in coef), tuple(int(s) for s in shape), int(keep.sum()))
+    return Illumination(tuple(float(c) for c in coef), tuple(int(s) for s in shape),
+                        int(keep.sum()), model)

@@ -431,6 +431,8 @@ def background_map(
     frac = pos - lo
     v_lo = xp.take_along_axis(vals, lo[..., None], axis=-1)[..., 0].astype(np.float64)
     v_hi = xp.take_along_axis(vals, hi[..., None], axis=-1)[..., 0].astype(np.float64)
+    v_lo = xp.where(xp.isfinite(v_lo), v_lo, 0.0)  # empty tiles (all inf): filled below
+    v_hi = xp.where(xp.isfinite(v_hi), v_hi, v_lo)
     grid = v_lo + (v_hi - v_lo) * frac
     ok = (k >= xp.maximum(1, min_tile_fraction * n_inside)) & (k > 0)
 

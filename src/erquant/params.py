@@ -41,6 +41,8 @@ class SegmentParams:
     seed_contrast: float = 0.55  #: seeds from pixels above this fraction of the local peak
     seed_hole_fraction: float = 0.08  #: fill seed-mask holes up to this fraction of a nucleus
     rim_fraction: float = 0.1  #: re-admit dim rims within this fraction of a diameter
+    seed_smoothing: float = 0.06  #: extra blur (× diameter) before the seed mask
+    min_snr: float = 4.0  #: objects' mean contrast must exceed this × pixel noise sigma
     fill_holes: bool = True
 
 
@@ -117,7 +119,7 @@ class Params:
         return Params.from_dict(data)
 
     def to_toml(self, path: str | Path | None = None) -> str:
-        """TOML text of the parameters (None values omitted); written to ``path`` if given."""
+        """TOML text of the parameters (None written as ``"none"``); written to ``path`` if given."""
         text = _to_toml(self.to_dict())
         if path is not None:
             Path(path).write_text(text)
@@ -150,12 +152,19 @@ def _from_dict(cls, data: dict[str, Any], where: str):
             kwargs[name] = _from_dict(type(default), value, f"{where}.{name}")
         elif isinstance(value, list):
             kwargs[name] = tuple(value)
+        elif isinstance(value, str) and value.lower() == NONE:
+            kwargs[name] = None  # TOML has no null: None is written as "none"
         else:
             kwargs[name] = value
     return cls(**kwargs)
 
 
+NONE = "none"
+
+
 def _toml_value(v: Any) -> str:
+    if v is None:
+        return f'"{NONE}"'
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -166,11 +175,10 @@ def _toml_value(v: Any) -> str:
 
 
 def _to_toml(data: dict[str, Any]) -> str:
-    top = [f"{k} = {_toml_value(v)}" for k, v in data.items()
-           if not isinstance(v, dict) and v is not None]
+    top = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
     out = ["# erquant parameters", *top]
     for k, v in data.items():
         if isinstance(v, dict):
             out += ["", f"[{k}]"]
-            out += [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if vv is not None]
+            out += [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
     return "\n".join(out) + "\n"

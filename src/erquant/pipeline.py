@@ -9,7 +9,8 @@ come back once at the end.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
+import dataclasses
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,15 +168,8 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
     roi_map = roi_index_map(roi, tuple(nuc.shape)) if roi is not None else None
 
     yield Progress("nuclei", 0.05)
-    sp = params.segment
-    nuclei, info = segment_nuclei(
-        nuc, diameter=sp.diameter, threshold=sp.threshold, threshold_value=sp.threshold_value,
-        min_area_fraction=sp.min_area_fraction, seed_distance=sp.seed_distance,
-        background_factor=sp.background_factor, smoothing=sp.smoothing,
-        log_threshold=sp.log_threshold, local_contrast=sp.local_contrast,
-        contrast_window=sp.contrast_window, intensity_weight=sp.intensity_weight,
-        seed_contrast=sp.seed_contrast, seed_hole_fraction=sp.seed_hole_fraction,
-        rim_fraction=sp.rim_fraction, fill_holes=sp.fill_holes, return_info=True)
+    # SegmentParams mirrors segment_nuclei's keyword arguments one to one
+    nuclei, info = segment_nuclei(nuc, **dataclasses.asdict(params.segment), return_info=True)
 
     yield Progress("cells", 0.45)
     cyto = next(iter(markers.values())) if (params.cells.use_marker and markers) else None

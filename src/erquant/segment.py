@@ -178,7 +178,7 @@ def _normalise(bk: Backend, img):
     return (img - lo) * (1.0 / (hi - lo)), lo, hi
 
 
-def background(bk: Backend, img, diameter: float, *, factor: float = 4.0):
+def background(bk: Backend, img, diameter: float, *, factor: float = 4.0, refine: bool = True):
     """Smooth background: grey opening of a down-sampled image, window ``factor``×diameter."""
     xp = bk.xp
     step = max(1, int(diameter // 4))
@@ -191,7 +191,19 @@ def background(bk: Backend, img, diameter: float, *, factor: float = 4.0):
     win = int(round(factor * diameter / step)) | 1
     bg = K.maximum_filter(bk, K.minimum_filter(bk, small, win), win)
     bg = K.uniform_filter(bk, bg, win)
-    return K.resize(bk, bg, img.shape)
+    if refine and min(small.shape) >= 8:
+        # refine: median of the pixels that are not (near) objects, per tile of the
+        # window size, interpolated bilinearly and extrapolated linearly to the borders
+        # (the opening alone lags behind steep ramps at the image edges)
+        from erquant.measure import background_map
+
+        # objects: a top-hat with a window of ~1.5 diameters (lags little on ramps)
+        w2 = max(3, int(round(1.5 * diameter / step)) | 1)
+        resid = small - K.maximum_filter(bk, K.minimum_filter(bk, small, w2), w2)
+        t = _foreground_threshold(bk, resid, "otsu", None, True)
+        occupied = K.maximum_filter(bk, (resid > t).view(xp.uint8), 3).view(bool)
+        bg = background_map(small, occupied, tile=max(4, win), quantile=0.5).astype(xp.float32)
+    return K.resize(bk, xp.ascontiguousarray(bg, dtype=xp.float32), img.shape)
 
 
 def estimate_diameter(image, *, threshold: str = "otsu") -> float:
@@ -267,6 +279,7 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
                    contrast_window: float = 0.6,
                    intensity_weight: float = 0.3, seed_contrast: float = 0.55,
                    seed_hole_fraction: float = 0.08, rim_fraction: float = 0.1,
+                   seed_smoothing: float = 0.06, min_snr: float = 4.0,
                    return_info: bool = False):
     """Segment nuclei in a nuclear-stain image.
 
@@ -329,10 +342,20 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
     labels = _split(bk, mask, smooth, t, diameter, seed_distance, min_area_fraction,
                     intensity_weight=intensity_weight, peak=peak, seed_contrast=seed_contrast,
                     seed_hole_fraction=seed_hole_fraction, rim_fraction=rim_fraction,
-                    local_contrast=local_contrast)
+                    local_contrast=local_contrast, seed_smoothing=seed_smoothing,
+                    min_snr=min_snr, noise=_noise_sigma(bk, norm) if min_snr > 0 else 0.0)
     if return_info:
         return labels, {"diameter": diameter, "threshold": t}
     return labels
+
+
+def _noise_sigma(bk: Backend, norm) -> float:
+    """Pixel noise sigma: MAD of the fine (1-px) high-pass on a ≤ ~1024² central crop."""
+    xp = bk.xp
+    cy, cx = (max(0, (n - 1024) // 2) for n in norm.shape)
+    crop = xp.ascontiguousarray(norm[cy:cy + 1024, cx:cx + 1024])
+    hp = crop - K.gaussian(bk, crop, 1.0)
+    return float(xp.median(xp.abs(hp - xp.median(hp)))) * 1.4826 * 1.25  # host sync
 
 
 def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoothing,
@@ -383,7 +406,8 @@ def _foreground_threshold(bk: Backend, smooth, method, value, log_threshold):
 def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fraction,
            core_fraction: float = 0.7, intensity_weight: float = 0.3, peak=None,
            seed_contrast: float = 0.0, seed_hole_fraction: float = 0.05,
-           rim_fraction: float = 0.0, local_contrast: float = 0.4):
+           rim_fraction: float = 0.0, local_contrast: float = 0.4,
+           seed_smoothing: float = 0.0, min_snr: float = 0.0, noise: float = 0.0):
     """Split the foreground into nuclei: adaptive-window seeds, disc cores, nearest core."""
     xp = bk.xp
     cc, ncc = K.label(bk, mask)
@@ -393,7 +417,11 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
     # seed_contrast × their local peak), where the dim seams between pressed nuclei open
     seed_mask = mask
     if peak is not None and seed_contrast > 0:
-        seed_mask = K.fill_holes(bk, mask & (smooth > seed_contrast * peak),
+        # compare on a smoother copy, so that bright chromocentres or nucleoli inside a
+        # nucleus do not cut it into pieces
+        s2 = K.gaussian(bk, smooth, seed_smoothing * diameter) if seed_smoothing > 0 else smooth
+        p2 = K.maximum_filter(bk, s2, int(0.6 * diameter) | 1) if seed_smoothing > 0 else peak
+        seed_mask = K.fill_holes(bk, mask & (s2 > seed_contrast * p2),
                                  max_area=seed_hole_fraction * math.pi * (diameter / 2) ** 2)
     dist = K.edt(bk, seed_mask)
     sdist = K.gaussian(bk, dist, max(1.0, diameter / 16))
@@ -458,6 +486,11 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
     area = xp.bincount(labels.ravel(), minlength=nseeds + ncc + 1)
     min_area = min_area_fraction * math.pi * (diameter / 2) ** 2
     keep = area >= min_area
+    if min_snr > 0 and noise > 0:
+        # objects must stand out of the pixel noise: mean contrast above background
+        # ≥ min_snr × noise sigma (pure-noise fields give no nuclei, not hundreds)
+        total = xp.bincount(labels.ravel(), weights=smooth.ravel(), minlength=area.shape[0])
+        keep &= total >= min_snr * noise * area
     keep[0] = False
     lut = xp.zeros(area.shape[0], xp.uint32)
     nkeep = int(keep.sum())  # host sync: number of objects
