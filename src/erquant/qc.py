@@ -144,6 +144,7 @@ def _focus_terms(bk, f, sigmas):
 
     xp = bk.xp
     s1, s2, s4 = sigmas
+    f = f - f.mean()  # offset-free: float32 band-passes keep their precision
     g1 = gaussian(bk, f, s1)
     g2 = gaussian(bk, f, s2)
     fine = g1 - g2

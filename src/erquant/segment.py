@@ -420,7 +420,7 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         # compare on a smoother copy, so that bright chromocentres or nucleoli inside a
         # nucleus do not cut it into pieces
         s2 = K.gaussian(bk, smooth, seed_smoothing * diameter) if seed_smoothing > 0 else smooth
-        p2 = K.maximum_filter(bk, s2, int(0.6 * diameter) | 1) if seed_smoothing > 0 else peak
+        p2 = K.maximum_filter(bk, s2, int(0.5 * diameter) | 1) if seed_smoothing > 0 else peak
         seed_mask = K.fill_holes(bk, mask & (s2 > seed_contrast * p2),
                                  max_area=seed_hole_fraction * math.pi * (diameter / 2) ** 2)
     dist = K.edt(bk, seed_mask)
