@@ -83,7 +83,7 @@ def test_reader_ome_tiff_is_lazy_and_split(tmp_path):
     layers = reader(str(path))
     assert [m["name"] for _, m, _ in layers] == ["nuclei", "er"]
     assert all(t == "image" for _, _, t in layers)
-    for c, (arr, meta, _) in enumerate(layers):
+    for c, (arr, _meta, _) in enumerate(layers):
         assert isinstance(arr, da.Array)  # lazy
         assert arr.shape == (3, 40, 50)
         np.testing.assert_array_equal(arr[1].compute(), data[1, c])

@@ -115,7 +115,7 @@ def get_backend(name: str | Backend = "auto") -> Backend:
     return chosen
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _log_choice(name: str) -> None:
     """Say once per process which backend ``auto`` picked."""
     log.info("erquant backend: %s", "cupy (CUDA GPU)" if name == "cupy" else "numpy (CPU)")

@@ -60,22 +60,13 @@ def otsu_threshold(values: Any, nbins: int = 256) -> float:
     >>> 1.0 < otsu_threshold(v) < 3.0
     True
     """
+    from erquant.segment import compute_threshold  # one Otsu implementation
+
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return math.nan
-    lo, hi = float(v.min()), float(v.max())
-    if lo == hi:
-        return lo
-    hist, edges = np.histogram(v, bins=nbins, range=(lo, hi))
-    centres = 0.5 * (edges[:-1] + edges[1:])
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mean0 = np.divide(m0, w0, out=np.zeros_like(m0), where=w0 > 0)
-    mean1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
-    between = w0 * w1 * (mean0 - mean1) ** 2
-    return float(edges[1:][np.argmax(between[:-1])])
+    return compute_threshold(v, "otsu", nbins=nbins)
 
 
 def _value_column(channel: str, compartment: str) -> str:

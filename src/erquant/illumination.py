@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-
 MODELS = ("radial", "quadratic")
 
 

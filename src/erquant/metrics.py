@@ -48,7 +48,7 @@ class MatchResult:
     def recall(self) -> float:
         return self.tp / self.n_true if self.n_true else 1.0
 
-    def __add__(self, other: "MatchResult") -> "MatchResult":
+    def __add__(self, other: MatchResult) -> MatchResult:
         return MatchResult(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
 
 

@@ -99,11 +99,11 @@ class Params:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "Params":
+    def from_dict(cls, data: dict[str, Any] | None) -> Params:
         """Build from a (partial) nested dict; unknown keys raise a ValueError."""
         return _from_dict(cls, data or {}, "params")
 
-    def replace(self, **changes: Any) -> "Params":
+    def replace(self, **changes: Any) -> Params:
         """Copy with changes; dotted keys reach into sections: ``replace(**{"segment.diameter": 20})``."""
         data = self.to_dict()
         for key, value in changes.items():
@@ -126,7 +126,7 @@ class Params:
         return text
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "Params":
+    def from_toml(cls, path: str | Path) -> Params:
         """Read parameters from a TOML file (missing keys take their defaults)."""
         path = Path(path)
         try:

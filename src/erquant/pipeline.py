@@ -61,7 +61,7 @@ class FieldResult:
 
     @property
     def n_nuclei(self) -> int:
-        return int(len(self.table))
+        return len(self.table)
 
     def summary(self) -> dict[str, Any]:
         """One flat row describing the field (counts, scores, QC, flags)."""
