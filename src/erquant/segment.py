@@ -19,7 +19,7 @@ OpenCV on the CPU and ``cupyx.scipy.ndimage`` on the GPU):
    above 0.55 × a smoothed local peak: the dim seams between pressed nuclei
    open), each in a window scaled to its own inscribed radius, so a small
    nucleus beside a big one keeps its seed;
-5. partition: the stricter mask by nearest seed core (disc of 0.7 × the seed's
+5. partition: the stricter mask by nearest seed core (disc of 1.15 × the seed's
    radius, a power-diagram-like split), the rest of the mask by nearest
    interior; dim rims cut by the local-peak rule are re-admitted against their
    own nucleus' peak;
@@ -417,7 +417,7 @@ def _foreground_threshold(bk: Backend, smooth, method, value, log_threshold):
 
 
 def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fraction,
-           core_fraction: float = 0.7, intensity_weight: float = 0.3, peak=None,
+           core_fraction: float = 1.15, intensity_weight: float = 0.3, peak=None,
            seed_contrast: float = 0.0, seed_hole_fraction: float = 0.05,
            rim_fraction: float = 0.0, local_contrast: float = 0.4,
            seed_smoothing: float = 0.0, min_snr: float = 0.0, noise: float = 0.0):
