@@ -31,7 +31,7 @@ class SegmentParams:
     threshold: str = "otsu"  #: otsu | li | triangle | manual
     threshold_value: float | None = None  #: raw intensity, for threshold="manual"
     min_area_fraction: float = 0.12  #: smaller objects (fraction of a nucleus) are debris
-    seed_distance: float = 0.7  #: seed window / local radius (larger = fewer splits)
+    seed_distance: float = 0.3  #: seed window / local radius (larger = fewer splits)
     background_factor: float = 4.0  #: background window in diameters (0 = none)
     smoothing: float = 0.08  #: Gaussian sigma / diameter
     log_threshold: bool = True  #: threshold log intensities (robust to bright debris)

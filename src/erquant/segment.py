@@ -286,7 +286,7 @@ def _estimate_diameter(bk: Backend, norm, threshold: str, threshold_value=None, 
 # ---------------------------------------------------------------- nuclei
 def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "otsu",
                    threshold_value: float | None = None, min_area_fraction: float = 0.12,
-                   seed_distance: float = 0.7, background_factor: float = 4.0,
+                   seed_distance: float = 0.3, background_factor: float = 4.0,
                    smoothing: float = 0.08, log_threshold: bool = True,
                    fill_holes: bool = True, local_contrast: float = 0.4,
                    contrast_window: float = 0.6,
