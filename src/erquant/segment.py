@@ -310,11 +310,30 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
     min_area_fraction : float
         Objects smaller than this fraction of a disc of ``diameter`` are removed.
     seed_distance : float
-        Minimum seed spacing as a fraction of the diameter (larger = fewer splits).
+        Seed window half-size as a fraction of each seed's own inscribed radius
+        (larger = fewer splits).
     background_factor : float
         Background window in diameters (0 disables background subtraction).
     smoothing : float
         Gaussian sigma as a fraction of the diameter, for denoising.
+    log_threshold : bool
+        Run the automatic threshold on log intensities (robust to bright debris).
+    fill_holes : bool
+        Fill holes in the foreground mask.
+    local_contrast, contrast_window : float
+        Keep only pixels above ``local_contrast`` × the brightest pixel within
+        ``contrast_window`` diameters (removes halos and out-of-focus haze).
+    intensity_weight : float
+        Weight (0..1) of smoothed intensity against distance-to-edge in the seed map.
+    seed_contrast, seed_smoothing, seed_hole_fraction : float
+        Seeds come from a stricter mask: pixels above ``seed_contrast`` × the local
+        peak of a copy blurred by ``seed_smoothing`` diameters, holes up to
+        ``seed_hole_fraction`` of a nucleus filled (0 disables the stricter mask).
+    rim_fraction : float
+        Re-admit dim rims within this fraction of a diameter that pass the local
+        contrast rule against their own nucleus' peak.
+    min_snr : float
+        Drop objects whose mean contrast is below this multiple of the pixel noise.
     return_info : bool
         Also return a dict with the diameter and threshold used.
 
@@ -406,14 +425,8 @@ def _foreground_threshold(bk: Backend, smooth, method, value, log_threshold):
     med = float(xp.median(sub))  # host sync
     noise = float(xp.median(xp.abs(sub - med))) * 1.4826  # host sync: MAD noise estimate
     floor = med + max(noise, 1e-4)
-    smooth = sub
-    if log_threshold is True or log_threshold == 0:
-        logimg = xp.log(xp.maximum(smooth, floor) - med)
-        tl = compute_threshold(logimg, method)
-        return float(math.exp(tl) + med)
-    g = float(log_threshold)
-    pimg = (xp.maximum(smooth, floor) - med) ** g
-    return float(compute_threshold(pimg, method) ** (1 / g) + med)
+    tl = compute_threshold(xp.log(xp.maximum(sub, floor) - med), method)
+    return float(math.exp(tl) + med)
 
 
 def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fraction,
@@ -507,6 +520,8 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
     keep[0] = False
     lut = xp.zeros(area.shape[0], xp.uint32)
     nkeep = int(keep.sum())  # host sync: number of objects
+    if nkeep > MAX_LABELS:  # pragma: no cover - needs > 4e9 objects
+        raise ValueError(f"{nkeep} objects do not fit a uint32 label image")
     lut[keep] = xp.arange(1, nkeep + 1, dtype=xp.uint32)
     return lut[labels]
 
