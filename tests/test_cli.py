@@ -135,3 +135,19 @@ def test_synth_writes_a_plate(tmp_path, capsys):
     pmap = pd.read_csv(out / "plate_map.csv")
     assert {"A01", "A11"} <= set(pmap["well"])
     assert (out / "truth" / "wells.csv").exists()
+
+
+def test_segment_same_names_from_two_folders_keep_both(tmp_path, capsys):
+    imgs = []
+    for k, folder in enumerate(("a", "b")):
+        d = tmp_path / folder
+        d.mkdir()
+        centres = [(30, 30), (30, 90)] if k == 0 else [(30, 30), (90, 90), (90, 30)]
+        img = disc_image((128, 128), centres, 10, dtype=np.uint16)
+        tifffile.imwrite(d / "field.tif", img)
+        imgs.append(str(d / "field.tif"))
+    out = tmp_path / "out"
+    assert main(["segment", *imgs, "-o", str(out), "-q"]) == 0
+    assert tifffile.imread(out / "field_nuclei.tif").max() == 2
+    assert tifffile.imread(out / "b_field_nuclei.tif").max() == 3
+    assert "shares its name" in capsys.readouterr().err

@@ -59,6 +59,7 @@ def cmd_segment(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
     rows = []
+    written: set[str] = set()
     for path in tqdm([Path(p) for p in args.images], desc="segment", unit="image",
                      disable=args.quiet or len(args.images) < 2):
         try:
@@ -67,7 +68,13 @@ def cmd_segment(args) -> int:
                 bk.asarray(img), diameter=params.diameter, threshold=params.threshold,
                 threshold_value=params.threshold_value, return_info=True)
             labels = to_numpy(labels).astype(np.uint32)
-            dest = out / f"{_stem(path)}_nuclei.tif"
+            stem = _stem(path)
+            if stem in written:  # same file name from two folders: keep both outputs
+                stem = f"{path.parent.name}_{stem}"
+                print(f"note: {path} shares its name with an earlier input; "
+                      f"writing {stem}_nuclei.tif", file=sys.stderr)
+            written.add(stem)
+            dest = out / f"{stem}_nuclei.tif"
             tifffile.imwrite(dest, labels, compression="zlib")
             rows.append((path, int(labels.max()), info["diameter"]))
         except (ValueError, OSError) as exc:
