@@ -259,3 +259,15 @@ def test_segment_cells_rejects_float_and_3d():
         segment_cells(np.zeros((10, 10), np.float32))
     with pytest.raises(ValueError, match="2-D"):
         segment_cells(np.zeros((2, 10, 10), np.uint32))
+
+
+def test_downsample_trades_little_accuracy(backend, synthetic_field):
+    f = synthetic_field((515, 498), 90, 5)  # odd shape: padding and cropping
+    full = _seg(backend, f.image[0])
+    half = _seg(backend, f.image[0], downsample=2)
+    assert half.shape == f.nuclei.shape and half.dtype == np.uint32
+    n = int(half.max())
+    assert set(np.unique(half)) == set(range(n + 1))  # consecutive labels
+    f1_full, f1_half = match_labels(f.nuclei, full).f1, match_labels(f.nuclei, half).f1
+    assert f1_half >= 0.9 and f1_half >= f1_full - 0.05, (f1_full, f1_half)
+    assert abs(n / int(f.nuclei.max()) - 1) <= 0.05

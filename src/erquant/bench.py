@@ -86,6 +86,7 @@ class BenchConfig:
     seed: int = 0
     out: str = "benchmarks/results"
     quick: bool = False
+    downsample: int = 1  # erquant's SegmentParams.downsample (1 = full resolution)
 
 
 # ------------------------------------------------------------------ helpers
@@ -227,7 +228,7 @@ def machine_info(gpu_backend: Any = None, cle_device: str | None = None) -> dict
 
 
 # ------------------------------------------------------------------ erquant runners
-def _pipeline(bk) -> tuple[Callable[[np.ndarray], Any], str]:
+def _pipeline(bk, downsample: int = 1) -> tuple[Callable[[np.ndarray], Any], str]:
     """Per-field pipeline on backend ``bk`` → (fn(field) -> nuclei labels, description)."""
     from erquant.measure import measure_cells
     from erquant.segment import segment_cells, segment_nuclei
@@ -237,12 +238,18 @@ def _pipeline(bk) -> tuple[Callable[[np.ndarray], Any], str]:
     except ImportError:
         quantify = None
     if quantify is not None:
+        from erquant.params import Params
+
+        params = Params().replace(**{"segment.downsample": int(downsample)})
+
         def run_quantify(img):
-            res = quantify(img, nuclei_channel=0, marker_channels={"er": 1}, backend=bk.name)
+            res = quantify(img, nuclei_channel=0, marker_channels={"er": 1}, backend=bk.name,
+                           params=params)
             bk.synchronize()
             nuclei = getattr(res, "nuclei", None)
             return res if nuclei is None else nuclei
-        return run_quantify, "erquant.pipeline.quantify"
+        return run_quantify, ("erquant.pipeline.quantify" +
+                              (f" (downsample {downsample})" if downsample > 1 else ""))
 
     def run_chain(img):
         arr = bk.asarray(img)
@@ -254,7 +261,7 @@ def _pipeline(bk) -> tuple[Callable[[np.ndarray], Any], str]:
     return run_chain, "segment_nuclei → segment_cells → measure_cells (no erquant.pipeline yet)"
 
 
-def _stage_chain(bk, paths: Sequence[str]) -> tuple[dict, list]:
+def _stage_chain(bk, paths: Sequence[str], downsample: int = 1) -> tuple[dict, list]:
     """One pass over the fields timing each stage; returns (seconds per stage, nuclei)."""
     import tifffile
 
@@ -268,7 +275,7 @@ def _stage_chain(bk, paths: Sequence[str]) -> tuple[dict, list]:
         arr = bk.asarray(tifffile.imread(p))
         bk.synchronize()
         t1 = time.perf_counter()
-        nuc = segment_nuclei(arr[0])
+        nuc = segment_nuclei(arr[0], downsample=downsample)
         bk.synchronize()
         t2 = time.perf_counter()
         cells = segment_cells(nuc, max_distance=CELL_DISTANCE)
@@ -288,8 +295,8 @@ def _bench_backend(bk, fields, paths, cfg: BenchConfig) -> dict:
     n = len(fields)
     truths = [f.nuclei for f in fields]
     # warm-up (kernel compilation, caches, lazy imports) outside the timed region
-    _stage_chain(bk, paths[:1])
-    runs = [_stage_chain(bk, paths) for _ in range(cfg.repeats)]
+    _stage_chain(bk, paths[:1], cfg.downsample)
+    runs = [_stage_chain(bk, paths, cfg.downsample) for _ in range(cfg.repeats)]
     stages = {}
     for k in STAGES:
         stages[k] = _rate(statistics.median(r[0][k] for r in runs), mpx, n)
@@ -298,7 +305,7 @@ def _bench_backend(bk, fields, paths, cfg: BenchConfig) -> dict:
     total = statistics.median(sum(r[0].values()) for r in runs)
     stages["sum of stages"] = _rate(total, mpx, n)
 
-    run_field, impl = _pipeline(bk)
+    run_field, impl = _pipeline(bk, cfg.downsample)
     images = [f.image for f in fields]
     run_field(images[0])  # warm-up
     t, preds = _median_runs(lambda: [run_field(im) for im in images], cfg.repeats)
@@ -346,7 +353,7 @@ def _bench_batched_gpu(bk, fields, cfg: BenchConfig) -> dict:
     """N fields per launch vs one at a time on the GPU (CuPy only)."""
     n = max(2, cfg.batch)
     stack = np.stack([fields[i % len(fields)].image for i in range(n)])  # (N, 2, Y, X)
-    run_field, impl = _pipeline(bk)
+    run_field, impl = _pipeline(bk, cfg.downsample)
     mpx = cfg.size * cfg.size / 1e6
     try:
         from erquant.pipeline import quantify_batch  # a real batched API, when there is one
@@ -383,7 +390,7 @@ def _bench_scaling(bk, base_field, cfg: BenchConfig, s_per_mpx: float, notes: li
                    deadline: float) -> dict:
     from erquant.synthetic import make_field
 
-    run_field, _ = _pipeline(bk)
+    run_field, _ = _pipeline(bk, cfg.downsample)
     points, skipped = [], []
     deadline = min(deadline, time.perf_counter() + cfg.scaling_budget_s)
     avail = _memory_bytes() or 0
@@ -680,6 +687,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "overrun are capped on the CPU (default 270; quick 50)")
     p.add_argument("--batch", type=int, default=8, help="fields per launch for batched GPU")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated fields")
+    p.add_argument("--downsample", type=int, default=1,
+                   help="erquant segments an N× smaller copy (speed for accuracy; default 1)")
     p.add_argument("--out", default="benchmarks/results",
                    help="output folder for bench.json and bench.md")
 
@@ -697,7 +706,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                                              else (512, 1024, 2048, 4096, 8192)),
         scaling_budget_s=args.scaling_budget or (30.0 if q else 150.0),
         time_budget_s=args.time_budget or (50.0 if q else 270.0),
-        batch=args.batch, seed=args.seed, out=args.out, quick=q)
+        batch=args.batch, seed=args.seed, out=args.out, quick=q,
+        downsample=max(1, int(getattr(args, "downsample", 1) or 1)))
     if cfg.size < 32 or cfg.fields < 1 or cfg.repeats < 1:
         raise ValueError("--size must be >= 32, --fields and --repeats >= 1")
     return cfg
