@@ -408,11 +408,7 @@ def _segment_downsampled(bk: Backend, img, f: int, return_info: bool, *, diamete
                                   downsample=1, return_info=True, **kw)
     labels = xp.repeat(xp.repeat(labels, f, axis=0), f, axis=1)[:Y, :X]
     if py or px:  # objects that lay only in the padding are gone: renumber 1..N
-        present = xp.bincount(labels.ravel()) > 0
-        present[0] = False
-        lut = xp.zeros(present.shape[0], xp.uint32)
-        lut[present] = xp.arange(1, int(present.sum()) + 1, dtype=xp.uint32)  # host sync
-        labels = lut[labels]
+        labels = _relabel(xp, labels, xp.bincount(labels.ravel()) > 0)
     labels = xp.ascontiguousarray(labels)
     if info.get("diameter") is not None:
         info["diameter"] = float(info["diameter"]) * f
@@ -556,11 +552,16 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         # ≥ min_snr × noise sigma (pure-noise fields give no nuclei, not hundreds)
         total = xp.bincount(labels.ravel(), weights=smooth.ravel(), minlength=area.shape[0])
         keep &= total >= min_snr * noise * area
+    return _relabel(xp, labels, keep)
+
+
+def _relabel(xp, labels, keep):
+    """Renumber the labels whose ``keep`` entry is True to 1..N (uint32), others to 0."""
     keep[0] = False
-    lut = xp.zeros(area.shape[0], xp.uint32)
     nkeep = int(keep.sum())  # host sync: number of objects
     if nkeep > MAX_LABELS:  # pragma: no cover - needs > 4e9 objects
         raise ValueError(f"{nkeep} objects do not fit a uint32 label image")
+    lut = xp.zeros(keep.shape[0], xp.uint32)
     lut[keep] = xp.arange(1, nkeep + 1, dtype=xp.uint32)
     return lut[labels]
 
