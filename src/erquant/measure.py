@@ -286,7 +286,9 @@ def occupied_mask(labels: Any, margin: int = 3):
         raise ValueError(f"background_margin must be >= 0, got {margin}")
     if margin == 0:
         return mask
-    return bk.ndi.maximum_filter(mask.view(np.uint8), size=2 * margin + 1).astype(bool)
+    from erquant.kernels import maximum_filter  # OpenCV on the CPU, cupyx on the GPU
+
+    return maximum_filter(bk, mask.view(np.uint8), 2 * margin + 1).view(bool)
 
 
 def field_background(
@@ -389,7 +391,7 @@ def background_map(
 
     Returns
     -------
-    (Y, X) float64 array on the input's device.
+    (Y, X) float32 array on the input's device.
 
     Examples
     --------
@@ -440,7 +442,7 @@ def background_map(
     all_ok, any_ok = (bool(b) for b in to_numpy(xp.stack([ok.all(), ok.any()])))
     if not any_ok:
         value = field_background(image, ~occupied, fallback_percentile=fallback_percentile)
-        return xp.full((Y, X), value, dtype=np.float64)
+        return xp.full((Y, X), value, dtype=np.float32)
     if not all_ok:
         idx = ndi.distance_transform_edt(~ok, return_distances=False, return_indices=True)
         grid = grid[tuple(idx)]
@@ -451,8 +453,10 @@ def background_map(
     cy = np.array([(i * t + min((i + 1) * t, Y) - 1) / 2.0 for i in range(ny)])
     cx = np.array([(j * t + min((j + 1) * t, X) - 1) / 2.0 for j in range(nx)])
     r0, r1, rw = _interp_weights(xp, Y, cy)
-    rows = grid[r0] * (1.0 - rw)[:, None] + grid[r1] * rw[:, None]  # (Y, nx)
+    rows = grid[r0] * (1.0 - rw)[:, None] + grid[r1] * rw[:, None]  # (Y, nx), float64
+    rows = rows.astype(np.float32)  # the full-size map in float32: half the memory traffic
     c0, c1, cw = _interp_weights(xp, X, cx)
+    cw = cw.astype(np.float32)
     return rows[:, c0] * (1.0 - cw)[None, :] + rows[:, c1] * cw[None, :]
 
 
