@@ -77,7 +77,8 @@ def label(bk: Backend, mask):
     if _use_cv2(bk):
         n, lab = cv2.connectedComponents(mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
         return lab, int(n) - 1
-    lab, n = bk.ndi.label(mask, structure=bk.xp.ones((3, 3), dtype=bool))
+    # structure as a host array: cupyx (like scipy) reads it with numpy
+    lab, n = bk.ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
     return lab.astype(bk.xp.int32, copy=False), int(n)
 
 
