@@ -43,6 +43,7 @@ class SegmentParams:
     rim_fraction: float = 0.1  #: re-admit dim rims within this fraction of a diameter
     seed_smoothing: float = 0.06  #: extra blur (× diameter) before the seed mask
     min_snr: float = 4.0  #: objects' mean contrast must exceed this × pixel noise sigma
+    valley_strength: float = 0.07  #: cut line-like dark seams inside clusters (0 = off)
     downsample: int = 1  #: segment an N× smaller copy (faster, coarser boundaries)
     fill_holes: bool = True
 
