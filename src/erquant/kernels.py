@@ -149,3 +149,29 @@ def fill_holes(bk: Backend, mask, max_area: float | None = None):
         keep |= xp.bincount(lab.ravel(), minlength=n) > max_area
     keep[0] = True  # label 0 = the mask itself
     return mask | ~keep[lab]
+
+
+def power(bk: Backend, img, p: float):
+    """Element-wise ``img ** p`` for non-negative float32 images."""
+    if _use_cv2(bk):
+        return cv2.pow(img, float(p))
+    return img ** p
+
+
+def hessian(bk: Backend, img):
+    """Second derivatives (d²/dy², d²/dx², d²/dydx) of a float32 image by repeated central
+    differences (the result of ``numpy.gradient`` applied twice; borders reflected)."""
+    if _use_cv2(bk):
+        d1 = np.array([-0.5, 0.0, 0.5], np.float32)
+        d2 = np.array([0.25, 0.0, -0.5, 0.0, 0.25], np.float32)
+        one = np.ones(1, np.float32)
+        b = cv2.BORDER_REFLECT
+        gyy = cv2.sepFilter2D(img, cv2.CV_32F, one, d2, borderType=b)
+        gxx = cv2.sepFilter2D(img, cv2.CV_32F, d2, one, borderType=b)
+        gxy = cv2.sepFilter2D(img, cv2.CV_32F, d1, d1, borderType=b)
+        return gyy, gxx, gxy
+    xp = bk.xp
+    gy, gx = xp.gradient(img)
+    gyy, gxy = xp.gradient(gy)
+    gxx = xp.gradient(gx, axis=1)
+    return gyy, gxx, gxy

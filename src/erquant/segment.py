@@ -499,9 +499,13 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
     sdist = K.gaussian(bk, dist, max(1.0, diameter / 16))
     # seed map: distance to the edge, slightly modulated by intensity above threshold
     inten = xp.clip(smooth - t, 0, None)
-    if intensity_weight > 0:
+    if intensity_weight >= 1:
+        score = K.gaussian(bk, inten, diameter / 8)
+    elif intensity_weight > 0:
         inten = K.gaussian(bk, inten, diameter / 8)
-        score = sdist ** (1 - intensity_weight) * (inten + 1e-6) ** intensity_weight
+        # sdist^(1-w) · inten^w, raised to 1/(1-w) (same maxima, one power instead of two)
+        score = sdist * K.power(bk, inten + np.float32(1e-6),
+                                intensity_weight / (1 - intensity_weight))
     else:
         score = sdist
     # a seed is the maximum of a window that scales with its own inscribed radius:
@@ -576,9 +580,7 @@ def _valleys(bk: Backend, smooth, cc, ncc: int, diameter: float, strength: float
     xp = bk.xp
     sigma = max(1.0, 0.06 * diameter)
     g = K.gaussian(bk, smooth, sigma)
-    gy, gx = xp.gradient(g)
-    gyy, gyx = xp.gradient(gy)
-    gxx = xp.gradient(gx, axis=1)
+    gyy, gxx, gyx = K.hessian(bk, g)
     half = (gyy - gxx) / 2
     root = xp.sqrt(half * half + gyx * gyx)
     lmax = (gyy + gxx) / 2 + root
