@@ -9,7 +9,6 @@ thread, ``errored`` shows a notification, and Cancel quits the worker.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,7 +55,7 @@ def build_params(
 
     Examples
     --------
-    >>> build_params(diameter=12, threshold="li").segment.diameter  # doctest: +SKIP
+    >>> build_params(diameter=12, threshold="li").segment.diameter
     12.0
     """
     if threshold not in THRESHOLDS:
@@ -72,13 +71,7 @@ def build_params(
     }
     if max_distance and max_distance > 0:
         spec["cells"] = {"max_distance": float(max_distance)}
-    if hasattr(Params, "from_dict"):
-        return Params.from_dict(spec)
-    params = Params()
-    for section, values in spec.items():
-        sub = dataclasses.replace(getattr(params, section), **values)
-        params = dataclasses.replace(params, **{section: sub})
-    return params
+    return Params.from_dict(spec)
 
 
 def current_plane(layer: Image, viewer: napari.Viewer | None = None) -> np.ndarray:

@@ -230,35 +230,19 @@ def machine_info(gpu_backend: Any = None, cle_device: str | None = None) -> dict
 # ------------------------------------------------------------------ erquant runners
 def _pipeline(bk, downsample: int = 1) -> tuple[Callable[[np.ndarray], Any], str]:
     """Per-field pipeline on backend ``bk`` → (fn(field) -> nuclei labels, description)."""
-    from erquant.measure import measure_cells
-    from erquant.segment import segment_cells, segment_nuclei
+    from erquant.params import Params
+    from erquant.pipeline import quantify
 
-    try:
-        from erquant.pipeline import quantify
-    except ImportError:
-        quantify = None
-    if quantify is not None:
-        from erquant.params import Params
+    params = Params().replace(**{"segment.downsample": int(downsample)})
 
-        params = Params().replace(**{"segment.downsample": int(downsample)})
-
-        def run_quantify(img):
-            res = quantify(img, nuclei_channel=0, marker_channels={"er": 1}, backend=bk.name,
-                           params=params)
-            bk.synchronize()
-            nuclei = getattr(res, "nuclei", None)
-            return res if nuclei is None else nuclei
-        return run_quantify, ("erquant.pipeline.quantify" +
-                              (f" (downsample {downsample})" if downsample > 1 else ""))
-
-    def run_chain(img):
-        arr = bk.asarray(img)
-        nuc = segment_nuclei(arr[0])
-        cells = segment_cells(nuc, max_distance=CELL_DISTANCE)
-        measure_cells(nuc, cells, {"er": arr[1]})
+    def run_quantify(img):
+        res = quantify(img, nuclei_channel=0, marker_channels={"er": 1}, backend=bk.name,
+                       params=params)
         bk.synchronize()
-        return nuc
-    return run_chain, "segment_nuclei → segment_cells → measure_cells (no erquant.pipeline yet)"
+        return res.nuclei
+
+    return run_quantify, ("erquant.pipeline.quantify" +
+                          (f" (downsample {downsample})" if downsample > 1 else ""))
 
 
 def _stage_chain(bk, paths: Sequence[str], downsample: int = 1) -> tuple[dict, list]:
@@ -310,7 +294,7 @@ def _bench_backend(bk, fields, paths, cfg: BenchConfig) -> dict:
     run_field(images[0])  # warm-up
     t, preds = _median_runs(lambda: [run_field(im) for im in images], cfg.repeats)
     pipeline = _rate(t, mpx, n)
-    pipeline.update(_f1(truths, preds) if "quantify" in impl else stage_f1)
+    pipeline.update(_f1(truths, preds))
     return {"stages": stages, "pipeline": pipeline, "pipeline_impl": impl}
 
 
