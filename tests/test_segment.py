@@ -282,3 +282,37 @@ def test_count_within_3_percent_on_more_fields(synthetic_field):
         n = int(segment_nuclei(f.image[0]).max())
         errors[seed] = n / int(f.nuclei.max()) - 1
     assert all(abs(e) <= 0.03 for e in errors.values()), errors
+
+
+def test_cells_with_cytoplasm_meet_at_the_dim_valley(backend):
+    """Seeded watershed on the cytoplasm: the border follows the valley (x = 52-53),
+    not the nearest-nucleus bisector (x = 43); large label ids are kept."""
+    nuc = np.zeros((64, 90), np.uint32)
+    nuc[28:36, 16:24] = 7
+    nuc[28:36, 64:72] = 4_000_000_000
+    cyto = np.full(nuc.shape, 100.0, np.float32)
+    cyto[:, 52:54] = 10.0  # the valley between the two cells
+    cyto[:5] = cyto[-5:] = 5.0  # background rows / columns
+    cyto[:, :4] = cyto[:, -4:] = 5.0
+    cells = to_numpy(segment_cells(backend.asarray(nuc), cytoplasm_image=backend.asarray(cyto),
+                                   max_distance=60))
+    assert set(np.unique(cells)) == {0, 7, 4_000_000_000}
+    row = cells[32]
+    # each cell fills its side up to the (smoothed, thresholded) valley at x = 52-53
+    assert (row[10:46] == 7).all() and (row[60:-10] == 4_000_000_000).all()
+    assert not (row[:46] == 4_000_000_000).any() and not (row[60:] == 7).any()
+    left = np.nonzero(row == 7)[0].max()
+    right = np.nonzero(row == 4_000_000_000)[0].min()
+    assert 46 <= left < 53 <= right < 60, (left, right)
+    assert (cells[:5] == 0).all()  # background stays background
+    plain = to_numpy(segment_cells(backend.asarray(nuc), max_distance=60))[32]
+    assert np.nonzero(np.diff(plain.astype(np.int64)))[0].tolist() == [43]
+
+
+def test_cells_from_the_er_channel_match_truth(synthetic_field):
+    """Cells grown through the (dim) cytoplasmic ERα of a synthetic field."""
+    f = synthetic_field((1024, 1024), 300, 0)
+    nuc = segment_nuclei(f.image[0])
+    cells = segment_cells(nuc, cytoplasm_image=f.image[1])
+    assert match_labels(f.cells, cells).f1 >= 0.95
+    assert bool((cells[nuc > 0] == nuc[nuc > 0]).all())
