@@ -57,3 +57,24 @@ def test_demo_er_positivity_and_degradation(demo_run):
     assert hi["er_mean"] / er0 < 0.5
     assert abs(hi["er_mean"] / er0 - hi["mean_true_er"] / t0) <= 0.1
     assert hi["er_pct_positive"] < veh["er_pct_positive"].min()
+
+
+def test_well_table_takes_er_from_in_focus_fields_only():
+    import pandas as pd
+
+    from erquant.demo import _well_table
+
+    cells = pd.DataFrame({
+        "well": ["A01"] * 4 + ["A02"] * 2, "field": [1, 1, 2, 2, 1, 1],
+        "timepoint": 1, "time_h": 24.0, "label": [1, 2, 1, 2, 1, 2],
+        "nucleus_er_mean_bgcorr": [100.0, 110.0, 50.0, 50.0, 70.0, 90.0],
+        "er_positive": [True, True, False, False, True, False]})
+    fields = pd.DataFrame({"well": ["A01", "A01", "A02"], "field": [1, 2, 1], "timepoint": 1,
+                           "time_h": 24.0, "qc_flags": [None, "out_of_focus", "out_of_focus"]})
+    wells, used = _well_table(cells, fields)
+    a1 = wells.set_index("well").loc["A01"]
+    assert a1["n_cells"] == 4 and a1["n_fields"] == 2  # counts: all fields
+    assert a1["er_mean"] == 105.0 and a1["er_fields_used"] == 1  # ERα: the in-focus field
+    a2 = wells.set_index("well").loc["A02"]
+    assert a2["er_mean"] == 80.0 and a2["er_fields_used"] == 1  # none in focus: all fields
+    assert sorted(map(tuple, used[["well", "field"]].to_numpy())) == [("A01", 1), ("A02", 1)]

@@ -2,7 +2,8 @@
 field, correct vignetting, and compare per-well results with the ground truth.
 
 Outputs (in ``outdir``): ``cells.parquet`` (one row per cell), ``fields.csv``
-(one row per field: counts, scores, QC), ``wells.csv`` (per well, with truth),
+(one row per field: counts, scores, QC), ``wells.csv`` (per well, with truth; ERα
+from the fields that pass focus QC, counts from all fields),
 ``dose_response.png`` (ERα and cell count vs concentration, measured vs truth)
 and ``params.toml``.
 """
@@ -106,19 +107,21 @@ def run_demo(plate: Path, outdir: Path, *, regenerate: bool = False, backend: st
     cells.to_parquet(outdir / "cells.parquet", index=False)
     fields.to_csv(outdir / "fields.csv", index=False)
 
-    wells = (cells.groupby(["well", "time_h"])
-             .agg(n_cells=("label", "size"), er_mean=("nucleus_er_mean_bgcorr", "mean"),
-                  er_pct_positive=("er_positive", "mean"))
-             .reset_index())
-    wells["er_pct_positive"] *= 100
-    nf = fields.groupby(["well", "time_h"]).size().rename("n_fields").reset_index()
-    wells = wells.merge(nf, on=["well", "time_h"])
+    wells, er_fields = _well_table(cells, fields)
     wells["cells_per_field"] = wells["n_cells"] / wells["n_fields"]
     truth_path = plate / "truth" / "wells.csv"
     if truth_path.exists():
         truth = pd.read_csv(truth_path)
         truth = truth[["well", "time_h", "compound", "concentration_nM", "role", "true_count",
                        "mean_true_er"]]
+        tf_path = plate / "truth" / "fields.csv"
+        if tf_path.exists():  # true ERα over the same fields the ERα mean used
+            tf = pd.read_csv(tf_path).merge(er_fields, on=["well", "field", "timepoint"])
+            tf["w"] = tf["true_count"] * tf["mean_true_er"]
+            g = tf.groupby(["well", "time_h"])[["w", "true_count"]].sum()
+            er_truth = (g["w"] / g["true_count"]).rename("mean_true_er").reset_index()
+            truth = truth.drop(columns="mean_true_er").merge(er_truth, on=["well", "time_h"],
+                                                             how="left")
         wells = wells.merge(truth, on=["well", "time_h"], how="left")
     wells.to_csv(outdir / "wells.csv", index=False)
     _print_summary(wells)
@@ -132,6 +135,25 @@ def run_demo(plate: Path, outdir: Path, *, regenerate: bool = False, backend: st
     if png:
         print(f"  {png}")
     return 0 if not failures else 1
+
+
+def _well_table(cells: pd.DataFrame, fields: pd.DataFrame) -> pd.DataFrame:
+    """Per-well counts (all fields) and ERα (fields that pass focus QC, all if none do)."""
+    keys = ["well", "field", "timepoint"]
+    flags = fields["qc_flags"].fillna("").astype(str)
+    fields = fields.assign(qc_ok=~flags.str.contains("out_of_focus|empty"))
+    ok = cells.merge(fields[keys + ["qc_ok"]], on=keys, how="left")["qc_ok"].fillna(True)
+    well_has_ok = ok.groupby([cells["well"], cells["time_h"]]).transform("any")
+    use = ok.to_numpy() | ~well_has_ok.to_numpy()
+    counts = cells.groupby(["well", "time_h"]).size().rename("n_cells")
+    er = (cells[use].groupby(["well", "time_h"])
+          .agg(er_mean=("nucleus_er_mean_bgcorr", "mean"),
+               er_pct_positive=("er_positive", "mean"),
+               er_fields_used=("field", "nunique")))
+    er["er_pct_positive"] *= 100
+    nf = fields.groupby(["well", "time_h"]).size().rename("n_fields")
+    used = cells.loc[use, keys].drop_duplicates()
+    return pd.concat([counts, er, nf], axis=1).reset_index(), used
 
 
 def _field_shape(plate: Path) -> tuple[int, int]:
@@ -156,7 +178,7 @@ def _print_summary(wells: pd.DataFrame) -> None:
     w["true_ER_%veh"] = 100 * w["mean_true_er"] / t_er0
     w["compound"] = w["compound"].fillna("DMSO")
     cols = ["compound", "concentration_nM", "well", "n_cells", "true_count", "count_%veh",
-            "true_count_%veh", "ER_%veh", "true_ER_%veh", "er_pct_positive"]
+            "true_count_%veh", "ER_%veh", "true_ER_%veh", "er_pct_positive", "er_fields_used"]
     summ = w.sort_values(["compound", "concentration_nM"])[cols]
     with pd.option_context("display.float_format", "{:.1f}".format, "display.width", 140):
         print("\nper-well results (measured vs ground truth; % of vehicle):")
@@ -164,6 +186,8 @@ def _print_summary(wells: pd.DataFrame) -> None:
     cnt_err = (w["n_cells"] / w["true_count"] - 1).abs()
     print(f"\ncount error per well: median {100 * cnt_err.median():.1f} %, "
           f"max {100 * cnt_err.max():.1f} %")
+    print("ERα per well comes from the fields that pass focus QC (er_fields_used of "
+          "n_fields); a well with none uses all its fields")
     er_err = (w["ER_%veh"] - w["true_ER_%veh"]).abs()
     print(f"ERα (% of vehicle) error per well: median {er_err.median():.1f} points, "
           f"max {er_err.max():.1f} points")
