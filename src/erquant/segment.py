@@ -193,7 +193,13 @@ def _normalise(bk: Backend, img):
 
 
 def background(bk: Backend, img, diameter: float, *, factor: float = 4.0, refine: bool = True):
-    """Smooth background: grey opening of a down-sampled image, window ``factor``×diameter."""
+    """Smooth background of a down-sampled copy, in tiles of ``factor`` diameters.
+
+    With ``refine`` (default): the median of the non-object pixels per tile (objects
+    found by a top-hat of ~1.5 diameters), interpolated bilinearly and extrapolated
+    linearly to the borders; otherwise a smoothed grey opening (which lags behind
+    steep ramps at the image edges).
+    """
     xp = bk.xp
     step = max(1, int(diameter // 4))
     if step > 1:  # block means → small image
@@ -203,9 +209,10 @@ def background(bk: Backend, img, diameter: float, *, factor: float = 4.0, refine
     else:
         small = img
     win = int(round(factor * diameter / step)) | 1
-    bg = K.maximum_filter(bk, K.minimum_filter(bk, small, win), win)
-    bg = K.uniform_filter(bk, bg, win)
-    if refine and min(small.shape) >= 8:
+    if not (refine and min(small.shape) >= 8):
+        bg = K.maximum_filter(bk, K.minimum_filter(bk, small, win), win)
+        bg = K.uniform_filter(bk, bg, win)
+    else:
         # refine: median of the pixels that are not (near) objects, per tile of the
         # window size, interpolated bilinearly and extrapolated linearly to the borders
         # (the opening alone lags behind steep ramps at the image edges)
@@ -242,8 +249,13 @@ def estimate_diameter(image, *, threshold: str = "otsu") -> float:
     img = _normalise(bk, img)[0]
     if img is None:
         return float("nan")
-    return _estimate_diameter(bk, img, threshold, smoothing=0.08, background_factor=4.0,
-                              log_threshold=True, local_contrast=0.4, fill_holes=True)
+    from erquant.params import SegmentParams  # the documented defaults, in one place
+
+    p = SegmentParams()
+    return _estimate_diameter(bk, img, threshold, smoothing=p.smoothing,
+                              background_factor=p.background_factor,
+                              log_threshold=p.log_threshold, local_contrast=p.local_contrast,
+                              fill_holes=p.fill_holes, contrast_window=p.contrast_window)
 
 
 def _diameter_from_mask(bk: Backend, mask, fallback: float) -> float:
