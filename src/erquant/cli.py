@@ -124,7 +124,7 @@ def cmd_quantify(args) -> int:
     tifffile.imwrite(out / f"{stem}_cells.tif", res.cells, compression="zlib")
     print(f"{args.nuclei}: {res.n_nuclei} cells; table {out / (stem + '_cells.csv')}")
     for k, v in res.summary().items():
-        print(f"  {k}: {v}")
+        print(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")
     return 0
 
 
