@@ -667,7 +667,7 @@ def segment_cells(nuclei, *, cytoplasm_image=None, max_distance: float | None = 
     nmax = int(nuclei.max())  # host sync
     if nmax < 2**24:
         seeds = nuclei.astype(xp.int32)
-        ids = xp.arange(nmax + 1, dtype=xp.uint32)
+        ids = None  # the ids are their own indices
     else:
         ids, inv = xp.unique(nuclei, return_inverse=True)
         seeds = inv.reshape(nuclei.shape).astype(xp.int32)
@@ -692,7 +692,7 @@ def segment_cells(nuclei, *, cytoplasm_image=None, max_distance: float | None = 
         steps = max(1, math.ceil(max_distance / max(1, flood_levels)) + 1)
         cells = _flood(bk, seeds, allowed, sm, t, flood_levels, steps,
                        finish=int(math.ceil(max_distance)) + 1)
-    cells = ids[cells].astype(xp.uint32)
+    cells = cells.astype(xp.uint32) if ids is None else ids[cells].astype(xp.uint32)
     return xp.where(nuclei > 0, nuclei, cells)
 
 
