@@ -203,9 +203,7 @@ def background(bk: Backend, img, diameter: float, *, factor: float = 4.0, refine
     xp = bk.xp
     step = max(1, int(diameter // 4))
     if step > 1:  # block means → small image
-        ny, nx = img.shape[0] // step, img.shape[1] // step
-        small = img[: ny * step, : nx * step].reshape(ny, step, nx, step).mean(axis=(1, 3))
-        small = xp.ascontiguousarray(small, dtype=xp.float32)
+        small = K.block_mean(bk, img, step)
     else:
         small = img
     win = int(round(factor * diameter / step)) | 1
@@ -286,9 +284,15 @@ def _estimate_diameter(bk: Backend, norm, threshold: str, threshold_value=None, 
     cy, cx = (max(0, (n - 1024) // 2) for n in norm.shape)
     norm = norm[cy:cy + 1024, cx:cx + 1024]
     d = max(norm.shape) / 16.0
+    scaled = {1: norm}
     for _ in range(iterations):
-        mask = _foreground(bk, norm, d, threshold, threshold_value, **kw)[0]
-        d_new = _diameter_from_mask(bk, mask, fallback=d)
+        # each provisional scale is measured on a block-averaged copy that keeps
+        # >= ~16 px per diameter (4-16× fewer pixels while the guess is large)
+        g = max(1, int(d // 24))
+        if g not in scaled:
+            scaled[g] = K.block_mean(bk, norm, g)
+        mask = _foreground(bk, scaled[g], d / g, threshold, threshold_value, **kw)[0]
+        d_new = g * _diameter_from_mask(bk, mask, fallback=d / g)
         d_new = min(max(d_new, 4.0), max(norm.shape) / 2)
         if abs(d_new - d) < 0.08 * d:
             return d_new
@@ -307,7 +311,7 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
                    seed_hole_fraction: float = 0.08, rim_fraction: float = 0.1,
                    seed_smoothing: float = 0.06, min_snr: float = 4.0,
                    valley_strength: float = 0.07,
-                   downsample: int = 1, return_info: bool = False):
+                   downsample: int = 0, return_info: bool = False, _internals: bool = False):
     """Segment nuclei in a nuclear-stain image.
 
     Parameters
@@ -354,8 +358,13 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
         out of the seed mask (splits pressed nuclei; 0 disables).
     downsample : int
         Segment a block-averaged copy ``downsample`` times smaller and scale the
-        labels back up (speed for accuracy: at 2, about 2.5× faster on 24-px
-        nuclei with F1 0.97 instead of 0.98; boundaries become ``downsample``-px steps).
+        labels back up (boundaries become ``downsample``-px steps). 0 (default):
+        automatic, ``max(1, diameter // AUTO_DOWNSAMPLE_DIAMETER)`` — nuclei keep
+        ≥ 10 px across, where this algorithm loses nothing (real set F1 0.81 either
+        way, synthetic counts within 3 %) and big nuclei cost ``downsample``² less.
+        1 = always full resolution. Limit: a nucleus of less than half the typical
+        diameter pressed against a big one is split off only while it keeps ≥ ~6 px
+        across at the working scale; use 1 where such pairs matter.
     return_info : bool
         Also return a dict with the diameter and threshold used.
 
@@ -376,7 +385,22 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
     bk = backend_for(image)
     xp = bk.xp
     img = as_2d_float(image, name="nuclei image", bk=bk)
-    if int(downsample) > 1:
+    downsample = int(downsample)
+    if downsample < 0:
+        raise ValueError(f"downsample must be >= 0 (0 = automatic), got {downsample}")
+    if downsample == 0:  # automatic: from the (given or estimated) diameter
+        norm, lo, hi = _normalise(bk, img)
+        tv = threshold_value
+        if threshold == "manual" and tv is not None:
+            tv = (float(tv) - lo) / (hi - lo) if hi > lo else 0.0
+        if diameter is None and norm is not None and (threshold != "manual" or tv is not None):
+            diameter = _estimate_diameter(
+                bk, norm, threshold, tv, smoothing=smoothing,
+                background_factor=background_factor, log_threshold=log_threshold,
+                local_contrast=local_contrast, fill_holes=fill_holes,
+                contrast_window=contrast_window)
+        downsample = auto_downsample(diameter) if diameter else 1
+    if downsample > 1:
         return _segment_downsampled(
             bk, img, int(downsample), return_info, diameter=diameter, threshold=threshold,
             threshold_value=threshold_value, min_area_fraction=min_area_fraction,
@@ -402,7 +426,8 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
     diameter = float(diameter)
     if not diameter > 0:
         raise ValueError(f"diameter must be > 0, got {diameter}")
-    mask, smooth, t, peak = _foreground(bk, norm, diameter, threshold, threshold_value, **kw)
+    mask, smooth, t, peak, bg = _foreground(bk, norm, diameter, threshold, threshold_value,
+                                            **kw)
     labels = _split(bk, mask, smooth, t, diameter, seed_distance, min_area_fraction,
                     intensity_weight=intensity_weight, peak=peak, seed_contrast=seed_contrast,
                     seed_hole_fraction=seed_hole_fraction, rim_fraction=rim_fraction,
@@ -410,8 +435,26 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
                     min_snr=min_snr, noise=_noise_sigma(bk, norm) if min_snr > 0 else 0.0,
                     valley_strength=valley_strength)
     if return_info:
-        return labels, {"diameter": diameter, "threshold": t}
+        info = {"diameter": diameter, "threshold": t}
+        if _internals:  # what _segment_downsampled needs to refine the boundaries
+            info.update(_lo=lo, _hi=hi, _background=bg)
+        return labels, info
     return labels
+
+
+#: ``downsample=0`` keeps at least this many pixels across a nucleus.
+AUTO_DOWNSAMPLE_DIAMETER = 10.0
+
+
+def auto_downsample(diameter: float) -> int:
+    """Downsampling factor chosen by ``downsample=0`` for nuclei of ``diameter`` px.
+
+    Examples
+    --------
+    >>> auto_downsample(8), auto_downsample(24), auto_downsample(65)
+    (1, 2, 6)
+    """
+    return max(1, int(float(diameter) // AUTO_DOWNSAMPLE_DIAMETER))
 
 
 def _segment_downsampled(bk: Backend, img, f: int, return_info: bool, *, diameter, **kw):
@@ -421,13 +464,21 @@ def _segment_downsampled(bk: Backend, img, f: int, return_info: bool, *, diamete
     py, px = (-Y) % f, (-X) % f
     if py or px:
         img = xp.pad(img, ((0, py), (0, px)), mode="edge")
-    small = img.reshape(img.shape[0] // f, f, img.shape[1] // f, f).mean(axis=(1, 3))
-    small = xp.ascontiguousarray(small, dtype=xp.float32)
+    small = K.block_mean(bk, img, f)
     labels, info = segment_nuclei(small, diameter=None if diameter is None else diameter / f,
-                                  downsample=1, return_info=True, **kw)
-    labels = xp.repeat(xp.repeat(labels, f, axis=0), f, axis=1)[:Y, :X]
-    if py or px:  # objects that lay only in the padding are gone: renumber 1..N
-        labels = _relabel(xp, labels, xp.bincount(labels.ravel()) > 0)
+                                  downsample=1, return_info=True, _internals=True, **kw)
+    lo, hi, bg = info.pop("_lo", None), info.pop("_hi", None), info.pop("_background", None)
+    labels = K.upsample_labels(bk, labels, f, img.shape)
+    if info.get("threshold") is not None and lo is not None and hi > lo:
+        labels = _refine_boundaries(bk, img, labels, f, lo=lo, hi=hi, background=bg,
+                                    threshold=info["threshold"],
+                                    sigma=kw["smoothing"] * float(info["diameter"]) * f,
+                                    local_contrast=kw["local_contrast"],
+                                    window=kw["contrast_window"] * float(info["diameter"]) * f)
+    labels = labels[:Y, :X]
+    present = xp.bincount(labels.ravel()) > 0
+    if not bool(present[1:].all()):  # host sync; objects lost to the padding or the
+        labels = _relabel(xp, labels, present)  # refinement: renumber 1..N
     labels = xp.ascontiguousarray(labels)
     if info.get("diameter") is not None:
         info["diameter"] = float(info["diameter"]) * f
@@ -435,23 +486,54 @@ def _segment_downsampled(bk: Backend, img, f: int, return_info: bool, *, diamete
     return (labels, info) if return_info else labels
 
 
+def _refine_boundaries(bk: Backend, img, labels, f: int, *, lo, hi, background, threshold,
+                       sigma, local_contrast=0.0, window=1):
+    """Full-resolution boundaries for labels found on an ``f``× block-averaged copy.
+
+    The foreground rule of the small image (smoothed, background-subtracted,
+    normalised intensity above ``threshold``) is re-applied at full resolution:
+    label pixels that fail it are dropped, and passing pixels within ``f`` px of a
+    nucleus join it. Objects keep their identity; only the ``f``-px staircase of
+    the repeated labels goes (nuclear means would otherwise mix in background).
+    """
+    xp = bk.xp
+    norm = (img - lo) * (1.0 / (hi - lo))
+    smooth = K.gaussian(bk, xp.ascontiguousarray(norm, dtype=xp.float32), max(0.0, sigma))
+    if background is not None:
+        smooth = smooth - K.resize(bk, xp.ascontiguousarray(background, dtype=xp.float32),
+                                   smooth.shape)
+    fg = smooth > threshold
+    if local_contrast > 0:
+        # the small image's local-contrast rule; block means lower the peaks a little,
+        # so the same rule at full resolution is relaxed by 3 % to keep the same edge
+        fg &= smooth > (local_contrast * 0.97) * K.maximum_filter(bk, smooth, int(window) | 1)
+    if int(labels.max()) >= 2**24:  # host sync; float32 ids would be inexact: only shrink
+        return xp.where(fg, labels, 0).astype(labels.dtype)
+    grown = K.maximum_filter(bk, labels.astype(xp.float32), 2 * f + 1)  # ids < 2**24 exact
+    grown = grown.astype(labels.dtype)
+    return xp.where(fg, xp.where(labels > 0, labels, grown), 0).astype(labels.dtype)
+
+
 def _noise_sigma(bk: Backend, norm) -> float:
     """Pixel noise sigma: MAD of the fine (1-px) high-pass on a ≤ ~1024² central crop."""
     xp = bk.xp
     cy, cx = (max(0, (n - 1024) // 2) for n in norm.shape)
     crop = xp.ascontiguousarray(norm[cy:cy + 1024, cx:cx + 1024])
-    hp = crop - K.gaussian(bk, crop, 1.0)
+    hp = (crop - K.gaussian(bk, crop, 1.0))[::2, ::2]  # a quarter of the pixels: same MAD
     return float(xp.median(xp.abs(hp - xp.median(hp)))) * 1.4826 * 1.25  # host sync
 
 
 def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoothing,
                 background_factor, log_threshold, local_contrast, fill_holes,
                 contrast_window=0.6):
-    """Foreground mask of nuclei at a given diameter → (mask, smoothed image, threshold)."""
+    """Foreground mask at a given diameter → (mask, smoothed image, threshold, local peak,
+    background map or None)."""
     sigma = max(0.0, smoothing * diameter)
     smooth = K.gaussian(bk, norm, sigma) if sigma >= 0.5 else norm
+    bg = None
     if background_factor > 0 and threshold != "manual":
-        smooth = smooth - background(bk, smooth, diameter, factor=background_factor)
+        bg = background(bk, smooth, diameter, factor=background_factor)
+        smooth = smooth - bg
     t = _foreground_threshold(bk, smooth, threshold, threshold_value, log_threshold)
     mask = smooth > t
     peak = None
@@ -460,7 +542,7 @@ def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoo
         mask &= smooth > local_contrast * peak
     if fill_holes:
         mask = K.fill_holes(bk, mask)
-    return mask, smooth, t, peak
+    return mask, smooth, t, peak, bg
 
 
 def _foreground_threshold(bk: Backend, smooth, method, value, log_threshold):
@@ -473,8 +555,8 @@ def _foreground_threshold(bk: Backend, smooth, method, value, log_threshold):
     xp = bk.xp
     if method == "manual" or not log_threshold:
         return compute_threshold(smooth, method, value=value)
-    # statistics on a strided sample (≤ ~1024² pixels): the same threshold, less work
-    step = max(1, -(-max(smooth.shape) // 1024))
+    # statistics on a strided sample (≤ ~512² pixels): the same threshold, less work
+    step = max(1, -(-max(smooth.shape) // 512))
     sub = smooth[::step, ::step]
     med = float(xp.median(sub))  # host sync
     noise = float(xp.median(xp.abs(sub - med))) * 1.4826  # host sync: MAD noise estimate
