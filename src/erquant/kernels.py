@@ -157,6 +157,58 @@ def upsample_labels(bk: Backend, labels, f: int, shape):
     return xp.ascontiguousarray(big[:Y, :X])
 
 
+def _numba_ok(bk: Backend) -> bool:
+    if bk.is_gpu or os.environ.get("ERQUANT_NO_NUMBA") == "1":
+        return False
+    from erquant import _numba_kernels
+
+    return _numba_kernels.numba is not None
+
+
+def label_moments(bk: Backend, nuc, cyt, K: int, images, squared, shifts, nbins: int):
+    """Per-slot pixel count, Σy, Σx and per image Σv (and Σ(v - shift)² where ``squared``).
+
+    A pixel's slot is ``nuc`` where ``nuc > 0``, else ``K + cyt`` where ``cyt > 0``
+    (else none): nucleus and cytoplasm sums in one pass. Returns a float64
+    ``(3 + len(images) + sum(squared), nbins)`` array on the input's backend; slot 0
+    stays zero. Numba on the CPU (one pass over the pixels, ``ERQUANT_NO_NUMBA=1``
+    disables it), ``bincount`` otherwise (CuPy; the same sums).
+    """
+    xp = bk.xp
+    squared = [bool(q) for q in squared]
+    shifts = [float(v) for v in shifts]
+    if _numba_ok(bk):
+        from erquant import _numba_kernels
+
+        ftype = np.float64 if any(im.dtype == np.float64 for im in images) else np.float32
+        ims = tuple(np.ascontiguousarray(im, dtype=ftype) for im in images)
+        dummy = not ims  # Numba cannot type an empty tuple: sum a (lazily zeroed) image
+        if dummy:
+            ims, squared, shifts = (np.zeros(nuc.shape, np.float32),), [False], [0.0]
+        lab_t = np.result_type(nuc.dtype, cyt.dtype)
+        out = _numba_kernels.moments(
+            np.ascontiguousarray(nuc, dtype=lab_t), np.ascontiguousarray(cyt, dtype=lab_t),
+            int(K), ims, np.asarray(squared, dtype=np.bool_),
+            np.asarray(shifts, dtype=np.float64), int(nbins))
+        return out[:3] if dummy else out
+    nuc_i = nuc.astype(xp.int64)
+    index = xp.where(nuc_i > 0, nuc_i, xp.where(cyt > 0, cyt.astype(xp.int64) + K, 0)).ravel()
+    Y, X = (int(n) for n in nuc.shape)
+    ys = xp.broadcast_to(xp.arange(Y, dtype=np.float64)[:, None], (Y, X)).ravel()
+    xs = xp.broadcast_to(xp.arange(X, dtype=np.float64)[None, :], (Y, X)).ravel()
+    rows = [xp.bincount(index, minlength=nbins).astype(np.float64),
+            xp.bincount(index, weights=ys, minlength=nbins),
+            xp.bincount(index, weights=xs, minlength=nbins)]
+    for im, sq, sh in zip(images, squared, shifts):
+        v = im.astype(np.float64).ravel()
+        rows.append(xp.bincount(index, weights=v, minlength=nbins))
+        if sq:
+            rows.append(xp.bincount(index, weights=(v - sh) ** 2, minlength=nbins))
+    out = xp.stack(rows)
+    out[:, 0] = 0.0
+    return out
+
+
 def label_max(bk: Backend, values, labels, n: int):
     """Per-label maximum of ``values`` for labels 0..n (scatter-max, no sorting)."""
     xp = bk.xp

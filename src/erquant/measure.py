@@ -74,6 +74,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from erquant import kernels as K_
 from erquant.backend import Backend, backend_for, to_numpy
 
 __all__ = [
@@ -415,15 +416,22 @@ def background_map(
         tile = int(np.clip(min(Y, X) // 8, 32, 256))
     t = max(4, min(int(tile), max(Y, X)))
     ny, nx = -(-Y // t), -(-X // t)
+    # tiles of >= 32² pixels: their statistic from every 2nd row and column (the same
+    # median within noise, a quarter of the sorting)
+    step = 2 if t >= 32 and t % 2 == 0 and min(Y, X) >= 2 else 1
+    ts = t // step
+    Ys, Xs = Y // step, X // step  # 2×2 block means (an odd last row/column is left out)
+    from erquant.kernels import block_mean
 
-    # tiled view (ny, nx, t*t) with unoccupied, in-image pixels valid
-    vals = xp.full((ny * t, nx * t), np.inf, dtype=np.float32)
-    vals[:Y, :X] = xp.where(occupied, np.float32(np.inf), image.astype(np.float32))
-    vals = vals.reshape(ny, t, nx, t).transpose(0, 2, 1, 3).reshape(ny, nx, t * t)
+    # tiled view (ny, nx, ts*ts) with unoccupied, in-image pixels valid
+    vals = xp.full((ny * ts, nx * ts), np.inf, dtype=np.float32)
+    occ_s = occupied[: Ys * step : step, : Xs * step : step]  # the mask has a margin
+    vals[:Ys, :Xs] = xp.where(occ_s, np.float32(np.inf), block_mean(bk, image, step))
+    vals = vals.reshape(ny, ts, nx, ts).transpose(0, 2, 1, 3).reshape(ny, nx, ts * ts)
     valid = xp.isfinite(vals)
-    inside = xp.zeros((ny * t, nx * t), dtype=bool)
-    inside[:Y, :X] = True
-    n_inside = inside.reshape(ny, t, nx, t).sum(axis=(1, 3))
+    inside = xp.zeros((ny * ts, nx * ts), dtype=bool)
+    inside[:Ys, :Xs] = True
+    n_inside = inside.reshape(ny, ts, nx, ts).sum(axis=(1, 3))
     k = valid.sum(axis=-1)
     vals = xp.sort(vals, axis=-1)  # invalid (inf) pixels sort last
 
@@ -452,22 +460,34 @@ def background_map(
     # bilinear interpolation between tile centres, separable (rows then columns)
     cy = np.array([(i * t + min((i + 1) * t, Y) - 1) / 2.0 for i in range(ny)])
     cx = np.array([(j * t + min((j + 1) * t, X) - 1) / 2.0 for j in range(nx)])
-    r0, r1, rw = _interp_weights(xp, Y, cy)
-    rows = grid[r0] * (1.0 - rw)[:, None] + grid[r1] * rw[:, None]  # (Y, nx), float64
-    rows = rows.astype(np.float32)  # the full-size map in float32: half the memory traffic
-    c0, c1, cw = _interp_weights(xp, X, cx)
-    cw = cw.astype(np.float32)
-    return rows[:, c0] * (1.0 - cw)[None, :] + rows[:, c1] * cw[None, :]
+    # as two small matrix products (BLAS; C-ordered float32 output): Wy @ grid @ Wx
+    wy = _interp_matrix(xp, Y, cy)  # (Y, ny)
+    wx = _interp_matrix(xp, X, cx)  # (X, nx)
+    rows = (wy @ grid.astype(np.float64)).astype(np.float32)  # (Y, nx)
+    return xp.ascontiguousarray(rows @ wx.T.astype(np.float32))
+
+
+def _interp_matrix(xp, n: int, centres: np.ndarray):
+    """(n, len(centres)) matrix of the weights of :func:`_interp_weights`."""
+    i0, i1, w = (to_numpy(a) for a in _interp_weights(np, n, centres))
+    m = np.zeros((n, max(1, len(centres))), dtype=np.float64)
+    rows = np.arange(n)
+    np.add.at(m, (rows, i0), 1.0 - w)
+    np.add.at(m, (rows, i1), w)
+    return xp.asarray(m)
 
 
 # --------------------------------------------------------------------------- region index
 
 
-def _region_index(bk: Backend, nuclei, cells):
-    """Combined slot index: nucleus k -> slot s(k) in [1, K), cytoplasm k -> K + s(k).
+def _region_slots(bk: Backend, nuclei, cells):
+    """Slot images for :func:`erquant.kernels.label_moments` → ``(nuc, cyt, K, ids)``.
 
-    Returns ``(index (Y*X,) intp, K, ids_of_slot)`` where ``ids_of_slot`` is None
-    when slots are label ids themselves, or the sorted nucleus ids (slot s ↔ ids[s-1]).
+    Nucleus ``k`` sums into slot ``s(k)`` in [1, K), its cytoplasm into ``K + s(k)``.
+    Label ids up to ``_DIRECT_MAX_LABEL`` are their own slots (``ids`` None; the label
+    images are used as they are); larger ids are compressed to ``1..n`` through the
+    sorted nucleus ids ``ids`` (slot s ↔ ``ids[s-1]``), both slot images then being
+    the combined index.
     """
     xp = bk.xp
     ranges = [nuclei.min().astype(np.int64), nuclei.max().astype(np.int64)]
@@ -479,25 +499,19 @@ def _region_index(bk: Backend, nuclei, cells):
         raise ValueError("label images must not contain negative labels")
     top = int(r[1] if cells is None else max(r[1], r[3]))
     if top <= _DIRECT_MAX_LABEL:
-        K = top + 1
-        nuc = nuclei.astype(np.intp)
-        cyt = None if cells is None else cells.astype(np.intp)
-        ids = None
-    else:
-        ids = xp.unique(nuclei)  # sorted; one sort of the image
-        ids = ids[1:] if int(ids[0]) == 0 else ids  # host sync: one scalar
-        K = int(ids.size) + 1
-        nuc = xp.where(nuclei > 0, xp.searchsorted(ids, nuclei) + 1, 0).astype(np.intp)
-        cyt = None
-        if cells is not None:
-            pos = xp.minimum(xp.searchsorted(ids, cells), max(K - 2, 0))
-            match = (cells > 0) & (ids[pos] == cells) if K > 1 else xp.zeros(cells.shape, bool)
-            cyt = xp.where(match, pos + 1, 0).astype(np.intp)
-    if cyt is None:
-        index = nuc
-    else:
+        # without cells, the "cytoplasm" image is the nuclei image: where nuc == 0 it is 0
+        return nuclei, (nuclei if cells is None else cells), top + 1, None
+    ids = xp.unique(nuclei)  # sorted; one sort of the image
+    ids = ids[1:] if int(ids[0]) == 0 else ids  # host sync: one scalar
+    K = int(ids.size) + 1
+    nuc = xp.where(nuclei > 0, xp.searchsorted(ids, nuclei) + 1, 0).astype(np.int64)
+    index = nuc
+    if cells is not None:
+        pos = xp.minimum(xp.searchsorted(ids, cells), max(K - 2, 0))
+        match = (cells > 0) & (ids[pos] == cells) if K > 1 else xp.zeros(cells.shape, bool)
+        cyt = xp.where(match, pos + 1, 0).astype(np.int64)
         index = xp.where(nuc > 0, nuc, xp.where(cyt > 0, cyt + K, 0))
-    return index.ravel(), K, ids
+    return index, index, K, ids
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -589,64 +603,83 @@ def measure_cells(
     flats = _as_flatfields(bk, flatfield, names, shape)
     bg_spec = _background_spec(background, names)
 
-    index, K, ids = _region_index(bk, nuclei, cells)
+    nuc_s, cyt_s, K, ids = _region_slots(bk, nuclei, cells)
     nbins = 2 * K
-    area = xp.bincount(index, minlength=nbins)
-    slots = xp.flatnonzero(area[1:K]) + 1  # host sync on CuPy: output size
-    n = int(slots.size)
-    if n == 0:
-        return _empty_table(names)
-    cslots = slots + K
-
-    Y, X = shape
-    ys = xp.broadcast_to(xp.arange(Y, dtype=np.float64)[:, None], shape).ravel()
-    xs = xp.broadcast_to(xp.arange(X, dtype=np.float64)[None, :], shape).ravel()
-    sum_y = xp.bincount(index, weights=ys, minlength=nbins)[slots]
-    sum_x = xp.bincount(index, weights=xs, minlength=nbins)[slots]
-    rows = [area[slots].astype(np.float64), area[cslots].astype(np.float64), sum_y, sum_x]
 
     occ = None
     if any(v in ("local", "field") for v in bg_spec.values()):
         occ = occupied_mask(nuclei if cells is None else cells, background_margin)
 
-    scalar_bg: set[str] = set()
+    # every per-pixel quantity summed per slot in one pass (kernels.label_moments):
+    # per channel the image (with Σ(v - shift)²), and its background map or its
+    # flat-field-corrected copy where the table needs their per-cell sums
+    images, squared, shifts = [], [], []
+    plan: dict[str, dict] = {}
     for name, img in chans.items():
-        img = img.astype(np.float64)
-        flat_img = img.ravel()
-        s1 = xp.bincount(index, weights=flat_img, minlength=nbins)
-        shift = img.mean()  # device scalar: shifted sums of squares avoid cancellation
-        s2 = xp.bincount(index, weights=((img - shift) ** 2).ravel(), minlength=nbins)
-        mode = bg_spec[name]
-        ff = flats.get(name)
+        mode, ff = bg_spec[name], flats.get(name)
+        entry: dict[str, Any] = {"row": len(images)}
+        # any shift keeps Σ(v - shift)² free of cancellation; a strided mean is enough
+        shift = float(img[::4, ::4].astype(np.float64).mean())  # host sync: one scalar
+        images.append(img)
+        squared.append(True)
+        shifts.append(shift)
+        entry["shift"] = shift
         if mode == "local":
-            bmap = background_map(
-                img,
-                occ,
-                tile=tile,
-                quantile=background_quantile,
-                min_tile_fraction=min_tile_fraction,
-                fallback_percentile=fallback_percentile,
-            )
-            sb = xp.bincount(index, weights=bmap.ravel(), minlength=nbins)
-            if ff is None:
-                sc = s1 - sb
-            else:
-                sc = xp.bincount(index, weights=((img - bmap) / ff).ravel(), minlength=nbins)
-            bg_rows = [sb[slots], sb[cslots]]
+            bmap = background_map(img, occ, tile=tile, quantile=background_quantile,
+                                  min_tile_fraction=min_tile_fraction,
+                                  fallback_percentile=fallback_percentile)
+            entry["bmap"] = len(images)
+            images.append(bmap)
+            squared.append(False)
+            shifts.append(0.0)
+            if ff is not None:
+                entry["corr"] = len(images)
+                images.append((img.astype(np.float32) - bmap) / ff)
+                squared.append(False)
+                shifts.append(0.0)
         else:
             if mode == "field":
-                bval = field_background(img, ~occ, fallback_percentile=fallback_percentile).astype(
-                    np.float64
-                )
+                bval = float(field_background(img, ~occ, fallback_percentile=fallback_percentile))
             else:
-                bval = xp.asarray(0.0 if mode is None else mode, dtype=np.float64)
-            if ff is None:
-                sc = s1 - bval * area
-            else:
-                sc = xp.bincount(index, weights=((img - bval) / ff).ravel(), minlength=nbins)
+                bval = 0.0 if mode is None else float(mode)
+            entry["bval"] = bval
+            if ff is not None:
+                entry["corr"] = len(images)
+                images.append((img.astype(np.float32) - np.float32(bval)) / ff)
+                squared.append(False)
+                shifts.append(0.0)
+        plan[name] = entry
+    sums = K_.label_moments(bk, nuc_s, cyt_s, K, images, squared, shifts, nbins)
+    # row of image i in ``sums``: 3 + i + (number of squared images before i)
+    row_of = []
+    r = 3
+    for sq in squared:
+        row_of.append(r)
+        r += 2 if sq else 1
+
+    area = sums[0]
+    slots = xp.flatnonzero(area[1:K]) + 1  # host sync on CuPy: output size
+    n = int(slots.size)
+    if n == 0:
+        return _empty_table(names)
+    cslots = slots + K
+    rows = [area[slots], area[cslots], sums[1][slots], sums[2][slots]]
+    scalar_bg: set[str] = set()
+    for name in names:
+        e = plan[name]
+        i = e["row"]
+        s1 = sums[row_of[i]]
+        s2 = sums[row_of[i] + 1]
+        if "bmap" in e:
+            sb = sums[row_of[e["bmap"]]]
+            sc = s1 - sb if "corr" not in e else sums[row_of[e["corr"]]]
+            bg_rows = [sb[slots], sb[cslots]]
+        else:
+            bval = e["bval"]
+            sc = s1 - bval * area if "corr" not in e else sums[row_of[e["corr"]]]
             scalar_bg.add(name)
-            bg_rows = [xp.broadcast_to(bval, (n,)), xp.zeros(n, dtype=np.float64)]
-        rows += [s1[slots], s1[cslots], s2[slots], xp.broadcast_to(shift, (n,))]
+            bg_rows = [xp.full(n, bval, dtype=np.float64), xp.zeros(n, dtype=np.float64)]
+        rows += [s1[slots], s1[cslots], s2[slots], xp.full(n, e["shift"], dtype=np.float64)]
         rows += [sc[slots], sc[cslots]] + bg_rows
 
     # host sync: the only device->host transfer of results, (4 + 8*C) x n floats
