@@ -759,9 +759,8 @@ def segment_cells(nuclei, *, cytoplasm_image=None, max_distance: float | None = 
     if max_distance is None:
         area = xp.bincount(seeds.ravel())[1:]
         max_distance = 0.5 * float(xp.median(2 * xp.sqrt(area / math.pi)))  # host sync
-    dist = K.edt(bk, seeds == 0)
+    owner, dist = K.nearest_seed(bk, seeds, return_distance=True)
     grow = dist <= max_distance
-    owner = K.nearest_seed(bk, seeds)
     if cytoplasm_image is None:
         cells = xp.where(grow | (seeds > 0), owner, 0)
     else:
@@ -774,8 +773,8 @@ def segment_cells(nuclei, *, cytoplasm_image=None, max_distance: float | None = 
         steps = max(1, math.ceil(max_distance / max(1, flood_levels)) + 1)
         cells = _flood(bk, seeds, allowed, sm, t, flood_levels, steps,
                        finish=int(math.ceil(max_distance)) + 1)
-    cells = cells.astype(xp.uint32) if ids is None else ids[cells].astype(xp.uint32)
-    return xp.where(nuclei > 0, nuclei, cells)
+    # the nearest seed of a nucleus pixel is its own nucleus: cells contain their nuclei
+    return cells.astype(xp.uint32) if ids is None else ids[cells].astype(xp.uint32)
 
 
 def _flood(bk: Backend, seeds, allowed, image, low: float, levels: int, steps: int,
