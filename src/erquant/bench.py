@@ -86,7 +86,7 @@ class BenchConfig:
     seed: int = 0
     out: str = "benchmarks/results"
     quick: bool = False
-    downsample: int = 1  # erquant's SegmentParams.downsample (1 = full resolution)
+    downsample: int = 0  # erquant's SegmentParams.downsample (0 = automatic, 1 = full res)
 
 
 # ------------------------------------------------------------------ helpers
@@ -228,7 +228,7 @@ def machine_info(gpu_backend: Any = None, cle_device: str | None = None) -> dict
 
 
 # ------------------------------------------------------------------ erquant runners
-def _pipeline(bk, downsample: int = 1) -> tuple[Callable[[np.ndarray], Any], str]:
+def _pipeline(bk, downsample: int = 0) -> tuple[Callable[[np.ndarray], Any], str]:
     """Per-field pipeline on backend ``bk`` → (fn(field) -> nuclei labels, description)."""
     from erquant.params import Params
     from erquant.pipeline import quantify
@@ -242,10 +242,10 @@ def _pipeline(bk, downsample: int = 1) -> tuple[Callable[[np.ndarray], Any], str
         return res.nuclei
 
     return run_quantify, ("erquant.pipeline.quantify" +
-                          (f" (downsample {downsample})" if downsample > 1 else ""))
+                          (f" (downsample {downsample})" if downsample != 0 else ""))
 
 
-def _stage_chain(bk, paths: Sequence[str], downsample: int = 1) -> tuple[dict, list]:
+def _stage_chain(bk, paths: Sequence[str], downsample: int = 0) -> tuple[dict, list]:
     """One pass over the fields timing each stage; returns (seconds per stage, nuclei)."""
     import tifffile
 
@@ -671,8 +671,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "overrun are capped on the CPU (default 270; quick 50)")
     p.add_argument("--batch", type=int, default=8, help="fields per launch for batched GPU")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated fields")
-    p.add_argument("--downsample", type=int, default=1,
-                   help="erquant segments an N× smaller copy (speed for accuracy; default 1)")
+    p.add_argument("--downsample", type=int, default=0,
+                   help="erquant's segment.downsample: 0 = automatic (the default: >= 10 px "
+                        "per nucleus diameter), 1 = full resolution, N = an N× smaller copy")
     p.add_argument("--out", default="benchmarks/results",
                    help="output folder for bench.json and bench.md")
 
@@ -691,7 +692,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         scaling_budget_s=args.scaling_budget or (30.0 if q else 150.0),
         time_budget_s=args.time_budget or (50.0 if q else 270.0),
         batch=args.batch, seed=args.seed, out=args.out, quick=q,
-        downsample=max(1, int(getattr(args, "downsample", 1) or 1)))
+        downsample=max(0, int(getattr(args, "downsample", 0) or 0)))
     if cfg.size < 32 or cfg.fields < 1 or cfg.repeats < 1:
         raise ValueError("--size must be >= 32, --fields and --repeats >= 1")
     return cfg

@@ -173,7 +173,8 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
 
     yield Progress("cells", 0.45)
     cyto = next(iter(markers.values())) if (params.cells.use_marker and markers) else None
-    cells = segment_cells(nuclei, cytoplasm_image=cyto, max_distance=params.cells.max_distance)
+    cells = segment_cells(nuclei, cytoplasm_image=cyto, max_distance=params.cells.max_distance,
+                          downsample=int(info.get("downsample", 1)))
 
     yield Progress("measure", 0.6)
     mp = params.measure
@@ -181,6 +182,7 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
     table = measure_cells(nuclei, cells, channels, background=mp.background,
                           flatfield=flatfield, background_margin=mp.background_margin,
                           tile=mp.tile)
+    n_field = len(table)  # nuclei in the whole field (before the ROI filter), for QC
     nuclei_h, cells_h = to_numpy(nuclei), to_numpy(cells)  # the one device→host transfer
     if roi_map is not None:
         cy = np.clip(np.rint(table["centroid_y"].to_numpy()), 0, nuc.shape[0] - 1).astype(int)
@@ -210,7 +212,7 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
     qp = params.qc
     qc = field_qc(channels, nuclei=nuclei, saturation_value=qp.saturation_value,
                   focus_channel=params.nuclei_name, saturation_limit=qp.saturation_limit,
-                  focus_threshold=qp.focus_threshold)
+                  focus_threshold=qp.focus_threshold, n_nuclei=n_field)
     info = {"diameter": float(info["diameter"]) if info["diameter"] else None,
             "threshold": info["threshold"], "backend": bk.name}
     yield Progress("done", 1.0)

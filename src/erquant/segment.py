@@ -178,8 +178,12 @@ def compute_threshold(img, method: str = "otsu", *, mask=None, value: float | No
 
 
 # ---------------------------------------------------------------- helpers
-def _normalise(bk: Backend, img):
-    """Scale to ~[0, 1] by robust percentiles (so parameters are dtype-free)."""
+def _normalise(bk: Backend, img, crop=None):
+    """Scale to ~[0, 1] by robust percentiles (so parameters are dtype-free).
+
+    Returns ``(normalised image or None when constant, lo, hi)``; with ``crop`` (a
+    pair of slices) only that part is returned, scaled by the whole image's levels.
+    """
     xp = bk.xp
     small = img[:: max(1, img.shape[0] // 512), :: max(1, img.shape[1] // 512)]
     lo, hi = (float(v) for v in to_numpy(xp.percentile(small, xp.asarray([0.5, 99.9]))))
@@ -189,7 +193,8 @@ def _normalise(bk: Backend, img):
         lo = float(img.min())  # host sync
     if hi <= lo:
         return None, lo, hi
-    return (img - lo) * (1.0 / (hi - lo)), lo, hi
+    part = img if crop is None else img[crop]
+    return (part - lo) * (1.0 / (hi - lo)), lo, hi
 
 
 def background(bk: Backend, img, diameter: float, *, factor: float = 4.0, refine: bool = True):
@@ -389,7 +394,9 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
     if downsample < 0:
         raise ValueError(f"downsample must be >= 0 (0 = automatic), got {downsample}")
     if downsample == 0:  # automatic: from the (given or estimated) diameter
-        norm, lo, hi = _normalise(bk, img)
+        # the estimate reads a central ≤ 1024² crop: normalise only that
+        cy, cx = (max(0, (n - 1024) // 2) for n in img.shape)
+        norm, lo, hi = _normalise(bk, img, crop=(slice(cy, cy + 1024), slice(cx, cx + 1024)))
         tv = threshold_value
         if threshold == "manual" and tv is not None:
             tv = (float(tv) - lo) / (hi - lo) if hi > lo else 0.0
@@ -497,12 +504,18 @@ def _refine_boundaries(bk: Backend, img, labels, f: int, *, lo, hi, background, 
     the repeated labels goes (nuclear means would otherwise mix in background).
     """
     xp = bk.xp
-    norm = (img - lo) * (1.0 / (hi - lo))
-    smooth = K.gaussian(bk, xp.ascontiguousarray(norm, dtype=xp.float32), max(0.0, sigma))
+    # the rule in raw units (blur and affine normalisation commute): one blur of the
+    # raw image, the background map scaled once, no normalised full-size copy
+    scale = np.float32(hi - lo)
+    src = xp.ascontiguousarray(img, dtype=xp.float32)
+    smooth = K.gaussian(bk, src, max(0.0, sigma))
+    if smooth is src:  # no blur: never modify the caller's image in place
+        smooth = src.copy()
     if background is not None:
-        smooth = smooth - K.resize(bk, xp.ascontiguousarray(background, dtype=xp.float32),
-                                   smooth.shape)
-    fg = smooth > threshold
+        bg = K.resize(bk, xp.ascontiguousarray(background, dtype=xp.float32), smooth.shape)
+        smooth -= scale * bg
+    smooth -= np.float32(lo)
+    fg = smooth > np.float32(threshold) * scale
     if local_contrast > 0:
         # the small image's local-contrast rule; block means lower the peaks a little,
         # so the same rule at full resolution is relaxed by 3 % to keep the same edge
@@ -605,14 +618,17 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
     # a seed is the maximum of a window that scales with its own inscribed radius:
     # a small nucleus touching a big one keeps its seed (a fixed window would drop it)
     rmin = max(1.0, 0.15 * diameter / 2)
-    peaks = xp.zeros(mask.shape, bool)
+    bands: dict[int, list[float]] = {}  # window → [lowest, highest) radius using it
     lo = rmin
     while lo < 1.5 * diameter:
         hi = lo * 1.6
-        win = 2 * int(round(seed_distance * lo)) + 1
-        band = (sdist >= lo) & (sdist < hi)
-        peaks |= band & (score >= K.maximum_filter(bk, score, max(3, win)))
+        win = max(3, 2 * int(round(seed_distance * lo)) + 1)
+        bands.setdefault(win, [lo, hi])[1] = hi  # consecutive bands share small windows
         lo = hi
+    peaks = xp.zeros(mask.shape, bool)
+    for win, (lo, hi) in bands.items():
+        band = (sdist >= lo) & (sdist < hi)
+        peaks |= band & (score >= K.maximum_filter(bk, score, win))
     peaks &= mask
     seeds, nseeds = K.label(bk, peaks)
     # cores: discs of core_fraction × the seed's inscribed radius, so that the
@@ -698,7 +714,7 @@ def _relabel(xp, labels, keep):
 
 # ---------------------------------------------------------------- cells
 def segment_cells(nuclei, *, cytoplasm_image=None, max_distance: float | None = None,
-                  threshold: str = "triangle", flood_levels: int = 16):
+                  threshold: str = "triangle", flood_levels: int = 16, downsample: int = 1):
     """Grow cells from nuclei; cell ``k`` contains nucleus ``k``.
 
     Without a cytoplasm image every pixel within ``max_distance`` of a nucleus
@@ -725,6 +741,10 @@ def segment_cells(nuclei, *, cytoplasm_image=None, max_distance: float | None = 
         F1 0.997, where Otsu cuts the dim cytoplasm away (F1 0.22).
     flood_levels : int
         Intensity steps of the watershed flood.
+    downsample : int
+        Partition an ``downsample``× subsampled copy (the nuclei's own pixels stay
+        exact; cell borders become ``downsample``-px steps). The pipeline passes the
+        factor the nuclei were segmented at.
 
     Examples
     --------
@@ -741,14 +761,14 @@ def segment_cells(nuclei, *, cytoplasm_image=None, max_distance: float | None = 
         raise ValueError(f"nuclei must be a 2-D label image, got shape {tuple(nuclei.shape)}")
     if not np.issubdtype(np.dtype(nuclei.dtype), np.integer):
         raise ValueError(f"nuclei must be an integer label image, got dtype {nuclei.dtype}")
-    nuclei = nuclei.astype(xp.uint32, copy=False)
-    if not bool((nuclei > 0).any()):  # host sync
+    nuclei = xp.ascontiguousarray(nuclei.astype(xp.uint32, copy=False))
+    nmax = int(nuclei.max())  # host sync
+    if nmax == 0:
         return xp.zeros(nuclei.shape, xp.uint32)
     # work on compact ids 1..n (exact in int32 and in the float32 flood); label images
     # from segment_nuclei are compact already, only huge ids need the sort
-    nmax = int(nuclei.max())  # host sync
     if nmax < 2**24:
-        seeds = nuclei.astype(xp.int32)
+        seeds = nuclei.view(xp.int32)  # same bits: ids < 2**24
         ids = None  # the ids are their own indices
     else:
         ids, inv = xp.unique(nuclei, return_inverse=True)
@@ -757,24 +777,61 @@ def segment_cells(nuclei, *, cytoplasm_image=None, max_distance: float | None = 
             seeds += 1
             ids = xp.concatenate([xp.zeros(1, ids.dtype), ids])
     if max_distance is None:
-        area = xp.bincount(seeds.ravel())[1:]
+        # areas from every 2nd row and column of big images (×4): the same median
+        sub = 2 if min(seeds.shape) >= 1024 else 1
+        area = xp.bincount(seeds[::sub, ::sub].ravel())[1:] * float(sub * sub)
+        area = area[area > 0]
+        if area.size == 0:  # host sync; every nucleus missed by the subsample
+            area = xp.bincount(seeds.ravel())[1:].astype(xp.float64)
+            area = area[area > 0]
         max_distance = 0.5 * float(xp.median(2 * xp.sqrt(area / math.pi)))  # host sync
+    f = max(1, int(downsample))
+    if f > 1:  # the same partition on a subsampled copy, repeated back; nuclei exact
+        shape = seeds.shape
+        cyto_s = None
+        if cytoplasm_image is not None:
+            cyto = as_2d_float(cytoplasm_image, name="cytoplasm image", bk=bk)
+            if cyto.shape != shape:
+                raise ValueError(f"cytoplasm image shape {cyto.shape} != nuclei shape {shape}")
+            py, px = (-shape[0]) % f, (-shape[1]) % f
+            cyto_s = K.block_mean(bk, xp.pad(cyto, ((0, py), (0, px)), mode="edge")
+                                  if (py or px) else cyto, f)
+        small_seeds = xp.ascontiguousarray(seeds[f // 2::f, f // 2::f])
+        if cyto_s is not None:
+            cyto_s = cyto_s[: small_seeds.shape[0], : small_seeds.shape[1]]
+        small = _grow_cells(bk, small_seeds, cyto_s, max_distance / f, threshold, flood_levels,
+                            sigma=1.5 / f)
+        cells = K.upsample_labels(bk, small.astype(xp.int32), f, shape)
+        cells = xp.where(seeds > 0, seeds, cells)
+    else:
+        cyto = None
+        if cytoplasm_image is not None:
+            cyto = as_2d_float(cytoplasm_image, name="cytoplasm image", bk=bk)
+            if cyto.shape != nuclei.shape:
+                raise ValueError(
+                    f"cytoplasm image shape {cyto.shape} != nuclei shape {nuclei.shape}")
+        cells = _grow_cells(bk, seeds, cyto, max_distance, threshold, flood_levels)
+    # the nearest seed of a nucleus pixel is its own nucleus: cells contain their nuclei
+    if ids is None:
+        return xp.ascontiguousarray(cells, dtype=xp.int32).view(xp.uint32)
+    return ids[cells].astype(xp.uint32)
+
+
+def _grow_cells(bk: Backend, seeds, cyto, max_distance: float, threshold: str,
+                flood_levels: int, sigma: float = 1.5):
+    """Cells from int32 seeds: nearest seed within ``max_distance`` (and, with ``cyto``,
+    a bright-to-dim flood through its thresholded signal)."""
+    xp = bk.xp
     owner, dist = K.nearest_seed(bk, seeds, return_distance=True)
     grow = dist <= max_distance
-    if cytoplasm_image is None:
-        cells = xp.where(grow | (seeds > 0), owner, 0)
-    else:
-        cyto = as_2d_float(cytoplasm_image, name="cytoplasm image", bk=bk)
-        if cyto.shape != nuclei.shape:
-            raise ValueError(f"cytoplasm image shape {cyto.shape} != nuclei shape {nuclei.shape}")
-        sm = K.gaussian(bk, cyto, 1.5)
-        t = compute_threshold(sm, threshold, mask=seeds == 0)
-        allowed = (grow & (sm > t)) | (seeds > 0)
-        steps = max(1, math.ceil(max_distance / max(1, flood_levels)) + 1)
-        cells = _flood(bk, seeds, allowed, sm, t, flood_levels, steps,
-                       finish=int(math.ceil(max_distance)) + 1)
-    # the nearest seed of a nucleus pixel is its own nucleus: cells contain their nuclei
-    return cells.astype(xp.uint32) if ids is None else ids[cells].astype(xp.uint32)
+    if cyto is None:
+        return xp.where(grow | (seeds > 0), owner, 0)
+    sm = K.gaussian(bk, cyto, sigma) if sigma >= 0.5 else cyto
+    t = compute_threshold(sm, threshold, mask=seeds == 0)
+    allowed = (grow & (sm > t)) | (seeds > 0)
+    steps = max(1, math.ceil(max_distance / max(1, flood_levels)) + 1)
+    return _flood(bk, seeds, allowed, sm, t, flood_levels, steps,
+                  finish=int(math.ceil(max_distance)) + 1)
 
 
 def _flood(bk: Backend, seeds, allowed, image, low: float, levels: int, steps: int,
