@@ -282,3 +282,17 @@ def test_label_moments_numba_equals_bincount(monkeypatch):
     assert fast.shape == ref.shape == (6, 80)
     np.testing.assert_allclose(fast, ref, rtol=1e-6, atol=1e-3)
     assert fast[0, 1:20].sum() == 0 and fast[0].sum() == np.count_nonzero(cyt)
+
+
+def test_label_max_numba_equals_numpy(monkeypatch):
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(4)
+    lab = rng.integers(0, 50, (64, 70)).astype(np.int32)
+    val = rng.normal(0, 1, lab.shape).astype(np.float32)
+    fast = K.label_max(bk, val, lab, 60)
+    monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
+    ref = K.label_max(bk, val, lab, 60)
+    assert np.array_equal(fast, ref) and fast[55] == 0  # absent labels keep 0

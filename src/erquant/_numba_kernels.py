@@ -42,10 +42,21 @@ def _moments_impl(nuc, cyt, K, images, squared, shifts, out):
                     row += 1
 
 
+def _scatter_max_impl(out, labels, values):
+    """out[labels[i]] = max(out[labels[i]], values[i]) over flat arrays."""
+    for i in range(labels.size):
+        k = labels[i]
+        v = values[i]
+        if v > out[k]:
+            out[k] = v
+
+
 if numba is not None:
     _moments = numba.njit(cache=True, nogil=True, boundscheck=False)(_moments_impl)
+    scatter_max = numba.njit(cache=True, nogil=True, boundscheck=False)(_scatter_max_impl)
 else:  # pragma: no cover
     _moments = None
+    scatter_max = None
 
 
 def moments(nuc: np.ndarray, cyt: np.ndarray, K: int, images: tuple,

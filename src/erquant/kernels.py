@@ -217,6 +217,11 @@ def label_max(bk: Backend, values, labels, n: int):
         import cupyx
 
         cupyx.scatter_max(out, labels.ravel(), values.ravel())
+    elif _numba_ok(bk):  # one compiled pass, ~10× np.maximum.at
+        from erquant import _numba_kernels
+
+        _numba_kernels.scatter_max(out, np.ascontiguousarray(labels).ravel(),
+                                   np.ascontiguousarray(values).ravel())
     else:
         np.maximum.at(out, labels.ravel(), values.ravel())
     return out
