@@ -523,8 +523,10 @@ def _refine_boundaries(bk: Backend, img, labels, f: int, *, lo, hi, background, 
     if int(labels.max()) >= 2**24:  # host sync; float32 ids would be inexact: only shrink
         return xp.where(fg, labels, 0).astype(labels.dtype)
     grown = K.maximum_filter(bk, labels.astype(xp.float32), 2 * f + 1)  # ids < 2**24 exact
-    grown = grown.astype(labels.dtype)
-    return xp.where(fg, xp.where(labels > 0, labels, grown), 0).astype(labels.dtype)
+    out = grown.astype(labels.dtype)
+    xp.copyto(out, labels, where=labels > 0)  # a nucleus keeps its own pixels' id
+    out *= fg  # and only foreground pixels
+    return out
 
 
 def _noise_sigma(bk: Backend, norm) -> float:
