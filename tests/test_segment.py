@@ -265,7 +265,7 @@ def test_segment_cells_rejects_float_and_3d():
 
 def test_downsample_trades_little_accuracy(backend, synthetic_field):
     f = synthetic_field((515, 498), 90, 5)  # odd shape: padding and cropping
-    full = _seg(backend, f.image[0])
+    full = _seg(backend, f.image[0], downsample=1)
     half = _seg(backend, f.image[0], downsample=2)
     assert half.shape == f.nuclei.shape and half.dtype == np.uint32
     n = int(half.max())
@@ -341,3 +341,21 @@ def test_cells_on_a_subsampled_copy_match_full_resolution(backend, synthetic_fie
     assert f1_half >= f1_full - 0.02, (f1_half, f1_full)
     # the two partitions agree on all but a thin band of border pixels
     assert np.mean(full == half) > 0.97
+
+
+def test_automatic_downsampling_keeps_ten_pixels_per_diameter(backend, synthetic_field):
+    """The default (downsample=0) picks ⌊d / 10⌋ and matches full-resolution accuracy."""
+    from erquant.segment import auto_downsample
+
+    assert [auto_downsample(d) for d in (5, 19.9, 20, 24, 65, 183)] == [1, 1, 2, 2, 6, 18]
+    f1_auto, f1_full = [], []
+    for seed in range(9, 15):  # per field the two differ by ± 2 objects either way
+        f = synthetic_field((512, 512), 80, seed, in_focus=True)
+        auto, info = segment_nuclei(backend.asarray(f.image[0]), return_info=True)
+        assert info["downsample"] == auto_downsample(info["diameter"]) == 2
+        f1_auto.append(match_labels(f.nuclei, to_numpy(auto)).f1)
+        f1_full.append(match_labels(f.nuclei, _seg(backend, f.image[0], downsample=1)).f1)
+    assert min(f1_auto) >= 0.95, f1_auto
+    assert np.mean(f1_auto) >= np.mean(f1_full) - 0.01, (f1_auto, f1_full)
+    with pytest.raises(ValueError, match="downsample"):
+        segment_nuclei(f.image[0], downsample=-1)
