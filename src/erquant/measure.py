@@ -416,17 +416,24 @@ def background_map(
         tile = int(np.clip(min(Y, X) // 8, 32, 256))
     t = max(4, min(int(tile), max(Y, X)))
     ny, nx = -(-Y // t), -(-X // t)
-    # tiles of >= 32² pixels: their statistic from every 2nd row and column (the same
-    # median within noise, a quarter of the sorting)
-    step = 2 if t >= 32 and t % 2 == 0 and min(Y, X) >= 2 else 1
+    # tiles of >= 32² pixels: their statistic over step × step block means, ≤ 32²
+    # per tile (the same median within noise for a few % of the sorting); a block is
+    # occupied when its first pixel is (``occupied`` carries a margin of 3 px around
+    # the cells by default, so no cell pixel falls in an unoccupied block of ≤ 4²)
+    step = min(4, max(1, t // 32))
+    while step > 1 and (t % step or min(Y, X) < step):
+        step -= 1
     ts = t // step
-    Ys, Xs = Y // step, X // step  # 2×2 block means (an odd last row/column is left out)
+    Ys, Xs = Y // step, X // step  # whole blocks (a partial last row/column is left out)
     from erquant.kernels import block_mean
 
     # tiled view (ny, nx, ts*ts) with unoccupied, in-image pixels valid
     vals = xp.full((ny * ts, nx * ts), np.inf, dtype=np.float32)
-    occ_s = occupied[: Ys * step : step, : Xs * step : step]  # the mask has a margin
-    vals[:Ys, :Xs] = xp.where(occ_s, np.float32(np.inf), block_mean(bk, image, step))
+    if step > 1:
+        occ_s = occupied[: Ys * step: step, : Xs * step: step]
+        vals[:Ys, :Xs] = xp.where(occ_s, np.float32(np.inf), block_mean(bk, image, step))
+    else:
+        vals[:Y, :X] = xp.where(occupied, np.float32(np.inf), image.astype(np.float32))
     vals = vals.reshape(ny, ts, nx, ts).transpose(0, 2, 1, 3).reshape(ny, nx, ts * ts)
     valid = xp.isfinite(vals)
     inside = xp.zeros((ny * ts, nx * ts), dtype=bool)

@@ -17,6 +17,8 @@ focus_score
     field is caught by the ``empty`` / ``low_contrast`` flags, not by focus.
     The default ``focus_threshold`` of 0.2 should be checked on a plate (real
     optics already blur by ~1 px): compare fields with the plate median.
+    :func:`field_qc` scores the focus channel on its central ≤ 1024² crop and
+    the other channels on ≤ 512² (speed; the score is a ratio of means).
 saturated_fraction
     Fraction of pixels ≥ ``saturation_value`` (default: the dtype maximum of
     integer images; NaN for float images without a ``saturation_value`` —
@@ -329,9 +331,11 @@ def field_qc(
         bg = xp.median(bgpix)
         mad = xp.median(xp.abs(bgpix - bg))
         # focus on a central crop of ≤ 1024² (band-pass energies need whole pixels;
-        # a quarter of a 2048² field holds hundreds of nuclei)
-        cy, cx = (max(0, (n - 1024) // 2) for n in arr.shape)
-        crop = arr[cy:cy + 1024, cx:cx + 1024].astype(np.float32)
+        # a quarter of a 2048² field holds hundreds of nuclei); the channels that do
+        # not drive the flags (reported only) on ≤ 512²
+        w = 1024 if name == focus_channel else 512
+        cy, cx = (max(0, (n - w) // 2) for n in arr.shape)
+        crop = arr[cy:cy + w, cx:cx + w].astype(np.float32)
         fine, coarse = _focus_terms(bk, crop, focus_sigmas)
         terms = [fine, coarse, sat, bg, mad, xp.percentile(fs, 99.9), arr.min(), arr.max()]
         # host sync: 8 scalars per channel, the only transfer of this channel
