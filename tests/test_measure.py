@@ -296,3 +296,21 @@ def test_label_max_numba_equals_numpy(monkeypatch):
     monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
     ref = K.label_max(bk, val, lab, 60)
     assert np.array_equal(fast, ref) and fast[55] == 0  # absent labels keep 0
+
+
+def test_range_and_count_numba_equals_numpy(monkeypatch):
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(5)
+    for img, level in [(rng.integers(0, 65536, (50, 60)).astype(np.uint16), 65000),
+                       (rng.normal(0, 1, (33, 17)).astype(np.float32), 1.5),
+                       (rng.normal(0, 1, (8, 9)), None)]:
+        fast = K.range_and_count(bk, img, level)
+        monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
+        ref = K.range_and_count(bk, img, level)
+        monkeypatch.delenv("ERQUANT_NO_NUMBA")
+        assert fast == pytest.approx(ref)
+        assert fast[0] == pytest.approx(float(img.min())) and fast[1] == pytest.approx(float(img.max()))
+        assert fast[2] == (0 if level is None else int((img >= level).sum()))

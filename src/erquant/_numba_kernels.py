@@ -51,12 +51,30 @@ def _scatter_max_impl(out, labels, values):
             out[k] = v
 
 
+def _range_count_impl(a, level):
+    """(min, max, number of values >= level) of a flat array in one pass."""
+    lo = a[0]
+    hi = a[0]
+    n = 0
+    for i in range(a.size):
+        v = a[i]
+        if v < lo:
+            lo = v
+        if v > hi:
+            hi = v
+        if v >= level:
+            n += 1
+    return lo, hi, n
+
+
 if numba is not None:
     _moments = numba.njit(cache=True, nogil=True, boundscheck=False)(_moments_impl)
+    range_count = numba.njit(cache=True, nogil=True, boundscheck=False)(_range_count_impl)
     scatter_max = numba.njit(cache=True, nogil=True, boundscheck=False)(_scatter_max_impl)
 else:  # pragma: no cover
     _moments = None
     scatter_max = None
+    range_count = None
 
 
 def moments(nuc: np.ndarray, cyt: np.ndarray, K: int, images: tuple,

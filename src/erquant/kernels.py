@@ -209,6 +209,32 @@ def label_moments(bk: Backend, nuc, cyt, K: int, images, squared, shifts, nbins:
     return out
 
 
+def range_and_count(bk: Backend, img, level: float | None):
+    """``(min, max, number of pixels >= level)`` as Python numbers (count 0 when
+    ``level`` is None): one compiled pass with Numba, three reductions otherwise."""
+    xp = bk.xp
+    if img.size and _numba_ok(bk) and img.dtype.kind in "uif":
+        from erquant import _numba_kernels
+
+        flat = np.ascontiguousarray(img).ravel()
+        lev = np.inf if level is None else level
+        lo, hi, n = _numba_kernels.range_count(flat, flat.dtype.type(lev)
+                                               if flat.dtype.kind == "f" else float(lev))
+        return float(lo), float(hi), int(n) if level is not None else 0
+    terms = [img.min().astype(np.float64), img.max().astype(np.float64)]
+    terms.append(xp.count_nonzero(img >= level).astype(np.float64) if level is not None
+                 else xp.asarray(0.0))
+    lo, hi, n = (float(v) for v in to_numpy_stack(xp, terms))
+    return lo, hi, int(n)
+
+
+def to_numpy_stack(xp, terms):
+    """Stack device scalars and bring them to the host in one transfer."""
+    from erquant.backend import to_numpy
+
+    return to_numpy(xp.stack([xp.asarray(t, dtype=np.float64) for t in terms])).tolist()
+
+
 def label_max(bk: Backend, values, labels, n: int):
     """Per-label maximum of ``values`` for labels 0..n (scatter-max, no sorting)."""
     xp = bk.xp
