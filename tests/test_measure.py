@@ -314,3 +314,24 @@ def test_range_and_count_numba_equals_numpy(monkeypatch):
         assert fast == pytest.approx(ref)
         assert fast[0] == pytest.approx(float(img.min())) and fast[1] == pytest.approx(float(img.max()))
         assert fast[2] == (0 if level is None else int((img >= level).sum()))
+
+
+def test_nearest_seed_and_presence_numba_equal_numpy(monkeypatch):
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(6)
+    seeds = np.zeros((90, 110), np.int32)
+    for k in range(1, 30):
+        y, x = rng.integers(0, 85), rng.integers(0, 105)
+        seeds[y:y + 3, x:x + 4] = k
+    fast, dfast = K.nearest_seed(bk, seeds, return_distance=True)
+    pf = K.label_present(bk, seeds.astype(np.uint32))
+    monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
+    ref, dref = K.nearest_seed(bk, seeds, return_distance=True)
+    pr = K.label_present(bk, seeds.astype(np.uint32))
+    assert np.array_equal(fast, ref) and np.array_equal(dfast, dref)
+    assert np.array_equal(pf, pr) and pf.shape == (int(seeds.max()) + 1,)
+    on = seeds > 0
+    assert np.array_equal(fast[on], seeds[on])

@@ -67,12 +67,41 @@ def _range_count_impl(a, level):
     return lo, hi, n
 
 
+def _scan_order_map_impl(seeds, cc, out):
+    """out = id of the ``cc[i]``-th non-zero pixel of ``seeds`` in scan order (cc ≥ 1)."""
+    n = 0
+    for i in range(seeds.size):
+        if seeds[i] != 0:
+            n += 1
+    lut = np.zeros(n + 1, dtype=seeds.dtype)
+    k = 0
+    for i in range(seeds.size):
+        if seeds[i] != 0:
+            k += 1
+            lut[k] = seeds[i]
+    for i in range(cc.size):
+        out[i] = lut[cc[i]]
+
+
+def _present_impl(labels, n):
+    """Boolean presence of each label 0..n in a flat label array."""
+    out = np.zeros(n + 1, dtype=np.bool_)
+    for i in range(labels.size):
+        out[labels[i]] = True
+    return out
+
+
 if numba is not None:
     _moments = numba.njit(cache=True, nogil=True, boundscheck=False)(_moments_impl)
+    scan_order_map = numba.njit(cache=True, nogil=True, boundscheck=False)(
+        _scan_order_map_impl)
+    present = numba.njit(cache=True, nogil=True, boundscheck=False)(_present_impl)
     range_count = numba.njit(cache=True, nogil=True, boundscheck=False)(_range_count_impl)
     scatter_max = numba.njit(cache=True, nogil=True, boundscheck=False)(_scatter_max_impl)
 else:  # pragma: no cover
     _moments = None
+    scan_order_map = None
+    present = None
     scatter_max = None
     range_count = None
 

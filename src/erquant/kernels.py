@@ -94,9 +94,16 @@ def nearest_seed(bk: Backend, seeds, *, return_distance: bool = False):
         dist, cc = cv2.distanceTransformWithLabels(zero, cv2.DIST_L2, 5,
                                                    labelType=cv2.DIST_LABEL_PIXEL)
         # cc numbers the seed pixels in scan order; map them to seed ids
-        lut = np.zeros(int(np.count_nonzero(seeds)) + 1, np.int32)
-        lut[1:] = seeds[seeds > 0]
-        owner = lut[cc]
+        if _numba_ok(bk):  # one compiled pass instead of a mask, a gather and a take
+            from erquant import _numba_kernels
+
+            owner = np.empty(cc.shape, np.int32)
+            _numba_kernels.scan_order_map(np.ascontiguousarray(seeds, dtype=np.int32).ravel(),
+                                          cc.ravel(), owner.ravel())
+        else:
+            lut = np.zeros(int(np.count_nonzero(seeds)) + 1, np.int32)
+            lut[1:] = seeds[seeds > 0]
+            owner = lut[cc]
         return (owner, dist) if return_distance else owner
     out = bk.ndi.distance_transform_edt(seeds == 0, return_distances=return_distance,
                                         return_indices=True)
@@ -233,6 +240,17 @@ def to_numpy_stack(xp, terms):
     from erquant.backend import to_numpy
 
     return to_numpy(xp.stack([xp.asarray(t, dtype=np.float64) for t in terms])).tolist()
+
+
+def label_present(bk: Backend, labels):
+    """Boolean array ``p`` with ``p[k]`` True where label ``k`` occurs (k = 0..max)."""
+    xp = bk.xp
+    if _numba_ok(bk) and labels.dtype.kind in "ui" and labels.size:
+        from erquant import _numba_kernels
+
+        flat = np.ascontiguousarray(labels).ravel()
+        return _numba_kernels.present(flat, int(flat.max()))
+    return xp.bincount(labels.ravel()) > 0
 
 
 def label_max(bk: Backend, values, labels, n: int):

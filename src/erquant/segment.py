@@ -492,7 +492,7 @@ def _segment_downsampled(bk: Backend, img, f: int, return_info: bool, *, diamete
                                     local_contrast=kw["local_contrast"],
                                     window=kw["contrast_window"] * float(info["diameter"]) * f)
     labels = labels[:Y, :X]
-    present = xp.bincount(labels.ravel()) > 0
+    present = K.label_present(bk, labels)
     if not bool(present[1:].all()):  # host sync; objects lost to the padding or the
         labels = _relabel(xp, labels, present)  # refinement: renumber 1..N
     labels = xp.ascontiguousarray(labels)
@@ -539,10 +539,10 @@ def _refine_boundaries(bk: Backend, img, labels, f: int, *, lo, hi, background, 
 
 
 def _noise_sigma(bk: Backend, norm) -> float:
-    """Pixel noise sigma: MAD of the fine (1-px) high-pass on a ≤ ~1024² central crop."""
+    """Pixel noise sigma: MAD of the fine (1-px) high-pass on a ≤ 512² central crop."""
     xp = bk.xp
-    cy, cx = (max(0, (n - 1024) // 2) for n in norm.shape)
-    crop = xp.ascontiguousarray(norm[cy:cy + 1024, cx:cx + 1024])
+    cy, cx = (max(0, (n - 512) // 2) for n in norm.shape)
+    crop = xp.ascontiguousarray(norm[cy:cy + 512, cx:cx + 512])
     hp = (crop - K.gaussian(bk, crop, 1.0))[::2, ::2]  # a quarter of the pixels: same MAD
     return float(xp.median(xp.abs(hp - xp.median(hp)))) * 1.4826 * 1.25  # host sync
 
