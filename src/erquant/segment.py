@@ -305,7 +305,12 @@ def _estimate_diameter(bk: Backend, norm, threshold: str, threshold_value=None, 
         g = max(1, int(d // 24))
         if g not in scaled:
             scaled[g] = K.block_mean(bk, norm, g)
-        mask = _foreground(bk, scaled[g], d / g, threshold, threshold_value, **kw)[0]
+        # ... on a central part of ~32 diameters (≥ 384 px): ~1000 nucleus areas
+        work = scaled[g]
+        w = int(min(1024, max(384, 32 * d)) // g)
+        oy, ox = (max(0, (n - w) // 2) for n in work.shape)
+        work = work[oy:oy + w, ox:ox + w]
+        mask = _foreground(bk, work, d / g, threshold, threshold_value, **kw)[0]
         d_new = g * _diameter_from_mask(bk, mask, fallback=d / g)
         d_new = min(max(d_new, 4.0), max(norm.shape) / 2)
         if abs(d_new - d) < 0.08 * d:
