@@ -151,3 +151,25 @@ def test_segment_same_names_from_two_folders_keep_both(tmp_path, capsys):
     assert tifffile.imread(out / "field_nuclei.tif").max() == 2
     assert tifffile.imread(out / "b_field_nuclei.tif").max() == 3
     assert "shares its name" in capsys.readouterr().err
+
+
+def test_segment_honours_downsample_and_the_params_file(tmp_path, capsys):
+    """``--downsample`` reaches segment_nuclei, and so does every field of --params."""
+    from erquant.params import Params
+
+    img_path = tmp_path / "discs.tif"
+    big = disc_image((512, 512), [(64 + 128 * i, 64 + 128 * j) for i in range(4)
+                                  for j in range(4)], 30, value=1000.0, background=100.0)
+    tifffile.imwrite(img_path, big.astype(np.uint16))
+    for ds in ("1", "0"):
+        out = tmp_path / f"out{ds}"
+        assert main(["segment", str(img_path), "-o", str(out), "-q", "--downsample", ds]) == 0
+        lab = tifffile.imread(out / "discs_nuclei.tif")
+        assert int(lab.max()) == 16 and lab.shape == big.shape
+    capsys.readouterr()
+    # a parameter file that drops every object (min area > the discs): honoured
+    toml = tmp_path / "p.toml"
+    Params().replace(**{"segment.min_area_fraction": 5.0}).to_toml(toml)
+    out = tmp_path / "outp"
+    assert main(["segment", str(img_path), "-o", str(out), "-q", "--params", str(toml)]) == 0
+    assert int(tifffile.imread(out / "discs_nuclei.tif").max()) == 0

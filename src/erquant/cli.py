@@ -8,6 +8,7 @@ remaining inputs are still processed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -28,8 +29,9 @@ def _segment_params(args):
     from erquant.params import Params
 
     seg = {"diameter": args.diameter, "threshold": args.threshold,
-           "threshold_value": args.threshold_value}
-    return Params.from_dict({"segment": seg}) if args.params is None else \
+           "threshold_value": args.threshold_value, "downsample": args.downsample}
+    seg_given = {k: v for k, v in seg.items() if v is not None}
+    return Params.from_dict({"segment": seg_given}) if args.params is None else \
         Params.from_toml(args.params).replace(**{f"segment.{k}": v for k, v in seg.items()
                                                  if v is not None and k != "threshold"})
 
@@ -40,6 +42,9 @@ def _add_segment_options(p):
     p.add_argument("--threshold", default="otsu", choices=["otsu", "li", "triangle", "manual"])
     p.add_argument("--threshold-value", type=float, default=None,
                    help="raw intensity threshold for --threshold manual")
+    p.add_argument("--downsample", type=int, default=None,
+                   help="segment an N× smaller copy; 0 = automatic (default: >= 10 px per "
+                        "nucleus diameter), 1 = full resolution")
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
     p.add_argument("--params", type=Path, default=None, help="TOML parameter file")
 
@@ -64,9 +69,9 @@ def cmd_segment(args) -> int:
                      disable=args.quiet or len(args.images) < 2):
         try:
             img = read_image(path, channel=args.channel)
-            labels, info = segment_nuclei(
-                bk.asarray(img), diameter=params.diameter, threshold=params.threshold,
-                threshold_value=params.threshold_value, return_info=True)
+            # SegmentParams mirrors segment_nuclei's keyword arguments one to one
+            labels, info = segment_nuclei(bk.asarray(img), **dataclasses.asdict(params),
+                                          return_info=True)
             labels = to_numpy(labels).astype(np.uint32)
             stem = _stem(path)
             if stem in written:  # same file name from two folders: keep both outputs
