@@ -115,7 +115,7 @@ def validate_image(image: Any, name: str = "image", *, ndim: int = 2) -> None:
             raise ValueError(f"{name} image contains NaN")
         if has_inf:
             raise ValueError(f"{name} image contains infinite values")
-    lo, hi = to_numpy(xp.stack([arr.min(), arr.max()])).tolist()  # host sync: 2 scalars
+    lo, hi, _ = range_and_count(bk, arr, None)  # host sync: 2 scalars (one pass)
     if lo == hi:
         if np.issubdtype(arr.dtype, np.integer) and hi == np.iinfo(arr.dtype).max and hi > 1:
             raise ValueError(f"{name} image is saturated (all pixels = {_fmt(hi)})")
