@@ -15,9 +15,11 @@ except Exception:  # pragma: no cover - numba is a core dependency, but stay imp
     numba = None
 
 
-def _moments_impl(nuc, cyt, K, images, squared, shifts, out):
+def _moments_impl(nuc, cyt, K, images, squared, shifts, maps, nmaps, c0, c1, cw, out):
     """out[0] count, out[1] Σy, out[2] Σx, then per image Σv (and Σ(v - shift)² where
-    ``squared``), over slots: nucleus id where nuc > 0, else K + cell id where cyt > 0."""
+    ``squared``), then per separable map ``m`` (the first ``nmaps`` of ``maps``)
+    Σ (m[y, c0[x]] (1 - cw[x]) + m[y, c1[x]] cw[x]), over slots: nucleus id where
+    nuc > 0, else K + cell id where cyt > 0."""
     Y, X = nuc.shape
     C = len(images)
     for y in range(Y):
@@ -39,6 +41,12 @@ def _moments_impl(nuc, cyt, K, images, squared, shifts, out):
                 if squared[i]:
                     d = v - shifts[i]
                     out[row, s] += d * d
+                    row += 1
+            if nmaps > 0:
+                a, b, w = c0[x], c1[x], cw[x]
+                for j in range(nmaps):
+                    m = maps[j]
+                    out[row, s] += m[y, a] * (1.0 - w) + m[y, b] * w
                     row += 1
 
 
@@ -107,9 +115,18 @@ else:  # pragma: no cover
 
 
 def moments(nuc: np.ndarray, cyt: np.ndarray, K: int, images: tuple,
-            squared: np.ndarray, shifts: np.ndarray, nbins: int) -> np.ndarray:
-    """See :func:`_moments_impl`; ``images`` is a tuple of float32 (Y, X) arrays."""
-    rows = 3 + len(images) + int(np.count_nonzero(squared))
+            squared: np.ndarray, shifts: np.ndarray, nbins: int, maps: tuple = (),
+            c0=None, c1=None, cw=None) -> np.ndarray:
+    """See :func:`_moments_impl`; ``images`` a tuple of float (Y, X) arrays, ``maps``
+    a tuple of float32 (Y, nx) row factors sharing the column factors c0, c1, cw."""
+    nmaps = len(maps)
+    rows = 3 + len(images) + int(np.count_nonzero(squared)) + nmaps
     out = np.zeros((rows, nbins), dtype=np.float64)
-    _moments(nuc, cyt, K, images, squared, shifts, out)
+    if nmaps == 0:  # Numba cannot type an empty tuple: a dummy that is never read
+        maps = (np.zeros((1, 1), np.float32),)
+        c0 = c1 = np.zeros(nuc.shape[1], np.int64)
+        cw = np.zeros(nuc.shape[1], np.float32)
+    _moments(nuc, cyt, K, images, squared, shifts, maps, nmaps,
+             np.asarray(c0, np.int64), np.asarray(c1, np.int64),
+             np.asarray(cw, np.float32), out)
     return out

@@ -172,13 +172,17 @@ def _numba_ok(bk: Backend) -> bool:
     return _numba_kernels.numba is not None
 
 
-def label_moments(bk: Backend, nuc, cyt, K: int, images, squared, shifts, nbins: int):
+def label_moments(bk: Backend, nuc, cyt, K: int, images, squared, shifts, nbins: int,
+                  bilinear=()):
     """Per-slot pixel count, Σy, Σx and per image Σv (and Σ(v - shift)² where ``squared``).
 
     A pixel's slot is ``nuc`` where ``nuc > 0``, else ``K + cyt`` where ``cyt > 0``
-    (else none): nucleus and cytoplasm sums in one pass. Returns a float64
-    ``(3 + len(images) + sum(squared), nbins)`` array on the input's backend; slot 0
-    stays zero. Numba on the CPU (one pass over the pixels, ``ERQUANT_NO_NUMBA=1``
+    (else none): nucleus and cytoplasm sums in one pass. ``bilinear`` adds, per
+    entry ``(rows, c0, c1, cw)`` (a separable map, see
+    :func:`erquant.measure.background_map`), the sums of that map without making
+    it (all entries share ``c0, c1, cw``). Returns a float64
+    ``(3 + len(images) + sum(squared) + len(bilinear), nbins)`` array on the input's
+    backend; slot 0 stays zero. Numba on the CPU (one pass over the pixels, ``ERQUANT_NO_NUMBA=1``
     disables it), ``bincount`` otherwise (CuPy; the same sums).
     """
     xp = bk.xp
@@ -192,12 +196,18 @@ def label_moments(bk: Backend, nuc, cyt, K: int, images, squared, shifts, nbins:
         dummy = not ims  # Numba cannot type an empty tuple: sum a (lazily zeroed) image
         if dummy:
             ims, squared, shifts = (np.zeros(nuc.shape, np.float32),), [False], [0.0]
+        maps, c0, c1, cw = (), None, None, None
+        if bilinear:
+            maps = tuple(np.ascontiguousarray(b[0], dtype=np.float32) for b in bilinear)
+            c0, c1, cw = bilinear[0][1], bilinear[0][2], bilinear[0][3]
         lab_t = np.result_type(nuc.dtype, cyt.dtype)
         out = _numba_kernels.moments(
             np.ascontiguousarray(nuc, dtype=lab_t), np.ascontiguousarray(cyt, dtype=lab_t),
             int(K), ims, np.asarray(squared, dtype=np.bool_),
-            np.asarray(shifts, dtype=np.float64), int(nbins))
-        return out[:3] if dummy else out
+            np.asarray(shifts, dtype=np.float64), int(nbins), maps, c0, c1, cw)
+        if dummy:  # drop the dummy image's row
+            return np.concatenate([out[:3], out[4:]])
+        return out
     nuc_i = nuc.astype(xp.int64)
     index = xp.where(nuc_i > 0, nuc_i, xp.where(cyt > 0, cyt.astype(xp.int64) + K, 0)).ravel()
     Y, X = (int(n) for n in nuc.shape)
@@ -211,6 +221,9 @@ def label_moments(bk: Backend, nuc, cyt, K: int, images, squared, shifts, nbins:
         rows.append(xp.bincount(index, weights=v, minlength=nbins))
         if sq:
             rows.append(xp.bincount(index, weights=(v - sh) ** 2, minlength=nbins))
+    for r, c0, c1, cw in bilinear:  # the map itself, then its sums
+        m = r[:, c0] * (1 - cw)[None, :] + r[:, c1] * cw[None, :]
+        rows.append(xp.bincount(index, weights=m.astype(np.float64).ravel(), minlength=nbins))
     out = xp.stack(rows)
     out[:, 0] = 0.0
     return out

@@ -360,6 +360,7 @@ def background_map(
     quantile: float = 0.5,
     min_tile_fraction: float = 0.05,
     fallback_percentile: float = 5.0,
+    separable: bool = False,
 ):
     """Smooth background map from the pixels outside ``occupied``.
 
@@ -390,9 +391,16 @@ def background_map(
     fallback_percentile : float
         Passed to :func:`field_background` when no tile is valid.
 
+    separable : bool
+        Return the map's factors instead of the map (see Returns).
+
     Returns
     -------
-    (Y, X) float32 array on the input's device.
+    (Y, X) float32 array on the input's device; with ``separable`` the tuple
+    ``(rows, c0, c1, cw)`` such that the map is
+    ``rows[:, c0] * (1 - cw) + rows[:, c1] * cw`` (``rows`` (Y, nx) float32,
+    ``c0``/``c1`` (X,) column indices, ``cw`` (X,) float32 weights), which
+    per-cell sums can evaluate on the fly (:func:`erquant.kernels.label_moments`).
 
     Examples
     --------
@@ -457,6 +465,10 @@ def background_map(
     all_ok, any_ok = (bool(b) for b in to_numpy(xp.stack([ok.all(), ok.any()])))
     if not any_ok:
         value = field_background(image, ~occupied, fallback_percentile=fallback_percentile)
+        if separable:
+            zero = xp.zeros(X, dtype=np.intp)
+            return (xp.full((Y, 1), value, dtype=np.float32), zero, zero,
+                    xp.zeros(X, dtype=np.float32))
         return xp.full((Y, X), value, dtype=np.float32)
     if not all_ok:
         idx = ndi.distance_transform_edt(~ok, return_distances=False, return_indices=True)
@@ -469,8 +481,11 @@ def background_map(
     cx = np.array([(j * t + min((j + 1) * t, X) - 1) / 2.0 for j in range(nx)])
     # as two small matrix products (BLAS; C-ordered float32 output): Wy @ grid @ Wx
     wy = _interp_matrix(xp, Y, cy)  # (Y, ny)
+    rows = xp.ascontiguousarray((wy @ grid.astype(np.float64)).astype(np.float32))  # (Y, nx)
+    if separable:
+        c0, c1, cw = _interp_weights(xp, X, cx)
+        return rows, c0, c1, cw.astype(np.float32)
     wx = _interp_matrix(xp, X, cx)  # (X, nx)
-    rows = (wy @ grid.astype(np.float64)).astype(np.float32)  # (Y, nx)
     return xp.ascontiguousarray(rows @ wx.T.astype(np.float32))
 
 
@@ -620,7 +635,7 @@ def measure_cells(
     # every per-pixel quantity summed per slot in one pass (kernels.label_moments):
     # per channel the image (with Σ(v - shift)²), and its background map or its
     # flat-field-corrected copy where the table needs their per-cell sums
-    images, squared, shifts = [], [], []
+    images, squared, shifts, bilinear = [], [], [], []
     plan: dict[str, dict] = {}
     for name, img in chans.items():
         mode, ff = bg_spec[name], flats.get(name)
@@ -631,7 +646,14 @@ def measure_cells(
         squared.append(True)
         shifts.append(shift)
         entry["shift"] = shift
-        if mode == "local":
+        if mode == "local" and ff is None:
+            # the map's separable factors: its per-cell sums evaluated on the fly
+            entry["bmap_sep"] = len(bilinear)
+            bilinear.append(background_map(
+                img, occ, tile=tile, quantile=background_quantile,
+                min_tile_fraction=min_tile_fraction, fallback_percentile=fallback_percentile,
+                separable=True))
+        elif mode == "local":
             bmap = background_map(img, occ, tile=tile, quantile=background_quantile,
                                   min_tile_fraction=min_tile_fraction,
                                   fallback_percentile=fallback_percentile)
@@ -639,11 +661,10 @@ def measure_cells(
             images.append(bmap)
             squared.append(False)
             shifts.append(0.0)
-            if ff is not None:
-                entry["corr"] = len(images)
-                images.append((img.astype(np.float32) - bmap) / ff)
-                squared.append(False)
-                shifts.append(0.0)
+            entry["corr"] = len(images)
+            images.append((img.astype(np.float32) - bmap) / ff)
+            squared.append(False)
+            shifts.append(0.0)
         else:
             if mode == "field":
                 bval = float(field_background(img, ~occ, fallback_percentile=fallback_percentile))
@@ -656,13 +677,18 @@ def measure_cells(
                 squared.append(False)
                 shifts.append(0.0)
         plan[name] = entry
-    sums = K_.label_moments(bk, nuc_s, cyt_s, K, images, squared, shifts, nbins)
-    # row of image i in ``sums``: 3 + i + (number of squared images before i)
+    sums = K_.label_moments(bk, nuc_s, cyt_s, K, images, squared, shifts, nbins,
+                            bilinear=bilinear)
+    # row of image i in ``sums``: 3 + i + (number of squared images before i); the
+    # separable maps follow
     row_of = []
     r = 3
     for sq in squared:
         row_of.append(r)
         r += 2 if sq else 1
+    for e in plan.values():
+        if "bmap_sep" in e:
+            e["bmap_row"] = r + e["bmap_sep"]
 
     area = sums[0]
     slots = xp.flatnonzero(area[1:K]) + 1  # host sync on CuPy: output size
@@ -677,8 +703,8 @@ def measure_cells(
         i = e["row"]
         s1 = sums[row_of[i]]
         s2 = sums[row_of[i] + 1]
-        if "bmap" in e:
-            sb = sums[row_of[e["bmap"]]]
+        if "bmap" in e or "bmap_row" in e:
+            sb = sums[e["bmap_row"]] if "bmap_row" in e else sums[row_of[e["bmap"]]]
             sc = s1 - sb if "corr" not in e else sums[row_of[e["corr"]]]
             bg_rows = [sb[slots], sb[cslots]]
         else:
