@@ -259,10 +259,12 @@ def _stage_chain(bk, paths: Sequence[str], downsample: int = 0) -> tuple[dict, l
         arr = bk.asarray(tifffile.imread(p))
         bk.synchronize()
         t1 = time.perf_counter()
-        nuc = segment_nuclei(arr[0], downsample=downsample)
+        nuc, info = segment_nuclei(arr[0], downsample=downsample, return_info=True)
         bk.synchronize()
         t2 = time.perf_counter()
-        cells = segment_cells(nuc, max_distance=CELL_DISTANCE)
+        # as the pipeline does: cells at the nuclei's working scale
+        cells = segment_cells(nuc, max_distance=CELL_DISTANCE,
+                              downsample=int(info.get("downsample", 1)))
         bk.synchronize()
         t3 = time.perf_counter()
         measure_cells(nuc, cells, {"er": arr[1]})
