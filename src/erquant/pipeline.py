@@ -48,7 +48,8 @@ class FieldResult:
     scores : dict
         Field scores per marker (% positive, H-score, Allred; :func:`erquant.classify.field_scores`).
     info : dict
-        Diameter and threshold used, backend name.
+        Diameter and threshold used, the working scale (``downsample``: the nuclei were
+        segmented on a copy that many times smaller), backend name.
     """
 
     nuclei: np.ndarray
@@ -214,7 +215,8 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
                   focus_channel=params.nuclei_name, saturation_limit=qp.saturation_limit,
                   focus_threshold=qp.focus_threshold, n_nuclei=n_field)
     info = {"diameter": float(info["diameter"]) if info["diameter"] else None,
-            "threshold": info["threshold"], "backend": bk.name}
+            "threshold": info["threshold"], "downsample": int(info.get("downsample", 1)),
+            "backend": bk.name}
     yield Progress("done", 1.0)
     return FieldResult(nuclei=nuclei_h.astype(np.uint32, copy=False),
                        cells=cells_h.astype(np.uint32, copy=False), table=table, qc=qc,
