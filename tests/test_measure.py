@@ -354,3 +354,29 @@ def test_separable_background_map_equals_the_map():
     rows, c0, c1, cw = background_map(img, np.ones(img.shape, bool), tile=64, separable=True)
     made = rows[:, c0] * (1 - cw)[None, :] + rows[:, c1] * cw[None, :]
     assert made.shape == img.shape and np.ptp(made) == 0
+
+
+def test_relabel_foreground_and_paste_numba_equal_numpy(monkeypatch):
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(8)
+    labels = np.zeros((70, 90), np.uint32)
+    for k in range(1, 12):
+        y, x = rng.integers(0, 60), rng.integers(0, 80)
+        labels[y:y + 8, x:x + 9] = k
+    smooth = rng.random(labels.shape).astype(np.float32)
+    peak = np.maximum(smooth, rng.random(labels.shape).astype(np.float32))
+    small = rng.integers(0, 12, (36, 45)).astype(np.int32)
+    seeds = np.where(rng.random((71, 90)) > 0.9, 7, 0).astype(np.int32)
+    fast = [K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2),
+            K.relabel_foreground(bk, labels, smooth, None, 0.5, 0.0, 1),
+            K.paste_upsampled(bk, seeds, small, 2)]
+    monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
+    ref = [K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2),
+           K.relabel_foreground(bk, labels, smooth, None, 0.5, 0.0, 1),
+           K.paste_upsampled(bk, seeds, small, 2)]
+    for a, b in zip(fast, ref):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert fast[0].any() and (fast[0][smooth <= 0.2] == 0).all()

@@ -99,8 +99,46 @@ def _present_impl(labels, n):
     return out
 
 
+def _relabel_foreground_impl(labels, smooth, peak, thr, contrast, radius, out):
+    """out = 0 where not (smooth > thr and smooth > contrast · peak); else the pixel's
+    label, or for an unlabelled pixel the largest label within ``radius`` (square)."""
+    Y, X = labels.shape
+    use_peak = contrast > 0
+    for y in range(Y):
+        for x in range(X):
+            v = smooth[y, x]
+            if not v > thr or (use_peak and not v > contrast * peak[y, x]):
+                out[y, x] = 0
+                continue
+            lab = labels[y, x]
+            if lab == 0:
+                for yy in range(max(0, y - radius), min(Y, y + radius + 1)):
+                    for xx in range(max(0, x - radius), min(X, x + radius + 1)):
+                        if labels[yy, xx] > lab:
+                            lab = labels[yy, xx]
+            out[y, x] = lab
+
+
+def _paste_upsampled_impl(seeds, small, f, out):
+    """out = seeds where > 0, else small[y // f, x // f] (clipped to small's shape)."""
+    Y, X = seeds.shape
+    sy, sx = small.shape
+    for y in range(Y):
+        ys = min(y // f, sy - 1)
+        for x in range(X):
+            s = seeds[y, x]
+            if s > 0:
+                out[y, x] = s
+            else:
+                out[y, x] = small[ys, min(x // f, sx - 1)]
+
+
 if numba is not None:
     _moments = numba.njit(cache=True, nogil=True, boundscheck=False)(_moments_impl)
+    relabel_foreground = numba.njit(cache=True, nogil=True, boundscheck=False)(
+        _relabel_foreground_impl)
+    paste_upsampled = numba.njit(cache=True, nogil=True, boundscheck=False)(
+        _paste_upsampled_impl)
     scan_order_map = numba.njit(cache=True, nogil=True, boundscheck=False)(
         _scan_order_map_impl)
     present = numba.njit(cache=True, nogil=True, boundscheck=False)(_present_impl)
@@ -108,6 +146,8 @@ if numba is not None:
     scatter_max = numba.njit(cache=True, nogil=True, boundscheck=False)(_scatter_max_impl)
 else:  # pragma: no cover
     _moments = None
+    relabel_foreground = None
+    paste_upsampled = None
     scan_order_map = None
     present = None
     scatter_max = None

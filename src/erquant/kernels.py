@@ -255,6 +255,53 @@ def to_numpy_stack(xp, terms):
     return to_numpy(xp.stack([xp.asarray(t, dtype=np.float64) for t in terms])).tolist()
 
 
+def relabel_foreground(bk: Backend, labels, smooth, peak, thr: float, contrast: float,
+                       radius: int):
+    """Keep labels on the foreground, give unlabelled foreground the nearby label.
+
+    Foreground: ``smooth > thr`` and (``contrast > 0``) ``smooth > contrast · peak``.
+    There, a labelled pixel keeps its label and an unlabelled one takes the largest
+    label within ``radius`` px (a square window; 0 if none); elsewhere 0. One
+    compiled pass with Numba; whole-image operations otherwise (CuPy).
+    """
+    xp = bk.xp
+    if _numba_ok(bk) and labels.dtype.kind in "ui":
+        from erquant import _numba_kernels
+
+        out = np.empty(labels.shape, labels.dtype)
+        pk = peak if peak is not None else smooth
+        _numba_kernels.relabel_foreground(
+            np.ascontiguousarray(labels), np.ascontiguousarray(smooth, dtype=np.float32),
+            np.ascontiguousarray(pk, dtype=np.float32), np.float32(thr),
+            np.float32(contrast if peak is not None else 0.0), int(radius), out)
+        return out
+    fg = smooth > np.float32(thr)
+    if peak is not None and contrast > 0:
+        fg &= smooth > np.float32(contrast) * peak
+    if int(labels.max()) >= 2**24:  # host sync; float32 ids would be inexact: only shrink
+        return xp.where(fg, labels, 0).astype(labels.dtype)
+    grown = maximum_filter(bk, labels.astype(xp.float32), 2 * int(radius) + 1)
+    out = grown.astype(labels.dtype)
+    xp.copyto(out, labels, where=labels > 0)  # a labelled pixel keeps its own id
+    out *= fg  # and only foreground pixels
+    return out
+
+
+def paste_upsampled(bk: Backend, seeds, small, f: int):
+    """``seeds`` where > 0, else ``small`` repeated ``f`` × ``f`` (cropped/edge-padded
+    to ``seeds``' shape); int32. One compiled pass with Numba."""
+    xp = bk.xp
+    if _numba_ok(bk):
+        from erquant import _numba_kernels
+
+        out = np.empty(seeds.shape, np.int32)
+        _numba_kernels.paste_upsampled(np.ascontiguousarray(seeds, dtype=np.int32),
+                                       np.ascontiguousarray(small, dtype=np.int32), int(f), out)
+        return out
+    big = upsample_labels(bk, small.astype(xp.int32), f, seeds.shape)
+    return xp.where(seeds > 0, seeds, big).astype(xp.int32)
+
+
 def label_present(bk: Backend, labels):
     """Boolean array ``p`` with ``p[k]`` True where label ``k`` occurs (k = 0..max)."""
     xp = bk.xp

@@ -529,18 +529,13 @@ def _refine_boundaries(bk: Backend, img, labels, f: int, *, lo, hi, background, 
         bg = K.resize(bk, xp.ascontiguousarray(background, dtype=xp.float32), smooth.shape)
         smooth -= scale * bg
     smooth -= np.float32(lo)
-    fg = smooth > np.float32(threshold) * scale
+    peak = None
     if local_contrast > 0:
-        # the small image's local-contrast rule; block means lower the peaks a little,
-        # so the same rule at full resolution is relaxed by 3 % to keep the same edge
-        fg &= smooth > (local_contrast * 0.97) * K.maximum_filter(bk, smooth, int(window) | 1)
-    if int(labels.max()) >= 2**24:  # host sync; float32 ids would be inexact: only shrink
-        return xp.where(fg, labels, 0).astype(labels.dtype)
-    grown = K.maximum_filter(bk, labels.astype(xp.float32), 2 * f + 1)  # ids < 2**24 exact
-    out = grown.astype(labels.dtype)
-    xp.copyto(out, labels, where=labels > 0)  # a nucleus keeps its own pixels' id
-    out *= fg  # and only foreground pixels
-    return out
+        peak = K.maximum_filter(bk, smooth, int(window) | 1)
+    # the small image's local-contrast rule; block means lower the peaks a little, so
+    # the same rule at full resolution is relaxed by 3 % to keep the same edge
+    return K.relabel_foreground(bk, labels, smooth, peak, float(threshold * scale),
+                                local_contrast * 0.97, f)
 
 
 def _noise_sigma(bk: Backend, norm) -> float:
@@ -818,8 +813,7 @@ def segment_cells(nuclei, *, cytoplasm_image=None, max_distance: float | None = 
             cyto_s = cyto_s[: small_seeds.shape[0], : small_seeds.shape[1]]
         small = _grow_cells(bk, small_seeds, cyto_s, max_distance / f, threshold, flood_levels,
                             sigma=1.5 / f)
-        cells = K.upsample_labels(bk, small.astype(xp.int32), f, shape)
-        cells = xp.where(seeds > 0, seeds, cells)
+        cells = K.paste_upsampled(bk, seeds, small, f)
     else:
         cyto = None
         if cytoplasm_image is not None:
