@@ -133,3 +133,28 @@ def test_add_parser_and_bad_arguments(capsys):
     assert (cfg.size, cfg.fields, cfg.repeats) == (1024, 1, 1)
     assert bench.main(["--size", "8", "--out", "/nonexistent"]) == 2
     assert "--size" in capsys.readouterr().err
+
+
+def test_kernel_ablation_rows(tmp_path, monkeypatch):
+    """Without --quick the bench times the CPU pipeline with each kernel variant; the
+    switches are restored afterwards and every variant finds the same nuclei."""
+    import os
+
+    monkeypatch.delenv("ERQUANT_NO_OPENCV", raising=False)
+    monkeypatch.delenv("ERQUANT_NO_NUMBA", raising=False)
+    rc = bench.main(["--size", "160", "--fields", "1", "--repeats", "1", "--no-scaling",
+                     "--no-reference", "--backends", "numpy", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "bench.json").read_text())
+    ab = res["ablation"]
+    assert list(ab) == list(bench.ABLATION)
+    for r in ab.values():
+        assert _finite_positive(r["s_per_field"]) and r["f1"] >= 0.9
+    assert next(iter(ab.values()))["slowdown"] == 1.0
+    assert "ERQUANT_NO_OPENCV" not in os.environ and "ERQUANT_NO_NUMBA" not in os.environ
+    md = (tmp_path / "bench.md").read_text()
+    assert "what OpenCV and Numba buy" in md and "the GPU's code path" in md
+    # --quick leaves it out
+    rc = bench.main(["--quick", "--size", "96", "--no-scaling", "--no-reference",
+                     "--backends", "numpy", "--out", str(tmp_path / "q")])
+    assert rc == 0 and "ablation" not in json.loads((tmp_path / "q" / "bench.json").read_text())

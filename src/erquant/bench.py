@@ -87,6 +87,7 @@ class BenchConfig:
     out: str = "benchmarks/results"
     quick: bool = False
     downsample: int = 0  # erquant's SegmentParams.downsample (0 = automatic, 1 = full res)
+    ablation: bool = True  # also time the CPU pipeline without OpenCV / Numba kernels
 
 
 # ------------------------------------------------------------------ helpers
@@ -335,6 +336,44 @@ def _bench_reference(fields, cfg: BenchConfig, notes: list) -> tuple[dict, str |
     return out, dev
 
 
+#: CPU kernel variants timed by the ablation: environment switches read by erquant.kernels
+ABLATION = {
+    "OpenCV + Numba kernels (default)": {},
+    "without Numba (bincount / np.maximum.at)": {"ERQUANT_NO_NUMBA": "1"},
+    "SciPy ndimage + bincount only (the GPU's code path)": {"ERQUANT_NO_OPENCV": "1",
+                                                            "ERQUANT_NO_NUMBA": "1"},
+}
+
+
+def _bench_ablation(fields, cfg: BenchConfig) -> dict:
+    """The NumPy pipeline with each CPU kernel variant (what OpenCV and Numba buy)."""
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    mpx = cfg.size * cfg.size / 1e6
+    truths = [f.nuclei for f in fields]
+    images = [f.image for f in fields]
+    run_field, _ = _pipeline(bk, cfg.downsample)
+    out = {}
+    for name, env in ABLATION.items():
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            run_field(images[0])  # warm-up (compilation, caches)
+            t, preds = _median_runs(lambda: [run_field(im) for im in images], cfg.repeats)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        out[name] = _rate(t, mpx, len(images)) | _f1(truths, preds) | {"env": env}
+    base = next(iter(out.values()))["s_per_field"]
+    for r in out.values():
+        r["slowdown"] = r["s_per_field"] / base
+    return out
+
+
 def _bench_batched_gpu(bk, fields, cfg: BenchConfig) -> dict:
     """N fields per launch vs one at a time on the GPU (CuPy only)."""
     n = max(2, cfg.batch)
@@ -527,6 +566,12 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     else:
         notes.append("reference recipes not run (--no-reference)")
 
+    if cfg.ablation and any(b.name == "numpy" for b in backends):
+        _log("kernel ablation: the NumPy pipeline without OpenCV / Numba")
+        result["ablation"] = _bench_ablation(fields, cfg)
+        for k, r in result["ablation"].items():
+            _log(f"  {k}: {r['s_per_field']:.3f} s/field ({r['slowdown']:.2f}×), F1 {r['f1']:.3f}")
+
     if gpu is not None:
         _log(f"batched GPU: {cfg.batch} fields per launch vs one at a time")
         result["batched_gpu"] = _bench_batched_gpu(gpu, fields, cfg)
@@ -628,6 +673,14 @@ def render_markdown(res: dict) -> str:
                          f"{_fmt(r['s_per_field'], 4)} | {_fmt(r['mpx_per_s'])} | "
                          f"{_fmt(r['fields_per_s'], 2)} |")
         lines.append(f"\nbatched speed-up: {_fmt(bg['speedup'])}×; {bg['method']}")
+    if "ablation" in res:
+        lines += ["", "## CPU kernels: what OpenCV and Numba buy (erquant NumPy pipeline)", "",
+                  "| kernels | s/field | MP/s | F1 | slower by |", "|---|---:|---:|---:|---:|"]
+        for k, r in res["ablation"].items():
+            lines.append(f"| {k} | {_fmt(r['s_per_field'], 3)} | {_fmt(r['mpx_per_s'])} | "
+                         f"{_fmt(r['f1'], 3)} | {_fmt(r['slowdown'])}× |")
+        lines.append("\nThe last row runs the same array code as the CuPy backend "
+                     "(cupyx.scipy.ndimage ≙ scipy.ndimage), on the CPU.")
     if "scaling" in res:
         lines += ["", "## Scaling with image size (erquant pipeline)", "",
                   "| backend | size | MP | s | s/MP | MP/s | F1 | repeats |",
@@ -671,6 +724,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-reference", action="store_true",
                    help="skip the scikit-image and pyclesperanto recipes")
     p.add_argument("--no-scaling", action="store_true", help="skip the image-size scaling")
+    p.add_argument("--no-ablation", action="store_true",
+                   help="skip timing the CPU pipeline without OpenCV / Numba (default: run it, "
+                        "except with --quick)")
     p.add_argument("--scaling-sizes", type=_int_list,
                    help="comma-separated edges (default 512,…,8192; quick 256,…,2048)")
     p.add_argument("--scaling-budget", type=float,
@@ -697,6 +753,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         repeats=args.repeats or (1 if q else 3),
         backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
         reference=not args.no_reference, scaling=not args.no_scaling,
+        ablation=not (q or getattr(args, "no_ablation", False)),
         scaling_sizes=args.scaling_sizes or ((256, 512, 1024, 2048) if q
                                              else (512, 1024, 2048, 4096, 8192)),
         scaling_budget_s=args.scaling_budget or (30.0 if q else 150.0),
