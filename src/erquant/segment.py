@@ -798,6 +798,8 @@ def segment_cells(nuclei, *, cytoplasm_image=None, max_distance: float | None = 
             area = area[area > 0]
         max_distance = 0.5 * float(xp.median(2 * xp.sqrt(area / math.pi)))  # host sync
     f = max(1, int(downsample))
+    if min(seeds.shape) < 4 * f:  # too small to subsample usefully
+        f = 1
     if f > 1:  # the same partition on a subsampled copy, repeated back; nuclei exact
         shape = seeds.shape
         cyto_s = None
