@@ -194,7 +194,7 @@ def _normalise(bk: Backend, img, crop=None):
     pair of slices) only that part is returned, scaled by the whole image's levels.
     """
     xp = bk.xp
-    small = img[:: max(1, img.shape[0] // 512), :: max(1, img.shape[1] // 512)]
+    small = img[:: max(1, -(-img.shape[0] // 256)), :: max(1, -(-img.shape[1] // 256))]
     lo, hi = (float(v) for v in to_numpy(xp.percentile(small, xp.asarray([0.5, 99.9]))))
     # host sync above: two scalars
     if hi <= lo:
