@@ -380,3 +380,25 @@ def test_relabel_foreground_and_paste_numba_equal_numpy(monkeypatch):
     for a, b in zip(fast, ref):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     assert fast[0].any() and (fast[0][smooth <= 0.2] == 0).all()
+
+
+def test_numba_kernels_work_without_a_writable_cache(monkeypatch):
+    """Read-only install and home: numba cannot cache; the kernels compile per process."""
+    import importlib
+
+    numba = pytest.importorskip("numba")
+    from numba.core import caching
+
+    from erquant import _numba_kernels
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # renamed in numba 0.61
+    monkeypatch.setattr(impl, "_locator_classes", [])
+    with pytest.raises(RuntimeError, match="no locator"):
+        numba.njit(cache=True)(lambda x: x)  # what numba does without a cache folder
+    mod = importlib.reload(_numba_kernels)
+    try:
+        a = np.arange(12, dtype=np.float32)
+        assert mod.range_count(a, np.float32(5)) == (0.0, 11.0, 7)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(_numba_kernels)

@@ -133,17 +133,25 @@ def _paste_upsampled_impl(seeds, small, f, out):
                 out[y, x] = small[ys, min(x // f, sx - 1)]
 
 
+def _jit(fn):
+    """Compile ``fn`` lazily, cached on disk where a cache folder is writable (next to
+    this file, else numba's user-wide cache); without one (read-only install and home)
+    it is compiled once per process instead of failing."""
+    opts = dict(nogil=True, boundscheck=False)
+    try:
+        return numba.njit(cache=True, **opts)(fn)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(cache=False, **opts)(fn)
+
+
 if numba is not None:
-    _moments = numba.njit(cache=True, nogil=True, boundscheck=False)(_moments_impl)
-    relabel_foreground = numba.njit(cache=True, nogil=True, boundscheck=False)(
-        _relabel_foreground_impl)
-    paste_upsampled = numba.njit(cache=True, nogil=True, boundscheck=False)(
-        _paste_upsampled_impl)
-    scan_order_map = numba.njit(cache=True, nogil=True, boundscheck=False)(
-        _scan_order_map_impl)
-    present = numba.njit(cache=True, nogil=True, boundscheck=False)(_present_impl)
-    range_count = numba.njit(cache=True, nogil=True, boundscheck=False)(_range_count_impl)
-    scatter_max = numba.njit(cache=True, nogil=True, boundscheck=False)(_scatter_max_impl)
+    _moments = _jit(_moments_impl)
+    relabel_foreground = _jit(_relabel_foreground_impl)
+    paste_upsampled = _jit(_paste_upsampled_impl)
+    scan_order_map = _jit(_scan_order_map_impl)
+    present = _jit(_present_impl)
+    range_count = _jit(_range_count_impl)
+    scatter_max = _jit(_scatter_max_impl)
 else:  # pragma: no cover
     _moments = None
     relabel_foreground = None
