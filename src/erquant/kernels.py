@@ -4,8 +4,12 @@ The segmentation algorithm (``erquant.segment``) is written once against these
 functions. Each function takes and returns arrays of the input's backend:
 NumPy inputs use OpenCV where it is much faster than SciPy for the same result
 (Gaussian blur, Euclidean distance transform, connected components, nearest
-seed), CuPy inputs use ``cupyx.scipy.ndimage``. ``ERQUANT_NO_OPENCV=1`` forces
-the SciPy implementations (used by the tests to compare both CPU paths).
+seed, block means), and Numba-compiled single passes (``erquant._numba_kernels``)
+for per-label reductions and fused full-resolution steps; CuPy inputs use
+``cupyx.scipy.ndimage`` and whole-image array operations. ``ERQUANT_NO_OPENCV=1``
+and ``ERQUANT_NO_NUMBA=1`` force the SciPy / array-operation implementations — the
+code the GPU runs — on the CPU (the tests compare both paths; ``erquant bench``
+times them).
 """
 
 from __future__ import annotations
