@@ -173,7 +173,7 @@ def _fraction_within(ratios, tol=0.05):
 def test_er_within_5_percent_true_flatfield(accuracy_results):
     """The issue's bar: background- and flat-field-corrected nuclear ERα within 5 % of
     the true level for ≥ 95 % of matched cells (pooled over the 4 in-focus fields;
-    measured 0.961 pooled). Per field it varies (0.953-0.980): guard at 0.91."""
+    measured 0.955 pooled). Per field it varies (0.929-0.980): guard at 0.91."""
     ratios = accuracy_results["er_ratio"]
     pooled, n = _fraction_within(ratios.values())
     per_field = {s: _fraction_within([r])[0] for s, r in ratios.items()}

@@ -119,18 +119,26 @@ def _relabel_foreground_impl(labels, smooth, peak, thr, contrast, radius, out):
             out[y, x] = lab
 
 
-def _paste_upsampled_impl(seeds, small, f, out):
-    """out = seeds where > 0, else small[y // f, x // f] (clipped to small's shape)."""
+def _paste_upsampled_impl(seeds, small, ri, ci, out):
+    """out = seeds where > 0, else small[ri[y], ci[x]]."""
     Y, X = seeds.shape
-    sy, sx = small.shape
     for y in range(Y):
-        ys = min(y // f, sy - 1)
+        r = ri[y]
         for x in range(X):
             s = seeds[y, x]
             if s > 0:
                 out[y, x] = s
             else:
-                out[y, x] = small[ys, min(x // f, sx - 1)]
+                out[y, x] = small[r, ci[x]]
+
+
+def _gather2d_impl(src, ri, ci, out):
+    """out[y, x] = src[ri[y], ci[x]]."""
+    Y, X = out.shape
+    for y in range(Y):
+        r = ri[y]
+        for x in range(X):
+            out[y, x] = src[r, ci[x]]
 
 
 def _jit(fn):
@@ -148,6 +156,7 @@ if numba is not None:
     _moments = _jit(_moments_impl)
     relabel_foreground = _jit(_relabel_foreground_impl)
     paste_upsampled = _jit(_paste_upsampled_impl)
+    gather2d = _jit(_gather2d_impl)
     scan_order_map = _jit(_scan_order_map_impl)
     present = _jit(_present_impl)
     range_count = _jit(_range_count_impl)
@@ -156,6 +165,7 @@ else:  # pragma: no cover
     _moments = None
     relabel_foreground = None
     paste_upsampled = None
+    gather2d = None
     scan_order_map = None
     present = None
     scatter_max = None

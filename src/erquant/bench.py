@@ -86,7 +86,7 @@ class BenchConfig:
     seed: int = 0
     out: str = "benchmarks/results"
     quick: bool = False
-    downsample: int = 0  # erquant's SegmentParams.downsample (0 = automatic, 1 = full res)
+    downsample: float = 0  # erquant's SegmentParams.downsample (0 = automatic, 1 = full res)
     ablation: bool = True  # also time the CPU pipeline without OpenCV / Numba kernels
 
 
@@ -229,12 +229,12 @@ def machine_info(gpu_backend: Any = None, cle_device: str | None = None) -> dict
 
 
 # ------------------------------------------------------------------ erquant runners
-def _pipeline(bk, downsample: int = 0) -> tuple[Callable[[np.ndarray], Any], str]:
+def _pipeline(bk, downsample: float = 0) -> tuple[Callable[[np.ndarray], Any], str]:
     """Per-field pipeline on backend ``bk`` → (fn(field) -> nuclei labels, description)."""
     from erquant.params import Params
     from erquant.pipeline import quantify
 
-    params = Params().replace(**{"segment.downsample": int(downsample)})
+    params = Params().replace(**{"segment.downsample": float(downsample)})
 
     def run_quantify(img):
         res = quantify(img, nuclei_channel=0, marker_channels={"er": 1}, backend=bk.name,
@@ -246,7 +246,7 @@ def _pipeline(bk, downsample: int = 0) -> tuple[Callable[[np.ndarray], Any], str
                           (f" (downsample {downsample})" if downsample != 0 else ""))
 
 
-def _stage_chain(bk, paths: Sequence[str], downsample: int = 0) -> tuple[dict, list]:
+def _stage_chain(bk, paths: Sequence[str], downsample: float = 0) -> tuple[dict, list]:
     """One pass over the fields timing each stage; returns (seconds per stage, nuclei)."""
     import tifffile
 
@@ -265,7 +265,7 @@ def _stage_chain(bk, paths: Sequence[str], downsample: int = 0) -> tuple[dict, l
         t2 = time.perf_counter()
         # as the pipeline does: cells at the nuclei's working scale
         cells = segment_cells(nuc, max_distance=CELL_DISTANCE,
-                              downsample=int(info.get("downsample", 1)))
+                              downsample=float(info.get("downsample", 1)))
         bk.synchronize()
         t3 = time.perf_counter()
         measure_cells(nuc, cells, {"er": arr[1]})
@@ -740,8 +740,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "overrun are capped on the CPU (default 270; quick 50)")
     p.add_argument("--batch", type=int, default=8, help="fields per launch for batched GPU")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated fields")
-    p.add_argument("--downsample", type=int, default=0,
-                   help="erquant's segment.downsample: 0 = automatic (the default: >= 10 px "
+    p.add_argument("--downsample", type=float, default=0,
+                   help="erquant's segment.downsample: 0 = automatic (the default: ~10 px "
                         "per nucleus diameter), 1 = full resolution, N = an N× smaller copy")
     p.add_argument("--out", default="benchmarks/results",
                    help="output folder for bench.json and bench.md")
@@ -762,7 +762,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         scaling_budget_s=args.scaling_budget or (30.0 if q else 150.0),
         time_budget_s=args.time_budget or (50.0 if q else 270.0),
         batch=args.batch, seed=args.seed, out=args.out, quick=q,
-        downsample=max(0, int(getattr(args, "downsample", 0) or 0)))
+        downsample=max(0.0, float(getattr(args, "downsample", 0) or 0)))
     if cfg.size < 32 or cfg.fields < 1 or cfg.repeats < 1:
         raise ValueError("--size must be >= 32, --fields and --repeats >= 1")
     return cfg

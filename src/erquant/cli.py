@@ -42,8 +42,8 @@ def _add_segment_options(p):
     p.add_argument("--threshold", default="otsu", choices=["otsu", "li", "triangle", "manual"])
     p.add_argument("--threshold-value", type=float, default=None,
                    help="raw intensity threshold for --threshold manual")
-    p.add_argument("--downsample", type=int, default=None,
-                   help="segment an N× smaller copy; 0 = automatic (default: >= 10 px per "
+    p.add_argument("--downsample", type=float, default=None,
+                   help="segment an N× smaller copy; 0 = automatic (default: ~10 px per "
                         "nucleus diameter), 1 = full resolution")
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
     p.add_argument("--params", type=Path, default=None, help="TOML parameter file")

@@ -149,23 +149,68 @@ def block_mean(bk: Backend, img, f: int):
     return xp.ascontiguousarray(out, dtype=xp.float32)
 
 
-def upsample_labels(bk: Backend, labels, f: int, shape):
-    """Repeat every label pixel ``f`` × ``f`` times and crop/pad (edge) to ``shape``."""
+def scaled_shape(shape, f: float) -> tuple[int, int]:
+    """Shape of a 2-D image of ``shape`` scaled down by ``f`` (rounded, ≥ 1 px)."""
+    return tuple(max(1, int(round(int(n) / float(f)))) for n in shape[:2])
+
+
+def _area_matrix(n: int, m: int) -> np.ndarray:
+    """(m, n) float32 weights: output pixel i is the mean of input [i·n/m, (i+1)·n/m)."""
+    s = n / m
+    w = np.zeros((m, n), np.float32)
+    i = np.arange(m)
+    lo, hi = i * s, (i + 1) * s
+    for k in range(int(np.ceil(s)) + 1):
+        j = np.floor(lo).astype(np.int64) + k
+        ok = j < n
+        ov = np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0, None)[ok]
+        w[i[ok], j[ok]] += ov / s
+    return w
+
+
+def area_resize(bk: Backend, img, shape):
+    """Downscale a 2-D image to ``shape`` by area averaging → float32.
+
+    Each output pixel is the mean of the input area it covers (exact block means
+    for integer factors, area-weighted means otherwise). OpenCV's INTER_AREA on the
+    CPU; on the GPU two matrix products with the area weights (``Ry @ img @ Rxᵀ``).
+    """
     xp = bk.xp
-    f = int(f)
-    if _use_cv2(bk) and labels.dtype in (np.int32, np.uint16, np.uint8, np.int16):
-        big = cv2.resize(labels, (labels.shape[1] * f, labels.shape[0] * f),
-                         interpolation=cv2.INTER_NEAREST)
-    elif _use_cv2(bk):  # OpenCV resizes int32 but not uint32: reinterpret (ids < 2**31)
-        big = cv2.resize(labels.view(np.int32), (labels.shape[1] * f, labels.shape[0] * f),
-                         interpolation=cv2.INTER_NEAREST).view(labels.dtype)
-    else:
-        big = xp.repeat(xp.repeat(labels, f, axis=0), f, axis=1)
+    Ys, Xs = (int(v) for v in shape)
+    if (Ys, Xs) == tuple(img.shape):
+        return xp.ascontiguousarray(img, dtype=xp.float32)
+    if _use_cv2(bk):
+        return cv2.resize(np.ascontiguousarray(img, dtype=np.float32), (Xs, Ys),
+                          interpolation=cv2.INTER_AREA)
+    ry = xp.asarray(_area_matrix(int(img.shape[0]), Ys))
+    rx = xp.asarray(_area_matrix(int(img.shape[1]), Xs))
+    return xp.ascontiguousarray((ry @ img.astype(xp.float32)) @ rx.T)
+
+
+def nearest_index(n_out: int, n_in: int):
+    """Index of the input pixel whose area holds each output pixel's centre (host array)."""
+    idx = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64)
+    return np.clip(idx, 0, n_in - 1)
+
+
+def upsample_labels(bk: Backend, labels, f, shape):
+    """Labels of a scaled-down image brought to ``shape`` by nearest neighbour.
+
+    Each output pixel takes the label of the small pixel whose area holds its
+    centre (for an integer ``f`` and whole blocks: every label repeated f × f
+    times). ``f`` is only used for its meaning; the mapping follows the shapes.
+    """
+    xp = bk.xp
     Y, X = (int(s) for s in shape)
-    if big.shape[0] < Y or big.shape[1] < X:
-        big = xp.pad(big, ((0, max(0, Y - big.shape[0])), (0, max(0, X - big.shape[1]))),
-                     mode="edge")
-    return xp.ascontiguousarray(big[:Y, :X])
+    ri = nearest_index(Y, int(labels.shape[0]))
+    ci = nearest_index(X, int(labels.shape[1]))
+    if _numba_ok(bk):
+        from erquant import _numba_kernels
+
+        out = np.empty((Y, X), labels.dtype)
+        _numba_kernels.gather2d(np.ascontiguousarray(labels), ri, ci, out)
+        return out
+    return xp.ascontiguousarray(labels[xp.asarray(ri)[:, None], xp.asarray(ci)[None, :]])
 
 
 def _numba_ok(bk: Backend) -> bool:
@@ -291,18 +336,20 @@ def relabel_foreground(bk: Backend, labels, smooth, peak, thr: float, contrast: 
     return out
 
 
-def paste_upsampled(bk: Backend, seeds, small, f: int):
-    """``seeds`` where > 0, else ``small`` repeated ``f`` × ``f`` (cropped/edge-padded
-    to ``seeds``' shape); int32. One compiled pass with Numba."""
+def paste_upsampled(bk: Backend, seeds, small):
+    """``seeds`` where > 0, else ``small`` brought to ``seeds``' shape by
+    :func:`upsample_labels`' nearest mapping; int32. One compiled pass with Numba."""
     xp = bk.xp
+    Y, X = (int(s) for s in seeds.shape)
     if _numba_ok(bk):
         from erquant import _numba_kernels
 
-        out = np.empty(seeds.shape, np.int32)
-        _numba_kernels.paste_upsampled(np.ascontiguousarray(seeds, dtype=np.int32),
-                                       np.ascontiguousarray(small, dtype=np.int32), int(f), out)
+        out = np.empty((Y, X), np.int32)
+        _numba_kernels.paste_upsampled(
+            np.ascontiguousarray(seeds, dtype=np.int32), np.ascontiguousarray(small, np.int32),
+            nearest_index(Y, int(small.shape[0])), nearest_index(X, int(small.shape[1])), out)
         return out
-    big = upsample_labels(bk, small.astype(xp.int32), f, seeds.shape)
+    big = upsample_labels(bk, small.astype(xp.int32), None, seeds.shape)
     return xp.where(seeds > 0, seeds, big).astype(xp.int32)
 
 

@@ -44,7 +44,7 @@ class SegmentParams:
     seed_smoothing: float = 0.06  #: extra blur (× diameter) before the seed mask
     min_snr: float = 4.0  #: objects' mean contrast must exceed this × pixel noise sigma
     valley_strength: float = 0.07  #: cut line-like dark seams inside clusters (0 = off)
-    downsample: int = 0  #: segment an N× smaller copy; 0 = auto (≥ 10 px per diameter), 1 = off
+    downsample: float = 0.0  #: segment an N× smaller copy; 0 = auto (~10 px per diameter), 1 = off
     fill_holes: bool = True
 
 

@@ -175,7 +175,7 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
     yield Progress("cells", 0.45)
     cyto = next(iter(markers.values())) if (params.cells.use_marker and markers) else None
     cells = segment_cells(nuclei, cytoplasm_image=cyto, max_distance=params.cells.max_distance,
-                          downsample=int(info.get("downsample", 1)))
+                          downsample=float(info.get("downsample", 1)))
 
     yield Progress("measure", 0.6)
     mp = params.measure
@@ -215,7 +215,7 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
                   focus_channel=params.nuclei_name, saturation_limit=qp.saturation_limit,
                   focus_threshold=qp.focus_threshold, n_nuclei=n_field)
     info = {"diameter": float(info["diameter"]) if info["diameter"] else None,
-            "threshold": info["threshold"], "downsample": int(info.get("downsample", 1)),
+            "threshold": info["threshold"], "downsample": float(info.get("downsample", 1)),
             "backend": bk.name}
     yield Progress("done", 1.0)
     return FieldResult(nuclei=nuclei_h.astype(np.uint32, copy=False),
