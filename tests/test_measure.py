@@ -282,6 +282,12 @@ def test_label_moments_numba_equals_bincount(monkeypatch):
     assert fast.shape == ref.shape == (6, 80)
     np.testing.assert_allclose(fast, ref, rtol=1e-6, atol=1e-3)
     assert fast[0, 1:20].sum() == 0 and fast[0].sum() == np.count_nonzero(cyt)
+    # integer images of one dtype are summed as they are (no float copies): same sums
+    a2 = rng.integers(0, 4000, nuc.shape).astype(np.uint16)
+    args = (bk, nuc, cyt, 40, [a, a2], [True, True], [2000.0, 10.0], 80)
+    ref = K.label_moments(*args)
+    monkeypatch.delenv("ERQUANT_NO_NUMBA")
+    np.testing.assert_allclose(K.label_moments(*args), ref, rtol=1e-9, atol=1e-6)
 
 
 def test_label_max_numba_equals_numpy(monkeypatch):

@@ -240,7 +240,11 @@ def label_moments(bk: Backend, nuc, cyt, K: int, images, squared, shifts, nbins:
     if _numba_ok(bk):
         from erquant import _numba_kernels
 
-        ftype = np.float64 if any(im.dtype == np.float64 for im in images) else np.float32
+        dtypes = {np.dtype(im.dtype) for im in images}
+        if len(dtypes) == 1 and next(iter(dtypes)).kind in "uif":
+            ftype = next(iter(dtypes))  # e.g. all uint16: summed as they are, no copies
+        else:
+            ftype = np.float64 if np.dtype(np.float64) in dtypes else np.float32
         ims = tuple(np.ascontiguousarray(im, dtype=ftype) for im in images)
         dummy = not ims  # Numba cannot type an empty tuple: sum a (lazily zeroed) image
         if dummy:
