@@ -376,16 +376,21 @@ def test_relabel_foreground_and_paste_numba_equal_numpy(monkeypatch):
     peak = np.maximum(smooth, rng.random(labels.shape).astype(np.float32))
     small = rng.integers(0, 12, (36, 45)).astype(np.int32)
     seeds = np.where(rng.random((71, 90)) > 0.9, 7, 0).astype(np.int32)
+    keep = rng.random((35, 45)) > 0.5  # interiors on a 2× smaller grid
     fast = [K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2),
             K.relabel_foreground(bk, labels, smooth, None, 0.5, 0.0, 1),
+            K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2, keep=keep),
             K.paste_upsampled(bk, seeds, small)]
     monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
     ref = [K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2),
            K.relabel_foreground(bk, labels, smooth, None, 0.5, 0.0, 1),
+           K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2, keep=keep),
            K.paste_upsampled(bk, seeds, small)]
     for a, b in zip(fast, ref):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     assert fast[0].any() and (fast[0][smooth <= 0.2] == 0).all()
+    kept = np.repeat(np.repeat(keep, 2, 0), 2, 1) & (labels > 0)
+    assert np.array_equal(fast[2][kept], labels[kept])  # interiors keep their label
 
 
 def test_numba_kernels_work_without_a_writable_cache(monkeypatch):

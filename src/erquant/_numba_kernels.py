@@ -99,18 +99,24 @@ def _present_impl(labels, n):
     return out
 
 
-def _relabel_foreground_impl(labels, smooth, peak, thr, contrast, radius, out):
-    """out = 0 where not (smooth > thr and smooth > contrast · peak); else the pixel's
-    label, or for an unlabelled pixel the largest label within ``radius`` (square)."""
+def _relabel_foreground_impl(labels, smooth, peak, thr, contrast, radius, keep, ri, ci,
+                             use_keep, out):
+    """out = the pixel's label where ``keep[ri[y], ci[x]]`` (interior, with
+    ``use_keep``); else 0 where not (smooth > thr and smooth > contrast · peak); else
+    the pixel's label, or for an unlabelled pixel the largest label within ``radius``."""
     Y, X = labels.shape
     use_peak = contrast > 0
     for y in range(Y):
+        r = ri[y]
         for x in range(X):
+            lab = labels[y, x]
+            if use_keep and lab > 0 and keep[r, ci[x]]:
+                out[y, x] = lab
+                continue
             v = smooth[y, x]
             if not v > thr or (use_peak and not v > contrast * peak[y, x]):
                 out[y, x] = 0
                 continue
-            lab = labels[y, x]
             if lab == 0:
                 for yy in range(max(0, y - radius), min(Y, y + radius + 1)):
                     for xx in range(max(0, x - radius), min(X, x + radius + 1)):

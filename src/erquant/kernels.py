@@ -309,28 +309,39 @@ def to_numpy_stack(xp, terms):
 
 
 def relabel_foreground(bk: Backend, labels, smooth, peak, thr: float, contrast: float,
-                       radius: int):
+                       radius: int, keep=None):
     """Keep labels on the foreground, give unlabelled foreground the nearby label.
 
     Foreground: ``smooth > thr`` and (``contrast > 0``) ``smooth > contrast · peak``.
     There, a labelled pixel keeps its label and an unlabelled one takes the largest
-    label within ``radius`` px (a square window; 0 if none); elsewhere 0. One
+    label within ``radius`` px (a square window; 0 if none); elsewhere 0. ``keep``
+    (a boolean image, possibly smaller: mapped by :func:`nearest_index`) marks
+    pixels whose label is kept whatever the rule says (object interiors). One
     compiled pass with Numba; whole-image operations otherwise (CuPy).
     """
     xp = bk.xp
+    Y, X = (int(n) for n in labels.shape)
     if _numba_ok(bk) and labels.dtype.kind in "ui":
         from erquant import _numba_kernels
 
         out = np.empty(labels.shape, labels.dtype)
         pk = peak if peak is not None else smooth
+        use_keep = keep is not None
+        kp = np.ascontiguousarray(keep, dtype=np.bool_) if use_keep else np.zeros((1, 1), bool)
+        ri = nearest_index(Y, kp.shape[0]) if use_keep else np.zeros(Y, np.int64)
+        ci = nearest_index(X, kp.shape[1]) if use_keep else np.zeros(X, np.int64)
         _numba_kernels.relabel_foreground(
             np.ascontiguousarray(labels), np.ascontiguousarray(smooth, dtype=np.float32),
             np.ascontiguousarray(pk, dtype=np.float32), np.float32(thr),
-            np.float32(contrast if peak is not None else 0.0), int(radius), out)
+            np.float32(contrast if peak is not None else 0.0), int(radius), kp, ri, ci,
+            use_keep, out)
         return out
     fg = smooth > np.float32(thr)
     if peak is not None and contrast > 0:
         fg &= smooth > np.float32(contrast) * peak
+    if keep is not None:
+        big = keep if tuple(keep.shape) == (Y, X) else upsample_labels(bk, keep, None, (Y, X))
+        fg |= big & (labels > 0)
     if int(labels.max()) >= 2**24:  # host sync; float32 ids would be inexact: only shrink
         return xp.where(fg, labels, 0).astype(labels.dtype)
     grown = maximum_filter(bk, labels.astype(xp.float32), 2 * int(radius) + 1)

@@ -491,6 +491,10 @@ def _segment_downsampled(bk: Backend, img, f: float, return_info: bool, *, diame
     labels, info = segment_nuclei(small, diameter=None if diameter is None else diameter / f,
                                   downsample=1, return_info=True, _internals=True, **kw)
     lo, hi, bg = info.pop("_lo", None), info.pop("_hi", None), info.pop("_background", None)
+    # interiors: small pixels whose 3×3 neighbourhood is one object keep their label at
+    # full resolution (only the boundary band is re-decided: no holes at dark nucleoli)
+    labf = labels.astype(xp.float32)  # ids < 2**24 at any realistic size
+    interior = (labels > 0) & (K.minimum_filter(bk, labf, 3) == K.maximum_filter(bk, labf, 3))
     labels = K.upsample_labels(bk, labels, f, (Y, X))
     if info.get("threshold") is not None and lo is not None and hi > lo:
         d_full = float(info["diameter"]) * f
@@ -498,7 +502,7 @@ def _segment_downsampled(bk: Backend, img, f: float, return_info: bool, *, diame
                                     threshold=info["threshold"],
                                     sigma=kw["smoothing"] * d_full,
                                     local_contrast=kw["local_contrast"],
-                                    window=kw["contrast_window"] * d_full)
+                                    window=kw["contrast_window"] * d_full, keep=interior)
     present = K.label_present(bk, labels)
     if not bool(present[1:].all()):  # host sync; objects lost to the refinement:
         labels = _relabel(xp, labels, present)  # renumber 1..N
@@ -510,7 +514,7 @@ def _segment_downsampled(bk: Backend, img, f: float, return_info: bool, *, diame
 
 
 def _refine_boundaries(bk: Backend, img, labels, f: float, *, lo, hi, background, threshold,
-                       sigma, local_contrast=0.0, window=1):
+                       sigma, local_contrast=0.0, window=1, keep=None):
     """Full-resolution boundaries for labels found on an ``f``× area-averaged copy.
 
     The foreground rule of the small image (smoothed, background-subtracted,
@@ -537,7 +541,7 @@ def _refine_boundaries(bk: Backend, img, labels, f: float, *, lo, hi, background
     # the small image's local-contrast rule; block means lower the peaks a little, so
     # the same rule at full resolution is relaxed by 3 % to keep the same edge
     return K.relabel_foreground(bk, labels, smooth, peak, float(threshold * scale),
-                                local_contrast * 0.97, int(math.ceil(f)))
+                                local_contrast * 0.97, int(math.ceil(f)), keep=keep)
 
 
 def _noise_sigma(bk: Backend, norm) -> float:
