@@ -143,3 +143,15 @@ def to_numpy(a: Any) -> np.ndarray:
     if hasattr(a, "compute") and not isinstance(a, np.ndarray):  # dask / xarray
         a = a.compute()
     return np.asarray(a)
+
+
+def stack_to_host(xp, values) -> np.ndarray:
+    """Stack scalars or equal-length vectors of backend ``xp`` as float64 and bring them
+    to the host in one transfer (one host sync on CuPy).
+
+    Examples
+    --------
+    >>> stack_to_host(np, [np.float32(1.5), 2]).tolist()
+    [1.5, 2.0]
+    """
+    return to_numpy(xp.stack([xp.asarray(v, dtype=np.float64) for v in values]))

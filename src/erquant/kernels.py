@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from erquant.backend import Backend
+from erquant.backend import Backend, stack_to_host
 
 try:  # OpenCV is a core dependency, but keep the SciPy path importable without it
     import cv2
@@ -132,21 +132,11 @@ def block_mean(bk: Backend, img, f: int):
     """Means of ``f`` × ``f`` blocks of a 2-D image → float32 (Y // f, X // f).
 
     Rows and columns beyond the last whole block are dropped (callers pad first
-    where they matter). OpenCV's area resampling on the CPU (an exact block mean
-    for integer factors, ~10× faster than a NumPy reshape-mean); reshape-mean on
-    the GPU.
+    where they matter); :func:`area_resize` of the whole blocks.
     """
-    xp = bk.xp
     f = int(f)
     ny, nx = int(img.shape[0]) // f, int(img.shape[1]) // f
-    img = img[: ny * f, : nx * f]
-    if f == 1:
-        return xp.ascontiguousarray(img, dtype=xp.float32)
-    if _use_cv2(bk):
-        src = np.ascontiguousarray(img, dtype=np.float32)
-        return cv2.resize(src, (nx, ny), interpolation=cv2.INTER_AREA)
-    out = img.astype(xp.float32, copy=False).reshape(ny, f, nx, f).mean(axis=(1, 3))
-    return xp.ascontiguousarray(out, dtype=xp.float32)
+    return area_resize(bk, img[: ny * f, : nx * f], (ny, nx))
 
 
 def scaled_shape(shape, f: float) -> tuple[int, int]:
@@ -173,17 +163,24 @@ def area_resize(bk: Backend, img, shape):
 
     Each output pixel is the mean of the input area it covers (exact block means
     for integer factors, area-weighted means otherwise). OpenCV's INTER_AREA on the
-    CPU; on the GPU two matrix products with the area weights (``Ry @ img @ Rxᵀ``).
+    CPU (~10× faster than a NumPy reshape-mean); on the GPU a reshape-mean for whole
+    integer blocks, else two matrix products with the area weights
+    (``Ry @ img @ Rxᵀ``).
     """
     xp = bk.xp
     Ys, Xs = (int(v) for v in shape)
-    if (Ys, Xs) == tuple(img.shape):
+    Y, X = (int(n) for n in img.shape)
+    if (Ys, Xs) == (Y, X):
         return xp.ascontiguousarray(img, dtype=xp.float32)
     if _use_cv2(bk):
         return cv2.resize(np.ascontiguousarray(img, dtype=np.float32), (Xs, Ys),
                           interpolation=cv2.INTER_AREA)
-    ry = xp.asarray(_area_matrix(int(img.shape[0]), Ys))
-    rx = xp.asarray(_area_matrix(int(img.shape[1]), Xs))
+    fy, fx = Y // Ys, X // Xs
+    if fy == fx and (Ys * fy, Xs * fx) == (Y, X):  # whole f × f blocks
+        out = img.astype(xp.float32, copy=False).reshape(Ys, fy, Xs, fx).mean(axis=(1, 3))
+        return xp.ascontiguousarray(out, dtype=xp.float32)
+    ry = xp.asarray(_area_matrix(Y, Ys))
+    rx = xp.asarray(_area_matrix(X, Xs))
     return xp.ascontiguousarray((ry @ img.astype(xp.float32)) @ rx.T)
 
 
@@ -193,12 +190,13 @@ def nearest_index(n_out: int, n_in: int):
     return np.clip(idx, 0, n_in - 1)
 
 
-def upsample_labels(bk: Backend, labels, f, shape):
-    """Labels of a scaled-down image brought to ``shape`` by nearest neighbour.
+def nearest_resize(bk: Backend, labels, shape):
+    """Labels (or any image) resampled to ``shape`` by nearest neighbour.
 
-    Each output pixel takes the label of the small pixel whose area holds its
-    centre (for an integer ``f`` and whole blocks: every label repeated f × f
-    times). ``f`` is only used for its meaning; the mapping follows the shapes.
+    Each output pixel takes the value of the input pixel whose area holds its
+    centre (:func:`nearest_index`): going up by an integer factor f with whole
+    blocks, every pixel is repeated f × f times; going down, the pixel under each
+    output pixel's centre is picked.
     """
     xp = bk.xp
     Y, X = (int(s) for s in shape)
@@ -297,15 +295,8 @@ def range_and_count(bk: Backend, img, level: float | None):
     terms = [img.min().astype(np.float64), img.max().astype(np.float64)]
     terms.append(xp.count_nonzero(img >= level).astype(np.float64) if level is not None
                  else xp.asarray(0.0))
-    lo, hi, n = (float(v) for v in to_numpy_stack(xp, terms))
+    lo, hi, n = stack_to_host(xp, terms).tolist()
     return lo, hi, int(n)
-
-
-def to_numpy_stack(xp, terms):
-    """Stack device scalars and bring them to the host in one transfer."""
-    from erquant.backend import to_numpy
-
-    return to_numpy(xp.stack([xp.asarray(t, dtype=np.float64) for t in terms])).tolist()
 
 
 def relabel_foreground(bk: Backend, labels, smooth, peak, thr: float, contrast: float,
@@ -340,7 +331,7 @@ def relabel_foreground(bk: Backend, labels, smooth, peak, thr: float, contrast: 
     if peak is not None and contrast > 0:
         fg &= smooth > np.float32(contrast) * peak
     if keep is not None:
-        big = keep if tuple(keep.shape) == (Y, X) else upsample_labels(bk, keep, None, (Y, X))
+        big = keep if tuple(keep.shape) == (Y, X) else nearest_resize(bk, keep, (Y, X))
         fg |= big & (labels > 0)
     if int(labels.max()) >= 2**24:  # host sync; float32 ids would be inexact: only shrink
         return xp.where(fg, labels, 0).astype(labels.dtype)
@@ -353,7 +344,7 @@ def relabel_foreground(bk: Backend, labels, smooth, peak, thr: float, contrast: 
 
 def paste_upsampled(bk: Backend, seeds, small):
     """``seeds`` where > 0, else ``small`` brought to ``seeds``' shape by
-    :func:`upsample_labels`' nearest mapping; int32. One compiled pass with Numba."""
+    :func:`nearest_resize`; int32. One compiled pass with Numba."""
     xp = bk.xp
     Y, X = (int(s) for s in seeds.shape)
     if _numba_ok(bk):
@@ -364,7 +355,7 @@ def paste_upsampled(bk: Backend, seeds, small):
             np.ascontiguousarray(seeds, dtype=np.int32), np.ascontiguousarray(small, np.int32),
             nearest_index(Y, int(small.shape[0])), nearest_index(X, int(small.shape[1])), out)
         return out
-    big = upsample_labels(bk, small.astype(xp.int32), None, seeds.shape)
+    big = nearest_resize(bk, small.astype(xp.int32), seeds.shape)
     return xp.where(seeds > 0, seeds, big).astype(xp.int32)
 
 

@@ -75,7 +75,7 @@ import numpy as np
 import pandas as pd
 
 from erquant import kernels as K_
-from erquant.backend import Backend, backend_for, to_numpy
+from erquant.backend import Backend, backend_for, stack_to_host, to_numpy
 
 __all__ = [
     "CHANNEL_COLUMN_TEMPLATES",
@@ -716,7 +716,7 @@ def measure_cells(
         rows += [sc[slots], sc[cslots]] + bg_rows
 
     # host sync: the only device->host transfer of results, (4 + 8*C) x n floats
-    block = to_numpy(xp.stack([xp.asarray(r, dtype=np.float64) for r in rows]))
+    block = stack_to_host(xp, rows)
     label_ids = to_numpy(slots if ids is None else ids[slots - 1]).astype(np.int64)
 
     a_nuc, a_cyt = block[0], block[1]

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from erquant.backend import backend_for, to_numpy
+from erquant.backend import backend_for, stack_to_host, to_numpy
 from erquant.kernels import range_and_count
 
 __all__ = [
@@ -342,9 +342,7 @@ def field_qc(
         fine, coarse = _focus_terms(bk, crop, focus_sigmas)
         terms = [fine, coarse, bg, mad, xp.percentile(fs, 99.9)]
         # host sync: 5 scalars per channel
-        fine, coarse, bg, mad, p999 = to_numpy(
-            xp.stack([xp.asarray(t, dtype=np.float64) for t in terms])
-        ).tolist()
+        fine, coarse, bg, mad, p999 = stack_to_host(xp, terms).tolist()
         noise = _MAD_TO_SIGMA * mad
         signal = p999 - bg
         if noise > 0:

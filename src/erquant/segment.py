@@ -408,6 +408,10 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
     downsample = float(downsample)
     if not (downsample == 0 or downsample >= 1):
         raise ValueError(f"downsample must be 0 (automatic) or >= 1, got {downsample}")
+    # the foreground rule's parameters (diameter estimate and segmentation)
+    kw = dict(smoothing=smoothing, background_factor=background_factor,
+              log_threshold=log_threshold, local_contrast=local_contrast, fill_holes=fill_holes,
+              contrast_window=contrast_window)
     if downsample == 0:  # automatic: from the (given or estimated) diameter
         # the estimate reads a central ≤ 1024² crop: normalise only that
         cy, cx = (max(0, (n - 1024) // 2) for n in img.shape)
@@ -416,20 +420,13 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
         if threshold == "manual" and tv is not None:
             tv = (float(tv) - lo) / (hi - lo) if hi > lo else 0.0
         if diameter is None and norm is not None and (threshold != "manual" or tv is not None):
-            diameter = _estimate_diameter(
-                bk, norm, threshold, tv, smoothing=smoothing,
-                background_factor=background_factor, log_threshold=log_threshold,
-                local_contrast=local_contrast, fill_holes=fill_holes,
-                contrast_window=contrast_window)
+            diameter = _estimate_diameter(bk, norm, threshold, tv, **kw)
         downsample = auto_downsample(diameter) if diameter else 1.0
     if downsample > 1:
         return _segment_downsampled(
             bk, img, downsample, return_info, diameter=diameter, threshold=threshold,
             threshold_value=threshold_value, min_area_fraction=min_area_fraction,
-            seed_distance=seed_distance, background_factor=background_factor,
-            smoothing=smoothing, log_threshold=log_threshold, fill_holes=fill_holes,
-            local_contrast=local_contrast, contrast_window=contrast_window,
-            intensity_weight=intensity_weight, seed_contrast=seed_contrast,
+            seed_distance=seed_distance, **kw, intensity_weight=intensity_weight, seed_contrast=seed_contrast,
             seed_hole_fraction=seed_hole_fraction, rim_fraction=rim_fraction,
             seed_smoothing=seed_smoothing, min_snr=min_snr, valley_strength=valley_strength)
     norm, lo, hi = _normalise(bk, img)
@@ -440,9 +437,6 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
     if norm is None:  # constant image: nothing to find
         labels = xp.zeros(img.shape, xp.uint32)
         return (labels, {"diameter": diameter, "threshold": None}) if return_info else labels
-    kw = dict(smoothing=smoothing, background_factor=background_factor,
-              log_threshold=log_threshold, local_contrast=local_contrast, fill_holes=fill_holes,
-              contrast_window=contrast_window)
     if diameter is None:
         diameter = _estimate_diameter(bk, norm, threshold, threshold_value, **kw)
     diameter = float(diameter)
@@ -495,7 +489,7 @@ def _segment_downsampled(bk: Backend, img, f: float, return_info: bool, *, diame
     # full resolution (only the boundary band is re-decided: no holes at dark nucleoli)
     labf = labels.astype(xp.float32)  # ids < 2**24 at any realistic size
     interior = (labels > 0) & (K.minimum_filter(bk, labf, 3) == K.maximum_filter(bk, labf, 3))
-    labels = K.upsample_labels(bk, labels, f, (Y, X))
+    labels = K.nearest_resize(bk, labels, (Y, X))
     if info.get("threshold") is not None and lo is not None and hi > lo:
         d_full = float(info["diameter"]) * f
         labels = _refine_boundaries(bk, img, labels, f, lo=lo, hi=hi, background=bg,
@@ -815,10 +809,7 @@ def segment_cells(nuclei, *, cytoplasm_image=None, max_distance: float | None = 
             if cyto.shape != shape:
                 raise ValueError(f"cytoplasm image shape {cyto.shape} != nuclei shape {shape}")
             cyto_s = K.area_resize(bk, cyto, (Ys, Xs))
-        # the seed pixel under each small pixel's centre
-        rows = xp.asarray(K.nearest_index(Ys, int(shape[0])))
-        cols = xp.asarray(K.nearest_index(Xs, int(shape[1])))
-        small_seeds = xp.ascontiguousarray(seeds[rows[:, None], cols[None, :]])
+        small_seeds = K.nearest_resize(bk, seeds, (Ys, Xs))  # the seed under each centre
         small = _grow_cells(bk, small_seeds, cyto_s, max_distance / f, threshold, flood_levels,
                             sigma=1.5 / f)
         cells = K.paste_upsampled(bk, seeds, small)
