@@ -636,19 +636,24 @@ def measure_cells(
     # per channel the image (with Σ(v - shift)²), and its background map or its
     # flat-field-corrected copy where the table needs their per-cell sums
     images, squared, shifts, bilinear = [], [], [], []
+
+    def add(arr, square: bool = False, shift: float = 0.0) -> int:
+        """Queue ``arr`` for the one-pass sums; its row in ``sums`` (Σ(v - shift)² next)."""
+        row = 3 + len(images) + sum(squared)
+        images.append(arr)
+        squared.append(square)
+        shifts.append(shift)
+        return row
+
     plan: dict[str, dict] = {}
     for name, img in chans.items():
         mode, ff = bg_spec[name], flats.get(name)
-        entry: dict[str, Any] = {"row": len(images)}
         # any shift keeps Σ(v - shift)² free of cancellation; a strided mean is enough
         shift = float(img[::4, ::4].astype(np.float64).mean())  # host sync: one scalar
-        images.append(img)
-        squared.append(True)
-        shifts.append(shift)
-        entry["shift"] = shift
+        e: dict[str, Any] = {"shift": shift, "s1": add(img, True, shift)}
         if mode == "local" and ff is None:
             # the map's separable factors: its per-cell sums evaluated on the fly
-            entry["bmap_sep"] = len(bilinear)
+            e["sep"] = len(bilinear)
             bilinear.append(background_map(
                 img, occ, tile=tile, quantile=background_quantile,
                 min_tile_fraction=min_tile_fraction, fallback_percentile=fallback_percentile,
@@ -657,38 +662,20 @@ def measure_cells(
             bmap = background_map(img, occ, tile=tile, quantile=background_quantile,
                                   min_tile_fraction=min_tile_fraction,
                                   fallback_percentile=fallback_percentile)
-            entry["bmap"] = len(images)
-            images.append(bmap)
-            squared.append(False)
-            shifts.append(0.0)
-            entry["corr"] = len(images)
-            images.append((img.astype(np.float32) - bmap) / ff)
-            squared.append(False)
-            shifts.append(0.0)
+            e["sb"] = add(bmap)
+            e["sc"] = add((img.astype(np.float32) - bmap) / ff)
         else:
             if mode == "field":
                 bval = float(field_background(img, ~occ, fallback_percentile=fallback_percentile))
             else:
                 bval = 0.0 if mode is None else float(mode)
-            entry["bval"] = bval
+            e["bval"] = bval
             if ff is not None:
-                entry["corr"] = len(images)
-                images.append((img.astype(np.float32) - np.float32(bval)) / ff)
-                squared.append(False)
-                shifts.append(0.0)
-        plan[name] = entry
+                e["sc"] = add((img.astype(np.float32) - np.float32(bval)) / ff)
+        plan[name] = e
     sums = K_.label_moments(bk, nuc_s, cyt_s, K, images, squared, shifts, nbins,
                             bilinear=bilinear)
-    # row of image i in ``sums``: 3 + i + (number of squared images before i); the
-    # separable maps follow
-    row_of = []
-    r = 3
-    for sq in squared:
-        row_of.append(r)
-        r += 2 if sq else 1
-    for e in plan.values():
-        if "bmap_sep" in e:
-            e["bmap_row"] = r + e["bmap_sep"]
+    first_sep = 3 + len(images) + sum(squared)  # the separable maps' rows follow the images'
 
     area = sums[0]
     slots = xp.flatnonzero(area[1:K]) + 1  # host sync on CuPy: output size
@@ -700,18 +687,16 @@ def measure_cells(
     scalar_bg: set[str] = set()
     for name in names:
         e = plan[name]
-        i = e["row"]
-        s1 = sums[row_of[i]]
-        s2 = sums[row_of[i] + 1]
-        if "bmap" in e or "bmap_row" in e:
-            sb = sums[e["bmap_row"]] if "bmap_row" in e else sums[row_of[e["bmap"]]]
-            sc = s1 - sb if "corr" not in e else sums[row_of[e["corr"]]]
-            bg_rows = [sb[slots], sb[cslots]]
-        else:
+        s1, s2 = sums[e["s1"]], sums[e["s1"] + 1]
+        if "bval" in e:
             bval = e["bval"]
-            sc = s1 - bval * area if "corr" not in e else sums[row_of[e["corr"]]]
+            sc = sums[e["sc"]] if "sc" in e else s1 - bval * area
             scalar_bg.add(name)
             bg_rows = [xp.full(n, bval, dtype=np.float64), xp.zeros(n, dtype=np.float64)]
+        else:
+            sb = sums[first_sep + e["sep"]] if "sep" in e else sums[e["sb"]]
+            sc = sums[e["sc"]] if "sc" in e else s1 - sb
+            bg_rows = [sb[slots], sb[cslots]]
         rows += [s1[slots], s1[cslots], s2[slots], xp.full(n, e["shift"], dtype=np.float64)]
         rows += [sc[slots], sc[cslots]] + bg_rows
 
