@@ -343,6 +343,37 @@ def test_nearest_seed_and_presence_numba_equal_numpy(monkeypatch):
     assert np.array_equal(fast[on], seeds[on])
 
 
+def test_seed_cores_numba_equals_the_transform(monkeypatch):
+    """Painted discs = nearest-seed transform + radius test (exact Euclidean; where two
+    seeds are equally near, either id is right)."""
+    from scipy import ndimage as ndi
+
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(8)
+    seeds = np.zeros((120, 140), np.int32)
+    for k in range(1, 40):
+        y, x = rng.integers(0, 117), rng.integers(0, 137)
+        seeds[y:y + rng.integers(1, 4), x:x + rng.integers(1, 4)] = k
+    mask = rng.random(seeds.shape) < 0.8
+    radius = np.r_[0.0, rng.uniform(1.0, 9.0, 39)].astype(np.float32)
+    fast = K.seed_cores(bk, seeds, mask, radius)
+    monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
+    monkeypatch.setenv("ERQUANT_NO_OPENCV", "1")  # SciPy's exact transform
+    ref = K.seed_cores(bk, seeds, mask, radius)
+    assert fast.dtype == np.int32 and (fast > 0).sum() > 0.1 * seeds.size
+    on = seeds > 0
+    assert np.array_equal(fast[on], seeds[on]) and not fast[~mask & ~on].any()
+    # each seed's own distance map decides the disagreements: they must be ties
+    dist = np.stack([ndi.distance_transform_edt(seeds != k) for k in range(1, 40)])
+    diff = np.argwhere(fast != ref)
+    assert len(diff) < 0.01 * seeds.size
+    dmin = dist.min(axis=0)
+    ties = (np.abs(dist - dmin) < 1e-6).sum(axis=0)
+    assert (ties[diff[:, 0], diff[:, 1]] >= 2).all()  # only where two seeds are equally near
+
 def test_separable_background_map_equals_the_map():
     """The factors that measure_cells sums on the fly make the same map."""
     from erquant.measure import background_map

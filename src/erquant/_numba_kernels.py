@@ -30,23 +30,23 @@ def _moments_impl(nuc, cyt, K, images, squared, shifts, maps, nmaps, c0, c1, cw,
                 if c <= 0:
                     continue
                 s = c + K
-            out[0, s] += 1.0
-            out[1, s] += y
-            out[2, s] += x
+            out[s, 0] += 1.0
+            out[s, 1] += y
+            out[s, 2] += x
             row = 3
             for i in range(C):
                 v = images[i][y, x]
-                out[row, s] += v
+                out[s, row] += v
                 row += 1
                 if squared[i]:
                     d = v - shifts[i]
-                    out[row, s] += d * d
+                    out[s, row] += d * d
                     row += 1
             if nmaps > 0:
                 a, b, w = c0[x], c1[x], cw[x]
                 for j in range(nmaps):
                     m = maps[j]
-                    out[row, s] += m[y, a] * (1.0 - w) + m[y, b] * w
+                    out[s, row] += m[y, a] * (1.0 - w) + m[y, b] * w
                     row += 1
 
 
@@ -147,6 +147,37 @@ def _gather2d_impl(src, ri, ci, out):
             out[y, x] = src[r, ci[x]]
 
 
+def _seed_cores_impl(seeds, mask, radius, reach, best, out):
+    """out = the seed id where seeds > 0; else, on ``mask``, the id of the nearest seed
+    pixel (exact Euclidean; ties to the first in scan order) where that distance is
+    ≤ radius[id]; else 0. Seed pixels paint their disc of ``reach`` px (the largest
+    radius) into ``best`` (squared distances, preset to +inf) and ``out``."""
+    Y, X = seeds.shape
+    R = reach
+    R2 = R * R
+    for y in range(Y):
+        for x in range(X):
+            s = seeds[y, x]
+            if s <= 0:
+                continue
+            for yy in range(max(0, y - R), min(Y, y + R + 1)):
+                dy2 = (yy - y) * (yy - y)
+                for xx in range(max(0, x - R), min(X, x + R + 1)):
+                    d2 = dy2 + (xx - x) * (xx - x)
+                    if d2 <= R2 and d2 < best[yy, xx]:
+                        best[yy, xx] = d2
+                        out[yy, xx] = s
+    for y in range(Y):
+        for x in range(X):
+            s = out[y, x]
+            if s <= 0:
+                continue
+            if seeds[y, x] > 0:
+                out[y, x] = seeds[y, x]
+            elif not mask[y, x] or best[y, x] > radius[s] * radius[s]:
+                out[y, x] = 0
+
+
 def _jit(fn):
     """Compile ``fn`` lazily, cached on disk where a cache folder is writable (next to
     this file, else numba's user-wide cache); without one (read-only install and home)
@@ -167,6 +198,7 @@ if numba is not None:
     present = _jit(_present_impl)
     range_count = _jit(_range_count_impl)
     scatter_max = _jit(_scatter_max_impl)
+    seed_cores = _jit(_seed_cores_impl)
 else:  # pragma: no cover
     _moments = None
     relabel_foreground = None
@@ -176,6 +208,7 @@ else:  # pragma: no cover
     present = None
     scatter_max = None
     range_count = None
+    seed_cores = None
 
 
 def moments(nuc: np.ndarray, cyt: np.ndarray, K: int, images: tuple,
@@ -185,7 +218,7 @@ def moments(nuc: np.ndarray, cyt: np.ndarray, K: int, images: tuple,
     a tuple of float32 (Y, nx) row factors sharing the column factors c0, c1, cw."""
     nmaps = len(maps)
     rows = 3 + len(images) + int(np.count_nonzero(squared)) + nmaps
-    out = np.zeros((rows, nbins), dtype=np.float64)
+    out = np.zeros((nbins, rows), dtype=np.float64)
     if nmaps == 0:  # Numba cannot type an empty tuple: a dummy that is never read
         maps = (np.zeros((1, 1), np.float32),)
         c0 = c1 = np.zeros(nuc.shape[1], np.int64)
@@ -193,4 +226,4 @@ def moments(nuc: np.ndarray, cyt: np.ndarray, K: int, images: tuple,
     _moments(nuc, cyt, K, images, squared, shifts, maps, nmaps,
              np.asarray(c0, np.int64), np.asarray(c1, np.int64),
              np.asarray(cw, np.float32), out)
-    return out
+    return np.ascontiguousarray(out.T)

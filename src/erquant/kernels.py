@@ -117,6 +117,35 @@ def nearest_seed(bk: Backend, seeds, *, return_distance: bool = False):
     return seeds[out[0], out[1]]
 
 
+def seed_cores(bk: Backend, seeds, mask, radius):
+    """Cores around seeds: each ``mask`` pixel takes the id of its nearest seed pixel
+    where that distance is ≤ ``radius[id]``; seed pixels keep their id; other pixels
+    0 (int32).
+
+    ``seeds`` is an int32 label image (0 = none), ``radius`` a float array indexed by
+    seed id. With Numba each seed pixel paints its disc (exact Euclidean distances;
+    cost ∝ seed pixels × largest radius², a few times less than a nearest-seed
+    transform); otherwise :func:`nearest_seed` and a comparison (CuPy).
+    """
+    xp = bk.xp
+    reach = int(np.ceil(float(radius.max()))) if radius.size else 0  # host sync (CuPy)
+    if _numba_ok(bk):
+        nseed_px = int(np.count_nonzero(seeds))
+        if nseed_px * (2 * reach + 1) ** 2 <= 4 * seeds.size:  # else the transform is cheaper
+            from erquant import _numba_kernels
+
+            best = np.full(seeds.shape, np.inf, np.float32)
+            out = np.zeros(seeds.shape, np.int32)
+            _numba_kernels.seed_cores(np.ascontiguousarray(seeds, dtype=np.int32),
+                                      np.ascontiguousarray(mask, dtype=np.bool_),
+                                      np.ascontiguousarray(radius, dtype=np.float32),
+                                      reach, best, out)
+            return out
+    owner, dseed = nearest_seed(bk, seeds, return_distance=True)
+    cores = xp.where(mask & (dseed <= radius.astype(xp.float32)[owner]), owner, 0)
+    return xp.where(seeds > 0, seeds, cores).astype(xp.int32)
+
+
 def resize(bk: Backend, img, shape):
     """Bilinear resize of a float32 2-D image to ``shape`` (align corners)."""
     if tuple(img.shape) == tuple(shape):

@@ -645,12 +645,10 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
     # cores: discs of core_fraction × the seed's inscribed radius, so that the
     # partition follows the nuclei's sizes (a power diagram, not a plain Voronoi)
     if nseeds:
-        owner, dseed = K.nearest_seed(bk, seeds, return_distance=True)
         rad = xp.zeros(nseeds + 1, xp.float32)
         on = seeds > 0
         rad[seeds[on]] = sdist[on]  # plateau: any of its values
-        cores = xp.where(mask & (dseed <= core_fraction * rad[owner]), owner, 0)
-        cores = xp.where(on, seeds, cores).astype(xp.int32)
+        cores = K.seed_cores(bk, seeds, mask, core_fraction * rad)
     else:
         cores = seeds
     # components without a seed (small or thin objects) get one: the whole component
