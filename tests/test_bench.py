@@ -18,7 +18,8 @@ STAGES = ("load", "nuclei", "cells", "measure")
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    rc = bench.main(["--quick", "--size", "192", "--scaling-sizes", "96,192",
+    rc = bench.main(["--quick", "--size", "192", "--scaling-sizes", "96,192", "--batch", "3",
+                     "--batch-size", "96",
                      "--backends", "numpy", "--out", str(out)])
     assert rc == 0
     res = json.loads((out / "bench.json").read_text())
@@ -78,9 +79,12 @@ def test_quick_scaling_and_gpu_section(quick_run):
     assert [p["size"] for p in sc["points"]] == [96, 192]
     assert all(0.0 <= p["f1"] <= 1.0 and _finite_positive(p["s_per_mpx"]) for p in sc["points"])
     assert math.isfinite(sc["exponent"])
+    b = res["batched"]["numpy 96²"]  # the quick run's small fields, batched
+    assert b["n_fields"] == 3 and b["fields_per_montage"] == 3 and _finite_positive(b["speedup"])
+    assert b["batched"]["f1"] >= b["one_at_a_time"]["f1"] - 0.05 and b["batched"]["f1"] > 0.8
+    assert "| numpy | 3 × 96² |" in md
     if not cupy_available():
-        assert res["batched_gpu"] == {"skipped": bench.GPU_MISSING}
-        assert bench.GPU_MISSING in md
+        assert bench.GPU_MISSING in md and bench.GPU_MISSING in res["notes"]
 
 
 def test_quick_markdown_lists_everything(quick_run):

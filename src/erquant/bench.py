@@ -12,7 +12,9 @@ default 2048² uint16 with ~1,500 nuclei):
   ``regionprops_table``) and pyclesperanto's ``voronoi_otsu_labeling`` +
   ``statistics_of_labelled_pixels`` (when an OpenCL device exists), with the
   erquant / reference throughput ratios;
-* batched GPU processing (N fields per launch) vs one field at a time (CuPy only);
+* batched processing (:func:`erquant.pipeline.quantify_batch`: N fields per call,
+  segmented as montages) vs one field at a time, on small fields on every backend
+  and on the full-size fields on the GPU;
 * scaling with the image size (time per megapixel, fitted exponent of time vs pixels).
 
 Every speed is printed beside its accuracy (F1 at IoU 0.5 against the
@@ -66,7 +68,7 @@ MAX_GENERATED = 2048
 #: Rough peak memory of the CPU pipeline per pixel (bytes), for the 8192² guard.
 BYTES_PER_PIXEL = 160
 STAGES = ("load", "nuclei", "cells", "measure")
-GPU_MISSING = "GPU not available: batched GPU benchmark not run"
+GPU_MISSING = "GPU not available: no GPU timings (batched or single)"
 
 
 @dataclass
@@ -82,7 +84,8 @@ class BenchConfig:
     scaling_sizes: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)
     scaling_budget_s: float = 150.0
     time_budget_s: float = 270.0
-    batch: int = 8
+    batch: int = 16  # fields per quantify_batch call in the batched section (0: skip)
+    batch_size: int = 512  # edge of the small fields batched on every backend
     seed: int = 0
     out: str = "benchmarks/results"
     quick: bool = False
@@ -374,41 +377,40 @@ def _bench_ablation(fields, cfg: BenchConfig) -> dict:
     return out
 
 
-def _bench_batched_gpu(bk, fields, cfg: BenchConfig) -> dict:
-    """N fields per launch vs one at a time on the GPU (CuPy only)."""
-    n = max(2, cfg.batch)
-    stack = np.stack([fields[i % len(fields)].image for i in range(n)])  # (N, 2, Y, X)
-    run_field, impl = _pipeline(bk, cfg.downsample)
-    mpx = cfg.size * cfg.size / 1e6
-    try:
-        from erquant.pipeline import quantify_batch  # a real batched API, when there is one
-    except ImportError:
-        quantify_batch = None
+def _bench_batched(bk, fields, n: int, cfg: BenchConfig) -> dict:
+    """``n`` fields in one :func:`erquant.pipeline.quantify_batch` call (montages: many
+    fields per launch) vs :func:`erquant.pipeline.quantify` one field at a time, on
+    backend ``bk``; F1 of both beside the speeds."""
+    from erquant.params import Params
+    from erquant.pipeline import quantify_batch
+
+    sel = [fields[i % len(fields)] for i in range(n)]
+    stack = np.stack([f.image for f in sel])  # (N, 2, Y, X)
+    truths = [f.nuclei for f in sel]
+    run_field, _ = _pipeline(bk, cfg.downsample)
+    params = Params().replace(**{"segment.downsample": float(cfg.downsample)})
+    size = int(stack.shape[-1])
+    mpx = stack.shape[-2] * size / 1e6
 
     def one_by_one():
-        for im in stack:
-            run_field(im)  # each call: transfer, compute, sync, results back
-        bk.synchronize()
+        return [run_field(im) for im in stack]  # each: transfer, compute, results back
 
-    if quantify_batch is not None:
-        def batched():
-            quantify_batch(stack, nuclei_channel=0, marker_channels={"er": 1}, backend=bk.name)
-            bk.synchronize()
-        how = "erquant.pipeline.quantify_batch on the (N, C, Y, X) stack"
-    else:
-        def batched():
-            dev = bk.asarray(stack)  # one host→device copy for N fields
-            for k in range(n):
-                run_field(dev[k])
-            bk.synchronize()
-        how = ("one host→device copy of the (N, C, Y, X) stack, then the per-field "
-               f"pipeline on device views ({impl}); no batched API in erquant.pipeline")
+    def batched():
+        res = quantify_batch(stack, nuclei_channel=0, marker_channels={"er": 1},
+                             backend=bk.name, params=params)
+        bk.synchronize()
+        return [r.nuclei for r in res], res[0].info.get("montage_fields", 1)
+
     batched()
     one_by_one()  # warm-up both
-    t1, _ = _median_runs(one_by_one, cfg.repeats)
-    tb, _ = _median_runs(batched, cfg.repeats)
-    return {"n_fields": n, "one_at_a_time": _rate(t1, mpx, n), "batched": _rate(tb, mpx, n),
-            "speedup": t1 / max(tb, 1e-9), "method": how}
+    t1, p1 = _median_runs(one_by_one, cfg.repeats)
+    tb, (pb, per) = _median_runs(batched, cfg.repeats)
+    return {"backend": bk.name, "size": size, "n_fields": n, "fields_per_montage": per,
+            "one_at_a_time": _rate(t1, mpx, n) | _f1(truths, p1),
+            "batched": _rate(tb, mpx, n) | _f1(truths, pb),
+            "speedup": t1 / max(tb, 1e-9),
+            "method": "erquant.pipeline.quantify_batch on the (N, C, Y, X) stack vs "
+                      "erquant.pipeline.quantify per field"}
 
 
 def _bench_scaling(bk, base_field, cfg: BenchConfig, s_per_mpx: float, notes: list,
@@ -572,12 +574,25 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         for k, r in result["ablation"].items():
             _log(f"  {k}: {r['s_per_field']:.3f} s/field ({r['slowdown']:.2f}×), F1 {r['f1']:.3f}")
 
-    if gpu is not None:
-        _log(f"batched GPU: {cfg.batch} fields per launch vs one at a time")
-        result["batched_gpu"] = _bench_batched_gpu(gpu, fields, cfg)
-    else:
+    result["batched"] = {}
+    if cfg.batch >= 2:
+        small = max(64, min(cfg.batch_size, cfg.size))
+        _log(f"batched: {cfg.batch} fields of {small}² per call vs one at a time (setup: "
+             "generating them)")
+        few = [make_field(shape=(small, small), n_nuclei=n_nuclei_for(small),
+                          seed=cfg.seed + 100 + i) for i in range(min(cfg.batch, 8))]
+        for bk in backends:
+            r = _bench_batched(bk, few, cfg.batch, cfg)
+            result["batched"][f"{bk.name} {small}²"] = r
+            _log(f"  {bk.name} {small}²: {r['speedup']:.2f}× ({r['fields_per_montage']} "
+                 "fields per montage)")
+        if gpu is not None:  # the GPU's own case: full-size fields, N per launch
+            r = _bench_batched(gpu, fields, cfg.batch, cfg)
+            result["batched"][f"{gpu.name} {cfg.size}²"] = r
+            _log(f"  {gpu.name} {cfg.size}²: {r['speedup']:.2f}×")
+    if gpu is None:
         print(GPU_MISSING, flush=True)
-        result["batched_gpu"] = {"skipped": GPU_MISSING}
+        notes.append(GPU_MISSING)
 
     if cfg.scaling:
         result["scaling"] = {}
@@ -613,7 +628,7 @@ def render_markdown(res: dict) -> str:
     Examples
     --------
     >>> "erquant" in render_markdown({"fields": {}, "erquant": {}, "notes": [],
-    ...                               "machine": {}, "batched_gpu": {"skipped": "x"}})
+    ...                               "machine": {}, "batched": {}})
     True
     """
     m, fd = res.get("machine", {}), res.get("fields", {})
@@ -664,18 +679,23 @@ def render_markdown(res: dict) -> str:
             lines.append(f"\n**Target** ({t['goal']}): {_fmt(t['ratio'])}× at F1 "
                          f"{_fmt(t['f1_erquant'], 3)} vs {_fmt(t['f1_skimage'], 3)} → "
                          f"{'MET' if t['met'] else 'NOT met'}")
-    lines += ["", "## Batched GPU", ""]
-    bg = res.get("batched_gpu", {})
-    if "skipped" in bg:
-        lines.append(bg["skipped"])
+    lines += ["", "## Batched: N fields per call (montages) vs one at a time", ""]
+    batched = res.get("batched", {})
+    if batched:
+        lines += ["| backend | fields | one at a time s/field | batched s/field | "
+                  "fields per montage | speed-up | F1 one / batched |",
+                  "|---|---|---:|---:|---:|---:|---|"]
+        for r in batched.values():
+            one, bat = r["one_at_a_time"], r["batched"]
+            lines.append(f"| {r['backend']} | {r['n_fields']} × {r['size']}² | "
+                         f"{_fmt(one['s_per_field'], 4)} | {_fmt(bat['s_per_field'], 4)} | "
+                         f"{r['fields_per_montage']} | {_fmt(r['speedup'])}× | "
+                         f"{_fmt(one['f1'], 3)} / {_fmt(bat['f1'], 3)} |")
+        lines.append(f"\n{next(iter(batched.values()))['method']}")
     else:
-        lines += ["| mode | s/field | MP/s | fields/s |", "|---|---:|---:|---:|"]
-        for k in ("one_at_a_time", "batched"):
-            r = bg[k]
-            lines.append(f"| {k.replace('_', ' ')} ({bg['n_fields']} fields) | "
-                         f"{_fmt(r['s_per_field'], 4)} | {_fmt(r['mpx_per_s'])} | "
-                         f"{_fmt(r['fields_per_s'], 2)} |")
-        lines.append(f"\nbatched speed-up: {_fmt(bg['speedup'])}×; {bg['method']}")
+        lines.append("not run (--batch 0)")
+    if not any(b.startswith("cupy") for b in batched):
+        lines.append(f"\n{GPU_MISSING}")
     if "ablation" in res:
         lines += ["", "## CPU kernels: what OpenCV and Numba buy (erquant NumPy pipeline)", "",
                   "| kernels | s/field | MP/s | F1 | slower by |", "|---|---:|---:|---:|---:|"]
@@ -738,7 +758,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", type=float,
                    help="seconds the whole run should stay under; scaling sizes that would "
                         "overrun are capped on the CPU (default 270; quick 50)")
-    p.add_argument("--batch", type=int, default=8, help="fields per launch for batched GPU")
+    p.add_argument("--batch", type=int,
+                   help="fields per quantify_batch call in the batched section (default 16; "
+                        "quick 8; 0 skips it)")
+    p.add_argument("--batch-size", type=int,
+                   help="edge of the small fields batched on every backend (default 512; "
+                        "quick 256); on a GPU the main fields are batched too")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated fields")
     p.add_argument("--downsample", type=float, default=0,
                    help="erquant's segment.downsample: 0 = automatic (the default: ~10 px "
@@ -761,7 +786,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                                              else (512, 1024, 2048, 4096, 8192)),
         scaling_budget_s=args.scaling_budget or (30.0 if q else 150.0),
         time_budget_s=args.time_budget or (50.0 if q else 270.0),
-        batch=args.batch, seed=args.seed, out=args.out, quick=q,
+        batch=args.batch if args.batch is not None else (8 if q else 16),
+        batch_size=args.batch_size or (256 if q else 512),
+        seed=args.seed, out=args.out, quick=q,
         downsample=max(0.0, float(getattr(args, "downsample", 0) or 0)))
     if cfg.size < 32 or cfg.fields < 1 or cfg.repeats < 1:
         raise ValueError("--size must be >= 32, --fields and --repeats >= 1")

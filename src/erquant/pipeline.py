@@ -10,6 +10,7 @@ come back once at the end.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,9 +151,7 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
         except StopIteration as stop:
             result = stop.value
     """
-    from erquant.classify import classify_cells, field_scores
-    from erquant.measure import measure_cells
-    from erquant.qc import field_qc, validate_image
+    from erquant.qc import validate_image
     from erquant.segment import segment_cells, segment_nuclei
 
     params = params or Params()
@@ -178,6 +177,19 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
                           downsample=float(info.get("downsample", 1)))
 
     yield Progress("measure", 0.6)
+    return (yield from _finish_field(bk, nuc, markers, nuclei, cells, info, params, roi_map,
+                                     flatfield, reference))
+
+
+def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, flatfield,
+                  reference, start: float = 0.6, span: float = 0.4
+                  ) -> Generator[Progress, None, FieldResult]:
+    """Measure, ROI-filter, classify and QC one segmented field → FieldResult (yields
+    "classify" and "qc" progress between ``start`` and ``start + span``)."""
+    from erquant.classify import classify_cells, field_scores
+    from erquant.measure import measure_cells
+    from erquant.qc import field_qc
+
     mp = params.measure
     channels = {params.nuclei_name: nuc, **markers}
     table = measure_cells(nuclei, cells, channels, background=mp.background,
@@ -199,7 +211,7 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
     else:
         table["roi"] = np.zeros(len(table), np.int16)
 
-    yield Progress("classify", 0.85)
+    yield Progress("classify", start + 0.625 * span)
     cp = params.classify
     scores = {}
     for name in markers:
@@ -209,19 +221,19 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
                                class_bounds=cp.class_bounds)
         scores[name] = field_scores(table, channel=name, compartment=cp.compartment)
 
-    yield Progress("qc", 0.92)
+    yield Progress("qc", start + 0.8 * span)
     qp = params.qc
     qc = field_qc(channels, nuclei=nuclei, saturation_value=qp.saturation_value,
                   focus_channel=params.nuclei_name, saturation_limit=qp.saturation_limit,
                   focus_threshold=qp.focus_threshold, n_nuclei=n_field)
-    info = {"diameter": float(info["diameter"]) if info["diameter"] else None,
-            "threshold": info["threshold"], "downsample": float(info.get("downsample", 1)),
-            "backend": bk.name}
-    yield Progress("done", 1.0)
+    info = {"diameter": float(seg_info["diameter"]) if seg_info["diameter"] else None,
+            "threshold": seg_info["threshold"],
+            "downsample": float(seg_info.get("downsample", 1)), "backend": bk.name}
+    info.update({k: v for k, v in seg_info.items() if k.startswith("montage")})
+    yield Progress("done", start + span)
     return FieldResult(nuclei=nuclei_h.astype(np.uint32, copy=False),
                        cells=cells_h.astype(np.uint32, copy=False), table=table, qc=qc,
                        scores=scores, params=params, info=info)
-
 
 def quantify(field_, *, nuclei_channel: int = 0, marker_channels: Mapping[str, int] | None = None,
              roi=None, params: Params | None = None, backend: str | Backend = "auto",
@@ -262,6 +274,212 @@ def quantify(field_, *, nuclei_channel: int = 0, marker_channels: Mapping[str, i
     gen = quantify_iter(field_, nuclei_channel=nuclei_channel, marker_channels=marker_channels,
                         roi=roi, params=params, backend=backend, flatfield=flatfield,
                         reference=reference)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+# ------------------------------------------------------------------ batches
+def _fields_of(fields) -> list:
+    """A (N, C, Y, X) / (N, Y, X) stack or a sequence of fields → list of fields."""
+    if hasattr(fields, "ndim") and not isinstance(fields, (list, tuple)):
+        if hasattr(fields, "compute") and not isinstance(fields, np.ndarray):  # dask
+            fields = fields.compute()
+        if fields.ndim not in (3, 4):
+            raise ValueError("a batch must be an (N, C, Y, X) or (N, Y, X) stack or a list "
+                             f"of fields, got shape {tuple(fields.shape)}")
+        return [fields[i] for i in range(fields.shape[0])]
+    return list(fields)
+
+
+def _grid(n: int) -> tuple[int, int]:
+    """Rows × columns of a near-square montage of ``n`` fields."""
+    cols = max(1, math.ceil(math.sqrt(n)))
+    return math.ceil(n / cols), cols
+
+
+def _montage(bk: Backend, images: list, margin: int):
+    """Fields side by side, each mirrored ``margin`` px beyond its edges (what a single
+    field's filters see at its borders): → (montage, top-left corner of each field).
+    Unused grid slots repeat the first field (results discarded)."""
+    xp = bk.xp
+    Y, X = (int(v) for v in images[0].shape)
+    rows, cols = _grid(len(images))
+    P, Q = Y + 2 * margin, X + 2 * margin
+    big = xp.empty((rows * P, cols * Q), images[0].dtype)
+    corners = []
+    for k in range(rows * cols):
+        r, c = divmod(k, cols)
+        im = images[k] if k < len(images) else images[0]
+        big[r * P:(r + 1) * P, c * Q:(c + 1) * Q] = xp.pad(im, margin, mode="symmetric")
+        if k < len(images):
+            corners.append((r * P + margin, c * Q + margin))
+    return big, corners
+
+
+def _crop_labels(bk: Backend, nuclei, cells, y0: int, x0: int, shape, min_area: float):
+    """One field's nuclei and cells out of the montage's labels, renumbered 1..n (cell k
+    holds nucleus k); nuclei with less than ``min_area`` px inside the field (slivers of
+    objects mostly in the mirrored margin) and cells whose nucleus is outside go."""
+    xp = bk.xp
+    Y, X = shape
+    nuc = nuclei[y0:y0 + Y, x0:x0 + X]
+    cel = cells[y0:y0 + Y, x0:x0 + X]
+    top = max(int(nuc.max()) if nuc.size else 0, int(cel.max()) if cel.size else 0)  # host sync
+    area = xp.bincount(nuc.ravel().astype(xp.int64), minlength=top + 1)
+    keep = area >= min_area
+    keep[0] = False
+    lut = xp.zeros(top + 1, xp.uint32)
+    lut[keep] = xp.arange(1, int(keep.sum()) + 1, dtype=xp.uint32)  # host sync: count
+    return lut[nuc], lut[cel]
+
+
+def quantify_batch_iter(fields, *, nuclei_channel: int = 0,
+                        marker_channels: Mapping[str, int] | None = None, rois=None,
+                        params: Params | None = None, backend: str | Backend = "auto",
+                        flatfield=None, reference: Any = None, max_pixels: int | None = None,
+                        margin: int | None = None,
+                        ) -> Generator[Progress, None, list[FieldResult]]:
+    """Quantify N fields of one shape together, yielding :class:`Progress`; returns a
+    list of :class:`FieldResult` (see :func:`quantify_batch`)."""
+    from erquant.qc import validate_image
+    from erquant.segment import estimate_diameter, segment_cells, segment_nuclei
+
+    params = params or Params()
+    items = _fields_of(fields)
+    if not items:
+        return []
+    if rois is not None and len(rois) != len(items):
+        raise ValueError(f"rois: {len(rois)} given for {len(items)} fields (one per field, "
+                         "None for none)")
+    if marker_channels is None:
+        marker_channels = {"er": 1} if getattr(items[0], "ndim", 0) == 3 else {}
+    bk = get_backend(backend)
+    if hasattr(fields, "ndim") and not isinstance(fields, (list, tuple)) and \
+            not hasattr(fields, "compute"):
+        stack = bk.asarray(fields)  # one host→device transfer for the whole stack
+        items = [stack[i] for i in range(stack.shape[0])]
+    yield Progress("load", 0.0, f"{len(items)} fields")
+    nucs, marks = [], []
+    for k, f in enumerate(items):
+        try:
+            nuc_img, markers = _split_field(f, nuclei_channel, marker_channels)
+            nuc = bk.asarray(nuc_img)
+            markers = {n: bk.asarray(v) for n, v in markers.items()}
+            validate_image(nuc, params.nuclei_name)
+            for n, v in markers.items():
+                validate_image(v, n)
+        except ValueError as e:
+            raise ValueError(f"field {k} of the batch: {e}") from None
+        if tuple(nuc.shape) != tuple(nucs[0].shape if nucs else nuc.shape):
+            raise ValueError(f"field {k} of the batch has shape {tuple(nuc.shape)}, field 0 "
+                             f"{tuple(nucs[0].shape)}: a batch needs fields of one shape")
+        nucs.append(nuc)
+        marks.append(markers)
+    shape = tuple(int(v) for v in nucs[0].shape)
+    sp = dataclasses.asdict(params.segment)
+    d = sp.get("diameter")
+    if d is None:  # one diameter for the batch, estimated once where three fields meet
+        picks = sorted({0, len(nucs) // 2, len(nucs) - 1})
+        probe = _montage(bk, [nucs[i] for i in picks], 0)[0] if len(picks) > 1 else nucs[0]
+        d = estimate_diameter(probe, threshold=sp["threshold"])
+        d = float(d) if math.isfinite(d) else None
+    if max_pixels is None:
+        max_pixels = 2**27 if bk.is_gpu else 2**24
+    m = int(margin) if margin is not None else (max(8, math.ceil(d)) if d else 0)
+    per = max(1, int(max_pixels // ((shape[0] + 2 * m) * (shape[1] + 2 * m))))
+    if d is None:
+        per = 1  # nothing to size a margin by (blank fields): one field at a time
+    results: list[FieldResult] = []
+    n = len(nucs)
+    for g0 in range(0, n, per):
+        group = list(range(g0, min(n, g0 + per)))
+        yield Progress("nuclei", g0 / n, f"fields {g0 + 1}–{group[-1] + 1} of {n}")
+        use_cyto = params.cells.use_marker and bool(marks[0])
+        if len(group) == 1 and m == 0:
+            big, corners = nucs[group[0]], [(0, 0)]
+            cyto = next(iter(marks[group[0]].values())) if use_cyto else None
+        else:
+            big, corners = _montage(bk, [nucs[i] for i in group], m)
+            cyto = (_montage(bk, [next(iter(marks[i].values())) for i in group], m)[0]
+                    if use_cyto else None)
+        kw = dict(sp, diameter=d) if d else sp
+        nuclei_big, info = segment_nuclei(big, **kw, return_info=True)
+        cells_big = segment_cells(nuclei_big, cytoplasm_image=cyto,
+                                  max_distance=params.cells.max_distance,
+                                  downsample=float(info.get("downsample", 1)))
+        dd = info.get("diameter") or d or 0.0
+        min_area = params.segment.min_area_fraction * math.pi * (dd / 2) ** 2
+        info["montage_fields"] = len(group)
+        for j, i in enumerate(group):
+            nuclei, cells = _crop_labels(bk, nuclei_big, cells_big, *corners[j], shape, min_area)
+            roi = rois[i] if rois is not None else None
+            roi_map = roi_index_map(roi, shape) if roi is not None else None
+            sub = _finish_field(bk, nucs[i], marks[i], nuclei, cells, info, params, roi_map,
+                                flatfield, reference, start=(i + 0.5) / n, span=0.5 / n)
+            while True:  # the per-field stages, as fractions of the whole batch
+                try:
+                    p = next(sub)
+                except StopIteration as stop:
+                    results.append(stop.value)
+                    break
+                if p.stage != "done":
+                    yield Progress(p.stage, p.fraction, f"field {i + 1} of {n}")
+    yield Progress("done", 1.0, f"{n} fields")
+    return results
+
+
+def quantify_batch(fields, *, nuclei_channel: int = 0,
+                   marker_channels: Mapping[str, int] | None = None, rois=None,
+                   params: Params | None = None, backend: str | Backend = "auto",
+                   flatfield=None, reference: Any = None, max_pixels: int | None = None,
+                   margin: int | None = None) -> list[FieldResult]:
+    """Quantify N fields of one shape, segmenting them together: many fields per launch.
+
+    The fields are laid side by side in a montage (each mirrored ``margin`` px beyond
+    its edges, so its border pixels see what they see alone), the nuclei and cells
+    are segmented once per montage, and each field is cut out, renumbered and
+    measured, classified and QC'd on its own. The montage shares one diameter
+    (given, or the median estimate of three fields), one normalisation and one
+    global threshold — a per-plate threshold — while the background stays local.
+    Per-field costs (diameter estimate, ~700 small launches on a GPU, Python
+    overhead) are paid once per montage: small fields go several times faster
+    (``erquant bench`` measures it). Results match :func:`quantify` up to the shared
+    threshold (F1 ≥ 0.99 against the truth on synthetic fields, as field by field).
+
+    Parameters
+    ----------
+    fields : (N, C, Y, X) or (N, Y, X) array, or a sequence of (C, Y, X) / (Y, X) fields
+        All of one shape. A stack moves to the device in one transfer.
+    rois : sequence, optional
+        One ROI (see :func:`quantify`) or None per field.
+    max_pixels : int, optional
+        Largest montage (pixels); default 2**24 on the CPU, 2**27 on a GPU. Fields
+        larger than that are segmented one at a time.
+    margin : int, optional
+        Mirrored margin around each field (px); default one nucleus diameter.
+    nuclei_channel, marker_channels, params, backend, flatfield, reference
+        As :func:`quantify`.
+
+    Returns
+    -------
+    list of FieldResult, in the order of ``fields``; ``info["montage_fields"]`` says
+    how many fields shared a montage.
+
+    Examples
+    --------
+    >>> from erquant.synthetic import make_field
+    >>> fs = [make_field(shape=(192, 192), n_nuclei=20, seed=s) for s in range(4)]
+    >>> rs = quantify_batch([f.image for f in fs], backend="numpy")
+    >>> [abs(r.n_nuclei - int(f.nuclei.max())) <= 2 for r, f in zip(rs, fs)]
+    [True, True, True, True]
+    """
+    gen = quantify_batch_iter(fields, nuclei_channel=nuclei_channel,
+                              marker_channels=marker_channels, rois=rois, params=params,
+                              backend=backend, flatfield=flatfield, reference=reference,
+                              max_pixels=max_pixels, margin=margin)
     while True:
         try:
             next(gen)
