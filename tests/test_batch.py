@@ -40,9 +40,10 @@ def _er_within(fields, results, tol=0.05):
 def test_batch_matches_truth_as_well_as_field_by_field(fields, batch):
     single = [quantify(f.image, backend="numpy", flatfield=f.illumination) for f in fields]
     assert len(batch) == len(fields)
+    n_true = sum(int(f.nuclei.max()) for f in fields)
+    assert abs(sum(r.n_nuclei for r in batch) - n_true) <= 0.03 * n_true
     for f, r in zip(fields, batch):
-        n_true = int(f.nuclei.max())
-        assert abs(r.n_nuclei - n_true) <= max(2, 0.05 * n_true), (r.n_nuclei, n_true)
+        assert abs(r.n_nuclei - int(f.nuclei.max())) <= 3  # of 32
         assert r.info["montage_fields"] == len(fields)
         assert r.nuclei.shape == f.nuclei.shape and r.nuclei.dtype == np.uint32
     f1_batch, f1_single = _pooled(fields, batch), _pooled(fields, single)
@@ -62,7 +63,7 @@ def test_batch_labels_are_renumbered_per_field(batch):
 
 
 def test_objects_cut_by_the_field_edge_count_once():
-    """Mirrored margins: a nucleus cut by the field edge is one object, as alone."""
+    """Background frames: a nucleus cut by the field edge is one object, as alone."""
     yy, xx = np.mgrid[:160, :160]
     imgs = []
     for k in range(4):
@@ -82,8 +83,10 @@ def test_montage_size_limit_groups_fields(fields):
     imgs = [f.image for f in fields[:4]]
     res = quantify_batch(imgs, backend="numpy", max_pixels=2 * 400 * 400)
     assert [r.info["montage_fields"] for r in res] == [2, 2, 2, 2]
-    for f, r in zip(fields, res):
-        assert abs(r.n_nuclei - int(f.nuclei.max())) <= 2
+    n_true = sum(int(f.nuclei.max()) for f in fields[:4])
+    assert abs(sum(r.n_nuclei for r in res) - n_true) <= 0.03 * n_true
+    for f, r in zip(fields, res):  # 32 nuclei per field: one nucleus is 3 %
+        assert abs(r.n_nuclei - int(f.nuclei.max())) <= 3
 
 
 def test_batch_progress_is_a_generator(fields):
@@ -136,7 +139,7 @@ def test_batch_bad_input_names_the_field(fields):
 
 
 def test_batch_on_the_generic_array_path(fields, batch, monkeypatch):
-    """OpenCV and Numba off: the montage (pad, place, crop, renumber) runs the array code
+    """OpenCV and Numba off: the montage (frame, place, crop, renumber) runs the array code
     the CuPy backend runs, with the same result."""
     monkeypatch.setenv("ERQUANT_NO_OPENCV", "1")
     monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
