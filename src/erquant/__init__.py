@@ -3,7 +3,7 @@ high-content screening images, on NumPy/SciPy or CuPy (CUDA).
 
 Public API (imported lazily so ``import erquant`` stays fast)::
 
-    from erquant import quantify, segment_nuclei, segment_cells, measure_cells
+    from erquant import quantify, quantify_batch, segment_nuclei, segment_cells, measure_cells
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ _API = {
     "field_qc": "erquant.qc",
     "quantify": "erquant.pipeline",
     "quantify_iter": "erquant.pipeline",
+    "quantify_batch": "erquant.pipeline",
+    "quantify_batch_iter": "erquant.pipeline",
     "FieldResult": "erquant.pipeline",
     "Params": "erquant.params",
     "get_backend": "erquant.backend",
