@@ -408,15 +408,24 @@ def test_relabel_foreground_and_paste_numba_equal_numpy(monkeypatch):
     small = rng.integers(0, 12, (36, 45)).astype(np.int32)
     seeds = np.where(rng.random((71, 90)) > 0.9, 7, 0).astype(np.int32)
     keep = rng.random((35, 45)) > 0.5  # interiors on a 2× smaller grid
+    big = labels.copy()
+    big[big == 5] = 70000  # ids beyond 16 bits: searched in the kernel, not by OpenCV
     fast = [K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2),
             K.relabel_foreground(bk, labels, smooth, None, 0.5, 0.0, 1),
             K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2, keep=keep),
-            K.paste_upsampled(bk, seeds, small)]
+            K.paste_upsampled(bk, seeds, small),
+            K.relabel_foreground(bk, big, smooth, peak, 0.2, 0.4, 2),
+            K.relabel_foreground(bk, labels.astype(np.int32), smooth, peak, 0.2, 0.4, 3)]
+    monkeypatch.setenv("ERQUANT_NO_OPENCV", "1")  # Numba alone: the in-kernel search
+    searched = K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2, keep=keep)
+    assert np.array_equal(searched, fast[2])
     monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
     ref = [K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2),
            K.relabel_foreground(bk, labels, smooth, None, 0.5, 0.0, 1),
            K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2, keep=keep),
-           K.paste_upsampled(bk, seeds, small)]
+           K.paste_upsampled(bk, seeds, small),
+           K.relabel_foreground(bk, big, smooth, peak, 0.2, 0.4, 2),
+           K.relabel_foreground(bk, labels.astype(np.int32), smooth, peak, 0.2, 0.4, 3)]
     for a, b in zip(fast, ref):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     assert fast[0].any() and (fast[0][smooth <= 0.2] == 0).all()

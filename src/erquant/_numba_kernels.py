@@ -100,29 +100,57 @@ def _present_impl(labels, n):
 
 
 def _relabel_foreground_impl(labels, smooth, peak, thr, contrast, radius, keep, ri, ci,
-                             use_keep, out):
+                             use_keep, grown, use_grown, out):
     """out = the pixel's label where ``keep[ri[y], ci[x]]`` (interior, with
     ``use_keep``); else 0 where not (smooth > thr and smooth > contrast · peak); else
-    the pixel's label, or for an unlabelled pixel the largest label within ``radius``."""
+    the pixel's label, or for an unlabelled pixel the largest label within ``radius``
+    (``grown``, the labels' maximum filter, with ``use_grown``; else searched here)."""
     Y, X = labels.shape
+    SENT = labels.dtype.type(-1)  # max of the unsigned type: "search here", never an id
+    ZERO = labels.dtype.type(0)
     use_peak = contrast > 0
+    kcol = np.zeros(X, np.bool_)
+    last = -1
     for y in range(Y):
-        r = ri[y]
+        if use_keep and ri[y] != last:  # the interior flags of this row, once per source row
+            last = ri[y]
+            krow = keep[last]
+            for x in range(X):
+                kcol[x] = krow[ci[x]]
+        lrow = labels[y]
+        srow = smooth[y]
+        prow = peak[y]
+        orow = out[y]
+        if use_grown:
+            grow = grown[y]
+            for x in range(X):  # branch-free selects: vectorised
+                v = srow[x]
+                fg = (v > thr) & ((not use_peak) | (v > contrast * prow[x]))
+                lab = lrow[x]
+                inside = lab if (fg | kcol[x]) else ZERO
+                outside = labels.dtype.type(grow[x]) if fg else ZERO
+                orow[x] = inside if lab > ZERO else outside
+        else:
+            for x in range(X):
+                v = srow[x]
+                fg = (v > thr) & ((not use_peak) | (v > contrast * prow[x]))
+                lab = lrow[x]
+                inside = lab if (fg | kcol[x]) else ZERO
+                outside = SENT if fg else ZERO
+                orow[x] = inside if lab > ZERO else outside
+    if use_grown:
+        return
+    for y in range(Y):  # the largest label within radius, for the unlabelled foreground
+        orow = out[y]
         for x in range(X):
-            lab = labels[y, x]
-            if use_keep and lab > 0 and keep[r, ci[x]]:
-                out[y, x] = lab
-                continue
-            v = smooth[y, x]
-            if not v > thr or (use_peak and not v > contrast * peak[y, x]):
-                out[y, x] = 0
-                continue
-            if lab == 0:
+            if orow[x] == SENT:
+                best = ZERO
                 for yy in range(max(0, y - radius), min(Y, y + radius + 1)):
                     for xx in range(max(0, x - radius), min(X, x + radius + 1)):
-                        if labels[yy, xx] > lab:
-                            lab = labels[yy, xx]
-            out[y, x] = lab
+                        w = labels[yy, xx]
+                        if w > best:
+                            best = w
+                orow[x] = best
 
 
 def _paste_upsampled_impl(seeds, small, ri, ci, out):

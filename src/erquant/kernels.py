@@ -344,17 +344,30 @@ def relabel_foreground(bk: Backend, labels, smooth, peak, thr: float, contrast: 
     if _numba_ok(bk) and labels.dtype.kind in "ui":
         from erquant import _numba_kernels
 
+        labels = np.ascontiguousarray(labels)
         out = np.empty(labels.shape, labels.dtype)
+        if labels.dtype.kind == "i":  # unsigned: the kernel's "search here" mark is the max
+            unsigned = labels.dtype.str.replace("i", "u")
+            labels, out_k = labels.view(unsigned), out.view(unsigned)
+        else:
+            out_k = out
         pk = peak if peak is not None else smooth
         use_keep = keep is not None
         kp = np.ascontiguousarray(keep, dtype=np.bool_) if use_keep else np.zeros((1, 1), bool)
         ri = nearest_index(Y, kp.shape[0]) if use_keep else np.zeros(Y, np.int64)
         ci = nearest_index(X, kp.shape[1]) if use_keep else np.zeros(X, np.int64)
+        # the largest label within radius: OpenCV's maximum filter on 16-bit ids (~10×
+        # a per-pixel search) where ids fit, else searched in the kernel
+        grown = np.zeros((1, 1), np.uint16)
+        use_grown = radius > 0 and _use_cv2(bk) and int(labels.max()) < 2**16
+        if use_grown:
+            size = 2 * int(radius) + 1
+            grown = cv2.dilate(labels.astype(np.uint16), np.ones((size, size), np.uint8))
         _numba_kernels.relabel_foreground(
-            np.ascontiguousarray(labels), np.ascontiguousarray(smooth, dtype=np.float32),
+            labels, np.ascontiguousarray(smooth, dtype=np.float32),
             np.ascontiguousarray(pk, dtype=np.float32), np.float32(thr),
             np.float32(contrast if peak is not None else 0.0), int(radius), kp, ri, ci,
-            use_keep, out)
+            use_keep, grown, use_grown, out_k)
         return out
     fg = smooth > np.float32(thr)
     if peak is not None and contrast > 0:
