@@ -148,3 +148,18 @@ def test_batch_on_the_generic_array_path(fields, batch, monkeypatch):
     for fast, generic in zip(batch[:2], res):
         assert abs(fast.n_nuclei - generic.n_nuclei) <= 1
         assert match_labels(fast.nuclei, generic.nuclei).f1 >= 0.97
+
+
+def test_fields_alone_equal_quantify(fields):
+    """A montage limit below one field: each field is segmented alone, exactly as
+    quantify does with the same diameter."""
+    from erquant.params import Params
+
+    p = Params().replace(**{"segment.diameter": 24.0})
+    imgs = [f.image for f in fields[:2]]
+    res = quantify_batch(imgs, backend="numpy", params=p, max_pixels=1)
+    for img, r in zip(imgs, res):
+        alone = quantify(img, backend="numpy", params=p)
+        assert r.info["montage_fields"] == 1
+        assert np.array_equal(r.nuclei, alone.nuclei) and np.array_equal(r.cells, alone.cells)
+        assert r.table.equals(alone.table)

@@ -395,17 +395,19 @@ def quantify_batch_iter(fields, *, nuclei_channel: int = 0,
     shape = tuple(int(v) for v in nucs[0].shape)
     sp = dataclasses.asdict(params.segment)
     d = sp.get("diameter")
-    if d is None:  # one diameter for the batch, estimated once where three fields meet
+    if d is None:  # one diameter for the batch: the median estimate of three fields
         picks = sorted({0, len(nucs) // 2, len(nucs) - 1})
-        probe = _montage(bk, [nucs[i] for i in picks], 0)[0] if len(picks) > 1 else nucs[0]
-        d = estimate_diameter(probe, threshold=sp["threshold"])
-        d = float(d) if math.isfinite(d) else None
+        est = [estimate_diameter(nucs[i], threshold=sp["threshold"]) for i in picks]
+        est = [e for e in est if math.isfinite(e)]  # blank fields give none
+        d = float(np.median(est)) if est else None
     if max_pixels is None:
-        max_pixels = 2**27 if bk.is_gpu else 2**24
+        max_pixels = 2**27 if bk.is_gpu else 2**22
     m = int(margin) if margin is not None else (max(4, math.ceil(0.5 * d)) if d else 0)
     per = max(1, int(max_pixels // ((shape[0] + 2 * m) * (shape[1] + 2 * m))))
     if d is None:
         per = 1  # nothing to size a margin by (blank fields): one field at a time
+    if per == 1:
+        m = 0  # fields alone need no frame (they still share the diameter)
     results: list[FieldResult] = []
     n = len(nucs)
     for g0 in range(0, n, per):
@@ -428,7 +430,11 @@ def quantify_batch_iter(fields, *, nuclei_channel: int = 0,
         min_area = params.segment.min_area_fraction * math.pi * (dd / 2) ** 2
         info["montage_fields"] = len(group)
         for j, i in enumerate(group):
-            nuclei, cells = _crop_labels(bk, nuclei_big, cells_big, *corners[j], shape, min_area)
+            if big is nucs[i]:  # a field alone: its labels as they are
+                nuclei, cells = nuclei_big, cells_big
+            else:
+                nuclei, cells = _crop_labels(bk, nuclei_big, cells_big, *corners[j], shape,
+                                             min_area)
             roi = rois[i] if rois is not None else None
             roi_map = roi_index_map(roi, shape) if roi is not None else None
             sub = _finish_field(bk, nucs[i], marks[i], nuclei, cells, info, params, roi_map,
@@ -471,8 +477,9 @@ def quantify_batch(fields, *, nuclei_channel: int = 0,
     rois : sequence, optional
         One ROI (see :func:`quantify`) or None per field.
     max_pixels : int, optional
-        Largest montage (pixels); default 2**24 on the CPU, 2**27 on a GPU. Fields
-        larger than that are segmented one at a time.
+        Largest montage (pixels); default 2**22 on the CPU (beyond ~4 MP a montage
+        gains nothing there), 2**27 on a GPU. Fields that large are segmented one at a
+        time (sharing the diameter estimate).
     margin : int, optional
         Background frame around each field (px); default half a nucleus diameter (wider
         frames add background pixels that shift the shared automatic threshold).
