@@ -408,6 +408,7 @@ def quantify_batch_iter(fields, *, nuclei_channel: int = 0,
         per = 1  # nothing to size a margin by (blank fields): one field at a time
     if per == 1:
         m = 0  # fields alone need no frame (they still share the diameter)
+    per = -(-len(nucs) // -(-len(nucs) // per))  # montages of even size: 16 → 8 + 8, not 15 + 1
     results: list[FieldResult] = []
     n = len(nucs)
     for g0 in range(0, n, per):
