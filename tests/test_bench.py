@@ -67,6 +67,8 @@ def test_quick_ratios_target_and_machine(quick_run):
     assert all(_finite_positive(v) for v in ratios.values())
     t = res["target"]
     assert t["ratio"] == pytest.approx(ratios["erquant-numpy / scikit-image"])
+    like = res["erquant"]["numpy"]["recipes_job"]  # like for like: diameter given, ERα only
+    assert _finite_positive(like["s_per_field"]) and like["f1"] > 0.8
     assert t["met"] == (t["ratio"] >= 10 and t["f1_erquant"] >= t["f1_skimage"])
     m = res["machine"]
     assert m["cpu_count"] >= 1 and m["versions"]["numpy"] == np.__version__
@@ -91,7 +93,7 @@ def test_quick_markdown_lists_everything(quick_run):
     res, md = quick_run
     for stage in STAGES + ("pipeline",):
         assert f"| numpy | {stage} |" in md or f"| numpy | **{stage}** |" in md
-    assert "| scikit-image |" in md and "pyclesperanto" in md
+    assert "| scikit-image |" in md and "pyclesperanto" in md and "Like for like" in md
     assert "time ∝ pixels^" in md and "| numpy | 192² |" in md
     f1 = res["erquant"]["numpy"]["pipeline"]["f1"]
     assert f"{f1:.3f}" in md
