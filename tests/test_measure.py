@@ -373,6 +373,12 @@ def test_seed_cores_numba_equals_the_transform(monkeypatch):
     dmin = dist.min(axis=0)
     ties = (np.abs(dist - dmin) < 1e-6).sum(axis=0)
     assert (ties[diff[:, 0], diff[:, 1]] >= 2).all()  # only where two seeds are equally near
+    # discs too big to paint cheaply: the transform does it, with the same meaning
+    monkeypatch.delenv("ERQUANT_NO_NUMBA")
+    monkeypatch.delenv("ERQUANT_NO_OPENCV")
+    huge = np.r_[0.0, np.full(39, 80.0)].astype(np.float32)
+    big = K.seed_cores(bk, seeds, mask, huge)
+    assert np.array_equal(big[on], seeds[on]) and np.array_equal(big > 0, mask | on)
 
 def test_separable_background_map_equals_the_map():
     """The factors that measure_cells sums on the fly make the same map."""
