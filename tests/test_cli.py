@@ -72,10 +72,11 @@ def test_segment_multichannel_tiff_channel(tmp_path, capsys):
     stack = np.stack([rng.integers(90, 110, nuc.shape), nuc,
                       rng.integers(0, 3000, nuc.shape)]).astype(np.uint16)
     out = tmp_path / "out"
-    # tifffile's default writes a 3-plane uint16 stack as planar RGB; both must work
-    for photometric in (None, "minisblack"):
+    # tifffile's old default wrote a 3-plane uint16 stack as planar RGB; both must work
+    for photometric in ("rgb", "minisblack"):
         src = tmp_path / f"stack_{photometric}.tif"
-        tifffile.imwrite(src, stack, photometric=photometric)
+        tifffile.imwrite(src, stack, photometric=photometric,
+                         planarconfig="separate" if photometric == "rgb" else None)
         assert main(["segment", str(src), "--channel", "1", "-o", str(out), "-q"]) == 0
         lab = tifffile.imread(out / f"stack_{photometric}_nuclei.tif")
         assert lab.shape == nuc.shape and int(lab.max()) == len(GRID)

@@ -102,7 +102,7 @@ def test_bad_files_give_errors_naming_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.tif"):
         read_image(tmp_path / "nope.tif")
     four_d = tmp_path / "four_d.tif"
-    tifffile.imwrite(four_d, np.zeros((2, 3, 8, 8), np.uint16))
+    tifffile.imwrite(four_d, np.zeros((2, 3, 8, 8), np.uint16), photometric="minisblack")
     with pytest.raises(ValueError, match="four_d.tif"):
         read_image(four_d)
 
