@@ -235,6 +235,7 @@ def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, fl
                        cells=cells_h.astype(np.uint32, copy=False), table=table, qc=qc,
                        scores=scores, params=params, info=info)
 
+
 def quantify(field_, *, nuclei_channel: int = 0, marker_channels: Mapping[str, int] | None = None,
              roi=None, params: Params | None = None, backend: str | Backend = "auto",
              flatfield=None, reference: Any = None) -> FieldResult:
@@ -282,15 +283,17 @@ def quantify(field_, *, nuclei_channel: int = 0, marker_channels: Mapping[str, i
 
 
 # ------------------------------------------------------------------ batches
-def _fields_of(fields) -> list:
-    """A (N, C, Y, X) / (N, Y, X) stack or a sequence of fields → list of fields."""
+def _fields_of(fields, bk: Backend) -> list:
+    """A (N, C, Y, X) / (N, Y, X) stack (moved to ``bk`` in one transfer) or a sequence
+    of fields → list of fields."""
     if hasattr(fields, "ndim") and not isinstance(fields, (list, tuple)):
         if hasattr(fields, "compute") and not isinstance(fields, np.ndarray):  # dask
             fields = fields.compute()
         if fields.ndim not in (3, 4):
             raise ValueError("a batch must be an (N, C, Y, X) or (N, Y, X) stack or a list "
                              f"of fields, got shape {tuple(fields.shape)}")
-        return [fields[i] for i in range(fields.shape[0])]
+        stack = bk.asarray(fields)  # one host→device transfer for the whole stack
+        return [stack[i] for i in range(stack.shape[0])]
     return list(fields)
 
 
@@ -337,16 +340,15 @@ def _crop_labels(bk: Backend, nuclei, cells, y0: int, x0: int, shape, min_area: 
     """One field's nuclei and cells out of the montage's labels, renumbered 1..n (cell k
     holds nucleus k); objects of less than ``min_area`` px inside the field and cells
     whose nucleus lies outside it (in the frame or a neighbouring field) go."""
+    from erquant.segment import _relabel_lut
+
     xp = bk.xp
     Y, X = shape
     nuc = nuclei[y0:y0 + Y, x0:x0 + X]
     cel = cells[y0:y0 + Y, x0:x0 + X]
     top = max(int(nuc.max()) if nuc.size else 0, int(cel.max()) if cel.size else 0)  # host sync
     area = xp.bincount(nuc.ravel().astype(xp.int64), minlength=top + 1)
-    keep = area >= min_area
-    keep[0] = False
-    lut = xp.zeros(top + 1, xp.uint32)
-    lut[keep] = xp.arange(1, int(keep.sum()) + 1, dtype=xp.uint32)  # host sync: count
+    lut = _relabel_lut(xp, area >= min_area)  # the same renumbering for nuclei and cells
     return lut[nuc], lut[cel]
 
 
@@ -362,7 +364,8 @@ def quantify_batch_iter(fields, *, nuclei_channel: int = 0,
     from erquant.segment import estimate_diameter, segment_cells, segment_nuclei
 
     params = params or Params()
-    items = _fields_of(fields)
+    bk = get_backend(backend)
+    items = _fields_of(fields, bk)
     if not items:
         return []
     if rois is not None and len(rois) != len(items):
@@ -370,11 +373,6 @@ def quantify_batch_iter(fields, *, nuclei_channel: int = 0,
                          "None for none)")
     if marker_channels is None:
         marker_channels = {"er": 1} if getattr(items[0], "ndim", 0) == 3 else {}
-    bk = get_backend(backend)
-    if hasattr(fields, "ndim") and not isinstance(fields, (list, tuple)) and \
-            not hasattr(fields, "compute"):
-        stack = bk.asarray(fields)  # one host→device transfer for the whole stack
-        items = [stack[i] for i in range(stack.shape[0])]
     yield Progress("load", 0.0, f"{len(items)} fields")
     nucs, marks = [], []
     for k, f in enumerate(items):
@@ -415,8 +413,9 @@ def quantify_batch_iter(fields, *, nuclei_channel: int = 0,
         group = list(range(g0, min(n, g0 + per)))
         yield Progress("nuclei", g0 / n, f"fields {g0 + 1}–{group[-1] + 1} of {n}")
         use_cyto = params.cells.use_marker and bool(marks[0])
-        if len(group) == 1 and m == 0:
-            big, corners = nucs[group[0]], [(0, 0)]
+        alone = len(group) == 1 and m == 0  # segmented as it is: no montage, no crop
+        if alone:
+            big = nucs[group[0]]
             cyto = next(iter(marks[group[0]].values())) if use_cyto else None
         else:
             big, corners = _montage(bk, [nucs[i] for i in group], m)
@@ -431,7 +430,7 @@ def quantify_batch_iter(fields, *, nuclei_channel: int = 0,
         min_area = params.segment.min_area_fraction * math.pi * (dd / 2) ** 2
         info["montage_fields"] = len(group)
         for j, i in enumerate(group):
-            if big is nucs[i]:  # a field alone: its labels as they are
+            if alone:  # its labels as they are
                 nuclei, cells = nuclei_big, cells_big
             else:
                 nuclei, cells = _crop_labels(bk, nuclei_big, cells_big, *corners[j], shape,

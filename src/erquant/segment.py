@@ -710,15 +710,21 @@ def _valleys(bk: Backend, smooth, cc, ncc: int, diameter: float, strength: float
     return cluster & (rel > strength) & (lmin < 0.3 * lmax)
 
 
-def _relabel(xp, labels, keep):
-    """Renumber the labels whose ``keep`` entry is True to 1..N (uint32), others to 0."""
+def _relabel_lut(xp, keep):
+    """Lookup table renumbering the labels whose ``keep`` entry is True to 1..N (uint32),
+    others (and 0) to 0."""
     keep[0] = False
     nkeep = int(keep.sum())  # host sync: number of objects
     if nkeep > MAX_LABELS:  # pragma: no cover - needs > 4e9 objects
         raise ValueError(f"{nkeep} objects do not fit a uint32 label image")
     lut = xp.zeros(keep.shape[0], xp.uint32)
     lut[keep] = xp.arange(1, nkeep + 1, dtype=xp.uint32)
-    return lut[labels]
+    return lut
+
+
+def _relabel(xp, labels, keep):
+    """Renumber the labels whose ``keep`` entry is True to 1..N (uint32), others to 0."""
+    return _relabel_lut(xp, keep)[labels]
 
 
 # ---------------------------------------------------------------- cells
