@@ -250,12 +250,30 @@ def _pipeline(bk, downsample: float = 0) -> tuple[Callable[[np.ndarray], Any], s
                           (f" (downsample {downsample})" if downsample != 0 else ""))
 
 
+def _erquant_job(bk, arr, downsample: float = 0, diameter: float | None = None):
+    """erquant doing the recipes' job on one (2, Y, X) field: nuclei → cells (by distance,
+    at the nuclei's working scale, as the pipeline does) → ERα table. A generator that
+    yields after each stage, the device synchronised: the nuclei, then the cells, then
+    the table."""
+    from erquant.measure import measure_cells
+    from erquant.segment import segment_cells, segment_nuclei
+
+    nuc, info = segment_nuclei(arr[0], diameter=diameter, downsample=downsample,
+                               return_info=True)
+    bk.synchronize()
+    yield nuc
+    cells = segment_cells(nuc, max_distance=CELL_DISTANCE,
+                          downsample=float(info.get("downsample", 1)))
+    bk.synchronize()
+    yield cells
+    table = measure_cells(nuc, cells, {"er": arr[1]})
+    bk.synchronize()
+    yield table
+
+
 def _stage_chain(bk, paths: Sequence[str], downsample: float = 0) -> tuple[dict, list]:
     """One pass over the fields timing each stage; returns (seconds per stage, nuclei)."""
     import tifffile
-
-    from erquant.measure import measure_cells
-    from erquant.segment import segment_cells, segment_nuclei
 
     acc = dict.fromkeys(STAGES, 0.0)
     nuclei = []
@@ -263,20 +281,14 @@ def _stage_chain(bk, paths: Sequence[str], downsample: float = 0) -> tuple[dict,
         t0 = time.perf_counter()
         arr = bk.asarray(tifffile.imread(p))
         bk.synchronize()
-        t1 = time.perf_counter()
-        nuc, info = segment_nuclei(arr[0], downsample=downsample, return_info=True)
-        bk.synchronize()
-        t2 = time.perf_counter()
-        # as the pipeline does: cells at the nuclei's working scale
-        cells = segment_cells(nuc, max_distance=CELL_DISTANCE,
-                              downsample=float(info.get("downsample", 1)))
-        bk.synchronize()
-        t3 = time.perf_counter()
-        measure_cells(nuc, cells, {"er": arr[1]})
-        bk.synchronize()
-        t4 = time.perf_counter()
-        for k, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            acc[k] += dt
+        times = [t0, time.perf_counter()]
+        job = _erquant_job(bk, arr, downsample)
+        nuc = next(job)
+        times.append(time.perf_counter())
+        for _ in job:  # cells, measurement
+            times.append(time.perf_counter())
+        for k, a, b in zip(STAGES, times, times[1:]):
+            acc[k] += b - a
         nuclei.append(nuc)
     return acc, nuclei
 
@@ -305,18 +317,10 @@ def _bench_backend(bk, fields, paths, cfg: BenchConfig) -> dict:
 
     # like for like: the recipes' job with the recipes' knowledge (nucleus size given,
     # cells by distance, an ERα table; no nuclear-channel table, QC or classes)
-    from erquant.measure import measure_cells
-    from erquant.segment import segment_cells, segment_nuclei
-
     dev = [bk.asarray(im) for im in images]
 
     def recipes_job(arr):
-        nuc, info = segment_nuclei(arr[0], diameter=NUCLEUS_DIAMETER,
-                                   downsample=cfg.downsample, return_info=True)
-        cells = segment_cells(nuc, max_distance=CELL_DISTANCE,
-                              downsample=float(info.get("downsample", 1)))
-        measure_cells(nuc, cells, {"er": arr[1]})
-        bk.synchronize()
+        nuc, *_ = _erquant_job(bk, arr, cfg.downsample, NUCLEUS_DIAMETER)
         return nuc
 
     recipes_job(dev[0])  # warm-up
