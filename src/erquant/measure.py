@@ -287,9 +287,8 @@ def occupied_mask(labels: Any, margin: int = 3):
         raise ValueError(f"background_margin must be >= 0, got {margin}")
     if margin == 0:
         return mask
-    from erquant.kernels import maximum_filter  # OpenCV on the CPU, cupyx on the GPU
-
-    return maximum_filter(bk, mask.view(np.uint8), 2 * margin + 1).view(bool)
+    # OpenCV on the CPU, cupyx on the GPU
+    return K_.maximum_filter(bk, mask.view(np.uint8), 2 * margin + 1).view(bool)
 
 
 def field_background(
@@ -433,13 +432,12 @@ def background_map(
         step -= 1
     ts = t // step
     Ys, Xs = Y // step, X // step  # whole blocks (a partial last row/column is left out)
-    from erquant.kernels import block_mean
 
     # tiled view (ny, nx, ts*ts) with unoccupied, in-image pixels valid
     vals = xp.full((ny * ts, nx * ts), np.inf, dtype=np.float32)
     if step > 1:
         occ_s = occupied[: Ys * step: step, : Xs * step: step]
-        vals[:Ys, :Xs] = xp.where(occ_s, np.float32(np.inf), block_mean(bk, image, step))
+        vals[:Ys, :Xs] = xp.where(occ_s, np.float32(np.inf), K_.block_mean(bk, image, step))
     else:
         vals[:Y, :X] = xp.where(occupied, np.float32(np.inf), image.astype(np.float32))
     vals = vals.reshape(ny, ts, nx, ts).transpose(0, 2, 1, 3).reshape(ny, nx, ts * ts)
