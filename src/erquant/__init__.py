@@ -4,6 +4,8 @@ high-content screening images, on NumPy/SciPy or CuPy (CUDA).
 Public API (imported lazily so ``import erquant`` stays fast)::
 
     from erquant import quantify, quantify_batch, segment_nuclei, segment_cells, measure_cells
+    from erquant import run_batch        # whole plates / stacks (dask.distributed)
+    from erquant import fit_ll4          # dose-response fits
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ _API = {
     "FieldResult": "erquant.pipeline",
     "Params": "erquant.params",
     "get_backend": "erquant.backend",
+    "run_batch": "erquant.batch",
+    "fit_ll4": "erquant.analysis.fit",
 }
 
 __all__ = sorted(_API) + ["__version__"]

@@ -1,4 +1,4 @@
-"""Command-line interface: ``erquant segment | quantify | synth | demo | bench``.
+"""Command-line interface: ``erquant segment | quantify | synth | run | report | demo | bench``.
 
 A thin layer over the library: each sub-command parses its arguments and calls
 library functions; errors in one input are reported (naming the file) and the
@@ -183,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     from erquant.bench import add_parser as add_bench
 
     add_bench(sub)
+
+    from erquant.batch.cli import add_parser as add_run
+
+    add_run(sub)
+    try:  # the dose-response report (erquant.analysis)
+        from erquant.analysis.cli import add_parser as add_report
+    except ImportError:
+        add_report = None
+    if add_report is not None:
+        add_report(sub)
     return ap
 
 

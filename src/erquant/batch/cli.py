@@ -1,0 +1,99 @@
+"""``erquant run``: the command-line face of :func:`erquant.batch.run_batch`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+__all__ = ["add_parser", "cmd_run"]
+
+EPILOG = """\
+examples:
+  erquant run plate/ -o results/                          # MetaXpress folder, all cores
+  erquant run plate/ -o results/ --plate-map map.csv      # + dose-response fits and report
+  erquant run stack.ome.tif -o results/ --workers 2 --save-labels
+  erquant run imgs/ -o out/ --pattern '(?P<well>[A-P]\\d+)_f(?P<field>\\d+)_(?P<channel>\\w+)\\.tif' \\
+      --channels DAPI=nuclei,FITC=er
+  erquant run plate/ -o results/ --scheduler tcp://10.0.0.5:8786  # an existing dask cluster
+
+A rerun into the same OUTDIR resumes (finished fields are skipped); a rerun with other
+parameters or inputs is refused unless --overwrite. Exit status: 0 all fields ok, 1 some
+fields failed (listed in fields.csv and run.json), 2 nothing done (bad input or options),
+130 interrupted (finished fields kept).
+"""
+
+
+def add_parser(subparsers) -> None:
+    """Add the ``run`` sub-command to an argparse sub-parsers object."""
+    import argparse
+
+    p = subparsers.add_parser(
+        "run", help="quantify whole plates / stacks (dask-parallel, resumable)",
+        description="Quantify every field of a plate folder or OME-TIFF stack into "
+                    "cells.parquet, fields.csv and wells.csv (and, with a plate map, "
+                    "dose_response.csv and report.html).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", help="plate folder (MetaXpress names, or --pattern) or *.ome.tif")
+    p.add_argument("-o", "--outdir", required=True, help="output folder")
+    p.add_argument("--plate-map", default=None,
+                   help="plate map CSV (default: INPUT/plate_map.csv when present)")
+    p.add_argument("--params", default=None, help="TOML parameter file (erquant.params)")
+    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
+    p.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: one per core); 0 = no cluster")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing dask cluster, e.g. tcp://host:8786")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="one dask-cuda worker per GPU (CuPy backend)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run (also what a plain rerun does)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="discard an earlier run in OUTDIR with other inputs/parameters")
+    p.add_argument("--roi", default=None, help="GeoJSON ROIs in pixel coordinates")
+    p.add_argument("--save-labels", action="store_true",
+                   help="write nuclei/cell label TIFFs to OUTDIR/labels")
+    p.add_argument("--channels", default=None, metavar="ID=NAME,...",
+                   help="channel ids to names; one must be 'nuclei' (default w1=nuclei,w2=er)")
+    p.add_argument("--pattern", default=None, metavar="REGEX",
+                   help="regex with named groups well, channel [, field, plate, timepoint, "
+                        "time_h] for other file names")
+    p.add_argument("--fields-per-task", type=int, default=None,
+                   help="fields segmented together per task (default 1; 8 with --gpus)")
+    p.add_argument("--no-flatfield", action="store_true",
+                   help="do not fit/divide the per-plate vignetting gain")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the dose-response fits and report")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args) -> int:
+    from erquant.batch import RunUsageError, run_batch
+
+    try:
+        res = run_batch(args.input, args.outdir, plate_map=args.plate_map, params=args.params,
+                        backend=args.backend, workers=args.workers, scheduler=args.scheduler,
+                        gpus=args.gpus, resume=args.resume, overwrite=args.overwrite,
+                        roi=args.roi, save_labels=args.save_labels, channels=args.channels,
+                        pattern=args.pattern, fields_per_task=args.fields_per_task,
+                        flatfield=not args.no_flatfield, analysis=not args.no_report,
+                        progress=not args.quiet)
+    except RunUsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if res.interrupted:
+        return res.exit_code
+    out = Path(args.outdir)
+    print(f"{res.n_ok} of {res.n_fields} fields ok ({res.n_skipped} resumed), "
+          f"{res.n_failed} failed")
+    for fid, err in res.failures[:20]:
+        print(f"  failed {fid}: {err}", file=sys.stderr)
+    if len(res.failures) > 20:
+        print(f"  ... and {len(res.failures) - 20} more (fields.csv, run.json)", file=sys.stderr)
+    print(f"tables in {out}: cells.parquet, fields.csv, wells.csv, run.json, run.log")
+    if res.analysis:
+        for key in ("dose_response", "report"):
+            if res.analysis.get(key):
+                print(f"  {res.analysis[key]}")
+    return res.exit_code

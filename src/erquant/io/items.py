@@ -1,0 +1,456 @@
+"""Work items: one field of a plate, with everything needed to load it later.
+
+The batch engine (``erquant run``) and any other consumer plan work from *readers*:
+small classes that turn an input (a MetaXpress folder, a folder matched by a regular
+expression, an OME-TIFF stack) into :class:`WorkItem` objects without reading
+pixels. A work item is plain, picklable data (plate, timepoint, well, field, and per
+channel the file / series / plane to read), so it travels to a dask worker, which
+calls :func:`load_item` there: the client never holds pixel data.
+
+Adding a layout means adding a reader with ``items() -> list[WorkItem]`` and
+``channel_ids() -> list[str]``; :func:`open_input` picks the reader.
+
+Channel ids
+-----------
+- MetaXpress folders: ``w1``, ``w2``, … (the ``_w<n>`` of the file names).
+- ``--pattern`` folders: the text of the ``channel`` group (``DAPI``, ``1``, …); a
+  numeric id ``n`` is also reachable as ``w<n>``.
+- OME-TIFF stacks: ``w1``, ``w2``, … (1-based plane order) and the OME channel names.
+
+A :class:`ChannelMap` maps channel ids to the names used in tables: the nuclear
+stain must be called ``nuclei``; every other name is a marker measured per cell
+(default ``w1=nuclei,w2=er``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "ChannelMap",
+    "ChannelSource",
+    "InputError",
+    "MetaXpressReader",
+    "OmeStackReader",
+    "PatternReader",
+    "WorkItem",
+    "load_item",
+    "open_input",
+    "parse_channel_map",
+]
+
+
+class InputError(ValueError):
+    """The input cannot be planned (nothing matches, unknown channel, bad pattern)."""
+
+
+@dataclass(frozen=True)
+class ChannelSource:
+    """Where one channel of one field lives: a file, optionally a series and plane."""
+
+    path: str
+    series: int | None = None  #: OME series (None: the first/only one)
+    plane: int | None = None  #: plane (channel) index inside the series
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One field to quantify: its keys and how to load each of its channels.
+
+    ``channels`` pairs table names (``nuclei``, ``er``, …) with a
+    :class:`ChannelSource`, or None when the input lacks that channel (the field then
+    fails with a clear reason when loaded).
+    """
+
+    plate: str
+    timepoint: int
+    time_h: float
+    well: str
+    row: int
+    col: int
+    field: int
+    channels: tuple[tuple[str, ChannelSource | None], ...]
+    z: int | None = None
+
+    @property
+    def id(self) -> str:
+        """A file-name-safe unique id, e.g. ``SYN01__T0001__A01__s001``."""
+        plate = re.sub(r"[^A-Za-z0-9._-]+", "_", str(self.plate))
+        return f"{plate}__T{self.timepoint:04d}__{self.well}__s{self.field:03d}"
+
+    @property
+    def keys(self) -> dict:
+        """The table keys of this field."""
+        return {"plate": self.plate, "timepoint": self.timepoint, "time_h": self.time_h,
+                "well": self.well, "row": self.row, "col": self.col, "field": self.field}
+
+    @property
+    def files(self) -> list[str]:
+        """Distinct files this field is read from."""
+        return sorted({src.path for _, src in self.channels if src is not None})
+
+    def describe(self) -> str:
+        return f"{self.plate} {self.well} field {self.field} (timepoint {self.timepoint})"
+
+
+# --------------------------------------------------------------------------- channels
+@dataclass(frozen=True)
+class ChannelMap:
+    """Channel id → table name, e.g. ``{"w1": "nuclei", "w2": "er"}``."""
+
+    mapping: tuple[tuple[str, str], ...] = (("w1", "nuclei"), ("w2", "er"))
+
+    @property
+    def names(self) -> list[str]:
+        return [n for _, n in self.mapping]
+
+    @property
+    def markers(self) -> list[str]:
+        return [n for _, n in self.mapping if n != "nuclei"]
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.mapping)
+
+
+def parse_channel_map(spec: str | Mapping[str, str] | None) -> ChannelMap:
+    """``"w1=nuclei,w2=er"`` (or a mapping) → :class:`ChannelMap`.
+
+    Examples
+    --------
+    >>> parse_channel_map("w1=nuclei, w2=er").as_dict()
+    {'w1': 'nuclei', 'w2': 'er'}
+    >>> parse_channel_map("DAPI=nuclei,GFP=er,Cy5=ki67").markers
+    ['er', 'ki67']
+    """
+    if spec is None:
+        return ChannelMap()
+    if isinstance(spec, Mapping):
+        pairs = [(str(k), str(v)) for k, v in spec.items()]
+    else:
+        pairs = []
+        for part in str(spec).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            cid, sep, name = part.partition("=")
+            if not sep or not cid.strip() or not name.strip():
+                raise InputError(f"--channels: {part!r} is not ID=NAME "
+                                 "(expected e.g. 'w1=nuclei,w2=er')")
+            pairs.append((cid.strip(), name.strip()))
+    names = [n for _, n in pairs]
+    if "nuclei" not in names:
+        raise InputError(f"--channels {spec!r}: one channel must be named 'nuclei' "
+                         "(the nuclear stain), e.g. 'w1=nuclei,w2=er'")
+    for n in names:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", n):
+            raise InputError(f"--channels: name {n!r} must be letters/digits starting with "
+                             "a letter (it becomes part of table column names)")
+    dup = {n for n in names if names.count(n) > 1} | {
+        c for c, _ in pairs if [p for p, _ in pairs].count(c) > 1}
+    if dup:
+        raise InputError(f"--channels {spec!r}: {sorted(dup)} given twice")
+    return ChannelMap(tuple(pairs))
+
+
+def _resolve_channels(cmap: ChannelMap, available: Sequence[str], where: str,
+                      aliases: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Table name → source channel id; unknown ids raise :class:`InputError`."""
+    aliases = dict(aliases or {})
+    out = {}
+    for cid, name in cmap.mapping:
+        real = cid if cid in available else aliases.get(cid)
+        if real is None:
+            raise InputError(
+                f"{where}: channel {cid!r} (for {name!r}) not found; the input has "
+                f"channel(s) {', '.join(map(repr, available))} — set --channels, e.g. "
+                f"--channels {available[0]}=nuclei" + (
+                    f",{available[1]}=er" if len(available) > 1 else ""))
+        out[name] = real
+    return out
+
+
+# --------------------------------------------------------------------------- readers
+def _timepoint_hours(folder: Path) -> dict[int, float]:
+    csv = folder / "timepoints.csv"
+    if not csv.exists():
+        return {}
+    tab = pd.read_csv(csv)
+    if not {"timepoint", "time_h"} <= set(tab.columns):
+        raise InputError(f"{csv}: must have columns 'timepoint' and 'time_h'")
+    return dict(zip(tab["timepoint"].astype(int), tab["time_h"].astype(float)))
+
+
+@dataclass
+class MetaXpressReader:
+    """MetaXpress / ImageXpress folders (:func:`erquant.io.scan_plate_folder`)."""
+
+    folder: Path
+    channels: ChannelMap = field(default_factory=ChannelMap)
+
+    def _scan(self) -> pd.DataFrame:
+        from erquant.io.plate import scan_plate_folder
+
+        if not hasattr(self, "_table"):
+            try:
+                self._table = scan_plate_folder(self.folder)
+            except ValueError as exc:
+                raise InputError(str(exc)) from exc
+        return self._table
+
+    def channel_ids(self) -> list[str]:
+        return [c[5:] for c in self._scan().columns if c.startswith("path_w")]
+
+    def items(self) -> list[WorkItem]:
+        tab = self._scan()
+        names = _resolve_channels(self.channels, self.channel_ids(), str(self.folder))
+        out = []
+        for r in tab.to_dict("records"):
+            chans = tuple((name, ChannelSource(r[f"path_{cid}"]) if r[f"path_{cid}"] else None)
+                          for name, cid in names.items())
+            out.append(WorkItem(str(r["plate"]), int(r["timepoint"]), float(r["time_h"]),
+                                r["well"], int(r["row"]), int(r["col"]), int(r["field"]),
+                                chans))
+        return out
+
+
+@dataclass
+class PatternReader:
+    """Any folder of one-channel images named by a regular expression.
+
+    The expression is searched in each file's path relative to the folder (``/``
+    separators) and must have named groups ``well`` (``B07``, ``b7``), ``channel`` and
+    optionally ``field`` (default 1), ``plate`` (default: the folder name),
+    ``timepoint`` (an index; hours from ``timepoints.csv`` when present) or
+    ``time_h`` (hours).
+
+    Examples
+    --------
+    >>> r = PatternReader(Path("."), r"(?P<well>[A-P]\\d+)_f(?P<field>\\d+)_(?P<channel>\\w+)\\.tif")
+    >>> sorted(r.regex.groupindex)
+    ['channel', 'field', 'well']
+    """
+
+    folder: Path
+    pattern: str
+    channels: ChannelMap = field(default_factory=ChannelMap)
+
+    def __post_init__(self):
+        try:
+            self.regex = re.compile(self.pattern)
+        except re.error as exc:
+            raise InputError(f"--pattern {self.pattern!r} is not a valid regular expression: "
+                             f"{exc}") from exc
+        missing = {"well", "channel"} - set(self.regex.groupindex)
+        if missing:
+            raise InputError(f"--pattern {self.pattern!r} lacks the named group(s) "
+                             f"{sorted(missing)}; use (?P<well>...), (?P<channel>...) and "
+                             "optionally (?P<field>...), (?P<plate>...), (?P<timepoint>...)")
+
+    def _scan(self) -> dict:
+        from erquant.io.plate import parse_well, well_name
+
+        if hasattr(self, "_records"):
+            return self._records
+        if not self.folder.is_dir():
+            raise InputError(f"input folder not found: {self.folder}")
+        hours = _timepoint_hours(self.folder)
+        records: dict[tuple, dict] = {}
+        for p in sorted(self.folder.rglob("*")):
+            if not p.is_file():
+                continue
+            rel = p.relative_to(self.folder).as_posix()
+            m = self.regex.search(rel)
+            if not m:
+                continue
+            g = m.groupdict()
+            try:
+                row, col = parse_well(g["well"])
+            except ValueError as exc:
+                raise InputError(f"{p}: --pattern matched well {g['well']!r}: {exc}") from exc
+            tp = int(g["timepoint"]) if g.get("timepoint") else 1
+            th = float(re.sub(r"[^0-9.]", "", g["time_h"])) if g.get("time_h") else \
+                hours.get(tp, np.nan)
+            plate = g.get("plate") or self.folder.name
+            fld = int(g["field"]) if g.get("field") else 1
+            key = (plate, tp, row, col, fld)
+            rec = records.setdefault(key, {"plate": plate, "timepoint": tp, "time_h": th,
+                                           "well": well_name(row, col), "row": row,
+                                           "col": col, "field": fld, "ch": {}})
+            ch = g["channel"]
+            if ch in rec["ch"]:
+                raise InputError(f"--pattern matches two files for {rec['well']} field {fld} "
+                                 f"channel {ch!r}: {rec['ch'][ch]} and {p}")
+            rec["ch"][ch] = str(p)
+        if not records:
+            raise InputError(f"--pattern {self.pattern!r} matches no file under {self.folder}")
+        self._records = records
+        return records
+
+    def channel_ids(self) -> list[str]:
+        ids = sorted({c for r in self._scan().values() for c in r["ch"]})
+        return ids
+
+    def items(self) -> list[WorkItem]:
+        ids = self.channel_ids()
+        aliases = {f"w{c}": c for c in ids if c.isdigit()}
+        aliases.update({f"w{int(c)}": c for c in ids if c.isdigit()})
+        names = _resolve_channels(self.channels, ids, str(self.folder), aliases)
+        out = []
+        for key in sorted(self._scan()):
+            r = self._records[key]
+            chans = tuple((n, ChannelSource(r["ch"][cid]) if cid in r["ch"] else None)
+                          for n, cid in names.items())
+            out.append(WorkItem(r["plate"], r["timepoint"], r["time_h"], r["well"], r["row"],
+                                r["col"], r["field"], chans))
+        return out
+
+
+@dataclass
+class OmeStackReader:
+    """The OME-TIFF stack form of :func:`erquant.io.write_ome_stack` (one series per field,
+    a ``<name>_index.csv`` beside it giving plate, well, field, timepoint, time_h)."""
+
+    path: Path
+    channels: ChannelMap = field(default_factory=ChannelMap)
+
+    def _open(self):
+        import tifffile
+
+        from erquant.io.plate import _index_path
+
+        if hasattr(self, "_index"):
+            return
+        try:
+            with tifffile.TiffFile(self.path) as tif:
+                self._shapes = [tuple(s.shape) for s in tif.series]
+                names = []
+                if tif.ome_metadata:
+                    names = re.findall(r'<Channel[^>]*Name="([^"]*)"', tif.ome_metadata)
+        except Exception as exc:  # tifffile raises many types on corrupt files
+            raise InputError(f"{self.path}: cannot read as OME-TIFF: {exc}") from exc
+        if not self._shapes:
+            raise InputError(f"{self.path}: holds no image series")
+        nplanes = self._shapes[0][0] if len(self._shapes[0]) == 3 else 1
+        self._names = list(dict.fromkeys(names))[:nplanes]
+        idx = _index_path(self.path)
+        if idx.exists():
+            index = pd.read_csv(idx)
+            if len(index) != len(self._shapes):
+                raise InputError(f"{idx}: {len(index)} rows but {self.path} has "
+                                 f"{len(self._shapes)} series")
+        else:
+            index = pd.DataFrame({"series": range(len(self._shapes))})
+        self._index = index
+        self._nplanes = nplanes
+
+    def channel_ids(self) -> list[str]:
+        self._open()
+        return [f"w{i + 1}" for i in range(self._nplanes)] + self._names
+
+    def items(self) -> list[WorkItem]:
+        from erquant.io.plate import parse_well, well_name
+
+        self._open()
+        ids = self.channel_ids()
+        aliases = {f"c{i}": f"w{i + 1}" for i in range(self._nplanes)}
+        names = _resolve_channels(self.channels, ids, str(self.path), aliases)
+        plane = {f"w{i + 1}": i for i in range(self._nplanes)}
+        plane.update({n: i for i, n in enumerate(self._names)})
+        out = []
+        for r in self._index.to_dict("records"):
+            s = int(r.get("series", len(out)))
+            well = str(r.get("well", f"A{s + 1:02d}"))
+            row, col = parse_well(well)
+            chans = tuple((n, ChannelSource(str(self.path), s, plane[cid]))
+                          for n, cid in names.items())
+            th = r.get("time_h", np.nan)
+            out.append(WorkItem(str(r.get("plate", self.path.name.split(".")[0])),
+                                int(r.get("timepoint", 1)),
+                                float(th) if th is not None else np.nan,
+                                well_name(row, col), row, col, int(r.get("field", s + 1)),
+                                chans))
+        return out
+
+
+def open_input(path: str | os.PathLike, *, pattern: str | None = None,
+               channels: ChannelMap | str | Mapping | None = None):
+    """The reader for ``path``: an OME-TIFF stack file, a ``--pattern`` folder or a
+    MetaXpress folder. Raises :class:`InputError` when nothing can be read."""
+    path = Path(path).absolute()  # workers may run elsewhere: absolute paths in items
+    cmap = channels if isinstance(channels, ChannelMap) else parse_channel_map(channels)
+    if not path.exists():
+        raise InputError(f"input not found: {path}")
+    if path.is_file():
+        if path.name.lower().endswith((".ome.tif", ".ome.tiff")):
+            return OmeStackReader(path, cmap)
+        raise InputError(f"{path}: a single input file must be an OME-TIFF stack "
+                         "(*.ome.tif); for folders of images give the folder")
+    if pattern:
+        return PatternReader(path, pattern, cmap)
+    from erquant.io.plate import _NAME_RE
+
+    if any(_NAME_RE.match(p.name) for p in path.rglob("*.tif*")):
+        return MetaXpressReader(path, cmap)
+    stacks = sorted(path.glob("*.ome.tif")) + sorted(path.glob("*.ome.tiff"))
+    if len(stacks) == 1:
+        return OmeStackReader(stacks[0], cmap)
+    raise InputError(f"{path}: no MetaXpress-style image (e.g. 'A01_s1_w1.tif' or "
+                     "'TimePoint_1/A01_s1_w1.tif') and no single OME-TIFF stack found; for "
+                     "other names give --pattern with named groups well, field, channel")
+
+
+# --------------------------------------------------------------------------- loading
+def _read_plane(src: ChannelSource) -> np.ndarray:
+    if src.series is None and src.plane is None:
+        from erquant.io.tiff import read_image
+
+        return read_image(src.path)
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(src.path) as tif:
+            series = tif.series[src.series or 0]
+            arr = series.asarray()
+    except Exception as exc:  # corrupt / truncated: name the file and series
+        raise ValueError(f"cannot read series {src.series} of {src.path!r}: {exc}") from exc
+    if arr.ndim == 2:
+        if src.plane not in (None, 0):
+            raise ValueError(f"{src.path!r} series {src.series} has 1 plane, asked for "
+                             f"plane {src.plane}")
+        return arr
+    if src.plane is not None and not 0 <= src.plane < arr.shape[0]:
+        raise ValueError(f"{src.path!r} series {src.series} has {arr.shape[0]} planes, asked "
+                         f"for plane {src.plane}")
+    return arr[src.plane or 0]
+
+
+def load_item(item: WorkItem) -> tuple[np.ndarray, list[str]]:
+    """Read a work item's channels → ((C, Y, X) array, channel names in that order).
+
+    Raises ValueError naming the file for a missing channel, an unreadable file or
+    channels of different shapes.
+    """
+    planes, names, shapes = [], [], {}
+    for name, src in item.channels:
+        if src is None:
+            have = [n for n, s in item.channels if s is not None]
+            raise ValueError(f"{item.describe()}: channel {name!r} is missing (files found "
+                             f"for {have}: {item.files})")
+        img = _read_plane(src)
+        if img.ndim != 2:
+            raise ValueError(f"{src.path!r}: expected one 2-D plane for channel {name!r}, got "
+                             f"shape {img.shape}")
+        planes.append(img)
+        names.append(name)
+        shapes[src.path if src.series is None else f"{src.path}[{src.series}]"] = img.shape
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"{item.describe()}: channels differ in shape: "
+                         + ", ".join(f"{p} {s}" for p, s in shapes.items()))
+    return np.stack(planes), names
