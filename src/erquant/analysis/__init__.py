@@ -1,0 +1,1 @@
+"""Dose-response analysis."""
