@@ -28,7 +28,7 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/erquant demo --plate sample_data/demo_plate -o demo_output
+	$(VENV)/bin/erquant demo -o demo_output
 
 # Installs missing Debian packages when running as root; otherwise says what to install.
 sysdeps-napari:

@@ -136,7 +136,8 @@ def cmd_quantify(args) -> int:
 def cmd_demo(args) -> int:
     from erquant.demo import run_demo
 
-    return run_demo(Path(args.plate), Path(args.outdir), regenerate=args.regenerate,
+    return run_demo(Path(args.plate) if args.plate else None, Path(args.outdir),
+                    regenerate=args.regenerate, workers=args.workers,
                     backend=args.backend)
 
 
@@ -174,8 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth(sub)
 
     p = sub.add_parser("demo", help="generate the demo plate (if missing) and quantify it")
-    p.add_argument("--plate", default="sample_data/demo_plate", help="demo plate folder")
+    p.add_argument("--plate", default=None,
+                   help="demo plate folder (default: OUTDIR/demo_plate; generated if missing)")
     p.add_argument("-o", "--outdir", default="demo_output")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per core; 0 = in this process)")
     p.add_argument("--regenerate", action="store_true")
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
     p.set_defaults(func=cmd_demo)

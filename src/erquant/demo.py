@@ -1,11 +1,15 @@
-"""``erquant demo``: generate the synthetic demo plate (if missing), quantify every
-field, correct vignetting, and compare per-well results with the ground truth.
+"""``erquant demo``: generate the synthetic demo plate, quantify it with the batch engine
+(``erquant run``: dask workers, plate map, flat field, plate-level ER scoring,
+dose-response fits and report), and compare per-well results and fitted potencies
+with the ground truth.
 
-Outputs (in ``outdir``): ``cells.parquet`` (one row per cell), ``fields.csv``
-(one row per field: counts, scores, QC), ``wells.csv`` (per well, with truth; ERα
-from the fields that pass focus QC, counts from all fields),
-``dose_response.png`` (ERα and cell count vs concentration, measured vs truth)
-and ``params.toml``.
+The plate lives under the output folder (``<outdir>/demo_plate``) unless ``plate`` names
+another folder; the generator refuses to write into a folder that holds anything but a
+plate it generated, so the demo never touches user data.
+
+Outputs (in ``outdir``): everything ``erquant run`` writes (``cells.parquet``,
+``fields.csv``, ``wells.csv``, ``run.json``, ``dose_response.csv``, ``report.html``, …),
+plus ``params.toml``, ``truth_vs_measured.png`` and ``wells_vs_truth.csv``.
 """
 
 from __future__ import annotations
@@ -28,139 +32,92 @@ def _ensure_plate(plate: Path, regenerate: bool) -> None:
         write_plate(PlateSpec(), plate, formats=("metaxpress",), progress=True)
 
 
-def quantify_plate_folder(plate: Path, *, backend: str = "auto", params: Params | None = None,
-                          progress: bool = True):
-    """Quantify every field of a MetaXpress-style plate folder, vehicle wells first.
-
-    Returns (cells, fields, failures): per-cell and per-field DataFrames and a list of
-    (field description, error message) for fields that failed (the others go on).
-    """
-    from tqdm import tqdm
-
-    from erquant.io import load_field, scan_plate_folder
-    from erquant.pipeline import quantify
-
-    params = params or Params()
-    index = scan_plate_folder(plate)
-    pmap_path = plate / "plate_map.csv"
-    if pmap_path.exists():
-        pmap = pd.read_csv(pmap_path)
-        keep = [c for c in ("well", "compound", "concentration_nM", "role", "cell_line")
-                if c in pmap]
-        index = index.merge(pmap[keep].drop_duplicates("well"), on="well", how="left")
-    else:
-        index["role"] = "sample"
-    index["_order"] = np.where(index["role"] == "vehicle", 0, 1)
-    index = index.sort_values(["_order", "timepoint", "well", "field"]).drop(columns="_order")
-
-    cells, fields, failures, reference = [], [], [], None
-    for _, row in tqdm(index.iterrows(), total=len(index), desc="quantify", unit="field",
-                       disable=not progress):
-        key = {k: row[k] for k in ("well", "field", "timepoint", "time_h")}
-        try:
-            img = load_field(row, channels=("w1", "w2"))
-            if reference is None and row.get("role") != "vehicle" and cells:
-                veh = [c for c in cells if (c["role"] == "vehicle").all()]
-                if veh:
-                    reference = pd.concat(veh)["nucleus_er_mean_bgcorr"].to_numpy()
-            res = quantify(img, nuclei_channel=0, marker_channels={"er": 1}, params=params,
-                           backend=backend, reference=reference)
-        except Exception as exc:  # record, carry on with the rest
-            failures.append((f"{row['path_w1']}", f"{type(exc).__name__}: {exc}"))
-            continue
-        t = res.table
-        for k, v in key.items():
-            t.insert(0, k, v)
-        t.insert(0, "role", row.get("role"))
-        cells.append(t)
-        fields.append({**key, "role": row.get("role"), "compound": row.get("compound"),
-                       "concentration_nM": row.get("concentration_nM"), **res.summary()})
-    cells_df = pd.concat(cells, ignore_index=True) if cells else pd.DataFrame()
-    return cells_df, pd.DataFrame(fields), failures
-
-
-def run_demo(plate: Path, outdir: Path, *, regenerate: bool = False, backend: str = "auto") -> int:
-    from erquant.illumination import fit_illumination
+def run_demo(plate: Path | None, outdir: Path, *, regenerate: bool = False,
+             backend: str = "auto", workers: int | None = None) -> int:
+    """Generate (if needed) and quantify the demo plate; print measured vs true results."""
+    from erquant.batch import run_batch
 
     t0 = time.perf_counter()
+    outdir = Path(outdir)
+    plate = Path(plate) if plate is not None else outdir / "demo_plate"
     _ensure_plate(plate, regenerate)
     outdir.mkdir(parents=True, exist_ok=True)
     params = Params()
     params.to_toml(outdir / "params.toml")
-    cells, fields, failures = quantify_plate_folder(plate, backend=backend, params=params)
-    for what, msg in failures:
+    res = run_batch(plate, outdir, params=params, backend=backend, workers=workers,
+                    plate_map=plate / "plate_map.csv", overwrite=regenerate)
+    for what, msg in res.failures:
         print(f"error: {what}: {msg}", file=sys.stderr)
-    if cells.empty:
+    if res.n_ok == 0:
         print("no field could be quantified", file=sys.stderr)
         return 1
-
-    # vignetting: fit the gain from the nuclear stain of all cells, correct the tables
-    shape = _field_shape(plate)
-    ill = fit_illumination([g for _, g in cells.groupby(["well", "field", "timepoint"])], shape)
-    cells = ill.correct_table(cells, ["nuclei", "er"])
-    # classify all cells against the (corrected) vehicle cells of the plate
-    from erquant.classify import classify_cells
-
-    veh = cells[cells["role"] == "vehicle"]
-    if len(veh):
-        cells = classify_cells(cells, channel="er", reference=veh)
-    cells.to_parquet(outdir / "cells.parquet", index=False)
-    fields.to_csv(outdir / "fields.csv", index=False)
-
-    wells, er_fields = _well_table(cells, fields)
-    wells["cells_per_field"] = wells["n_cells"] / wells["n_fields"]
+    wells = pd.read_csv(outdir / "wells.csv")
+    fields = pd.read_csv(outdir / "fields.csv")
+    wells["cells_per_field"] = wells["n_nuclei"] / wells["n_fields_ok"].clip(lower=1)
     truth_path = plate / "truth" / "wells.csv"
     if truth_path.exists():
-        truth = pd.read_csv(truth_path)
-        truth = truth[["well", "time_h", "compound", "concentration_nM", "role", "true_count",
-                       "mean_true_er"]]
-        tf_path = plate / "truth" / "fields.csv"
-        if tf_path.exists():  # true ERα over the same fields the ERα mean used
-            tf = pd.read_csv(tf_path).merge(er_fields, on=["well", "field", "timepoint"])
-            tf["w"] = tf["true_count"] * tf["mean_true_er"]
-            g = tf.groupby(["well", "time_h"])[["w", "true_count"]].sum()
-            er_truth = (g["w"] / g["true_count"]).rename("mean_true_er").reset_index()
-            truth = truth.drop(columns="mean_true_er").merge(er_truth, on=["well", "time_h"],
-                                                             how="left")
-        wells = wells.merge(truth, on=["well", "time_h"], how="left")
-    wells.to_csv(outdir / "wells.csv", index=False)
-    _print_summary(wells)
-    png = _plot(wells, outdir / "dose_response.png")
+        wells = _with_truth(wells, fields, plate)
+        wells.to_csv(outdir / "wells_vs_truth.csv", index=False)
+        _print_summary(wells)
+        _plot(wells, outdir / "truth_vs_measured.png")
+        _print_fits(outdir, plate)
     secs = time.perf_counter() - t0
-    print(f"\n{len(fields)} fields, {len(cells)} cells quantified in {secs:.1f} s "
-          f"({len(failures)} failed)")
+    print(f"\n{res.n_fields} fields quantified in {secs:.1f} s ({res.n_failed} failed)")
     print(f"outputs in {outdir.resolve()}:")
-    for name in ("cells.parquet", "fields.csv", "wells.csv", "params.toml"):
-        print(f"  {outdir / name}")
-    if png:
-        print(f"  {png}")
-    return 0 if not failures else 1
+    for name in ("cells.parquet", "fields.csv", "wells.csv", "dose_response.csv",
+                 "report.html", "truth_vs_measured.png", "params.toml", "run.json"):
+        if (outdir / name).exists():
+            print(f"  {outdir / name}")
+    return res.exit_code
 
 
-def _well_table(cells: pd.DataFrame, fields: pd.DataFrame) -> pd.DataFrame:
-    """Per-well counts (all fields) and ERα (fields that pass focus QC, all if none do)."""
-    keys = ["well", "field", "timepoint"]
+def _with_truth(wells: pd.DataFrame, fields: pd.DataFrame, plate: Path) -> pd.DataFrame:
+    """Add true counts and the true ERα over the same fields the measured ERα used."""
+    truth = pd.read_csv(plate / "truth" / "wells.csv")
+    truth = truth[["well", "time_h", "true_count", "mean_true_er"]]
     flags = fields["qc_flags"].fillna("").astype(str)
-    fields = fields.assign(qc_ok=~flags.str.contains("out_of_focus|empty"))
-    ok = cells.merge(fields[keys + ["qc_ok"]], on=keys, how="left")["qc_ok"].fillna(True)
-    well_has_ok = ok.groupby([cells["well"], cells["time_h"]]).transform("any")
-    use = ok.to_numpy() | ~well_has_ok.to_numpy()
-    counts = cells.groupby(["well", "time_h"]).size().rename("n_cells")
-    er = (cells[use].groupby(["well", "time_h"])
-          .agg(er_mean=("nucleus_er_mean_bgcorr", "mean"),
-               er_pct_positive=("er_positive", "mean"),
-               er_fields_used=("field", "nunique")))
-    er["er_pct_positive"] *= 100
-    nf = fields.groupby(["well", "time_h"]).size().rename("n_fields")
-    used = cells.loc[use, keys].drop_duplicates()
-    return pd.concat([counts, er, nf], axis=1).reset_index(), used
+    f = fields.assign(qc_ok=(fields["status"] == "ok") & ~flags.str.contains("out_of_focus|empty"))
+    f["use"] = f["qc_ok"] | ~f.groupby(["well", "time_h"])["qc_ok"].transform("any")
+    used = f.loc[f["use"] & (f["status"] == "ok"), ["well", "field", "timepoint"]]
+    tf = pd.read_csv(plate / "truth" / "fields.csv").merge(used, on=["well", "field",
+                                                                     "timepoint"])
+    tf["w"] = tf["true_count"] * tf["mean_true_er"]
+    g = tf.groupby(["well", "time_h"])[["w", "true_count"]].sum()
+    er_truth = (g["w"] / g["true_count"]).rename("mean_true_er").reset_index()
+    truth = truth.drop(columns="mean_true_er").merge(er_truth, on=["well", "time_h"], how="left")
+    return wells.merge(truth, on=["well", "time_h"], how="left")
 
 
-def _field_shape(plate: Path) -> tuple[int, int]:
-    import tifffile
-
-    first = next(plate.rglob("*_w1.tif"))
-    return tuple(tifffile.imread(first).shape[-2:])
+def _print_fits(outdir: Path, plate: Path) -> None:
+    """Fitted DC50 / IC50 / Dmax next to the generator's truth."""
+    dr_path, tc_path = outdir / "dose_response.csv", plate / "truth" / "compounds.csv"
+    if not dr_path.exists() or not tc_path.exists():
+        return
+    dr = pd.read_csv(dr_path)
+    truth = pd.read_csv(tc_path)
+    rows = []
+    for _, fit in dr[dr["readout"].isin(["er_mean", "n_nuclei"])].iterrows():
+        t = truth[(truth["compound"] == fit["compound"]) & (truth["time_h"] == fit["time_h"])]
+        if t.empty:
+            continue
+        t = t.iloc[0]
+        er = fit["readout"] == "er_mean"
+        est = fit["dc50_nM"] if er else fit["ic50_nM"]
+        true = t["dc50_nM"] if er else t["ic50_nM"]
+        rows.append({"compound": fit["compound"], "time_h": fit["time_h"],
+                     "readout": "DC50 (ERα)" if er else "IC50 (count)",
+                     "fitted_nM": est, "ci_low_nM": fit["ci_low_nM"],
+                     "ci_high_nM": fit["ci_high_nM"], "true_nM": true,
+                     "ratio": est / true if true else np.nan,
+                     "fitted_max_effect_%": fit["dmax_pct"],
+                     "true_max_effect_%": 100 * (t["dmax"] if er else t["imax"]),
+                     "flag": fit["flag"]})
+    if not rows:
+        return
+    tab = pd.DataFrame(rows)
+    with pd.option_context("display.float_format", "{:.3g}".format, "display.width", 160):
+        print("\nfitted potency vs ground truth (4-parameter log-logistic, dose_response.csv):")
+        print(tab.to_string(index=False))
 
 
 def _print_summary(wells: pd.DataFrame) -> None:
@@ -177,13 +134,13 @@ def _print_summary(wells: pd.DataFrame) -> None:
     w["ER_%veh"] = 100 * w["er_mean"] / er0
     w["true_ER_%veh"] = 100 * w["mean_true_er"] / t_er0
     w["compound"] = w["compound"].fillna("DMSO")
-    cols = ["compound", "concentration_nM", "well", "n_cells", "true_count", "count_%veh",
-            "true_count_%veh", "ER_%veh", "true_ER_%veh", "er_pct_positive", "er_fields_used"]
+    cols = ["compound", "concentration_nM", "well", "n_nuclei", "true_count", "count_%veh",
+            "true_count_%veh", "ER_%veh", "true_ER_%veh", "pct_er_positive", "er_fields_used"]
     summ = w.sort_values(["compound", "concentration_nM"])[cols]
     with pd.option_context("display.float_format", "{:.1f}".format, "display.width", 140):
         print("\nper-well results (measured vs ground truth; % of vehicle):")
         print(summ.to_string(index=False))
-    cnt_err = (w["n_cells"] / w["true_count"] - 1).abs()
+    cnt_err = (w["n_nuclei"] / w["true_count"] - 1).abs()
     print(f"\ncount error per well: median {100 * cnt_err.median():.1f} %, "
           f"max {100 * cnt_err.max():.1f} %")
     print("ERα per well comes from the fields that pass focus QC (er_fields_used of "

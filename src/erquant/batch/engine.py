@@ -175,7 +175,8 @@ def _check_outdir(outdir: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise RunUsageError(f"{outdir}: cannot write the output folder: {exc.strerror or exc}")
+        raise RunUsageError(
+            f"{outdir}: cannot write the output folder: {exc.strerror or exc}") from exc
 
 
 # --------------------------------------------------------------------------- clusters

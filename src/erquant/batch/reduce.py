@@ -155,6 +155,9 @@ def reduce_run(outdir: Path, summaries: list[dict], *, params: Params, markers: 
                        ("n_nuclei", 0), ("qc_flags", ""), ("id", "")]:
         if c not in fields:
             fields[c] = default
+    fields["time_h"] = pd.to_numeric(fields["time_h"], errors="coerce").astype(float)
+    for c in ("timepoint", "row", "col", "field"):
+        fields[c] = fields[c].astype(int)
     fields = fields.sort_values(KEYS, kind="stable").reset_index(drop=True)
     wellmap = _join_map(fields, plate_map)
     fields = fields.drop(columns=[c for c in MAP_COLUMNS if c in fields]).merge(
