@@ -14,9 +14,11 @@ from erquant.io import (
     load_field,
     parse_well,
     read_image,
+    read_image_stack,
     read_ome_stack,
     scan_plate_folder,
     well_name,
+    write_ome_stack,
     write_tiff,
 )
 from erquant.synthetic import PlateSpec, make_plate, write_plate
@@ -162,3 +164,86 @@ def test_sample_data_reads_as_grey_with_labels(stem, n):
     assert len(np.unique(labels)) - 1 == n
     # nuclei are brighter than the background
     assert img[labels > 0].mean() > 2 * img[labels == 0].mean()
+
+
+def _declare_size(path: Path, width: int, length: int) -> None:
+    """Patch a TIFF's ImageWidth / ImageLength tags in place (pixel data unchanged)."""
+    with tifffile.TiffFile(path, mode="r+") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(width)
+        tif.pages[0].tags["ImageLength"].overwrite(length)
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_header_declaring_more_pixels_than_the_file_holds(tmp_path, compression):
+    """Refused from the header, before any allocation (the data would be 18.6 GiB)."""
+    p = tmp_path / f"huge_{compression}.tif"
+    tifffile.imwrite(p, np.arange(64 * 64, dtype=np.uint16).reshape(64, 64),
+                     compression=compression)
+    _declare_size(p, 100000, 100000)
+    size = p.stat().st_size
+    with pytest.raises(ValueError) as exc:
+        read_image(p)
+    msg = str(exc.value)
+    assert str(p) in msg
+    assert "declares 100000×100000 uint16 pixels (18.6 GiB)" in msg
+    assert f"the file holds only {size / 1000:.1f} kB: truncated or corrupt" in msg
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_truncated_tiff_is_a_clean_error_naming_the_file(tmp_path, compression):
+    full = tmp_path / "full.tif"
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(full, rng.integers(0, 4000, (256, 256)).astype(np.uint16),
+                     compression=compression)
+    half = tmp_path / "half.tif"
+    half.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"half\.tif.*truncated or corrupt"):
+        read_image(half)
+    with pytest.raises(ValueError, match=r"half\.tif.*truncated or corrupt"):
+        read_image_stack(half)
+
+
+def test_valid_tiff_layouts_pass_the_size_check(tmp_path):
+    """Tiles, multi-page stacks and planar RGB are not mistaken for truncation (OME-TIFF
+    series: test_ome_stack_matches_folder)."""
+    cases = {"tiled.tif": (np.ones((300, 300), np.uint16), {"tile": (128, 128),
+                                                             "compression": "zlib"}),
+             "pages.tif": (np.ones((3, 40, 50), np.uint16), {"photometric": "minisblack"}),
+             "planar.tif": (np.ones((3, 40, 50), np.uint8), {"photometric": "rgb",
+                                                             "planarconfig": "separate"})}
+    for name, (data, kw) in cases.items():
+        tifffile.imwrite(tmp_path / name, data, **kw)
+        assert read_image_stack(tmp_path / name).size == data.size
+
+
+def test_truncated_ome_stack_series_names_the_file(tmp_path):
+    p = tmp_path / "p.ome.tif"
+    rng = np.random.default_rng(1)
+    imgs = [({"well": "A01", "field": f}, rng.integers(0, 4000, (2, 64, 64)).astype(np.uint16))
+            for f in (1, 2)]
+    write_ome_stack(p, imgs, compression=None)
+    arr, _ = read_ome_stack(p)
+    # cut inside the last series' pixels (the OME-XML at the end goes too, so tifffile
+    # would see other series): each series fails cleanly, naming the file
+    with tifffile.TiffFile(p) as tif:
+        cut = int(tif.series[1].pages[-1].dataoffsets[0]) + 10
+    p.write_bytes(p.read_bytes()[:cut])
+    for i in (0, 1):
+        with pytest.raises(ValueError, match=rf"series {i} of .*p\.ome\.tif.*truncated"):
+            arr[i].compute()
+
+
+def test_folder_given_as_an_image_file(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder, not an image file"):
+        read_image(tmp_path)
+
+
+def test_channel_errors_keep_the_python_wording_and_carry_the_facts(tmp_path):
+    from erquant.io.tiff import ChannelError
+
+    p = tmp_path / "cyx.tif"
+    tifffile.imwrite(p, np.zeros((3, 6, 7), np.uint16), photometric="minisblack")
+    with pytest.raises(ChannelError, match="pass channel=<index>") as exc:
+        read_image(p)
+    assert (exc.value.n_channels, exc.value.requested, tuple(exc.value.shape)) == (3, None, (6, 7))
+    assert isinstance(exc.value, ValueError) and exc.value.path == p

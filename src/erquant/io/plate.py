@@ -226,7 +226,14 @@ def load_field(row: pd.Series | dict, channels: Sequence[str] = ("w1", "w2")) ->
         planes.append(read_image(path))
     shapes = {p.shape for p in planes}
     if len(shapes) != 1:
-        raise ValueError(f"channels of field {row.get('well')} have different shapes: {shapes}")
+        sizes = ", ".join(
+            f"{row.get(ch if str(ch).startswith('path_') else f'path_{ch}')} {p.shape}"
+            for ch, p in zip(channels, planes)
+        )
+        raise ValueError(
+            f"channels of field {row.get('well')} s{row.get('field')} have different shapes: "
+            f"{sizes}"
+        )
     return np.stack(planes)
 
 
@@ -334,10 +341,27 @@ def _index_path(path: Path) -> Path:
     return path.with_name(name + "_index.csv")
 
 
-def _read_series(path: str, series: int) -> np.ndarray:
+def _read_series(path: str, series: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read one series; ``shape``: what the index said (a file changed since, or cut
+    short so that its OME-XML is lost and tifffile sees other series, is an error)."""
     import tifffile
 
-    return tifffile.imread(path, series=series)
+    from erquant.io.tiff import _check_declared_size
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if series >= len(tif.series):
+                raise ValueError(f"the file now holds {len(tif.series)} series: it is "
+                                 "truncated or changed")
+            ser = tif.series[series]
+            if shape is not None and tuple(ser.shape) != tuple(shape):
+                raise ValueError(f"the series now has shape {tuple(ser.shape)}, expected "
+                                 f"{tuple(shape)}: the file is truncated or changed")
+            _check_declared_size(tif, ser)  # before allocating the declared size
+            return ser.asarray()
+    except (OSError, ValueError, RuntimeError, KeyError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot read series {series} of {str(path)!r}: {first}") from exc
 
 
 def read_ome_stack(path: str | Path):
@@ -378,7 +402,8 @@ def read_ome_stack(path: str | Path):
     reader = dask.delayed(_read_series, pure=True)
     arr = da.stack(
         [
-            da.from_delayed(reader(str(path), i), shapes[i][0], dtype).reshape(shape)
+            da.from_delayed(reader(str(path), i, shapes[i][0]), shapes[i][0], dtype)
+            .reshape(shape)
             for i in range(len(shapes))
         ]
     )
