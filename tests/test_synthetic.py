@@ -223,3 +223,30 @@ def test_written_truth_tables(tmp_path):
     assert lab.dtype == np.uint32 and lab.max() == n
     assert pd.read_csv(out / "timepoints.csv").time_h.tolist() == [6.0, 24.0]
     assert not (out / "plate.ome.tif").exists()
+
+
+def test_write_plate_refuses_folders_holding_user_data(tmp_path):
+    """Only a new/empty folder or a plate it wrote itself; user files stay byte-identical."""
+    from erquant._synthplate import PlateFolderError
+
+    spec = PlateSpec(shape=(64, 64), n_nuclei=5, fields_per_well=1)
+    user = tmp_path / "user"
+    user.mkdir()
+    mine = user / "A01_s1_w1.tif"
+    mine.write_bytes(b"II*\x00 my microscope data")
+    (user / "plate_map.csv").write_text("well,compound\nA01,mine\n")  # a map alone is not ours
+    with pytest.raises(PlateFolderError, match=r"user: folder is not empty.*A01_s1_w1\.tif"):
+        write_plate(spec, user, wells=["A01"], progress=False)
+    assert mine.read_bytes() == b"II*\x00 my microscope data"
+    assert sorted(p.name for p in user.iterdir()) == ["A01_s1_w1.tif", "plate_map.csv"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="afile: exists and is a file"):
+        write_plate(spec, afile, wells=["A01"], progress=False)
+    # an empty folder, and rewriting its own plate, are fine
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = write_plate(spec, empty, wells=["A01"], progress=False, formats=("metaxpress",))
+    first = (out / "TimePoint_1" / "A01_s1_w1.tif").read_bytes()
+    write_plate(spec, out, wells=["A01"], progress=False, formats=("metaxpress",))
+    assert (out / "TimePoint_1" / "A01_s1_w1.tif").read_bytes() == first

@@ -24,7 +24,14 @@ from erquant.synthetic import (
     make_field,
 )
 
-__all__ = ["SyntheticPlate", "add_cli", "main_synth", "make_plate", "write_plate"]
+__all__ = [
+    "PlateFolderError",
+    "SyntheticPlate",
+    "add_cli",
+    "main_synth",
+    "make_plate",
+    "write_plate",
+]
 
 
 # ---------------------------------------------------------------------------- plates
@@ -245,6 +252,46 @@ def _spec_json(spec: PlateSpec) -> str:
     return json.dumps(asdict(spec), indent=2, sort_keys=True, default=str)
 
 
+class PlateFolderError(ValueError):
+    """:func:`write_plate` refuses its output folder (user data is never overwritten)."""
+
+
+def _is_generated_plate(folder: Path) -> bool:
+    """True when ``folder`` holds the ``spec.json`` and ``plate_map.csv`` of :func:`write_plate`."""
+    if not (folder / "plate_map.csv").is_file() or not (folder / "spec.json").is_file():
+        return False
+    try:
+        spec = json.loads((folder / "spec.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(spec, dict) and {"name", "shape", "seed", "fields_per_well"} <= set(spec)
+
+
+def _check_plate_folder(outdir: Path) -> None:
+    """Refuse to write a plate over anything but an empty folder or a plate written before.
+
+    Raises
+    ------
+    PlateFolderError
+        (a ValueError) When ``outdir`` is a file, or a non-empty folder that is not a plate
+        written by :func:`write_plate`; the message names the folder and what
+        is in it.
+    """
+    if not outdir.exists():
+        return
+    if not outdir.is_dir():
+        raise PlateFolderError(f"{outdir}: exists and is a file, not a folder")
+    entries = sorted(p.name for p in outdir.iterdir())
+    if not entries or _is_generated_plate(outdir):
+        return
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    raise PlateFolderError(
+        f"{outdir}: folder is not empty and is not a plate written by erquant synth "
+        f"(it holds {shown}); refusing to write a synthetic plate into it: "
+        "choose a new or empty folder"
+    )
+
+
 def write_plate(
     spec: PlateSpec | None,
     outdir: str | Path,
@@ -284,6 +331,13 @@ def write_plate(
     Path
         ``outdir``.
 
+    Raises
+    ------
+    PlateFolderError
+        (a ValueError) When ``outdir`` is a file, or a folder that is neither empty nor a plate
+        written by this function (its ``spec.json`` and ``plate_map.csv``):
+        user data is never overwritten. Checked before anything is written.
+
     Examples
     --------
     >>> import tempfile
@@ -301,11 +355,12 @@ def write_plate(
     if unknown:
         raise ValueError(f"unknown format(s) {sorted(unknown)}; use 'metaxpress' and/or 'ome-tiff'")
     outdir = Path(outdir)
-    (outdir / "truth").mkdir(parents=True, exist_ok=True)
+    _check_plate_folder(outdir)
     plate = make_plate(spec)
     plan = plate.plan if wells is None else plate.plan[plate.plan.well.isin(list(wells))]
     if plan.empty:
         raise ValueError(f"none of the wells {list(wells or [])} is on plate {spec.name}")
+    (outdir / "truth").mkdir(parents=True, exist_ok=True)
     plate.plate_map.to_csv(outdir / "plate_map.csv", index=False)
     pd.DataFrame(
         {"timepoint": range(1, len(spec.time_points_h) + 1), "time_h": spec.time_points_h}
@@ -437,18 +492,31 @@ def add_cli(subparsers) -> None:
 
 
 def _run_cli(args) -> int:
-    doses = tuple(float(f"{d:.3g}") for d in np.geomspace(0.1, 1000.0, args.doses))
-    spec = PlateSpec(
-        name=args.name,
-        shape=(args.size, args.size),
-        fields_per_well=args.fields,
-        n_nuclei=args.nuclei,
-        nucleus_diameter=args.diameter,
-        doses_nM=doses,
-        replicates=args.replicates,
-        time_points_h=tuple(args.time),
-        seed=args.seed,
-    )
+    from erquant._cli_errors import UsageError, check_output_dir
+
+    outdir = Path(args.outdir)
+    # usage errors (exit 2) before anything is written
+    try:
+        _check_plate_folder(outdir)
+        doses = tuple(float(f"{d:.3g}") for d in np.geomspace(0.1, 1000.0, args.doses))
+        spec = PlateSpec(
+            name=args.name,
+            shape=(args.size, args.size),
+            fields_per_well=args.fields,
+            n_nuclei=args.nuclei,
+            nucleus_diameter=args.diameter,
+            doses_nM=doses,
+            replicates=args.replicates,
+            time_points_h=tuple(args.time),
+            seed=args.seed,
+        )
+        plan = make_plate(spec).plan
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.wells is not None and not plan.well.isin(list(args.wells)).any():
+        raise UsageError(f"--wells: none of {' '.join(args.wells)} is on plate {spec.name} "
+                         f"(wells {plan.well.iloc[0]} … {plan.well.iloc[-1]})")
+    check_output_dir(outdir, option="OUTDIR")
     out = write_plate(
         spec,
         args.outdir,
@@ -473,7 +541,9 @@ def main_synth(argv: Sequence[str] | None = None) -> int:
     """
     import argparse
 
+    from erquant._cli_errors import run_command
+
     parser = argparse.ArgumentParser(prog="erquant")
     add_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["synth", *(argv or [])])
-    return args.func(args)
+    return run_command(args.func, args)
