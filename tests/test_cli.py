@@ -174,3 +174,282 @@ def test_segment_honours_downsample_and_the_params_file(tmp_path, capsys):
     out = tmp_path / "outp"
     assert main(["segment", str(img_path), "-o", str(out), "-q", "--params", str(toml)]) == 0
     assert int(tifffile.imread(out / "discs_nuclei.tif").max()) == 0
+
+
+# ------------------------------------------------------------------ user errors
+def _error_line(err: str, *parts: str) -> str:
+    """The one ``error:`` line of ``err`` (no traceback), holding every part."""
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, err
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if segmentation or quantification starts (usage errors come first)."""
+    import erquant.pipeline
+    import erquant.segment
+
+    def forbidden(*a, **k):
+        raise AssertionError("work started before the usage error was reported")
+
+    monkeypatch.setattr(erquant.segment, "segment_nuclei", forbidden)
+    monkeypatch.setattr(erquant.pipeline, "quantify", forbidden)
+
+
+def _noise_u16(seed=0, shape=(128, 128)):
+    rng = np.random.default_rng(seed)
+    return (100 + rng.normal(0, 3, shape)).astype(np.uint16)
+
+
+def test_segment_constant_image_is_a_failed_input_empty_field_is_zero_nuclei(tmp_path, capsys):
+    """All-zero / constant = failed input (as in quantify); background-only field = 0 nuclei."""
+    zero, const, empty = tmp_path / "zero.tif", tmp_path / "const.tif", tmp_path / "empty.tif"
+    tifffile.imwrite(zero, np.zeros((64, 64), np.uint16))
+    tifffile.imwrite(const, np.full((64, 64), 7, np.uint16))
+    tifffile.imwrite(empty, _noise_u16())
+    out = tmp_path / "out"
+    rc = main(["segment", str(zero), str(const), str(empty), "-o", str(out), "-q",
+               "--backend", "numpy"])
+    cap = capsys.readouterr()
+    assert rc == 1
+    assert "Traceback" not in cap.err
+    assert f"error: {zero}: nuclei image is constant (all pixels = 0)" in cap.err
+    assert f"error: {const}: nuclei image is constant (all pixels = 7)" in cap.err
+    assert f"{empty}\t0 nuclei" in cap.out
+    assert int(tifffile.imread(out / "empty_nuclei.tif").max()) == 0
+    assert not (out / "zero_nuclei.tif").exists()
+    assert "2 input(s) failed" in cap.out
+    # the same image alone through quantify: the same reason, naming the file
+    rc = main(["quantify", str(zero), "-o", str(tmp_path / "q"), "--backend", "numpy"])
+    assert rc == 1
+    _error_line(capsys.readouterr().err, f"{zero}: nuclei image is constant (all pixels = 0)")
+
+
+def test_quantify_nan_and_constant_images_name_the_file(tmp_path, capsys):
+    nuc, nan_er, const_er = (tmp_path / n for n in ("nuc.tif", "er_nan.tif", "er_const.tif"))
+    tifffile.imwrite(nuc, _noise_u16())
+    bad = np.full((128, 128), 5.0, np.float32)
+    bad[3, 4] = np.nan
+    tifffile.imwrite(nan_er, bad)
+    tifffile.imwrite(const_er, np.full((128, 128), 9, np.uint16))
+    for marker, problem in ((nan_er, "er image contains NaN"),
+                            (const_er, "er image is constant (all pixels = 9)")):
+        rc = main(["quantify", str(nuc), "--marker", f"er={marker}", "-o", str(tmp_path / "o"),
+                   "--backend", "numpy"])
+        assert rc == 1
+        _error_line(capsys.readouterr().err, f"error: {marker}: {problem}")
+
+
+@pytest.mark.parametrize("command", ["segment", "quantify", "synth", "demo", "bench"])
+def test_output_path_problems_are_usage_errors_before_any_work(tmp_path, capsys, no_work,
+                                                               command):
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, _noise_u16())
+    afile = tmp_path / "notes.txt"
+    afile.write_text("my notes\n")
+    flag = "--out" if command == "bench" else "-o"
+    for outdir, problem in ((afile / "out", f"{afile} is a file, not a folder"),
+                            (afile, f"{afile}: exists and is a file, not a folder")):
+        argv = {"segment": ["segment", str(img), "-o", str(outdir), "-q"],
+                "quantify": ["quantify", str(img), "-o", str(outdir)],
+                "synth": ["synth", str(outdir), "--no-progress"],
+                "demo": ["demo", "-o", str(outdir)],
+                "bench": ["bench", "--quick", "--out", str(outdir)]}[command]
+        assert main(argv) == 2
+        line = _error_line(capsys.readouterr().err, problem)
+        if outdir == afile and command != "synth":
+            assert f"({flag} needs a folder)" in line
+        assert afile.read_text() == "my notes\n"
+
+
+def test_read_only_output_folder_is_a_usage_error(tmp_path, capsys, no_work):
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, _noise_u16())
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc (a location nobody, not even root, can write)")
+    # under /proc nothing can be created, not even by root
+    assert main(["segment", str(img), "-o", "/proc/erquant_test_out", "-q"]) == 2
+    _error_line(capsys.readouterr().err, "/proc/erquant_test_out: cannot create the output folder")
+    # an existing folder whose files cannot be created: the probe file finds out
+    assert main(["quantify", str(img), "-o", "/proc/self"]) == 2
+    _error_line(capsys.readouterr().err, "/proc/self: output folder is not writable")
+
+
+def test_read_only_output_folder_by_permissions(tmp_path, capsys, no_work):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("running as root: root ignores folder permissions (covered under /proc)")
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, _noise_u16())
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert main(["segment", str(img), "-o", str(ro), "-q"]) == 2
+        _error_line(capsys.readouterr().err, f"{ro}: output folder is not writable")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_params_file_problems_are_usage_errors(tmp_path, capsys, no_work):
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, _noise_u16())
+    syntax, unknown, wrong = tmp_path / "syntax.toml", tmp_path / "unknown.toml", tmp_path / "w.toml"
+    syntax.write_text("[segment\ndiameter = 3\n")
+    unknown.write_text("[segment]\ndiamter = 20\n")
+    wrong.write_text("[segment]\ndownsample = 0.5\n")
+    cases = [(tmp_path / "missing.toml", "missing.toml: parameter file not found"),
+             (tmp_path, f"{tmp_path}: is a folder, not a parameter file"),
+             (syntax, f"{syntax}: not a valid TOML parameter file"),
+             (unknown, "unknown parameter(s) in params.segment: diamter"),
+             (wrong, f"{wrong}: segment.downsample: must be 0 (automatic) or >= 1, got 0.5")]
+    for params, problem in cases:
+        for cmd in (["segment", str(img), "-q"], ["quantify", str(img)]):
+            out = tmp_path / "out"
+            assert main([*cmd, "-o", str(out), "--params", str(params)]) == 2
+            line = _error_line(capsys.readouterr().err, problem)
+            assert str(params) in line
+    # invalid option values: the option is named, nothing is segmented
+    for opts, problem in ((["--downsample", "0.5"], "--downsample: must be 0 (automatic) or >= 1"),
+                          (["--diameter", "-3"], "--diameter: must be > 0 px, got -3"),
+                          (["--threshold", "manual"], "--threshold: 'manual' needs a threshold")):
+        assert main(["segment", str(img), "-o", str(tmp_path / "o2"), "-q", *opts]) == 2
+        _error_line(capsys.readouterr().err, problem)
+
+
+def test_threshold_option_overrides_the_params_file(tmp_path, capsys):
+    """``--threshold`` given with ``--params`` wins (it used to be silently ignored)."""
+    from argparse import Namespace
+
+    from erquant.cli import _segment_params
+    from erquant.params import Params
+
+    toml = tmp_path / "p.toml"
+    Params().replace(**{"segment.threshold": "li"}).to_toml(toml)
+    args = Namespace(diameter=None, threshold=None, threshold_value=None, downsample=None,
+                     params=toml)
+    assert _segment_params(args).segment.threshold == "li"
+    args.threshold = "triangle"
+    assert _segment_params(args).segment.threshold == "triangle"
+
+
+def test_folder_given_as_an_image_says_so(tmp_path, capsys):
+    good = tmp_path / "img.tif"
+    tifffile.imwrite(good, disc_image((128, 128), [(40, 40), (90, 90)], 10, dtype=np.uint16))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), str(good), "-o", str(out), "-q"]) == 1
+    err = capsys.readouterr().err
+    _error_line(err, str(folder), "is a folder, not an image file")
+    assert "extension" not in err
+    assert (out / "img_nuclei.tif").exists()  # the other input is still processed
+    assert main(["quantify", str(good), "--marker", f"er={folder}", "-o", str(out)]) == 1
+    _error_line(capsys.readouterr().err, str(folder), "is a folder, not an image file")
+
+
+def test_channel_messages_name_the_option_not_the_python_keyword(tmp_path, capsys):
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack([_noise_u16(k) for k in range(3)]), photometric="minisblack")
+    grey = tmp_path / "grey.tif"
+    tifffile.imwrite(grey, _noise_u16())
+    out = str(tmp_path / "out")
+    cases = [(["segment", str(stack), "-o", out, "-q"],
+              f"{stack}: holds 3 channels of shape (128, 128); pick one with --channel N (0–2)"),
+             (["segment", str(stack), "--channel", "5", "-o", out, "-q"],
+              f"{stack}: has 3 channels; --channel 5 is out of range (0–2)"),
+             (["segment", str(grey), "--channel", "1", "-o", out, "-q"],
+              f"{grey}: is a 2-D grey image without channels; --channel 1 does not apply"),
+             (["quantify", str(stack), "-o", out],
+              f"{stack}: holds 3 channels of shape (128, 128); this command reads one 2-D image")]
+    for argv, message in cases:
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        _error_line(err, message)
+        assert "channel=" not in err
+
+
+def test_synth_and_demo_never_overwrite_user_data(tmp_path, capsys):
+    user = tmp_path / "my_plate"
+    user.mkdir()
+    mine = user / "A01_s1_w1.tif"
+    tifffile.imwrite(mine, np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    before = mine.read_bytes()
+    assert main(["synth", str(user), "--size", "64", "--no-progress"]) == 2
+    _error_line(capsys.readouterr().err, str(user), "not a plate written by erquant synth",
+                "A01_s1_w1.tif")
+    assert main(["demo", "--plate", str(user), "-o", str(tmp_path / "demo_out")]) == 2
+    _error_line(capsys.readouterr().err, str(user), "A01_s1_w1.tif")
+    assert mine.read_bytes() == before
+    assert sorted(p.name for p in user.iterdir()) == ["A01_s1_w1.tif"]
+
+
+def test_unusable_backend_and_malformed_marker_are_usage_errors(tmp_path, capsys, no_work):
+    from erquant.backend import cupy_available
+
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, _noise_u16())
+    out = str(tmp_path / "out")
+    for spec in ("er=", "=x.tif"):
+        assert main(["quantify", str(img), "--marker", spec, "-o", out]) == 2
+        _error_line(capsys.readouterr().err, f"--marker '{spec}': expected NAME=PATH")
+    if cupy_available():
+        pytest.skip("CuPy is usable here: --backend cupy is not an error")
+    for cmd in (["segment", str(img), "-q"], ["quantify", str(img)]):
+        assert main([*cmd, "-o", out, "--backend", "cupy"]) == 2
+        _error_line(capsys.readouterr().err, "--backend cupy:", "CuPy is not installed")
+
+
+def test_bench_argument_errors_before_timing(tmp_path, capsys, no_work):
+    assert main(["bench", "--quick", "--backends", "numpy,tpu", "--out", str(tmp_path)]) == 2
+    _error_line(capsys.readouterr().err, "--backends: unknown backend(s) 'tpu'")
+
+
+def test_bad_files_fail_cleanly_and_name_the_file(tmp_path, capsys):
+    """Not-a-PNG, a truncated TIFF and a TIFF declaring 100000² pixels: one line each."""
+    fake_png = tmp_path / "fake.png"
+    fake_png.write_bytes(b"this is not a PNG")
+    full = tmp_path / "full.tif"
+    tifffile.imwrite(full, _noise_u16(shape=(256, 256)))
+    half = tmp_path / "half.tif"
+    half.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    huge = tmp_path / "huge.tif"
+    tifffile.imwrite(huge, _noise_u16(shape=(64, 64)))
+    with tifffile.TiffFile(huge, mode="r+") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(100000)
+        tif.pages[0].tags["ImageLength"].overwrite(100000)
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, disc_image((128, 128), [(40, 40), (90, 90)], 10, dtype=np.uint16))
+    out = tmp_path / "out"
+    rc = main(["segment", str(fake_png), str(half), str(huge), str(good), "-o", str(out), "-q"])
+    cap = capsys.readouterr()
+    assert rc == 1 and "Traceback" not in cap.err
+    errors = [ln for ln in cap.err.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 3 and len(cap.err.splitlines()) == 3, cap.err
+    assert "fake.png" in errors[0] and "not a valid PNG image" in errors[0]
+    assert "half.tif" in errors[1] and "truncated or corrupt" in errors[1]
+    assert "huge.tif" in errors[2] and "100000×100000 uint16 pixels (18.6 GiB)" in errors[2]
+    assert (out / "good_nuclei.tif").exists()
+    assert "3 input(s) failed" in cap.out
+
+
+def test_unexpected_errors_are_one_line_unless_verbose(tmp_path, capsys, monkeypatch):
+    import erquant.segment
+
+    def boom(*a, **k):
+        raise RuntimeError("internal failure\nsecond line")
+
+    monkeypatch.setattr(erquant.segment, "segment_nuclei", boom)
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, _noise_u16())
+    argv = ["segment", str(img), "-o", str(tmp_path / "out"), "-q"]
+    assert main(argv) == 1
+    _error_line(capsys.readouterr().err,
+                "error: RuntimeError: internal failure (run with -v for the traceback)")
+    with pytest.raises(RuntimeError, match="internal failure"):
+        main(["-v", *argv])

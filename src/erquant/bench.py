@@ -832,18 +832,24 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         downsample=max(0.0, float(getattr(args, "downsample", 0) or 0)))
     if cfg.size < 32 or cfg.fields < 1 or cfg.repeats < 1:
         raise ValueError("--size must be >= 32, --fields and --repeats >= 1")
+    unknown = [b for b in cfg.backends if b not in ("numpy", "cupy")]
+    if unknown or not cfg.backends:
+        raise ValueError(f"--backends: unknown backend(s) {', '.join(map(repr, unknown))}; "
+                         "use numpy and/or cupy" if unknown else "--backends: none given")
     return cfg
 
 
 def _run(args: argparse.Namespace) -> int:
+    from erquant._cli_errors import UsageError, check_output_dir
+
+    # usage errors (exit 2) before the benchmark, not after minutes of timing
     try:
         cfg = config_from_args(args)
-    except ValueError as exc:
-        print(f"erquant bench: {exc}", file=sys.stderr)
+        out = check_output_dir(cfg.out, option="--out")
+    except (ValueError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     res = run_benchmark(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     md = render_markdown(res)
     (out / "bench.json").write_text(json.dumps(res, indent=2, default=_json_default))
     (out / "bench.md").write_text(md)
