@@ -12,8 +12,10 @@ NAPARI_DEBS := xvfb xauth libgl1 libegl1 libgl1-mesa-dri libglx-mesa0 libopengl0
 	libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 libxrender1 libxi6 libsm6 libice6
 # OpenCL on the CPU for the pyclesperanto reference in `erquant bench`.
 BENCH_DEBS := pocl-opencl-icd
+# Headless browser that renders report.html in tests/test_analysis_report.py.
+REPORT_DEBS := chromium
 
-.PHONY: demo test bench accuracy lint sysdeps-napari sysdeps-bench clean
+.PHONY: demo test bench accuracy lint sysdeps-napari sysdeps-bench sysdeps-report clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +52,14 @@ sysdeps-bench:
 		apt-get install -y -qq --no-install-recommends $(BENCH_DEBS) >/dev/null; \
 	  else echo "optional: apt-get install $(BENCH_DEBS) (pyclesperanto reference on the CPU)"; fi; }
 
-test: $(VENV)/.installed-test sysdeps-napari
+sysdeps-report:
+	@dpkg-query -W -f='$${Status}\n' $(REPORT_DEBS) 2>/dev/null | grep -q "install ok installed" || \
+	{ if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages for the report test: $(REPORT_DEBS)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends $(REPORT_DEBS) >/dev/null; \
+	  else echo "The report.html browser test needs: apt-get install $(REPORT_DEBS) (skipped without it)"; fi; }
+
+test: $(VENV)/.installed-test sysdeps-napari sysdeps-report
 	xvfb-run -a -s "-screen 0 1280x1024x24" $(PY) -m pytest tests src/erquant --doctest-modules $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test sysdeps-bench

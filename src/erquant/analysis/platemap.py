@@ -291,7 +291,8 @@ def match_wells(pmap: pd.DataFrame, image_wells: pd.DataFrame) -> tuple[pd.DataF
     ``plate`` is matched only when both sides have it and the map's plates are
     not all missing — and when the map names a single plate that is not the
     single plate of the images (``P1`` vs the folder ``SYN01``), wells are
-    matched without it.  ``time_h`` is matched only when the map has it.
+    matched without it.  ``time_h`` is matched only when both sides have it (images without times, e.g. a
+    ``--pattern`` without a time group, match a single-time map by well).
 
     Examples
     --------
@@ -325,7 +326,7 @@ def match_wells(pmap: pd.DataFrame, image_wells: pd.DataFrame) -> tuple[pd.DataF
                 f"{where}: none of the map's plates ({_listing(sorted(mp))}) is among the image "
                 f"plates ({_listing(sorted(ip))})")
     if "time_h" in pm.columns and pm["time_h"].notna().any():
-        if "time_h" in imgs.columns:
+        if "time_h" in imgs.columns and imgs["time_h"].notna().any():
             keys.append("time_h")
         elif pm["time_h"].nunique() > 1:
             raise PlateMapError(
