@@ -358,3 +358,32 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     a = np.asarray(img, dtype=np.float64)
     assert a.std() > 20.0  # not a blank page: text, tables and plots
     assert (a < 100).mean() > 0.01 and (a > 230).mean() > 0.3  # dark ink on a light page
+
+
+def test_flat_and_sparse_compounds_are_flagged_and_reported(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    rows = [("DMSO", 0.0, "vehicle")] * 6
+    rows += [("inactive", d, "sample") for d in DOSES for _ in range(2)]
+    rows += [("two-doses", d, "sample") for d in (10.0, 100.0) for _ in range(2)]
+    wells = pd.DataFrame(rows, columns=["compound", "concentration_nM", "role"])
+    wells["well"] = [well_name(i // 12 + 1, i % 12 + 1) for i in range(len(wells))]
+    frac = np.where(wells.compound == "two-doses", 0.5, 1.0)
+    wells = wells.assign(plate="P1", time_h=24.0, n_fields_ok=2,
+                         er_mean=VEH_ER * frac * rng.lognormal(0, 0.05, len(wells)),
+                         n_nuclei=rng.poisson(500, len(wells)))
+    wells.to_csv(tmp_path / "wells.csv", index=False)
+    res = analyse_run(tmp_path)
+    dr = res["fits"].set_index(["compound", "readout"])
+    assert dr.loc[("inactive", "er_mean"), "flag"] == "flat"
+    assert math.isnan(dr.loc[("inactive", "er_mean"), "dc50_nM"])
+    assert dr.loc[("inactive", "er_mean"), "dmax_pct"] == pytest.approx(0.0, abs=5.0)
+    # vehicle (0) + 2 doses = 3 concentrations < 4 parameters
+    assert dr.loc[("two-doses", "er_mean"), "flag"] == "too_few_points"
+    assert dr.loc[("two-doses", "er_mean"), "n_points"] == 10
+    text = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "too_few_points" in text and "flat" in text
+    # no reference wells: --normalise reference is a usage error naming the problem
+    assert _cli(["report", str(tmp_path), "--normalise", "reference", "--no-html"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {tmp_path / 'wells.csv'}: normalise=reference needs reference wells; "
+                   "none usable for plate P1, time_h 24.0\n")

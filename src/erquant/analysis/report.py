@@ -325,7 +325,10 @@ def analyse_run(
 
     wells, fields, notes = read_tables(outdir, plate_map)
     say(f"{len(wells)} wells read")
-    norm = normalise_wells(wells, mode=normalise)
+    try:
+        norm = normalise_wells(wells, mode=normalise)
+    except AnalysisError as exc:
+        raise AnalysisError(f"{outdir / 'wells.csv'}: {exc}") from None
     notes += norm.attrs.get("notes", [])
     for why, sub in norm[~norm["use"]].groupby("excluded", sort=True):
         if why != "not in plate map":  # already reported by read_tables / match_wells
