@@ -322,7 +322,8 @@ def write_plate(
     progress : bool
         Show a tqdm progress bar.
     wells : sequence of str, optional
-        Only render these wells (plate map and compound truth stay complete).
+        Only render these wells (``plate_map.csv`` lists them only; the compound truth
+        stays complete).
     compression : str or None
         TIFF compression (``"zlib"`` default, lossless).
 
@@ -361,7 +362,10 @@ def write_plate(
     if plan.empty:
         raise ValueError(f"none of the wells {list(wells or [])} is on plate {spec.name}")
     (outdir / "truth").mkdir(parents=True, exist_ok=True)
-    plate.plate_map.to_csv(outdir / "plate_map.csv", index=False)
+    pmap = plate.plate_map
+    if wells is not None:  # the map of the plate on disk: the wells that were rendered
+        pmap = pmap[pmap.well.isin(list(wells))]
+    pmap.to_csv(outdir / "plate_map.csv", index=False)
     pd.DataFrame(
         {"timepoint": range(1, len(spec.time_points_h) + 1), "time_h": spec.time_points_h}
     ).to_csv(outdir / "timepoints.csv", index=False)

@@ -52,7 +52,7 @@ def run_demo(plate: Path | None, outdir: Path, *, regenerate: bool = False,
         print("no field could be quantified", file=sys.stderr)
         return 1
     wells = pd.read_csv(outdir / "wells.csv")
-    fields = pd.read_csv(outdir / "fields.csv")
+    fields = pd.read_csv(outdir / "fields.csv", dtype={"qc_flags": str, "error": str})
     wells["cells_per_field"] = wells["n_nuclei"] / wells["n_fields_ok"].clip(lower=1)
     truth_path = plate / "truth" / "wells.csv"
     if truth_path.exists():
