@@ -195,3 +195,11 @@ def test_bad_inputs_raise():
         fit_ll4([-1, 2, 3, 4, 5], [1, 2, 3, 4, 5])
     with pytest.raises(ValueError, match="model"):
         fit_ll4(DOSES, DOSES, model="LL.5")
+
+
+def test_rising_curve_without_plateau_keeps_ll4_and_is_flagged_partial():
+    # ERα stabilised (SERM-like): 100 → 200 % with EC50 600 nM, tested up to 1000 nM
+    x, y = _noisy(1.0, 200.0, 100.0, 600.0, sd=2.0, seed=0)
+    f = fit_ll4(x, y)
+    assert f.model == "LL.4" and f.flags[0] == "partial"
+    assert f.bottom > f.top

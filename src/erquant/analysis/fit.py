@@ -27,12 +27,15 @@ covered less than 80 % of its way from ``top`` to ``bottom``), the bottom is not
 model is fitted instead with ``bottom`` fixed at ``lower`` (default 0 — the
 physical floor of a readout normalised as "% of vehicle remaining": no
 ERα / no cells left; this is also drc's LL.3).  The fit is then flagged
-``partial`` and its Dmax is an assumption, not an estimate.
+``partial`` and its Dmax is an assumption, not an estimate.  A rising curve
+(``bottom > top``, e.g. ERα stabilised by a SERM) that does not reach its
+plateau keeps LL.4 and is flagged ``partial`` too.
 
 Flags (``;``-joined, ``ok`` when none): ``too_few_points`` (fewer distinct
 concentrations than parameters, or no residual degree of freedom: nothing is
 fitted), ``flat`` (F-test against a constant model not significant at 0.05:
-the constant is reported, EC50 NaN), ``partial`` (LL.3 fallback),
+the constant is reported, EC50 NaN), ``partial`` (plateau at high
+concentration not reached; LL.3 fallback for a falling curve),
 ``ec50_outside_range`` (EC50 outside the tested non-zero concentrations),
 ``unstable`` (condition number of the correlation-scaled Hessian above
 ``max_condition``, Hessian not positive definite, or a parameter at a bound).
@@ -571,11 +574,12 @@ def fit_ll4(
         fit, m, p, bnds = run(None, "LL.4")
         if model == "auto" and fit.p_flat <= alpha_flat:
             covered = 1.0 - float(_sigmoid(np.array([crange[1]]), fit.hill, math.log(fit.ec50))[0])
-            if covered < plateau_fraction:
-                if n_conc >= 3 and n > 3:
-                    fit3, m3, p3, b3 = run(lower, "LL.3")
-                    fit3.flag = ";".join(["partial", *fit3.flags])
-                    fit, m, p, bnds = fit3, m3, p3, b3
+            if covered < plateau_fraction and fit.top > fit.bottom and fit.top > lower:
+                fit3, m3, p3, b3 = run(lower, "LL.3")
+                fit3.flag = ";".join(["partial", *fit3.flags])
+                fit, m, p, bnds = fit3, m3, p3, b3
+            elif covered < plateau_fraction:  # rising curve: no principled floor to fix
+                fit.flag = ";".join(["partial", *fit.flags])
 
     flags = [fl for fl in fit.flags if fl != "partial"]
     partial = "partial" in fit.flags
