@@ -122,7 +122,7 @@ def plate_qc(wells: pd.DataFrame) -> pd.DataFrame:
         veh = used[used["role"] == "vehicle"]
         ref = used[used["role"] == "reference"]
         flags = sub["qc_flags"] if "qc_flags" in sub.columns else pd.Series([], dtype=object)
-        flagged = flags.fillna("").astype(str).str.len() > 0
+        flagged = flags.notna() & (flags.astype(object).astype(str).str.len() > 0)
         counts = {
             "n_wells": len(sub),
             "n_wells_used": int(sub["use"].sum()),
