@@ -215,9 +215,16 @@ def _client(workers: int | None, scheduler: str | None, gpus: int | None,
         from distributed import LocalCluster
 
         n = workers or min(os.cpu_count() or 1, max(n_items, 1))
-        cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
-                               processes=True, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
+        try:
+            cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
+                                   processes=True, dashboard_address=":0",
+                                   silence_logs=logging.ERROR)
+        except RuntimeError as exc:  # typically: a script without a __main__ guard
+            raise RunUsageError(
+                f"could not start {n} local dask worker process(es): {exc}. Worker "
+                "processes re-import the calling script: put run_batch under "
+                "`if __name__ == '__main__':`, or pass workers=0 to run in this process"
+            ) from exc
     client = Client(cluster)
     try:
         yield client
