@@ -203,3 +203,16 @@ def test_rising_curve_without_plateau_keeps_ll4_and_is_flagged_partial():
     f = fit_ll4(x, y)
     assert f.model == "LL.4" and f.flags[0] == "partial"
     assert f.bottom > f.top
+
+
+def test_small_effect_curve_is_flagged_wide_ci():
+    """An 18 % loss within 5 % noise: some draws pin the EC50 down, others do not."""
+    x = np.repeat([0.1, 0.37, 1.4, 5.0, 19.0, 72.0, 268.0, 1000.0], 3)
+    flags = {}
+    for seed in (1, 4, 6):
+        rng = np.random.default_rng(seed)
+        y = 100 - 18 / (1 + 15 / x) + rng.normal(0, 5, x.size)
+        f = fit_ll4(np.r_[np.zeros(8), x], np.r_[100 + rng.normal(0, 5, 8), y])
+        flags[seed] = (f.flag, f.ci_high / f.ci_low)
+    assert flags[1][0] == "ok" and flags[1][1] < 10, flags
+    assert flags[4][0] == flags[6][0] == "wide_ci" and min(flags[4][1], flags[6][1]) > 10, flags

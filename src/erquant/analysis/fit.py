@@ -38,7 +38,9 @@ the constant is reported, EC50 NaN), ``partial`` (plateau at high
 concentration not reached; LL.3 fallback for a falling curve),
 ``ec50_outside_range`` (EC50 outside the tested non-zero concentrations),
 ``unstable`` (condition number of the correlation-scaled Hessian above
-``max_condition``, Hessian not positive definite, or a parameter at a bound).
+``max_condition``, Hessian not positive definite, or a parameter at a bound),
+``wide_ci`` (the EC50's confidence interval spans more than ``max_ci_ratio``,
+default 10-fold).
 
 Examples
 --------
@@ -466,6 +468,7 @@ def fit_ll4(
     level: float = 0.95,
     plateau_fraction: float = 0.8,
     max_condition: float = 1e8,
+    max_ci_ratio: float = 10.0,
     max_hill: float = 20.0,
     alpha_flat: float = 0.05,
     n_boot: int = 200,
@@ -502,6 +505,10 @@ def fit_ll4(
     max_condition : float
         Condition number of the correlation-scaled RSS Hessian above which the
         fit is flagged ``unstable``.
+    max_ci_ratio : float
+        A confidence interval of the EC50 wider than this factor (``ci_high /
+        ci_low``) flags the fit ``wide_ci``: the curve does not pin the EC50 down
+        (e.g. a 6 h count curve that lost 10 % of its cells).
     max_hill : float
         Upper bound of the Hill slope.
     alpha_flat : float
@@ -598,5 +605,7 @@ def fit_ll4(
         fit.ci_method = ci
     if not crange[0] <= fit.ec50 <= crange[1]:
         flags.append("ec50_outside_range")
+    if "unstable" not in flags and not (fit.ci_high / fit.ci_low <= max_ci_ratio):
+        flags.append("wide_ci")
     fit.flag = ";".join((["partial"] if partial else []) + flags) or "ok"
     return fit
