@@ -141,6 +141,7 @@ def test_local_cluster_equals_in_process(plate, reference_run, tmp_path):
     assert_same_tables(reference_run, out)
     run = json.loads((out / "run.json").read_text())
     assert run["n_workers"] == 2 and run["scheduler_address"].startswith("tcp://127.0.0.1")
+    assert run["warnings"] == [f"using the plate map {plate / 'plate_map.csv'}"]
 
 
 def test_save_labels_and_rois(plate, tmp_path):
@@ -312,7 +313,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
 def test_explicit_scheduler_and_two_workers(plate, reference_run, tmp_path):
     sched_file = tmp_path / "scheduler.json"
     procs = []
-    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    env = dict(os.environ)
     try:
         procs.append(subprocess.Popen(
             [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
@@ -337,6 +338,7 @@ def test_explicit_scheduler_and_two_workers(plate, reference_run, tmp_path):
                      "--no-report"]) == 0
         run = json.loads((out / "run.json").read_text())
         assert run["scheduler_address"] == address and run["n_workers"] == 2
+        assert len(run["warnings"]) == 1, run["warnings"]  # the plate map note only
         pids = {json.loads(p.read_text())["worker_pid"] for p in (out / "parts").glob("*.json")}
         assert len(pids) == 2  # both workers quantified fields
         assert_same_tables(reference_run, out)

@@ -180,6 +180,23 @@ def _check_outdir(outdir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- clusters
+def _worker_config() -> dict:
+    """dask settings for the worker processes erquant starts.
+
+    dask's default ``MALLOC_TRIM_THRESHOLD_=65536`` in each worker's environment turns
+    off glibc's adaptive mmap threshold, so every image-sized temporary is a fresh
+    ``mmap`` that page-faults in: measured 0.39 s instead of 0.20 s per 2048² field in a
+    worker. The other defaults (one BLAS/OpenMP thread per worker) are kept. Workers of
+    clusters erquant did not start are fixed from inside instead
+    (:func:`erquant.batch.worker.tune_malloc`).
+    """
+    import dask
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return {"distributed.nanny.pre-spawn-environ": env}
+
+
 @contextlib.contextmanager
 def _client(workers: int | None, scheduler: str | None, gpus: int | None,
             threads_per_worker: int, n_items: int):
@@ -189,6 +206,7 @@ def _client(workers: int | None, scheduler: str | None, gpus: int | None,
         return
     for name in ("distributed", "dask_cuda", "bokeh", "tornado"):  # no cluster chatter
         logging.getLogger(name).setLevel(logging.ERROR)
+    import dask
     from distributed import Client
 
     if scheduler is not None:
@@ -208,17 +226,19 @@ def _client(workers: int | None, scheduler: str | None, gpus: int | None,
             raise RunUsageError("--gpus needs dask-cuda (pip install dask-cuda, with the "
                                 "erquant gpu extra for CuPy)") from exc
         # one worker per GPU; CUDA is initialised only inside the workers
-        cluster = LocalCUDACluster(n_workers=gpus, CUDA_VISIBLE_DEVICES=list(range(gpus)),
-                                   threads_per_worker=1, rmm_pool_size=None,
-                                   dashboard_address=":0")
+        with dask.config.set(_worker_config()):
+            cluster = LocalCUDACluster(n_workers=gpus, CUDA_VISIBLE_DEVICES=list(range(gpus)),
+                                       threads_per_worker=1, rmm_pool_size=None,
+                                       dashboard_address=":0")
     else:
         from distributed import LocalCluster
 
         n = workers or min(os.cpu_count() or 1, max(n_items, 1))
         try:
-            cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
-                                   processes=True, dashboard_address=":0",
-                                   silence_logs=logging.ERROR)
+            with dask.config.set(_worker_config()):
+                cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
+                                       processes=True, dashboard_address=":0",
+                                       silence_logs=logging.ERROR)
         except RuntimeError as exc:  # typically: a script without a __main__ guard
             raise RunUsageError(
                 f"could not start {n} local dask worker process(es): {exc}. Worker "
@@ -516,6 +536,28 @@ def _run(plan: Plan, outdir: Path, params: Params, fingerprint: str, what: dict,
     return result
 
 
+def _worker_facts() -> dict:
+    import erquant
+
+    return {"erquant": erquant.__version__}
+
+
+def _check_workers(client) -> list[str]:
+    """Warnings about the workers of a cluster erquant did not start itself."""
+    from erquant import __version__
+
+    try:
+        facts = client.run(_worker_facts)
+    except Exception as exc:  # e.g. erquant not importable on a worker
+        return [f"could not query the dask workers ({exc}); is erquant installed there?"]
+    out = []
+    other = {w: f["erquant"] for w, f in facts.items() if f["erquant"] != __version__}
+    if other:
+        out.append(f"workers run another erquant version than this client ({__version__}): "
+                   f"{other}")
+    return out
+
+
 def _map_distributed(client, tasks, config, collect, bar, info, gpus) -> None:
     """Submit ``tasks`` with a bounded number in flight; collect summaries as they end."""
     from distributed import as_completed
@@ -530,6 +572,11 @@ def _map_distributed(client, tasks, config, collect, bar, info, gpus) -> None:
             bar.write(f"dask dashboard: {link}", file=sys.stderr)
     if gpus:
         info["gpu_setup"] = client.run(_gpu_worker_setup)
+    for msg in _check_workers(client):
+        info.setdefault("warnings", []).append(msg)
+        log.warning(msg)
+        if bar is not None:
+            bar.write(f"warning: {msg}", file=sys.stderr)
     nworkers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
     info["n_workers"] = nworkers
     limit = 2 * nworkers
