@@ -15,7 +15,7 @@ BENCH_DEBS := pocl-opencl-icd
 # Headless browser that renders report.html in tests/test_analysis_report.py.
 REPORT_DEBS := chromium
 
-.PHONY: demo test bench accuracy lint sysdeps-napari sysdeps-bench sysdeps-report clean
+.PHONY: demo test bench bench-batch accuracy lint sysdeps-napari sysdeps-bench sysdeps-report clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,9 @@ test: $(VENV)/.installed-test sysdeps-napari sysdeps-report
 
 bench: $(VENV)/.installed-test sysdeps-bench
 	$(VENV)/bin/erquant bench
+
+bench-batch: $(VENV)/.installed
+	$(PY) benchmarks/batch.py
 
 accuracy: $(VENV)/.installed
 	$(PY) benchmarks/real_accuracy.py

@@ -350,3 +350,23 @@ def test_explicit_scheduler_and_two_workers(plate, reference_run, tmp_path):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_report_on_a_run_folder_shows_fits_and_thumbnails(plate, reference_run, tmp_path,
+                                                          capsys):
+    """`erquant report OUTDIR` on a finished run: fits, and thumbnails read back from the
+    images the run recorded (labels segmented again: the run did not save them)."""
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "thumbnails omitted" not in printed.out + printed.err
+    dr = pd.read_csv(out / "dose_response.csv")
+    assert set(dr["compound"]) == {"cpdA"}  # the 1-dose reference is a control, not a curve
+    er = dr[dr["readout"] == "er_mean"].iloc[0]
+    assert 1.0 < er["dc50_nM"] < 9.0  # true DC50 3 nM, 4 doses × 1 well: a coarse curve
+    thumbs = list((out / "plots").glob("thumbnails_*cpdA*.png"))
+    assert len(thumbs) == 1
+    html = (out / "report.html").read_text()
+    assert "fulvestrant-like" in html and "not fitted" in html
+    assert html.count("data:image/png;base64,") >= 3

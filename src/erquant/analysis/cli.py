@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 __all__ = ["add_parser", "cmd_report", "format_fit_table"]
 
@@ -85,9 +86,14 @@ def cmd_report(args) -> int:
     from erquant.analysis.platemap import PlateMapError
     from erquant.analysis.report import analyse_run
 
+    load_field = None
+    if (Path(args.outdir) / "parts").is_dir():  # written by `erquant run`: thumbnails
+        from erquant.batch.thumbnails import field_loader
+
+        load_field = field_loader(args.outdir)
     try:
         res = analyse_run(args.outdir, plate_map=args.plate_map, normalise=args.normalise,
-                          report=not args.no_html, progress=False)
+                          report=not args.no_html, progress=False, load_field=load_field)
     except (AnalysisError, PlateMapError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

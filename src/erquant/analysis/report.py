@@ -150,6 +150,9 @@ def read_tables(outdir: str | Path, plate_map: str | Path | None = None,
     return wells, fields, notes
 
 
+MIN_REFERENCE_DOSES = 3  #: reference-only compounds with fewer doses are controls, not curves
+
+
 def fit_wells(norm: pd.DataFrame, **fit_kw) -> tuple[pd.DataFrame, dict[tuple, Fit]]:
     """Fit every compound × readout of every plate / time point / cell line.
 
@@ -188,6 +191,9 @@ def fit_wells(norm: pd.DataFrame, **fit_kw) -> tuple[pd.DataFrame, dict[tuple, F
         veh = sub[sub["role"] == "vehicle"]
         trt = sub[sub["role"].isin(["sample", "reference"])]
         for cpd, pts in trt.groupby("compound", sort=True):
+            if (pts["role"] == "reference").all() and \
+                    pts["concentration_nM"].nunique() < MIN_REFERENCE_DOSES:
+                continue  # a control at one or two doses: used for Z′, not a curve
             for r in readouts_of(norm):
                 col = f"{r}_pct"
                 x = np.r_[np.zeros(len(veh)), pts["concentration_nM"].to_numpy(float)]
@@ -334,6 +340,13 @@ def analyse_run(
         if why != "not in plate map":  # already reported by read_tables / match_wells
             notes.append(f"left out of the fits ({why}): {_well_list(sub)}")
     table, fits = fit_wells(norm)
+    ctrl = norm[norm["use"] & (norm["role"] == "reference")].groupby("compound")
+    for cpd, sub in ctrl:
+        if cpd not in set(table["compound"]):
+            doses = ", ".join(f"{c:g}" for c in sorted(sub["concentration_nM"].unique()))
+            notes.append(f"reference {cpd} ({doses} nM, {len(sub)} wells) is a control for "
+                         "Z′ and reference normalisation, not fitted (fewer than "
+                         f"{MIN_REFERENCE_DOSES} doses)")
     say(f"{len(table)} curves fitted")
     qc = plate_qc(norm)
     paths = {
