@@ -222,3 +222,79 @@ def test_generic_array_paths_agree_with_the_fast_cpu_path(synthetic_field, monke
     a = fast.table["nucleus_er_mean_bgcorr"].median()
     b = generic.table["nucleus_er_mean_bgcorr"].median()
     assert a == pytest.approx(b, rel=0.01)
+
+
+# ---------------------------------------------------------------- remeasure and ROI summaries
+def test_remeasure_unchanged_labels_equals_quantify(small_field, small_result):
+    from erquant import remeasure
+
+    res = remeasure(small_result.nuclei, small_field.image, backend="numpy",
+                    downsample=small_result.info["downsample"])  # cells grown the same way
+    pd.testing.assert_frame_equal(res.table, small_result.table)
+    np.testing.assert_array_equal(res.cells, small_result.cells)
+    assert res.scores == small_result.scores
+    assert res.qc["flags"] == small_result.qc["flags"]
+    assert res.info["remeasured"] and res.info["threshold"] is None
+    assert res.info["diameter"] == pytest.approx(small_result.info["diameter"], rel=0.3)
+
+
+def test_remeasure_after_deleting_a_nucleus(small_field, small_result):
+    from erquant.pipeline import remeasure, remeasure_iter
+
+    edited = small_result.nuclei.copy()
+    gone = int(small_result.table["label"].iloc[3])
+    edited[edited == gone] = 0
+    gen = remeasure_iter(edited, small_field.image, backend="numpy")
+    stages = []
+    while True:
+        try:
+            stages.append(next(gen).stage)
+        except StopIteration as stop:
+            res = stop.value
+            break
+    assert stages[0] == "load" and stages[-1] == "done"
+    assert res.n_nuclei == small_result.n_nuclei - 1
+    assert gone not in set(res.table["label"]) and not (res.cells == gone).any()
+    np.testing.assert_array_equal(res.nuclei, edited)  # the edit is what is measured
+    # ROI polygons filter as in quantify
+    half = small_field.image.shape[2] / 2
+    left = np.array([[0, 0], [0, half], [384, half], [384, 0]])
+    roi_res = remeasure(edited, small_field.image, roi=[left], backend="numpy")
+    assert 0 < roi_res.n_nuclei < res.n_nuclei
+
+
+def test_remeasure_refuses_bad_labels(small_field):
+    from erquant import remeasure
+
+    with pytest.raises(ValueError, match="differ in shape"):
+        remeasure(np.zeros((10, 10), np.uint32), small_field.image)
+    with pytest.raises(ValueError, match="integers"):
+        remeasure(np.zeros(small_field.image.shape[1:], float), small_field.image)
+
+
+def test_roi_summary_matches_field_scores_per_roi(small_field, small_result):
+    from erquant.classify import field_scores
+    from erquant.pipeline import WHOLE_FIELD, assign_rois, roi_summary
+
+    shape = small_field.image.shape[1:]
+    left = np.array([[0, 0], [0, 150], [384, 150], [384, 0]])
+    right = np.array([[0, 200], [0, 384], [384, 384], [384, 200]])
+    table = assign_rois(small_result.table, [left, right], shape)
+    assert len(table) == len(small_result.table) and (table["roi"] == -1).any()
+    summ = roi_summary(table, ["left", "right"])
+    assert summ["roi_name"].tolist() == ["left", "right", WHOLE_FIELD]
+    for k, name in enumerate(["left", "right"]):
+        sub = table[table["roi"] == k]
+        row = summ[summ["roi_name"] == name].iloc[0]
+        sc = field_scores(sub)
+        assert row["n_cells"] == len(sub) > 0
+        assert row["pct_positive"] == pytest.approx(sc["pct_positive"])
+        assert row["h_score"] == pytest.approx(sc["h_score"])
+        assert row["allred"] == sc["allred"]
+        assert row["mean_er"] == pytest.approx(sub["nucleus_er_mean_bgcorr"].mean())
+    whole = summ.iloc[-1]
+    assert whole["n_cells"] == len(table)
+    assert whole["h_score"] == pytest.approx(small_result.scores["er"]["h_score"])
+    # the core's ROI filter keeps the same cells
+    filtered = quantify(small_field.image, roi=[left, right], backend="numpy")
+    assert set(filtered.table["label"]) == set(table.loc[table["roi"] >= 0, "label"])

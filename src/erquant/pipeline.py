@@ -508,3 +508,196 @@ def quantify_batch(fields, *, nuclei_channel: int = 0,
             next(gen)
         except StopIteration as stop:
             return stop.value
+
+
+# ------------------------------------------------------------------ corrections and ROIs
+def remeasure_iter(nuclei, field_, *, nuclei_channel: int = 0,
+                   marker_channels: Mapping[str, int] | None = None,
+                   params: Params | None = None, roi=None, reference: Any = None,
+                   backend: str | Backend = "auto", flatfield=None, downsample: float = 1.0,
+                   ) -> Generator[Progress, None, FieldResult]:
+    """Generator twin of :func:`remeasure` (yields :class:`Progress`)."""
+    from erquant.qc import validate_image
+    from erquant.segment import segment_cells
+
+    params = params or Params()
+    if marker_channels is None:
+        marker_channels = {"er": 1} if getattr(field_, "ndim", 0) == 3 else {}
+    bk = get_backend(backend)
+    yield Progress("load", 0.0)
+    nuc_img, markers = _split_field(field_, nuclei_channel, marker_channels)
+    lab = np.asarray(to_numpy(nuclei))
+    if hasattr(lab, "compute") and not isinstance(lab, np.ndarray):  # dask
+        lab = np.asarray(lab.compute())
+    if lab.shape != tuple(nuc_img.shape):
+        raise ValueError(f"nuclei labels {lab.shape} and the field {tuple(nuc_img.shape)} "
+                         "differ in shape")
+    if lab.dtype.kind not in "iu" or (lab.size and lab.min() < 0):
+        raise ValueError(f"nuclei labels must be non-negative integers, got {lab.dtype}")
+    nuc = bk.asarray(nuc_img)
+    markers = {k: bk.asarray(v) for k, v in markers.items()}
+    validate_image(nuc, params.nuclei_name)
+    for name, img in markers.items():
+        validate_image(img, name)
+    roi_map = roi_index_map(roi, tuple(nuc.shape)) if roi is not None else None
+    nuclei_d = bk.asarray(lab.astype(np.uint32, copy=False))
+
+    yield Progress("cells", 0.2)
+    cyto = next(iter(markers.values())) if (params.cells.use_marker and markers) else None
+    cells = segment_cells(nuclei_d, cytoplasm_image=cyto,
+                          max_distance=params.cells.max_distance,
+                          downsample=max(1.0, float(downsample or 1)))
+    areas = np.bincount(lab.ravel().astype(np.int64))[1:]
+    areas = areas[areas > 0]
+    seg_info = {"diameter": float(np.median(2 * np.sqrt(areas / np.pi))) if areas.size else None,
+                "threshold": None, "downsample": max(1.0, float(downsample or 1))}
+    yield Progress("measure", 0.4)
+    result = yield from _finish_field(bk, nuc, markers, nuclei_d, cells, seg_info, params,
+                                      roi_map, flatfield, reference, start=0.4, span=0.6)
+    result.info["remeasured"] = True
+    return result
+
+
+def remeasure(nuclei, field_, *, nuclei_channel: int = 0,
+              marker_channels: Mapping[str, int] | None = None, params: Params | None = None,
+              roi=None, reference: Any = None, backend: str | Backend = "auto",
+              flatfield=None, downsample: float = 1.0) -> FieldResult:
+    """Rebuild cells from (edited) nuclei labels and measure again, without segmenting.
+
+    What a user fixed by hand (painted, erased, split or merged nuclei) is what gets
+    measured: the nuclei keep their label values, cells are grown from them with
+    :func:`erquant.segment.segment_cells`, and the table, scores and QC are
+    recomputed by the same per-field tail as :func:`quantify`.
+
+    Parameters
+    ----------
+    nuclei : (Y, X) integer array
+        Nucleus labels (0 = background), e.g. a corrected napari Labels layer.
+    field_ : (C, Y, X) or (Y, X) array
+        The field the labels belong to.
+    nuclei_channel, marker_channels, params, roi, reference, backend, flatfield
+        As :func:`quantify`.
+    downsample : float
+        Grow the cells on a copy this many times smaller (1: exact). Pass the
+        ``info["downsample"]`` of the :class:`FieldResult` being corrected to grow them
+        exactly as :func:`quantify` did (unchanged labels then give the same table).
+
+    Returns
+    -------
+    FieldResult
+        ``info["diameter"]`` is the median equivalent diameter of the given nuclei,
+        ``info["threshold"]`` None (nothing was thresholded), ``info["remeasured"]`` True.
+
+    Examples
+    --------
+    >>> from erquant.synthetic import make_field
+    >>> f = make_field(shape=(128, 128), n_nuclei=8, seed=2)
+    >>> r = remeasure(f.nuclei, f.image, backend="numpy")
+    >>> r.n_nuclei == len(set(f.nuclei.ravel()) - {0})
+    True
+    """
+    gen = remeasure_iter(nuclei, field_, nuclei_channel=nuclei_channel,
+                         marker_channels=marker_channels, params=params, roi=roi,
+                         reference=reference, backend=backend, flatfield=flatfield,
+                         downsample=downsample)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def assign_rois(table: pd.DataFrame, roi, shape: tuple[int, int]) -> pd.DataFrame:
+    """Copy of ``table`` with ``roi``: the ROI index (0-based) holding each cell's nucleus
+    centre (rounded, as :func:`quantify` does), -1 outside every ROI.
+
+    ``roi`` as in :func:`roi_index_map`. Cells are kept, so a field can be classified as
+    a whole and summarised per ROI (:func:`roi_summary`).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"label": [1, 2], "centroid_y": [2.0, 8.0], "centroid_x": [2.0, 8.0]})
+    >>> square = np.array([[0, 0], [0, 5], [5, 5], [5, 0]])
+    >>> assign_rois(t, [square], (10, 10))["roi"].tolist()
+    [0, -1]
+    """
+    out = table.copy()
+    if roi is None:
+        out["roi"] = np.zeros(len(out), np.int16)
+        return out
+    roi_map = roi_index_map(roi, tuple(shape))
+    if not len(out):
+        out["roi"] = np.zeros(0, np.int16)
+        return out
+    cy = np.clip(np.rint(out["centroid_y"].to_numpy()), 0, shape[0] - 1).astype(int)
+    cx = np.clip(np.rint(out["centroid_x"].to_numpy()), 0, shape[1] - 1).astype(int)
+    out["roi"] = roi_map[cy, cx]
+    return out
+
+
+WHOLE_FIELD = "whole field"
+
+
+def roi_summary(table: pd.DataFrame, roi_names=None, marker: str = "er", *,
+                compartment: str = "nucleus", whole_field: bool = True) -> pd.DataFrame:
+    """One row per ROI (and one for the whole field): counts and ERα scores.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Classified per-cell table (``{marker}_class``, ``roi`` as from :func:`quantify` or
+        :func:`assign_rois`; -1 = outside every ROI).
+    roi_names : sequence of str, optional
+        Name of ROI 0, 1, …; default ``roi1``, ``roi2``, … for the indices present.
+    marker : str
+        Marker to score; without its columns only the counts are given.
+    compartment : str
+        Compartment whose background-corrected mean is classified (``nucleus``).
+    whole_field : bool
+        Add a row named :data:`WHOLE_FIELD` with every cell of the table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``roi``, ``roi_name``, ``n_cells``, ``mean_{marker}``, ``median_{marker}`` (of
+        ``{compartment}_{marker}_mean_bgcorr``), ``pct_positive``, ``h_score``, ``allred``;
+        the whole-field row has ``roi`` -1.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"roi": [0, 0, 1], "er_class": [0, 2, 3],
+    ...                   "nucleus_er_mean_bgcorr": [1.0, 5.0, 9.0]})
+    >>> s = roi_summary(t, ["a", "b"])
+    >>> s[["roi_name", "n_cells", "pct_positive", "h_score"]].round(1).values.tolist()
+    [['a', 2, 50.0, 100.0], ['b', 1, 100.0, 300.0], ['whole field', 3, 66.7, 166.7]]
+    """
+    from erquant.classify import field_scores
+
+    if "roi" in table.columns:
+        present = sorted(int(v) for v in pd.unique(table["roi"]) if int(v) >= 0)
+    else:
+        present = []
+    names = list(roi_names) if roi_names is not None else [f"roi{i + 1}" for i in
+                                                           range(max(present, default=-1) + 1)]
+    groups = [(i, names[i] if i < len(names) else f"roi{i + 1}",
+               table[table["roi"] == i] if "roi" in table.columns else table.iloc[:0])
+              for i in range(max(len(names), max(present, default=-1) + 1))]
+    if whole_field:
+        groups.append((-1, WHOLE_FIELD, table))
+    vcol = f"{compartment}_{marker}_mean_bgcorr"
+    scored = f"{marker}_class" in table.columns and vcol in table.columns
+    rows = []
+    for idx, name, sub in groups:
+        row: dict[str, Any] = {"roi": idx, "roi_name": name, "n_cells": int(len(sub))}
+        if scored:
+            vals = sub[vcol].to_numpy(dtype=float)
+            finite = vals[np.isfinite(vals)]
+            sc = field_scores(sub, channel=marker, compartment=compartment)
+            row.update({
+                f"mean_{marker}": float(finite.mean()) if finite.size else math.nan,
+                f"median_{marker}": float(np.median(finite)) if finite.size else math.nan,
+                "pct_positive": sc["pct_positive"], "h_score": sc["h_score"],
+                "allred": sc["allred"],
+            })
+        rows.append(row)
+    return pd.DataFrame(rows)
