@@ -370,3 +370,34 @@ def test_report_on_a_run_folder_shows_fits_and_thumbnails(plate, reference_run, 
     html = (out / "report.html").read_text()
     assert "fulvestrant-like" in html and "not fitted" in html
     assert html.count("data:image/png;base64,") >= 3
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_keeps_fields_and_resumes(tmp_path):
+    """SIGINT to the whole process group (what Ctrl-C in a terminal sends): exit 130, one
+    line, no worker tracebacks, finished fields kept; a rerun completes the plate."""
+    spec = PlateSpec(name="INT", shape=(512, 512), fields_per_well=4, n_nuclei=80,
+                     compounds=(CompoundSpec("cpdA"),), doses_nM=(0.1, 1, 10, 100, 1000, 3000),
+                     n_vehicle=2, n_reference=1, time_points_h=(24.0,), seed=7)
+    plate = write_plate(spec, tmp_path / "INT", progress=False, formats=("metaxpress",))
+    out = tmp_path / "out"
+    cmd = [str(BIN / "erquant"), "run", str(plate), "-o", str(out), "--workers", "2", "-q",
+           "--no-report"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        _wait_for_parts(out, 4, proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert "interrupted:" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "interrupted" and 4 <= run["n_ok"] < 36
+    assert main(["run", str(plate), "-o", str(out), "--workers", "0", "-q", "--no-report"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "done" and run["n_ok"] == 36 and run["n_resumed"] >= 4

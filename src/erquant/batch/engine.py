@@ -246,11 +246,19 @@ def _client(workers: int | None, scheduler: str | None, gpus: int | None,
                 "`if __name__ == '__main__':`, or pass workers=0 to run in this process"
             ) from exc
     client = Client(cluster)
+    with contextlib.suppress(Exception):  # Ctrl-C reaches the workers too: the client stops
+        client.run(_ignore_sigint)        # them cleanly, without their own tracebacks
     try:
         yield client
     finally:
         client.close()
         cluster.close()
+
+
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _gpu_worker_setup(pool_fraction: float = 0.8) -> str:
