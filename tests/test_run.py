@@ -401,3 +401,23 @@ def test_ctrl_c_stops_cleanly_keeps_fields_and_resumes(tmp_path):
     assert main(["run", str(plate), "-o", str(out), "--workers", "0", "-q", "--no-report"]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "done" and run["n_ok"] == 36 and run["n_resumed"] >= 4
+
+
+def test_fields_per_task_segments_fields_together(plate, reference_run, tmp_path):
+    """--fields-per-task N: N fields per task through quantify_batch (the GPU path's
+    batching, run here on the CPU); a field that cannot be loaded fails alone."""
+    bad = tmp_path / "plate"
+    shutil.copytree(plate, bad, ignore=shutil.ignore_patterns("truth", "*.ome.tif"))
+    (bad / "TimePoint_1" / "A02_s2_w2.tif").unlink()
+    out = tmp_path / "out"
+    rc = main(["run", str(bad), "-o", str(out), "--workers", "0", "-q", "--no-report",
+               "--fields-per-task", "4"])
+    assert rc == 1
+    _, fields, _ = _tables(out)
+    assert (fields["status"] == "ok").sum() == 13
+    assert fields.loc[fields["status"] != "ok", "well"].tolist() == ["A02"]
+    truth = pd.read_csv(plate / "truth" / "fields.csv")
+    m = fields[fields["status"] == "ok"].merge(truth, on=["well", "field"])
+    # one diameter per montage (the median of three fields' estimates): every count right
+    assert (m["n_nuclei"] - m["true_count"]).abs().max() <= 1, m[["n_nuclei", "true_count"]]
+    assert m.groupby("well")["diameter_px"].nunique().max() == 1
