@@ -178,13 +178,12 @@ def _resolve_channels(cmap: ChannelMap, available: Sequence[str], where: str,
 
 # --------------------------------------------------------------------------- readers
 def _timepoint_hours(folder: Path) -> dict[int, float]:
-    csv = folder / "timepoints.csv"
-    if not csv.exists():
-        return {}
-    tab = pd.read_csv(csv)
-    if not {"timepoint", "time_h"} <= set(tab.columns):
-        raise InputError(f"{csv}: must have columns 'timepoint' and 'time_h'")
-    return dict(zip(tab["timepoint"].astype(int), tab["time_h"].astype(float)))
+    from erquant.io.plate import _timepoint_hours as hours
+
+    try:
+        return hours(folder)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
 
 
 @dataclass
