@@ -220,8 +220,8 @@ class Fit:
         if scale == "linear":
             return self.ec50 - t * se_e, self.ec50 + t * se_e
         if scale == "log":
-            s = se_e / self.ec50
-            return self.ec50 * math.exp(-t * s), self.ec50 * math.exp(t * s)
+            s = min(t * se_e / self.ec50, 700.0)  # beyond e^700 the bound is infinite anyway
+            return self.ec50 * math.exp(-s), self.ec50 * math.exp(s)
         raise ValueError(f"scale must be 'log' or 'linear', got {scale!r}")
 
 

@@ -44,8 +44,10 @@ class AnalysisError(ValueError):
 
 
 def readouts_of(df: pd.DataFrame) -> list[str]:
-    """The readouts present in ``df`` (ERα readouts first, then ``n_nuclei``)."""
-    return [r for r in (*ER_READOUTS, COUNT_READOUT) if r in df.columns]
+    """The readouts present in ``df`` with any value (ERα readouts first, then
+    ``n_nuclei``; a run without an ERα channel has only the count)."""
+    return [r for r in (*ER_READOUTS, COUNT_READOUT)
+            if r in df.columns and pd.to_numeric(df[r], errors="coerce").notna().any()]
 
 
 def group_keys(df: pd.DataFrame) -> list[str]:

@@ -37,7 +37,9 @@ def field_loader(outdir):
                         str(part["well"]), int(part["row"]), int(part["col"]),
                         int(part["field"]), chans)
         img, names = load_item(item)
-        marker = next((n for n in names if n != "nuclei"), None)
+        marker = "er" if "er" in names else next((n for n in names if n != "nuclei"), None)
+        if marker is None:
+            raise ValueError("the run has no marker channel (only nuclei) to colour by")
         lab_path = outdir / "labels" / f"{pid}_nuclei.tif"
         if lab_path.exists():
             import tifffile
@@ -51,7 +53,7 @@ def field_loader(outdir):
             labels = np.asarray(segment_nuclei(img[names.index("nuclei")],
                                                **_seg_kwargs(params, part)))
         return {"image_nuclei": img[names.index("nuclei")],
-                "image_er": img[names.index(marker)] if marker else None,
+                "image_er": img[names.index(marker)],
                 "labels": labels.astype(np.uint32)}
 
     return load_field
