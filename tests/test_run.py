@@ -421,3 +421,16 @@ def test_fields_per_task_segments_fields_together(plate, reference_run, tmp_path
     # one diameter per montage (the median of three fields' estimates): every count right
     assert (m["n_nuclei"] - m["true_count"]).abs().max() <= 1, m[["n_nuclei", "true_count"]]
     assert m.groupby("well")["diameter_px"].nunique().max() == 1
+
+
+def test_nuclei_only_run_counts_and_fits_the_count(plate, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["run", str(plate), "-o", str(out), "--workers", "0", "-q",
+               "--channels", "w1=nuclei"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "analysis failed" not in err, err
+    cells, fields, wells = _tables(out)
+    assert not any(c.startswith("nucleus_er") for c in cells.columns)
+    assert wells["n_nuclei"].sum() == len(cells) > 0
+    dr = pd.read_csv(out / "dose_response.csv")
+    assert set(dr["readout"]) == {"n_nuclei"}
