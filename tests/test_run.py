@@ -222,7 +222,7 @@ def test_rerun_with_other_parameters_is_refused(plate, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["empty", "channel", "nuclei", "scheduler", "pattern",
-                                  "params", "outfile", "roi"])
+                                  "params", "outfile", "roi", "foreign"])
 def test_fail_fast_exit_2(plate, tmp_path, capsys, case):
     out = tmp_path / "out"
     args = ["run", str(plate), "-o", str(out), "--workers", "0", "-q"]
@@ -235,6 +235,7 @@ def test_fail_fast_exit_2(plate, tmp_path, capsys, case):
         "params": "p.toml",
         "outfile": "not a folder",
         "roi": "rois.geojson",
+        "foreign": "holds wells.csv but no erquant run",
     }[case]
     if case == "empty":
         (tmp_path / "empty").mkdir()
@@ -252,6 +253,9 @@ def test_fail_fast_exit_2(plate, tmp_path, capsys, case):
         args += ["--params", str(tmp_path / "p.toml")]
     elif case == "outfile":
         out.write_text("a file")
+    elif case == "foreign":
+        out.mkdir()
+        (out / "wells.csv").write_text("my own table\n")
     elif case == "roi":
         (tmp_path / "rois.geojson").write_text('{"type": "FeatureCollection", "features": '
                                                '[{"geometry": {"type": "Point"}}]}')
@@ -262,6 +266,8 @@ def test_fail_fast_exit_2(plate, tmp_path, capsys, case):
     assert expect in err, err
     assert "Traceback" not in err
     assert not (out / "parts").exists() or not any((out / "parts").iterdir())
+    if case == "foreign":
+        assert (out / "wells.csv").read_text() == "my own table\n"
 
 
 # --------------------------------------------------------------------------- kill -9

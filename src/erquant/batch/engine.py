@@ -366,6 +366,13 @@ def run_batch(input_path, outdir, *, plate_map=None, params: Params | str | None
             previous = json.loads(run_json.read_text())
     elif parts.exists() and any(parts.glob("*.json")):
         previous = {"fingerprint": None}
+    ours = ("cells.parquet", "fields.csv", "wells.csv", "dose_response.csv", "report.html",
+            "plate_qc.csv", "normalised_wells.csv")
+    foreign = [n for n in ours if (outdir / n).exists()]
+    if previous is None and foreign and not overwrite:
+        raise RunUsageError(
+            f"{outdir} holds {', '.join(foreign)} but no erquant run (no run.json): not "
+            "overwriting them; choose another output folder or pass --overwrite")
     if previous is not None and previous.get("fingerprint") != fingerprint:
         if not overwrite:
             why = _what_changed(previous.get("fingerprint_inputs") or {}, what)
