@@ -8,7 +8,9 @@ channel the file / series / plane to read), so it travels to a dask worker, whic
 calls :func:`load_item` there: the client never holds pixel data.
 
 Adding a layout means adding a reader with ``items() -> list[WorkItem]`` and
-``channel_ids() -> list[str]``; :func:`open_input` picks the reader.
+``channel_ids() -> list[str]``; :func:`open_input` picks the reader. Vendor layouts
+(Yokogawa CellVoyager, Revvity Opera/Operetta Harmony exports) are in
+:mod:`erquant.io.vendors`.
 
 Channel ids
 -----------
@@ -16,6 +18,9 @@ Channel ids
 - ``--pattern`` folders: the text of the ``channel`` group (``DAPI``, ``1``, …); a
   numeric id ``n`` is also reachable as ``w<n>``.
 - OME-TIFF stacks: ``w1``, ``w2``, … (1-based plane order) and the OME channel names.
+- CellVoyager: ``C01``, ``C02``, … (also ``w1``, ``w2``, …).
+- Opera / Operetta: ``ch1``, ``ch2``, … (also ``w1``, ``w2``, … and the channel names of
+  ``Index.xml``).
 
 A :class:`ChannelMap` maps channel ids to the names used in tables: the nuclear
 stain must be called ``nuclei``; every other name is a marker measured per cell
@@ -58,6 +63,8 @@ class ChannelSource:
     path: str
     series: int | None = None  #: OME series (None: the first/only one)
     plane: int | None = None  #: plane (channel) index inside the series
+    z_paths: tuple[str, ...] = ()  #: further Z planes (files), projected with ``path``
+    z_mode: str = "max"  #: how Z planes are combined: "max" (maximum projection)
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,8 @@ class WorkItem:
     @property
     def files(self) -> list[str]:
         """Distinct files this field is read from."""
-        return sorted({src.path for _, src in self.channels if src is not None})
+        return sorted({p for _, src in self.channels if src is not None
+                       for p in (src.path, *src.z_paths)})
 
     def describe(self) -> str:
         return f"{self.plate} {self.well} field {self.field} (timepoint {self.timepoint})"
@@ -393,6 +401,11 @@ def open_input(path: str | os.PathLike, *, pattern: str | None = None,
                          "(*.ome.tif); for folders of images give the folder")
     if pattern:
         return PatternReader(path, pattern, cmap)
+    from erquant.io.vendors import detect_vendor
+
+    vendor = detect_vendor(path, cmap)
+    if vendor is not None:
+        return vendor
     from erquant.io.plate import _NAME_RE
 
     if any(_NAME_RE.match(p.name) for p in path.rglob("*.tif*")):
@@ -401,12 +414,22 @@ def open_input(path: str | os.PathLike, *, pattern: str | None = None,
     if len(stacks) == 1:
         return OmeStackReader(stacks[0], cmap)
     raise InputError(f"{path}: no MetaXpress-style image (e.g. 'A01_s1_w1.tif' or "
-                     "'TimePoint_1/A01_s1_w1.tif') and no single OME-TIFF stack found; for "
-                     "other names give --pattern with named groups well, field, channel")
+                     "'TimePoint_1/A01_s1_w1.tif'), no CellVoyager or Opera/Operetta export "
+                     "and no single OME-TIFF stack found; for other names give --pattern with "
+                     "named groups well, field, channel")
 
 
 # --------------------------------------------------------------------------- loading
 def _read_plane(src: ChannelSource) -> np.ndarray:
+    if src.z_paths:  # a Z stack of single-plane files: maximum projection
+        planes = [_read_plane(ChannelSource(p, src.series, src.plane))
+                  for p in (src.path, *src.z_paths)]
+        if len({p.shape for p in planes}) != 1:
+            raise ValueError(f"Z planes of {src.path!r} differ in shape: "
+                             f"{sorted({p.shape for p in planes})}")
+        if src.z_mode != "max":
+            raise ValueError(f"unknown Z mode {src.z_mode!r} (supported: 'max')")
+        return np.max(np.stack(planes), axis=0)
     if src.series is None and src.plane is None:
         from erquant.io.tiff import read_image
 

@@ -1,0 +1,124 @@
+"""Vendor layouts (CellVoyager, Opera/Operetta) through the work-item readers and
+`erquant run`: the same fields as the MetaXpress plate they were copied from give the
+same cells; Z planes are maximum-projected."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from erquant.cli import main
+from erquant.io.items import InputError, load_item, open_input
+from erquant.synthetic import CompoundSpec, PlateSpec, write_plate
+
+SPEC = PlateSpec(name="VEN", shape=(160, 160), fields_per_well=2, n_nuclei=16,
+                 compounds=(CompoundSpec("cpdA"),), doses_nM=(1.0, 100.0), n_vehicle=2,
+                 n_reference=0, reference=None, time_points_h=(24.0,),
+                 out_of_focus_fraction=0.0, seed=2)
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory) -> Path:
+    return write_plate(SPEC, tmp_path_factory.mktemp("ven") / "VEN", progress=False,
+                       formats=("metaxpress",))
+
+
+@pytest.fixture(scope="module")
+def reference(plate, tmp_path_factory) -> pd.DataFrame:
+    out = tmp_path_factory.mktemp("ref") / "out"
+    assert main(["run", str(plate), "-o", str(out), "--workers", "0", "-q", "--no-report"]) == 0
+    return pd.read_parquet(out / "cells.parquet")
+
+
+def _metaxpress_files(plate: Path):
+    for p in sorted((plate / "TimePoint_1").glob("*.tif")):
+        well, s, w = p.stem.split("_")
+        yield p, well, int(s[1:]), int(w[1:])
+
+
+def _same_cells(a: pd.DataFrame, b: pd.DataFrame):
+    drop = ["plate", "time_h"]
+    pd.testing.assert_frame_equal(a.drop(columns=drop), b.drop(columns=drop))
+
+
+def test_cellvoyager_folder_with_z_planes(plate, reference, tmp_path):
+    src = tmp_path / "cv"
+    src.mkdir()
+    for p, well, fld, ch in _metaxpress_files(plate):
+        img = tifffile.imread(p)
+        base = f"VEN_{well}_T0001F{fld:03d}L01A01Z01C{ch:02d}.tif"
+        tifffile.imwrite(src / base, img)
+        dim = (img.astype(np.float32) * 0.5).astype(img.dtype)  # a dimmer plane above
+        tifffile.imwrite(src / base.replace("Z01", "Z02"), dim)
+    (src / "VEN_A01_T0001F001L01A01Z01C01_thumb.jpg").write_bytes(b"not an image")
+    shutil.copy(plate / "plate_map.csv", src)
+    reader = open_input(src)
+    assert type(reader).__name__ == "CellVoyagerReader"
+    items = reader.items()
+    assert len(items) == 8 and {it.well for it in items} == {"A01", "A02", "A11", "B11"}
+    img, names = load_item(items[0])
+    mx = tifffile.imread(plate / "TimePoint_1" / "A01_s1_w1.tif")
+    assert names == ["nuclei", "er"] and np.array_equal(img[0], mx)  # max of Z01, Z02
+    out = tmp_path / "out"
+    assert main(["run", str(src), "-o", str(out), "--workers", "0", "-q", "--no-report"]) == 0
+    _same_cells(reference, pd.read_parquet(out / "cells.parquet"))
+
+
+INDEX = """<?xml version="1.0" encoding="utf-8"?>
+<EvaluationInputData xmlns="http://www.perkinelmer.com/PEHH/HarmonyV5" Version="2">
+  <Plates><Plate><PlateID>VEN-OP</PlateID><Name>VEN op</Name></Plate></Plates>
+  <Images>
+{images}
+  </Images>
+</EvaluationInputData>
+"""
+IMAGE = """    <Image Version="1"><id>{id}</id><URL>{url}</URL><Row>{row}</Row><Col>{col}</Col>
+      <FieldID>{field}</FieldID><PlaneID>1</PlaneID><TimepointID>0</TimepointID>
+      <ChannelID>{ch}</ChannelID><ChannelName>{name}</ChannelName>
+      <ImageResolutionX Unit="m">6.5E-07</ImageResolutionX></Image>"""
+
+
+@pytest.mark.parametrize("with_index", [True, False])
+def test_operetta_export(plate, reference, tmp_path, with_index):
+    from erquant.io.plate import parse_well
+
+    src = tmp_path / "op"
+    (src / "Images").mkdir(parents=True)
+    images = []
+    for p, well, fld, ch in _metaxpress_files(plate):
+        r, c = parse_well(well)
+        url = f"r{r:02d}c{c:02d}f{fld:02d}p01-ch{ch}sk1fk1fl1.tiff"
+        shutil.copy(p, src / "Images" / url)
+        images.append(IMAGE.format(id=url[:-5], url=url, row=r, col=c, field=fld, ch=ch,
+                                   name={1: "HOECHST 33342", 2: "Alexa 488"}[ch]))
+    if with_index:
+        (src / "Images" / "Index.idx.xml").write_text(INDEX.format(images="\n".join(images)))
+    shutil.copy(plate / "plate_map.csv", src)
+    channels = "HOECHST 33342=nuclei,Alexa 488=er" if with_index else "ch1=nuclei,ch2=er"
+    reader = open_input(src, channels=channels)
+    assert type(reader).__name__ == "OperettaReader"
+    items = reader.items()
+    assert len(items) == 8
+    if with_index:
+        assert {it.plate for it in items} == {"VEN-OP"}
+        assert reader.pixel_size_um == pytest.approx(0.65)
+    out = tmp_path / "out"
+    assert main(["run", str(src), "-o", str(out), "--workers", "0", "-q", "--no-report",
+                 "--channels", channels]) == 0
+    _same_cells(reference, pd.read_parquet(out / "cells.parquet"))
+
+
+def test_operetta_index_naming_a_missing_file_is_a_clear_error(tmp_path):
+    (tmp_path / "Images").mkdir()
+    tifffile.imwrite(tmp_path / "Images" / "r01c01f01p01-ch1sk1fk1fl1.tiff",
+                     np.zeros((8, 8), np.uint16))
+    img = IMAGE.format(id="x", url="r01c01f02p01-ch1sk1fk1fl1.tiff", row=1, col=1, field=2,
+                       ch=1, name="DAPI")
+    (tmp_path / "Images" / "Index.xml").write_text(INDEX.format(images=img))
+    with pytest.raises(InputError, match="r01c01f02p01-ch1sk1fk1fl1.tiff, which is not in"):
+        open_input(tmp_path, channels="ch1=nuclei").items()
