@@ -81,7 +81,7 @@ def test_reader_ome_tiff_is_lazy_and_split(tmp_path):
     reader = _reader.get_reader(str(path))
     assert reader is not None
     layers = reader(str(path))
-    assert [m["name"] for _, m, _ in layers] == ["nuclei", "er"]
+    assert [m["name"] for _, m, _ in layers] == ["stack nuclei", "stack er"]
     assert all(t == "image" for _, _, t in layers)
     for c, (arr, _meta, _) in enumerate(layers):
         assert isinstance(arr, da.Array)  # lazy
@@ -96,7 +96,7 @@ def test_reader_plain_multichannel_tiff_and_zarr(tmp_path):
     tif = tmp_path / "field.tif"
     tifffile.imwrite(tif, data)  # no axes metadata: short leading axis = channels
     layers = _reader.read_layers(str(tif))
-    assert [m["name"] for _, m, _ in layers] == ["nuclei", "er"]
+    assert [m["name"] for _, m, _ in layers] == ["field nuclei", "field er"]
     np.testing.assert_array_equal(layers[1][0].compute(), data[1])
 
     zpath = tmp_path / "field.zarr"
@@ -111,20 +111,20 @@ def test_reader_plain_multichannel_tiff_and_zarr(tmp_path):
     assert isinstance(zl[0][0], da.Array)
     np.testing.assert_array_equal(zl[0][0].compute(), data[0])
 
-    assert _reader.get_reader(str(tmp_path / "image.png")) is None
+    assert _reader.get_reader(str(tmp_path / "image.gif")) is None
+    assert _reader.get_reader(str(tmp_path)) is None  # a folder of no plate
     single = tmp_path / "one.tif"
     tifffile.imwrite(single, data[0])
     (arr, meta, _), = _reader.read_layers(str(single))
-    assert arr.shape == (32, 48) and meta["name"] == "one.tif"
+    assert arr.shape == (32, 48) and meta["name"] == "one"
 
 
 # ----------------------------------------------------------------------------- layers
 def test_result_layer_data(result):
-    tuples = _layers.result_layer_data(result, scale=(0.5, 0.5))
+    tuples = _layers.result_layer_data(result, source="A01_s1", scale=(0.5, 0.5))
     assert [(m["name"], t) for _, m, t in tuples] == [
-        (_layers.NUCLEI_LAYER, "labels"), (_layers.CELLS_LAYER, "labels"),
-        (_layers.POINTS_LAYER, "points")]
-    (nuc, nmeta, _), (cells, cmeta, _), (pts, pmeta, _) = tuples
+        ("A01_s1 nuclei", "labels"), ("A01_s1 cells", "labels")]
+    (nuc, nmeta, _), (cells, cmeta, _) = tuples
     assert nuc.shape == cells.shape == SHAPE
     ids = np.unique(nuc[nuc > 0])
     for meta in (nmeta, cmeta):
@@ -132,12 +132,14 @@ def test_result_layer_data(result):
         assert set(feats["label"]) == set(ids)
         np.testing.assert_array_equal(feats["index"], feats["label"])  # napari's key
         assert meta["scale"] == (0.5, 0.5)
-    assert pts.shape == (len(result.table), 2)
-    assert pmeta["face_color"].shape == (len(result.table), 4)
-    # each centroid lies on its own nucleus
-    yx = np.round(pts).astype(int)
-    hit = nuc[yx[:, 0], yx[:, 1]]
-    assert np.mean(hit == result.table["label"].to_numpy()) > 0.9
+    # the cells' features are short (hover status); the nuclei layer has the full row
+    assert len(cmeta["features"].columns) <= 6 and "nucleus_er_mean_bgcorr" in cmeta["features"]
+    assert set(result.table.columns) <= set(nmeta["features"].columns)
+    # cells are coloured by ERα class
+    cmap = cmeta["colormap"]
+    row = result.table.iloc[0]
+    order = _layers._class_order(result.table["er_class"])[0]
+    np.testing.assert_allclose(cmap.color_dict[int(row["label"])], _layers.CLASS_COLORS[order])
 
 
 def test_point_colors_by_class_and_intensity():
@@ -159,6 +161,73 @@ def test_save_table_roundtrip(tmp_path, result):
     assert _layers.save_table(feats, tmp_path / "cells").suffix == ".csv"
 
 
+def test_reader_png_jpeg_and_channel_last(tmp_path):
+    from PIL import Image as PILImage
+
+    gray = (np.arange(40 * 30) % 251).astype(np.uint8).reshape(40, 30)
+    PILImage.fromarray(gray).save(tmp_path / "g.png")
+    rgb = np.stack([gray, gray // 2, 255 - gray], -1)
+    PILImage.fromarray(rgb).save(tmp_path / "c.png")
+    PILImage.fromarray(rgb).save(tmp_path / "c.jpg", quality=95)
+    assert _reader.get_reader(str(tmp_path / "g.png")) is _reader.read_layers
+    (arr, meta, _), = _reader.read_layers(str(tmp_path / "g.png"))
+    np.testing.assert_array_equal(np.asarray(arr), gray)
+    layers = _reader.read_layers(str(tmp_path / "c.png"))
+    assert [m["name"] for _, m, _ in layers] == ["c red", "c green", "c blue"]
+    np.testing.assert_array_equal(np.asarray(layers[2][0]), 255 - gray)
+    assert len(_reader.read_layers(str(tmp_path / "c.jpg"))) == 3
+    # channel-last TIFF (Y, X, C) splits into channels
+    cl = np.random.default_rng(2).integers(0, 999, (40, 30, 2), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "cl.tif", cl, photometric="minisblack", planarconfig="contig")
+    layers = _reader.read_layers(str(tmp_path / "cl.tif"))
+    assert [m["name"] for _, m, _ in layers] == ["cl nuclei", "cl er"]
+    np.testing.assert_array_equal(np.asarray(layers[1][0]), cl[..., 1])
+    # OME channel names are used (and guessed by the widget)
+    tifffile.imwrite(tmp_path / "n.ome.tif", cl.transpose(2, 0, 1), ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["ESR1", "DAPI"]}})
+    layers = _reader.read_layers(str(tmp_path / "n.ome.tif"))
+    assert [m["name"] for _, m, _ in layers] == ["n ESR1", "n DAPI"]
+    assert [m["colormap"] for _, m, _ in layers] == ["green", "blue"]
+
+
+def test_reader_plate_folder_is_one_lazy_stack_per_channel(tmp_path):
+    from erquant.io.items import load_item, open_input
+    from erquant.synthetic import PlateSpec, write_plate
+
+    plate = tmp_path / "plate"
+    write_plate(PlateSpec(shape=(128, 128), fields_per_well=2, n_nuclei=10), plate,
+                wells=["A01", "A02"], progress=False)
+    assert _reader.get_reader(str(plate)) is _reader.read_layers
+    layers = _reader.read_layers(str(plate))
+    assert len(layers) == 2
+    (nuc, nmeta, _), (er, emeta, _) = layers
+    assert nmeta["name"].endswith("nuclei") and emeta["name"].endswith("er")
+    assert (nmeta["colormap"], emeta["colormap"]) == ("blue", "green")
+    assert nmeta["blending"] == emeta["blending"] == "additive"
+    assert isinstance(nuc, da.Array) and nuc.shape == (4, 128, 128)
+    assert nmeta["metadata"]["fields"] == ["A01 s1", "A01 s2", "A02 s1", "A02 s2"]
+    items = open_input(plate).items()
+    img, _ = load_item(items[3])
+    np.testing.assert_array_equal(er[3].compute(), img[1])
+    np.testing.assert_array_equal(nuc[0].compute(), load_item(items[0])[0][0])
+
+
+def test_reader_multiseries_ome_tiff_is_a_stack(tmp_path):
+    rng = np.random.default_rng(4)
+    series = [rng.integers(0, 4000, (2, 48, 40), dtype=np.uint16) for _ in range(3)]
+    path = tmp_path / "fields.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        for s in series:
+            tw.write(s, metadata={"axes": "CYX"})
+    layers = _reader.read_layers(str(path))
+    assert len(layers) == 2
+    nuc, meta, _ = layers[0]
+    assert isinstance(nuc, da.Array) and nuc.shape == (3, 48, 40)
+    assert len(meta["metadata"]["fields"]) == 3
+    for k in range(3):
+        np.testing.assert_array_equal(layers[1][0][k].compute(), series[k][1])
+
+
 def test_sample_data():
     layers = _sample_data.make_sample_field(shape=(96, 96), n_nuclei=5, seed=1)
     names = [m["name"] for _, m, _ in layers]
@@ -168,57 +237,167 @@ def test_sample_data():
 
 
 # ----------------------------------------------------------------------------- GUI
+SOURCE = "field3"
+
+
 @pytest.fixture
 def widget_viewer(make_napari_viewer, field):
     from napari_erquant._widgets import QuantifyWidget
 
     image, truth = field
     viewer = make_napari_viewer()
-    viewer.add_image(image[0], name="nuclei", colormap="blue", blending="additive")
-    viewer.add_image(image[1], name="er", colormap="green", blending="additive")
+    md = {"source": SOURCE}
+    viewer.add_image(image[0], name="nuclei", colormap="blue", blending="additive", metadata=md)
+    viewer.add_image(image[1], name="er", colormap="green", blending="additive",
+                     metadata=dict(md))
     widget = QuantifyWidget(viewer)
     viewer.window.add_dock_widget(widget)
     return viewer, widget, truth
 
 
-def _run(qtbot, widget):
-    widget.run_button.native.click()
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
+def _run(qtbot, widget, method="run"):
+    worker = getattr(widget, method)()
+    assert worker is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+
+
+def _rect(y0, x0, y1, x1):
+    return np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float)
 
 
 @needs_display
-def test_widget_end_to_end(widget_viewer, qtbot):
+def test_widget_rois_results_dock_equal_core(widget_viewer, qtbot, result):
+    from erquant.pipeline import assign_rois, roi_summary
+
     viewer, widget, truth = widget_viewer
     assert widget.nuclei_layer.value is viewer.layers["nuclei"]  # guessed from names
     assert widget.er_layer.value is viewer.layers["er"]
+    rois = widget.add_roi_layer()
+    assert widget.roi_layer.value is rois  # picked automatically
+    left, right = _rect(0, 0, SHAPE[0], 100), _rect(0, 140, SHAPE[0], SHAPE[1])
+    rois.add([left, right], shape_type="rectangle")
+    assert rois.features["name"].tolist() == ["roi1", "roi2"]  # named on drawing
+    rois.features = pd.DataFrame({"name": ["left", "right"]})
     _run(qtbot, widget)
     assert widget.last_result is not None, widget.status.value
     assert widget.progress.value == 100
 
-    labels = viewer.layers[_layers.NUCLEI_LAYER]
+    names = _layers.layer_names(SOURCE)
+    labels = viewer.layers[names["nuclei"]]
     n_found, n_true = _n_labels(labels.data), _n_labels(truth)
     assert abs(n_found - n_true) <= max(2, 0.15 * n_true)
-    feats = labels.features
-    assert set(feats["label"]) == set(np.unique(labels.data[labels.data > 0]))
-    assert len(viewer.layers[_layers.POINTS_LAYER].data) == len(feats)
+    assert set(labels.features["label"]) == set(np.unique(labels.data[labels.data > 0]))
+    cells = viewer.layers[names["cells"]]
+    assert len(cells.features.columns) <= 6  # short hover status
+
+    # the dock's numbers are the core's on the same cells
+    core = roi_summary(assign_rois(result.table, [left, right], SHAPE), ["left", "right"])
+    state = widget.states[SOURCE]
+    pd.testing.assert_frame_equal(state.summary, core)
+    rows = widget.results.rows()
+    assert [r["ROI"] for r in rows] == ["left", "right", "whole field"]
+    for r, (_, c) in zip(rows, core.iterrows()):
+        assert int(r["cells"]) == c["n_cells"]
+        assert r["H-score"] == f"{c['h_score']:.0f}" and r["Allred"] == f"{c['allred']:.0f}"
+    assert 0 < core["n_cells"][0] < core["n_cells"][2]
+    assert set(state.table.loc[state.table["roi_name"] == "left", "label"]) == set(
+        result.table.loc[result.table["centroid_x"].round() <= 100, "label"])
+    assert "diameter" in widget.results.header.text()
+    assert widget.results.qc_label.text().startswith(("QC", "⚠"))
+
+    # clicking a ROI row selects that shape; renaming it in the table renames the ROI
+    widget.results.table.cellClicked.emit(1, 0)
+    assert rois.selected_data == {1}
+    widget.results.table.item(0, 0).setText("tumour")
+    assert rois.features["name"][0] == "tumour"
+    assert widget.states[SOURCE].summary["roi_name"][0] == "tumour"
 
     # re-run updates in place: no extra layers
     n_layers = len(viewer.layers)
     _run(qtbot, widget)
     assert len(viewer.layers) == n_layers
 
-    # ROI: a rectangle over the left half keeps only cells centred there
-    half = SHAPE[1] // 2
-    rect = np.array([[0, 0], [0, half], [SHAPE[0], half], [SHAPE[0], 0]], float)
-    roi = viewer.add_shapes([rect], shape_type="rectangle", name="roi")
-    widget.roi_layer.value = roi
+
+@needs_display
+def test_widget_remeasure_keeps_the_edit(widget_viewer, qtbot):
+    viewer, widget, _ = widget_viewer
     _run(qtbot, widget)
-    table = widget.last_result.table
-    assert 0 < len(table) < len(feats)
-    assert (table["centroid_x"] < half + 1).all()
-    assert set(table["roi"]) == {0}
-    assert set(viewer.layers[_layers.NUCLEI_LAYER].features["label"]) == set(table["label"])
-    assert len(viewer.layers) == n_layers + 1  # only the shapes layer was added
+    names = _layers.layer_names(SOURCE)
+    labels = viewer.layers[names["nuclei"]]
+    n0 = len(widget.states[SOURCE].table)
+    gone = int(labels.features["label"].iloc[5])
+    yx = np.argwhere(labels.data == gone)[0]
+    labels.fill(tuple(yx), 0)  # the bucket tool: erase one nucleus
+    assert not (labels.data == gone).any()
+    assert widget.remeasure_button.enabled
+    widget.remeasure_button.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    state = widget.states[SOURCE]
+    assert state.result.info.get("remeasured"), widget.status.value
+    assert len(state.table) == n0 - 1
+    assert gone not in set(state.table["label"])
+    assert not (viewer.layers[names["nuclei"]].data == gone).any()  # the edit stays
+    assert not (viewer.layers[names["cells"]].data == gone).any()
+    assert widget.results.rows()[-1]["cells"] == str(n0 - 1)
+    assert "re-measured" in widget.status.value
+
+
+@needs_display
+def test_two_images_results_coexist(widget_viewer, qtbot):
+    from erquant.synthetic import make_field
+
+    viewer, widget, _ = widget_viewer
+    _run(qtbot, widget)
+    other = np.asarray(make_field(shape=(128, 160), n_nuclei=8, seed=9).image)
+    nuc2 = viewer.add_image(other[0], name="f2 DAPI")
+    er2 = viewer.add_image(other[1], name="f2 ESR1")
+    widget.nuclei_layer.value, widget.er_layer.value = nuc2, er2
+    _run(qtbot, widget)
+    for src, shape in ((SOURCE, SHAPE), ("f2", (128, 160))):
+        for name in _layers.layer_names(src).values():
+            assert viewer.layers[name].data.shape == shape
+    assert set(widget.states) == {SOURCE, "f2"}
+    assert widget.results.source_box.count() == 2
+    widget.results.source_box.setCurrentText(SOURCE)
+    assert widget.current_source == SOURCE
+    # the user's choice is remembered when layers change
+    viewer.add_image(other[0], name="more DAPI")
+    assert widget.nuclei_layer.value is nuc2
+
+
+@needs_display
+def test_channels_guessed_by_name_not_order(make_napari_viewer, field):
+    from napari_erquant._widgets import QuantifyWidget
+
+    image, _ = field
+    viewer = make_napari_viewer()
+    widget = QuantifyWidget(viewer)
+    er = viewer.add_image(image[1], name="ESR1 AF488")  # marker first
+    assert widget.nuclei_layer.value is None and widget.er_layer.value is er
+    dapi = viewer.add_image(image[0], name="DAPI")
+    assert widget.nuclei_layer.value is dapi and widget.er_layer.value is er
+    viewer2 = make_napari_viewer()
+    w2 = QuantifyWidget(viewer2)
+    b = viewer2.add_image(image[1], name="A01_s1_w2")
+    a = viewer2.add_image(image[0], name="A01_s1_w1")
+    assert (w2.nuclei_layer.value, w2.er_layer.value) == (a, b)
+
+
+@needs_display
+def test_layers_of_different_fields_refused(make_napari_viewer, field, monkeypatch):
+    import napari_erquant._widgets as w
+
+    image, _ = field
+    viewer = make_napari_viewer()
+    widget = w.QuantifyWidget(viewer)
+    errors: list[str] = []
+    monkeypatch.setattr(w, "show_error", errors.append)
+    viewer.add_image(image[0], name="A01_s1_w1")
+    viewer.add_image(image[1], name="A02_s1_w2")
+    assert widget.run() is None and "different fields" in errors[-1]
+    widget.er_layer.value = viewer.add_image(image[1], name="A01_s1_w2", scale=(2, 2))
+    assert widget.run() is None and "pixel grid" in errors[-1]
+    assert widget.remeasure() is None  # nothing to re-measure yet
 
 
 @needs_display
@@ -228,7 +407,7 @@ def test_widget_cancel_and_empty_field(widget_viewer, qtbot):
     widget.cancel_button.native.click()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
     assert widget.last_result is None and widget.status.value == "cancelled"
-    assert _layers.NUCLEI_LAYER not in viewer.layers
+    assert _layers.layer_names(SOURCE)["nuclei"] not in viewer.layers
 
     # nuclei-only run with a manual threshold above everything: an empty, valid result
     widget.threshold.value = "manual"
@@ -237,24 +416,37 @@ def test_widget_cancel_and_empty_field(widget_viewer, qtbot):
     widget.er_layer.value = None
     _run(qtbot, widget)
     assert widget.last_result is not None and len(widget.last_result.table) == 0
-    assert len(viewer.layers[_layers.POINTS_LAYER].data) == 0
-    assert _n_labels(viewer.layers[_layers.NUCLEI_LAYER].data) == 0
+    assert _n_labels(viewer.layers[_layers.layer_names(SOURCE)["nuclei"]].data) == 0
+    assert widget.results.rows()[-1]["cells"] == "0"
 
 
 @needs_display
-def test_widget_errors_become_notifications(widget_viewer, qtbot, monkeypatch):
+def test_failed_run_marks_results_stale_and_export(widget_viewer, qtbot, monkeypatch, tmp_path):
+    import json
+
     import napari_erquant._widgets as w
 
+    import erquant
     import erquant.pipeline
 
     viewer, widget, _ = widget_viewer
     errors: list[str] = []
     monkeypatch.setattr(w, "show_error", errors.append)
     # bad input: planes of different shapes are refused before any thread starts
-    widget.er_layer.value = viewer.add_image(np.zeros((10, 10)), name="small")
+    widget.er_layer.value = viewer.add_image(np.zeros((10, 10)), name="small",
+                                             metadata={"source": SOURCE})
     assert widget.run() is None and "differ in shape" in errors[-1]
-    # an exception raised inside the worker thread
     widget.er_layer.value = viewer.layers["er"]
+    _run(qtbot, widget)
+    written = widget.export(tmp_path / "cells.parquet")
+    assert written is not None
+    back = pd.read_parquet(written["cells"])
+    assert len(back) == len(widget.states[SOURCE].table) and "roi_name" in back
+    meta = json.loads(written["metadata"].read_text())
+    assert meta["erquant_version"] == erquant.__version__ and meta["source"] == SOURCE
+    assert meta["thresholds"]["nuclei"] is not None and "er_class_bounds" in meta["thresholds"]
+    assert meta["parameters"]["segment"]["threshold"] == "otsu"
+    assert pd.read_csv(written["summary"])["roi_name"].tolist() == ["whole field"]
 
     def broken(field, **kwargs):
         yield erquant.pipeline.Progress("segment", 0.1)
@@ -263,7 +455,82 @@ def test_widget_errors_become_notifications(widget_viewer, qtbot, monkeypatch):
     monkeypatch.setattr(erquant.pipeline, "quantify_iter", broken)
     _run(qtbot, widget)
     assert "boom" in errors[-1] and widget.status.value == "error"
-    assert widget.last_result is None and widget.run_button.enabled
+    assert widget.states[SOURCE].stale
+    assert viewer.layers[_layers.layer_names(SOURCE)["cells"]].metadata["erquant_stale"]
+    assert "STALE" in widget.results.qc_label.text()
+    assert widget.export(tmp_path / "again.csv") is None and "stale" in errors[-1]
+    assert not (tmp_path / "again.csv").exists()
+    assert widget.run_button.enabled
+
+
+@needs_display
+def test_roi_geojson_roundtrip_restricts_batch_to_same_cells(make_napari_viewer, qtbot,
+                                                             tmp_path):
+    import json
+
+    from napari_erquant._widgets import QuantifyWidget
+
+    from erquant.batch import run_batch
+    from erquant.io.roi import read_roi_geojson
+    from erquant.synthetic import PlateSpec, write_plate
+
+    plate = tmp_path / "plate"
+    write_plate(PlateSpec(shape=(128, 128), fields_per_well=1, n_nuclei=12), plate,
+                wells=["A01"], progress=False)
+    (plate / "plate_map.csv").unlink()  # a one-well map has no vehicle: run_batch refuses it
+    files = sorted(plate.rglob("A01_s1_w*.tif"))
+    assert len(files) == 2, files
+    viewer = make_napari_viewer()
+    widget = QuantifyWidget(viewer)
+    for f in files:
+        viewer.open(str(f), plugin="erquant")
+    assert widget.nuclei_layer.value.name == "A01_s1_w1"
+    assert widget.er_layer.value.name == "A01_s1_w2"
+    rois = widget.add_roi_layer()
+    rois.add([_rect(5, 5, 90, 70), _rect(60, 80, 120, 125)], shape_type="rectangle")
+    rois.features = pd.DataFrame({"name": ["top left", "right"]})
+    _run(qtbot, widget)
+    state = widget.states["A01_s1"]
+    inside = set(state.table.loc[state.table["roi"] >= 0, "label"])
+    assert 0 < len(inside) < len(state.table)
+
+    path = widget.save_rois(tmp_path / "rois.geojson")
+    feats = json.loads(path.read_text())["features"]
+    assert [f["properties"]["name"] for f in feats] == ["top left", "right"]
+    assert feats[0]["properties"]["image"] == "A01_s1_w1.tif"
+    assert feats[0]["geometry"]["coordinates"][0][0] == [5.0, 5.0]  # [x, y] pixels
+    loaded = widget.load_rois(path)
+    assert loaded is not None and widget.roi_layer.value is loaded
+    assert loaded.features["name"].tolist() == ["top left", "right"]
+    for a, b in zip(loaded.data, rois.data):
+        np.testing.assert_allclose(a, b)
+    assert [r.name for r in read_roi_geojson(path)] == ["top left", "right"]
+
+    res = run_batch(plate, tmp_path / "out", roi=path, workers=0, progress=False,
+                    analysis=False)
+    assert res.n_ok == 1, res.failures
+    cells = pd.read_parquet(res.outputs["cells"])
+    assert set(cells["label"]) == inside
+    by_name = state.table[state.table["roi"] >= 0].set_index("label")["roi_name"]
+    assert (cells.set_index("label")["roi_name"].sort_index() == by_name.sort_index()).all()
+
+
+@needs_display
+def test_bad_inputs_are_notifications(widget_viewer, monkeypatch, tmp_path):
+    import napari_erquant._widgets as w
+
+    viewer, widget, _ = widget_viewer
+    errors: list[str] = []
+    monkeypatch.setattr(w, "show_error", errors.append)
+    assert widget.export(tmp_path / "x.csv") is None and "run first" in errors[-1]
+    assert widget.remeasure() is None and "labels" in errors[-1]
+    assert widget.save_rois(tmp_path / "r.geojson") is None and "no ROI" in errors[-1]
+    bad = tmp_path / "bad.geojson"
+    bad.write_text("{not json")
+    assert widget.load_rois(bad) is None and "bad.geojson" in errors[-1]
+    assert widget.load_rois(tmp_path / "missing.geojson") is None
+    widget.nuclei_layer.value = None
+    assert widget.run() is None and "nuclei image" in errors[-1]
 
 
 @needs_display
@@ -301,8 +568,8 @@ def test_contributions_through_napari(make_napari_viewer, tmp_path):
     path = tmp_path / "two.ome.tif"
     tifffile.imwrite(path, data, ome=True, metadata={"axes": "CYX"})
     viewer.open(str(path), plugin="erquant")
-    assert [lay.name for lay in viewer.layers] == ["nuclei", "er"]
-    assert isinstance(viewer.layers["er"].data, da.Array)
+    assert [lay.name for lay in viewer.layers] == ["two nuclei", "two er"]
+    assert isinstance(viewer.layers["two er"].data, da.Array)
     viewer.open_sample("erquant", "er_field")
     assert "ground truth" in viewer.layers
     _, widget = viewer.window.add_plugin_dock_widget("erquant", "Quantify ERα")

@@ -1,7 +1,8 @@
 """Turn an :class:`erquant.pipeline.FieldResult` into napari layers (no Qt here).
 
-* :func:`result_layer_data` - pure: result → layer-data tuples (nuclei / cells as
-  Labels with a ``features`` table keyed by ``label``, centroids as Points).
+* :func:`result_layer_data` - pure: result → layer-data tuples (``<image> nuclei`` /
+  ``<image> cells`` Labels with a ``features`` table keyed by ``label``; cells coloured
+  by ERα class).
 * :func:`add_or_update_layers` - adds those tuples to a viewer, updating layers of the
   same name and type in place so a re-run does not pile up new layers.
 * :func:`save_table` - write the per-cell table as CSV or Parquet.
@@ -17,11 +18,6 @@ import numpy as np
 import pandas as pd
 
 LayerData = tuple[Any, dict[str, Any], str]
-
-#: names of the result layers (distinct from the ``nuclei`` / ``er`` image layers)
-NUCLEI_LAYER = "nuclei labels"
-CELLS_LAYER = "cell labels"
-POINTS_LAYER = "ERα per cell"
 
 #: colours of ERα intensity classes, lowest first (0, 1+, 2+, 3+, ...)
 CLASS_COLORS = np.array(
@@ -123,28 +119,72 @@ def _class_order(cls: pd.Series) -> np.ndarray:
     return ranks[np.asarray(inverse).ravel()]
 
 
+#: columns of the cells layer's features (a short hover status); the nuclei layer has all
+SHORT_COLUMNS = ("label", "nucleus_er_mean_bgcorr", "er_class", "nucleus_area_px", "roi_name")
+#: legend of the ERα classes (label, RGBA)
+CLASS_NAMES = ("0 (negative)", "1+", "2+", "3+")
+
+
+def layer_names(source: str) -> dict[str, str]:
+    """Names of the result layers of an image called *source*.
+
+    Examples
+    --------
+    >>> layer_names("A01_s1")["nuclei"]
+    'A01_s1 nuclei'
+    """
+    return {"nuclei": f"{source} nuclei", "cells": f"{source} cells"}
+
+
+def class_colormap(table: pd.DataFrame, marker: str = "er") -> Any:
+    """napari label colormap: each cell coloured by its ``{marker}_class`` (grey → red);
+    cells without a class (no marker) in a neutral grey."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors: dict[Any, Any] = {None: np.array([0.0, 0.0, 0.0, 0.0]), 0: np.zeros(4)}
+    if len(table):
+        ccol = f"{marker}_class"
+        if ccol in table.columns:
+            order = np.clip(_class_order(table[ccol]), 0, len(CLASS_COLORS) - 1)
+            rgba = CLASS_COLORS[order]
+        else:
+            rgba = np.tile(np.array([0.7, 0.7, 0.7, 1.0]), (len(table), 1))
+        for lab, c in zip(table["label"].to_numpy(), rgba, strict=True):
+            colors[int(lab)] = c
+    return DirectLabelColormap(color_dict=colors)
+
+
 def result_layer_data(
     result: Any,
     *,
+    source: str = "result",
+    table: pd.DataFrame | None = None,
     scale: Sequence[float] | None = None,
     translate: Sequence[float] | None = None,
+    metadata: dict | None = None,
 ) -> list[LayerData]:
     """Napari layer-data tuples for a :class:`~erquant.pipeline.FieldResult`.
 
     Parameters
     ----------
     result : FieldResult
-        Has ``.nuclei`` and ``.cells`` (uint32 (Y, X) labels), ``.table`` (one row per
-        cell with ``label``, ``centroid_y``, ``centroid_x``...), ``.qc`` and ``.params``.
+        Has ``.nuclei`` and ``.cells`` (uint32 (Y, X) labels), ``.table``, ``.qc``.
+    source : str
+        Name of the quantified image: the layers are ``<source> nuclei`` and
+        ``<source> cells`` (:func:`layer_names`), so several images' results coexist.
+    table : DataFrame, optional
+        Table to show instead of ``result.table`` (e.g. with ``roi_name``).
     scale, translate : sequence of float, optional
         (Y, X) scale / translate of the source image layer so the results overlay it.
+    metadata : dict, optional
+        Extra layer metadata.
 
     Returns
     -------
     list of (data, meta, layer_type)
-        ``[(nuclei, meta, "labels"), (cells, meta, "labels"), (centroids, meta, "points")]``
-        named :data:`NUCLEI_LAYER`, :data:`CELLS_LAYER`, :data:`POINTS_LAYER`; both
-        Labels carry ``features`` keyed by ``label`` (see :func:`labels_features`).
+        Nuclei Labels (``features``: the whole table, keyed by ``label``) and cell
+        Labels coloured by ERα class (``features``: :data:`SHORT_COLUMNS`, so hovering
+        shows a short status).
 
     Examples
     --------
@@ -153,54 +193,40 @@ def result_layer_data(
     >>> lab = np.zeros((8, 8), np.uint32); lab[2:4, 2:4] = 1
     >>> tab = pd.DataFrame({"label": [1], "centroid_y": [2.5], "centroid_x": [2.5]})
     >>> res = SimpleNamespace(nuclei=lab, cells=lab, table=tab, qc={}, params=None)
-    >>> [(m["name"], t) for _, m, t in result_layer_data(res)]
-    [('nuclei labels', 'labels'), ('cell labels', 'labels'), ('ERα per cell', 'points')]
+    >>> [(m["name"], t) for _, m, t in result_layer_data(res, source="A01")]
+    [('A01 nuclei', 'labels'), ('A01 cells', 'labels')]
     """
-    table = result.table
+    table = result.table if table is None else table
     feats = labels_features(table)
+    short = feats[[c for c in (*SHORT_COLUMNS, "index") if c in feats.columns]].copy()
     geo: dict[str, Any] = {}
     if scale is not None:
         geo["scale"] = tuple(float(s) for s in scale)
     if translate is not None:
         geo["translate"] = tuple(float(t) for t in translate)
-    metadata = {"erquant_qc": dict(getattr(result, "qc", {}) or {}),
-                "erquant_params": getattr(result, "params", None)}
-    nuclei_meta = {"name": NUCLEI_LAYER, "features": feats, "metadata": metadata,
-                   "opacity": 0.5, **geo}
-    cells_meta = {"name": CELLS_LAYER, "features": feats.copy(), "metadata": metadata,
-                  "contour": 1, "opacity": 0.8, **geo}  # contour: set after creation
-    if len(table):
-        centroids = table[["centroid_y", "centroid_x"]].to_numpy(dtype=float)
-    else:
-        centroids = np.zeros((0, 2))
-    if "nucleus_area_px" in table.columns and len(table):
-        size = float(np.clip(np.sqrt(np.nanmedian(table["nucleus_area_px"]) / np.pi), 2, 50))
-    else:
-        size = 5.0
-    points_meta = {
-        "name": POINTS_LAYER,
-        "features": table.reset_index(drop=True),
-        # napari refuses an empty (0, 4) colour array: give one colour for no points
-        "face_color": point_colors(table) if len(table) else CLASS_COLORS[0],
-        "border_width": 0,
-        "size": size,
-        **geo,
-    }
+    meta = {"erquant_qc": dict(getattr(result, "qc", {}) or {}),
+            "erquant_params": getattr(result, "params", None), "erquant_source": source,
+            **(metadata or {})}
+    names = layer_names(source)
+    nuclei_meta = {"name": names["nuclei"], "features": feats, "metadata": dict(meta),
+                   "opacity": 0.5, "contour": 1, **geo}
+    cells_meta = {"name": names["cells"], "features": short, "metadata": dict(meta),
+                  "colormap": class_colormap(table), "opacity": 0.45, **geo}
     return [
         (np.asarray(result.nuclei), nuclei_meta, "labels"),
         (np.asarray(result.cells), cells_meta, "labels"),
-        (centroids, points_meta, "points"),
     ]
 
 
 #: meta keys re-applied when a layer is updated in place (display settings the user may
 #: have changed, such as opacity, contour or visibility, are left alone)
-_UPDATE_KEYS = ("scale", "translate", "metadata", "features", "face_color", "size")
+_UPDATE_KEYS = ("scale", "translate", "metadata", "features", "colormap")
 #: meta keys that the ``add_*`` constructors do not take; set on the new layer instead
-_POST_KEYS = ("contour",)
+_POST_KEYS = ("contour", "colormap")
 
 
-def add_or_update_layers(viewer: Any, layer_data: Sequence[LayerData]) -> list[Any]:
+def add_or_update_layers(viewer: Any, layer_data: Sequence[LayerData], *,
+                         keep_data: Sequence[str] = ()) -> list[Any]:
     """Add layer-data tuples to *viewer*, updating same-name same-type layers in place.
 
     Parameters
@@ -209,6 +235,9 @@ def add_or_update_layers(viewer: Any, layer_data: Sequence[LayerData]) -> list[A
         Target viewer.
     layer_data : sequence of (data, meta, layer_type)
         As returned by :func:`result_layer_data`.
+    keep_data : sequence of str
+        Names of existing layers whose data is kept (only features etc. updated), e.g.
+        the nuclei a user corrected before re-measuring.
 
     Returns
     -------
@@ -228,7 +257,8 @@ def add_or_update_layers(viewer: Any, layer_data: Sequence[LayerData]) -> list[A
         name = meta.get("name")
         existing = next((lay for lay in viewer.layers if lay.name == name), None)
         if existing is not None and type(existing).__name__.lower() == ltype:
-            existing.data = data
+            if name not in keep_data:
+                existing.data = data
             for key in _UPDATE_KEYS:
                 if key in meta:
                     setattr(existing, key, meta[key])
@@ -273,3 +303,71 @@ def save_table(table: pd.DataFrame, path: str | Path) -> Path:
             path = path.with_name(path.name + ".csv")
         table.to_csv(path, index=False)
     return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def results_metadata(result: Any, *, source: str, source_path: str | None = None,
+                     roi_names: Sequence[str] = (), marker: str = "er") -> dict[str, Any]:
+    """What a saved table needs to be understood later: source, parameters, thresholds,
+    QC, field scores and the erquant version."""
+    import erquant
+
+    params = getattr(result, "params", None)
+    info = dict(getattr(result, "info", {}) or {})
+    bounds = result.table.attrs.get(f"{marker}_class_bounds")
+    return _jsonable({
+        "source": source,
+        "source_path": source_path,
+        "erquant_version": erquant.__version__,
+        "napari_erquant_version": __import__("napari_erquant").__version__,
+        "parameters": params.to_dict() if hasattr(params, "to_dict") else params,
+        "thresholds": {"nuclei": info.get("threshold"),
+                       f"{marker}_class_bounds": list(bounds) if bounds is not None else None},
+        "diameter_px": info.get("diameter"),
+        "downsample": info.get("downsample"),
+        "remeasured": bool(info.get("remeasured", False)),
+        "backend": info.get("backend"),
+        "qc": dict(getattr(result, "qc", {}) or {}),
+        "scores": dict(getattr(result, "scores", {}) or {}),
+        "rois": list(roi_names),
+    })
+
+
+def export_results(path: str | Path, table: pd.DataFrame, summary: pd.DataFrame | None,
+                   metadata: dict[str, Any]) -> dict[str, Path]:
+    """Write the cell table (CSV / Parquet by suffix), the per-ROI summary next to it
+    (``<stem>_summary.csv``) and a metadata sidecar (``<stem>.json``).
+
+    Examples
+    --------
+    >>> import pandas as pd, tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> out = export_results(os.path.join(d, "cells.csv"), pd.DataFrame({"label": [1]}),
+    ...                      pd.DataFrame({"roi_name": ["whole field"]}), {"source": "x"})
+    >>> sorted(p.name for p in out.values())
+    ['cells.csv', 'cells.json', 'cells_summary.csv']
+    """
+    import json
+
+    cells = save_table(table, path)
+    out = {"cells": cells}
+    if summary is not None:
+        out["summary"] = cells.with_name(f"{cells.stem}_summary.csv")
+        summary.to_csv(out["summary"], index=False)
+    out["metadata"] = cells.with_suffix(".json")
+    meta = {**metadata, "files": {k: v.name for k, v in out.items()}}
+    out["metadata"].write_text(json.dumps(_jsonable(meta), indent=1))
+    return out

@@ -1,10 +1,16 @@
-"""Lazy reader for TIFF / OME-TIFF / (OME-)Zarr images.
+"""Lazy reader for TIFF / OME-TIFF / (OME-)Zarr images, PNG / JPEG, and plates.
 
 Every array is returned as a :mod:`dask` array backed by a zarr view of the file
 (``tifffile.imread(..., aszarr=True)`` for TIFF), so even a huge stack opens
 instantly and only the planes napari displays are read. When a channel axis is
-obvious (``C`` in the TIFF/OME axes, or a small leading axis of a 3-D image), the
-channels are split into separate image layers named ``nuclei``, ``er``, ``ch2`` ...
+obvious (``C`` in the TIFF/OME axes, a small leading axis of a 3-D image, or a small
+last axis: channel-last), the channels are split into separate image layers named
+``<file> <channel>`` (OME channel names when given, else ``nuclei``, ``er``, ``ch2`` …).
+
+Plates — MetaXpress folders, the other layouts ``erquant run`` reads, and multi-series
+OME-TIFF stacks — are planned with :func:`erquant.io.items.open_input` (the batch
+engine's readers) and open as one lazy stack per channel with a field axis: plane ``i``
+is field ``i`` (``metadata["fields"]`` names it, e.g. ``A01 s2``), read only when shown.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import dask.array as da
 
 LayerData = tuple[Any, dict[str, Any], str]
 
-_EXTENSIONS = (".tif", ".tiff", ".zarr")
+_EXTENSIONS = (".tif", ".tiff", ".zarr", ".png", ".jpg", ".jpeg")
+_PIL_EXTENSIONS = (".png", ".jpg", ".jpeg")
 #: layer names and colormaps for channels 0, 1, 2, ... (nuclei first, then the marker)
 CHANNEL_NAMES = ("nuclei", "er")
 CHANNEL_COLORMAPS = ("blue", "green", "magenta", "yellow", "red", "cyan")
@@ -33,7 +40,8 @@ def get_reader(path: str | Sequence[str]) -> Callable[[str | Sequence[str]], lis
     Parameters
     ----------
     path : str or sequence of str
-        File (``.tif``, ``.tiff``, ``.ome.tif``) or ``.zarr`` directory, or a list of them.
+        File (``.tif``, ``.tiff``, ``.ome.tif``, ``.png``, ``.jpg``), ``.zarr`` directory,
+        plate folder, or a list of them.
 
     Returns
     -------
@@ -42,7 +50,7 @@ def get_reader(path: str | Sequence[str]) -> Callable[[str | Sequence[str]], lis
 
     Examples
     --------
-    >>> get_reader("image.png") is None
+    >>> get_reader("image.gif") is None
     True
     >>> get_reader("plate.ome.tif") is read_layers
     True
@@ -50,18 +58,55 @@ def get_reader(path: str | Sequence[str]) -> Callable[[str | Sequence[str]], lis
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
     if not paths:
         return None
-    if all(os.fspath(p).lower().rstrip("/").endswith(_EXTENSIONS) for p in paths):
-        return read_layers
-    return None
+    for p in paths:
+        p = os.fspath(p).rstrip("/")
+        if p.lower().endswith(_EXTENSIONS):
+            continue
+        if os.path.isdir(p) and _plate_reader(p) is not None:
+            continue
+        return None
+    return read_layers
+
+
+def _plate_reader(path: str) -> Any:
+    """The :func:`erquant.io.items.open_input` reader of a plate folder / stack, or None."""
+    from erquant.io.items import InputError, open_input
+
+    try:
+        reader = open_input(path)
+        return reader if reader.items() else None
+    except (InputError, OSError, ValueError):
+        return None
+
+
+def _is_hcs(path: str) -> bool:
+    """True for an OME-Zarr HCS plate (a ``plate`` attribute at the top)."""
+    try:
+        import zarr
+
+        attrs = dict(zarr.open(path, mode="r").attrs)
+    except Exception:  # noqa: BLE001
+        return False
+    return "plate" in attrs or "plate" in (attrs.get("ome") or {})
+
+
+def _is_multiseries(path: str) -> bool:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            return len(tf.series) > 1
+    except Exception:  # noqa: BLE001 - let the normal reader report the problem
+        return False
 
 
 def read_layers(path: str | Sequence[str]) -> list[LayerData]:
-    """Read one or several images into napari layer-data tuples of dask arrays.
+    """Read images, stacks or plates into napari layer-data tuples of dask arrays.
 
     Parameters
     ----------
     path : str or sequence of str
-        TIFF / OME-TIFF file(s) or (OME-)Zarr directories.
+        TIFF / OME-TIFF file(s), PNG / JPEG, (OME-)Zarr directories or plate folders.
 
     Returns
     -------
@@ -75,28 +120,127 @@ def read_layers(path: str | Sequence[str]) -> list[LayerData]:
     >>> tifffile.imwrite("/tmp/x.ome.tif", np.zeros((2, 32, 32), "uint16"),
     ...                  metadata={"axes": "CYX"})
     >>> [(m["name"], type(d).__name__) for d, m, _ in read_layers("/tmp/x.ome.tif")]
-    [('nuclei', 'Array'), ('er', 'Array')]
+    [('x nuclei', 'Array'), ('x er', 'Array')]
     """
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
     out: list[LayerData] = []
     for p in paths:
         p = os.fspath(p).rstrip("/")
-        if p.lower().endswith(".zarr"):
+        low = p.lower()
+        if low.endswith(".zarr") and not _is_hcs(p):
             levels, axes = _open_zarr(p)
+            names: list[str] = []
+        elif os.path.isdir(p) or (low.endswith((".ome.tif", ".ome.tiff"))
+                                  and _is_multiseries(p)):
+            out.extend(read_plate(p))
+            continue
+        elif low.endswith(_PIL_EXTENSIONS):
+            levels, axes, names = _open_pil(p)
         else:
-            levels, axes = _open_tiff(p)
-        out.extend(_split_channels(levels, axes, os.path.basename(p)))
+            levels, axes, names = _open_tiff(p)
+        out.extend(_split_channels(levels, axes, _stem(p), path=p, names=names))
     return out
 
 
-def _open_tiff(path: str) -> tuple[list[da.Array], str]:
-    """Dask arrays (one per pyramid level) of the first series and its axes string."""
+def _stem(path: str) -> str:
+    name = os.path.basename(path.rstrip("/"))
+    for ext in (".ome.tiff", ".ome.tif", *_EXTENSIONS):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def read_plate(path: str) -> list[LayerData]:
+    """A plate folder or multi-series stack as one lazy (field, Y, X) stack per channel.
+
+    Planned by :func:`erquant.io.items.open_input` (default channels ``w1=nuclei,w2=er``),
+    so exactly the fields ``erquant run`` would quantify, in its order; each plane is read
+    by the batch engine's loader when napari shows it.
+    """
+    import dask
+    import numpy as np
+
+    from erquant.io.items import _read_plane, load_item
+
+    reader = _plate_reader(path)
+    if reader is None:
+        raise ValueError(f"{path}: no plate, stack or image files that erquant can read")
+    items = reader.items()
+    first, names = load_item(items[0])  # one field to learn shape, dtype and contrast
+    shape, dtype = first.shape[1:], first.dtype
+    multi_t = len({it.timepoint for it in items}) > 1
+    multi_p = len({it.plate for it in items}) > 1
+    fields = [" ".join(filter(None, [it.plate if multi_p else "",
+                                     f"T{it.timepoint}" if multi_t else "",
+                                     f"{it.well} s{it.field}"])) for it in items]
+    plate = str(items[0].plate) if not multi_p else _stem(path)
+    out: list[LayerData] = []
+    for c, name in enumerate(names):
+        planes = []
+        for it in items:
+            src = dict(it.channels).get(name)
+            if src is None:
+                planes.append(da.zeros(shape, dtype=dtype))
+                continue
+            planes.append(da.from_delayed(dask.delayed(_read_plane)(src), shape, dtype=dtype))
+        lo, hi = np.percentile(first[c], [0.5, 99.8])
+        meta = {
+            "name": f"{plate} {name}",
+            "colormap": _colormap(name, c),
+            "blending": "additive",
+            "contrast_limits": (float(lo), float(max(hi, lo + 1))),
+            "metadata": {"source": plate, "fields": fields, "channel": name, "path": path,
+                         "items": [it.id for it in items]},
+            "axis_labels": ("field", "y", "x"),
+        }
+        out.append((da.stack(planes), meta, "image"))
+    return out
+
+
+def _colormap(name: str, index: int) -> str:
+    from ._channels import channel_role
+
+    if name in ("red", "green", "blue"):
+        return name
+    role = channel_role(name)
+    if role == "nuclei":
+        return "blue"
+    if role == "marker":
+        return "green"
+    return CHANNEL_COLORMAPS[index % len(CHANNEL_COLORMAPS)]
+
+
+def _open_pil(path: str) -> tuple[list[da.Array], str, list[str]]:
+    """PNG / JPEG (small: read at once) as a dask array; colour images channel-last."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as im:
+            arr = np.asarray(im.convert("RGB") if im.mode in ("P", "CMYK", "YCbCr") else im)
+    except Exception as exc:  # noqa: BLE001 - name the file
+        raise ValueError(f"{path}: cannot read image: {exc}") from exc
+    axes = "YXS" if arr.ndim == 3 and arr.shape[-1] in (2, 3, 4) else ""
+    if axes and arr.shape[-1] == 4:  # drop alpha
+        arr = arr[..., :3]
+    names = ["red", "green", "blue"] if axes else []
+    return [da.from_array(arr)], axes, names
+
+
+def _open_tiff(path: str) -> tuple[list[da.Array], str, list[str]]:
+    """Dask arrays (one per pyramid level) of the first series, its axes string and the
+    OME channel names (if any)."""
+    import re
+
     import tifffile
     import zarr
 
     with tifffile.TiffFile(path) as tf:
         series = tf.series[0]
         axes = series.axes
+        names = []
+        if tf.ome_metadata:
+            names = re.findall(r'<Channel[^>]*Name="([^"]*)"', tf.ome_metadata)
     store = tifffile.imread(path, aszarr=True)
     z = zarr.open(store, mode="r")
     if hasattr(z, "shape"):  # a single array
@@ -104,7 +248,7 @@ def _open_tiff(path: str) -> tuple[list[da.Array], str]:
     else:  # a group: multiscale pyramid "0", "1", ...
         keys = sorted((k for k in z.array_keys()), key=_level_key)
         levels = [da.from_zarr(z[k]) for k in keys]
-    return levels, axes
+    return levels, axes, names
 
 
 def _open_zarr(path: str) -> tuple[list[da.Array], str]:
@@ -139,31 +283,44 @@ def _channel_axis(shape: tuple[int, ...], axes: str) -> int | None:
     if len(axes) == len(shape) and "C" in axes:
         c = axes.index("C")
         return c if 1 < shape[c] <= MAX_CHANNELS else None
+    if len(axes) == len(shape) and axes.endswith("S") and 1 < shape[-1] <= 4:
+        return len(shape) - 1  # samples per pixel: channel-last (RGB included)
     if len(shape) == 3 and 1 < shape[0] <= MAX_IMPLICIT_CHANNELS and (not axes or axes[0] in "QI"):
         return 0
+    if len(shape) == 3 and 1 < shape[-1] <= 4 and shape[0] > 16 and (not axes or axes[-1] in "QIS"):
+        return 2
     return None
 
 
-def _split_channels(levels: list[da.Array], axes: str, stem: str) -> list[LayerData]:
+def _split_channels(levels: list[da.Array], axes: str, stem: str, *, path: str | None = None,
+                    names: Sequence[str] = ()) -> list[LayerData]:
     """One layer-data tuple per channel (lazy slices), or a single tuple."""
+    from ._channels import strip_channel_words
+
     base = levels[0]
     multiscale = len(levels) > 1
-    rgb = axes.upper().endswith("S") and base.shape[-1] in (3, 4)
-    caxis = None if rgb else _channel_axis(base.shape, axes)
+    caxis = _channel_axis(base.shape, axes)
+    md: dict[str, Any] = {"path": path} if path else {}
     if caxis is None:
         data = levels if multiscale else base
-        return [(data, {"name": stem, "rgb": rgb, "multiscale": multiscale}, "image")]
+        src = strip_channel_words(stem)
+        if src:  # e.g. A01_s1 for A01_s1_w1.tif: its other channels share it
+            md["source"] = src
+        return [(data, {"name": stem, "multiscale": multiscale, "metadata": md}, "image")]
     out: list[LayerData] = []
-    for c in range(base.shape[caxis]):
+    n = base.shape[caxis]
+    names = list(names)[:n] if len(names) >= n and len(set(list(names)[:n])) == n else []
+    for c in range(n):
         index = (slice(None),) * caxis + (c,)
         chans = [lvl[index] for lvl in levels]
-        name = CHANNEL_NAMES[c] if c < len(CHANNEL_NAMES) else f"ch{c}"
+        ch = names[c] if names else (CHANNEL_NAMES[c] if c < len(CHANNEL_NAMES) else f"ch{c}")
         meta = {
-            "name": name,
-            "colormap": CHANNEL_COLORMAPS[c % len(CHANNEL_COLORMAPS)],
+            "name": f"{stem} {ch}",
+            "colormap": _colormap(ch, c) if names else
+            CHANNEL_COLORMAPS[c % len(CHANNEL_COLORMAPS)],
             "blending": "additive",
             "multiscale": multiscale,
-            "metadata": {"source": stem, "channel": c},
+            "metadata": {**md, "source": stem, "channel": c},
         }
         out.append((chans if multiscale else chans[0], meta, "image"))
     return out

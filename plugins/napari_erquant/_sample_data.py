@@ -46,8 +46,9 @@ def make_sample_field(
         image, truth = _fallback_field(shape, n_nuclei, seed)
     common = {"blending": "additive"}
     return [
-        (image[0], {"name": "nuclei", "colormap": "blue", **common}, "image"),
-        (image[1], {"name": "er", "colormap": "green", **common}, "image"),
+        (image[0], {"name": "nuclei", "colormap": "blue", "metadata": {"source": "sample"},
+                    **common}, "image"),
+        (image[1], {"name": "er", "colormap": "green", "metadata": {"source": "sample"}, **common}, "image"),
         (truth, {"name": "ground truth", "visible": False, "opacity": 0.4}, "labels"),
     ]
 

@@ -1,32 +1,65 @@
 """The "Quantify ERα" dock widget.
 
-The widget only gathers inputs (two image layers, an optional Shapes ROI, a few
-parameters), builds a :class:`erquant.params.Params`, and runs
-:func:`erquant.pipeline.quantify_iter` in a ``thread_worker``: ``yielded`` drives the
-progress bar, ``returned`` adds / updates result layers (:mod:`._layers`) on the main
-thread, ``errored`` shows a notification, and Cancel quits the worker.
+The widget only gathers inputs (two image layers guessed by name, a Shapes ROI
+layer, a few parameters), builds a :class:`erquant.params.Params`, and runs
+:func:`erquant.pipeline.quantify_iter` (Run) or :func:`erquant.pipeline.remeasure_iter`
+(Re-measure, from corrected labels) in a ``thread_worker``: ``yielded`` drives the
+progress bar, ``returned`` adds / updates the ``<image> nuclei`` / ``<image> cells``
+layers (:mod:`._layers`) and the results dock (per-ROI and whole-field summary from
+:func:`erquant.pipeline.roi_summary`) on the main thread, ``errored`` shows a
+notification and marks that image's old results stale, and Cancel quits the worker.
 """
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton
-from napari.layers import Image, Shapes
+from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
-from ._layers import add_or_update_layers, result_layer_data, save_table
+from ._channels import check_same_field, guess_channels, source_of
+from ._layers import (
+    CLASS_COLORS,
+    CLASS_NAMES,
+    add_or_update_layers,
+    export_results,
+    layer_names,
+    result_layer_data,
+    results_metadata,
+)
+from ._rois import (
+    ROI_TEXT,
+    ensure_roi_names,
+    rois_layer_data,
+    roi_names,
+    save_rois,
+    shapes_to_polygons,
+)
 
 if TYPE_CHECKING:
     import napari
 
 THRESHOLDS = ("otsu", "li", "triangle", "manual")
 BACKENDS = ("auto", "numpy", "cupy")
-_NUCLEI_HINTS = ("nucle", "dapi", "hoechst", "dna")
-_MARKER_HINTS = ("er", "esr", "marker")
 
 
 def build_params(
@@ -113,60 +146,38 @@ def current_plane(layer: Image, viewer: napari.Viewer | None = None) -> np.ndarr
     return np.asarray(data[idx])
 
 
-def shapes_to_polygons(shapes: Shapes, image: Image | None = None) -> list[np.ndarray]:
-    """ROI polygons ((N, 2) (y, x) vertices in *image* pixel coordinates) from a Shapes layer.
+@dataclass
+class FieldState:
+    """The results of one image (a *source*) shown in the viewer."""
 
-    Rectangles and polygons keep their vertices; ellipses become 64-gons; lines and
-    paths (no area) are skipped.
-
-    Parameters
-    ----------
-    shapes : napari.layers.Shapes
-        The ROI layer.
-    image : napari.layers.Image, optional
-        Layer whose pixel grid the polygons refer to (its scale / translate are undone).
-
-    Returns
-    -------
-    list of numpy.ndarray
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from napari.layers import Shapes
-    >>> rect = Shapes([np.array([[0, 0], [0, 10], [10, 10], [10, 0]])], shape_type="rectangle")
-    >>> shapes_to_polygons(rect)[0].shape
-    (4, 2)
-    """
-    polys = []
-    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)[:, None]
-    for verts, kind in zip(shapes.data, shapes.shape_type):
-        v = np.asarray(verts, dtype=float)
-        if kind in ("line", "path") or len(v) < 3:
-            continue
-        if kind == "ellipse":
-            c, u, w = v.mean(0), (v[1] - v[0]) / 2, (v[3] - v[0]) / 2
-            v = c + np.cos(t) * u + np.sin(t) * w
-        if image is not None:
-            v = np.array([image.world_to_data(shapes.data_to_world(p)) for p in v])
-        polys.append(v[:, -2:])
-    return polys
+    source: str
+    result: Any
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    roi_names: list[str]
+    source_path: str | None = None
+    roi_layer: Any = None
+    image_layer: Any = None
+    polys: list | None = None
+    shape: tuple[int, int] = (0, 0)
+    stale: bool = False
+    error: str = ""
 
 
-def _guess(layers: list[Any], hints: tuple[str, ...], avoid: Any = None) -> Any:
-    """First layer whose name contains a hint (prefix match for short hints)."""
-    for layer in layers:
-        name = layer.name.lower()
-        if layer is not avoid and any(
-            name.startswith(h) if len(h) <= 3 else h in name for h in hints
-        ):
-            return layer
-    rest = [layer for layer in layers if layer is not avoid]
-    return rest[0] if rest else None
+def _layer_path(layer: Any) -> str | None:
+    src = getattr(layer, "source", None)
+    path = getattr(src, "path", None) if src is not None else None
+    return str(path) if path else (layer.metadata or {}).get("path")
 
 
 class QuantifyWidget(QWidget):
     """Dock widget: segment nuclei and cells and quantify ERα in the current plane.
+
+    Inputs (nuclei / ERα image layers guessed by name, a Shapes ROI layer picked
+    automatically), Run (segment + quantify), Re-measure (rebuild cells from the
+    corrected ``<image> nuclei`` Labels and measure again), ROI save / load as GeoJSON.
+    Results go to ``<image> nuclei`` / ``<image> cells`` layers and to the results dock
+    (:class:`ResultsDock`): a table per ROI and for the whole field.
 
     Parameters
     ----------
@@ -184,39 +195,83 @@ class QuantifyWidget(QWidget):
         self.viewer = napari_viewer
         self.worker: Any = None
         self.last_result: Any = None
+        self.states: dict[str, FieldState] = {}
+        self.current_source: str | None = None
+        self._ctx: dict[str, Any] | None = None
+        self._chosen = {"nuclei": False, "er": False, "roi": False}
+        self._setting = False
 
-        self.nuclei_layer = ComboBox(label="nuclei image", choices=self._image_choices)
-        self.er_layer = ComboBox(label="ERα image", choices=self._image_choices, nullable=True)
-        self.roi_layer = ComboBox(label="ROI (shapes)", choices=self._shapes_choices,
-                                  nullable=True)
-        self.diameter = FloatSpinBox(label="diameter (px, 0=auto)", min=0, max=1000, value=0)
-        self.threshold = ComboBox(label="threshold", choices=list(THRESHOLDS), value="otsu")
+        tip = "Layers are guessed from their names (DAPI/Hoechst/w1 → nuclei, ER/ESR1/w2 → ERα)"
+        self.nuclei_layer = ComboBox(label="nuclei image", choices=self._image_choices,
+                                     nullable=True, tooltip=tip)
+        self.er_layer = ComboBox(label="ERα image", choices=self._image_choices, nullable=True,
+                                 tooltip=tip)
+        self.roi_layer = ComboBox(label="ROIs (shapes)", choices=self._shapes_choices,
+                                  nullable=True,
+                                  tooltip="Shapes layer whose polygons are the ROIs "
+                                          "(the 'name' feature names them)")
+        self.add_roi_button = PushButton(text="Add ROI layer",
+                                         tooltip="New Shapes layer to draw named ROIs in")
+        self.save_rois_button = PushButton(text="Save ROIs…", tooltip="ROIs → GeoJSON "
+                                           "(pixel coordinates; `erquant run --roi` reads it)")
+        self.load_rois_button = PushButton(text="Load ROIs…", tooltip="GeoJSON → Shapes layer")
+        self.diameter = FloatSpinBox(label="diameter (px, 0=auto)", min=0, max=1000, value=0,
+                                     tooltip="Expected nucleus diameter; 0 estimates it")
+        self.threshold = ComboBox(label="threshold", choices=list(THRESHOLDS), value="otsu",
+                                  tooltip="Nucleus threshold method")
         self.threshold_value = FloatSpinBox(label="manual threshold", min=0, max=1e9, value=0,
                                             enabled=False)
         self.max_distance = FloatSpinBox(label="cell max distance (px, 0=default)", min=0,
-                                         max=1000, value=0)
+                                         max=1000, value=0,
+                                         tooltip="How far a cell may grow from its nucleus")
         self.backend = ComboBox(label="backend", choices=list(BACKENDS), value="auto")
-        self.run_button = PushButton(text="Run")
+        self.run_button = PushButton(text="Run", tooltip="Segment and quantify the shown plane")
+        self.remeasure_button = PushButton(
+            text="Re-measure", enabled=False,
+            tooltip="Rebuild cells from the (edited) '<image> nuclei' labels and measure "
+                    "again, without segmenting")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(min=0, max=100, value=0, label="progress")
         self.status = Label(value="")
-        self.save_button = PushButton(text="Save table…", enabled=False)
+        self.save_button = PushButton(text="Export table…", enabled=False,
+                                      tooltip="Cells (CSV/Parquet) + ROI summary + metadata JSON")
         self.container = Container(widgets=[
-            self.nuclei_layer, self.er_layer, self.roi_layer, self.diameter, self.threshold,
-            self.threshold_value, self.max_distance, self.backend, self.run_button,
-            self.cancel_button, self.progress, self.status, self.save_button,
+            self.nuclei_layer, self.er_layer, self.roi_layer,
+            Container(widgets=[self.add_roi_button, self.save_rois_button,
+                               self.load_rois_button], layout="horizontal", labels=False),
+            self.diameter, self.threshold, self.threshold_value, self.max_distance,
+            self.backend,
+            Container(widgets=[self.run_button, self.remeasure_button, self.cancel_button],
+                      layout="horizontal", labels=False),
+            self.progress, self.status, self.save_button,
         ])
         self.setLayout(QVBoxLayout())
         self.layout().addWidget(self.container.native)
+        self.layout().addStretch(1)
+
+        self.results = ResultsDock(self)
+        with contextlib.suppress(Exception):  # no window (e.g. a bare viewer model)
+            napari_viewer.window.add_dock_widget(self.results, name="erquant results",
+                                                 area="right")
 
         self.threshold.changed.connect(
             lambda v: setattr(self.threshold_value, "enabled", v == "manual"))
         self.run_button.clicked.connect(self.run)
+        self.remeasure_button.clicked.connect(self.remeasure)
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(self._save_dialog)
+        self.add_roi_button.clicked.connect(self.add_roi_layer)
+        self.save_rois_button.clicked.connect(self._save_rois_dialog)
+        self.load_rois_button.clicked.connect(self._load_rois_dialog)
+        for key, combo in (("nuclei", self.nuclei_layer), ("er", self.er_layer),
+                           ("roi", self.roi_layer)):
+            combo.changed.connect(lambda _v, k=key: self._user_chose(k))
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed,
                       napari_viewer.layers.events.reordered):
             event.connect(self.reset_choices)
+        napari_viewer.layers.events.inserted.connect(self._on_inserted)
+        for lay in napari_viewer.layers:
+            self._watch_shapes(lay)
         self.reset_choices()
 
     # ------------------------------------------------------------------ layer choices
@@ -226,41 +281,125 @@ class QuantifyWidget(QWidget):
     def _shapes_choices(self, _widget: Any = None) -> list[tuple[str, Shapes]]:
         return [(lay.name, lay) for lay in self.viewer.layers if isinstance(lay, Shapes)]
 
+    def _user_chose(self, key: str) -> None:
+        if not self._setting:
+            self._chosen[key] = True  # remembered while the viewer is open
+
+    def _set(self, combo: ComboBox, value: Any) -> None:
+        self._setting = True
+        try:
+            combo.value = value
+        finally:
+            self._setting = False
+
     def reset_choices(self, _event: Any = None) -> None:
-        """Refresh the layer combo boxes; guess nuclei / ERα layers by name if unset."""
-        had_nuclei, had_er = self.nuclei_layer.value, self.er_layer.value
-        for combo in (self.nuclei_layer, self.er_layer, self.roi_layer):
-            combo.reset_choices()
+        """Refresh the layer boxes; guess nuclei / ERα by name and pick the ROI layer,
+        keeping what the user chose while it exists."""
+        self._setting = True
+        try:
+            for combo in (self.nuclei_layer, self.er_layer, self.roi_layer):
+                combo.reset_choices()
+        finally:
+            self._setting = False
         images = [lay for _, lay in self._image_choices()]
-        if not images:
-            return
-        if had_nuclei is None or had_nuclei not in images:
-            self.nuclei_layer.value = _guess(images, _NUCLEI_HINTS)
-        if had_er is None or had_er not in images:
-            self.er_layer.value = _guess(images, _MARKER_HINTS, avoid=self.nuclei_layer.value)
+        nuc_guess, er_guess = guess_channels(images)
+        for key, combo, guess in (("nuclei", self.nuclei_layer, nuc_guess),
+                                  ("er", self.er_layer, er_guess)):
+            if self._chosen[key] and (combo.value is None or combo.value in images):
+                continue
+            self._chosen[key] = False
+            self._set(combo, guess)
+        shapes = [lay for _, lay in self._shapes_choices()]
+        if not (self._chosen["roi"] and (self.roi_layer.value is None
+                                         or self.roi_layer.value in shapes)):
+            self._chosen["roi"] = False
+            self._set(self.roi_layer, shapes[-1] if shapes else None)
+
+    def _on_inserted(self, event: Any) -> None:
+        self._watch_shapes(event.value)
+
+    def _watch_shapes(self, layer: Any) -> None:
+        if isinstance(layer, Shapes) and not getattr(layer, "_erquant_watched", False):
+            layer._erquant_watched = True
+            layer.events.data.connect(lambda _e, lay=layer: self._name_rois(lay))
+            if "name" in layer.features.columns:
+                layer.text = ROI_TEXT
+
+    def _name_rois(self, layer: Any) -> None:
+        with contextlib.suppress(Exception):  # naming must never break drawing
+            ensure_roi_names(layer)
+
+    def add_roi_layer(self) -> Shapes:
+        """Add a Shapes layer for named ROIs, select it and start drawing rectangles."""
+        layer = self.viewer.add_shapes(
+            name="ROIs", features=pd.DataFrame({"name": pd.Series([], dtype=object)}),
+            edge_color="yellow", face_color="transparent", edge_width=2, text=ROI_TEXT)
+        self._set(self.roi_layer, layer)
+        self._chosen["roi"] = False
+        layer.mode = "add_rectangle"
+        return layer
 
     # ------------------------------------------------------------------ running
-    def run(self) -> Any:
-        """Start quantification of the current plane in a worker thread; return the worker."""
-        if self.worker is not None:
-            return self.worker
-        try:
-            field, kwargs = self._inputs()
-        except Exception as exc:  # noqa: BLE001 - shown to the user, nothing started
-            show_error(f"erquant: {exc}")
-            return None
+    def _start(self, gen_name: str, args: tuple, kwargs: dict, ctx: dict) -> Any:
+        self._ctx = ctx
         # errored given in _connect, so the worker does not re-raise in the event loop
-        self.worker = create_worker(_quantify_gen, field, **kwargs, _start_thread=False,
+        self.worker = create_worker(_core_gen, gen_name, *args, **kwargs, _start_thread=False,
                                     _connect={"errored": self._on_errored})
         self.worker.yielded.connect(self._on_yielded)
         self.worker.returned.connect(self._on_returned)
         self.worker.aborted.connect(lambda: setattr(self.status, "value", "cancelled"))
         self.worker.finished.connect(self._on_finished)
-        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.run_button.enabled = self.remeasure_button.enabled = False
+        self.cancel_button.enabled = True
         self.progress.value = 0
         self.status.value = "starting…"
         self.worker.start()
         return self.worker
+
+    def run(self) -> Any:
+        """Start quantification of the current plane in a worker thread; return the worker."""
+        if self.worker is not None:
+            return self.worker
+        try:
+            field, kwargs, ctx = self._inputs()
+        except Exception as exc:  # noqa: BLE001 - shown to the user, nothing started
+            show_error(f"erquant: {exc}")
+            return None
+        return self._start("quantify_iter", (field,), kwargs, ctx)
+
+    def remeasure(self) -> Any:
+        """Re-measure from the edited ``<image> nuclei`` labels (or the selected Labels
+        layer) without segmenting; return the worker."""
+        if self.worker is not None:
+            return self.worker
+        try:
+            field, kwargs, ctx = self._inputs()
+            labels_layer = self._labels_for(ctx["source"])
+            labels = np.asarray(labels_layer.data)
+            if labels.ndim != 2:
+                raise ValueError(f"labels layer {labels_layer.name!r} is not 2-D")
+            if labels.shape != ctx["shape"]:
+                raise ValueError(f"labels layer {labels_layer.name!r} {labels.shape} does not "
+                                 f"match the image {ctx['shape']}")
+            kwargs.pop("roi", None)
+            old = self.states.get(ctx["source"])
+            ds = old.result.info.get("downsample", 1.0) if old is not None else 1.0
+            kwargs["downsample"] = float(ds or 1.0)
+            ctx["keep"] = labels_layer.name
+        except Exception as exc:  # noqa: BLE001
+            show_error(f"erquant: {exc}")
+            return None
+        return self._start("remeasure_iter", (labels, field), kwargs, ctx)
+
+    def _labels_for(self, source: str) -> Labels:
+        name = layer_names(source)["nuclei"]
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
+            return self.viewer.layers[name]
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Labels):
+            return active
+        raise ValueError(f"no '{name}' labels layer: run first, or select the Labels layer "
+                         "of corrected nuclei")
 
     def cancel(self) -> None:
         """Ask the running worker to stop at its next progress step."""
@@ -268,10 +407,14 @@ class QuantifyWidget(QWidget):
             self.status.value = "cancelling…"
             self.worker.quit()
 
-    def _inputs(self) -> tuple[np.ndarray, dict[str, Any]]:
+    def _inputs(self) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
         nuc_layer, er_layer = self.nuclei_layer.value, self.er_layer.value
         if nuc_layer is None:
-            raise ValueError("choose a nuclei image layer")
+            raise ValueError("choose a nuclei image layer (none is named DAPI, Hoechst, "
+                             "nuclei, DNA or w1)")
+        if er_layer is nuc_layer:
+            raise ValueError("the nuclei and ERα layers are the same layer")
+        check_same_field(nuc_layer, er_layer, self.viewer)
         planes = [current_plane(nuc_layer, self.viewer)]
         if er_layer is not None:
             planes.append(current_plane(er_layer, self.viewer))
@@ -279,75 +422,359 @@ class QuantifyWidget(QWidget):
                 raise ValueError(
                     f"nuclei {planes[0].shape} and ERα {planes[1].shape} planes differ in shape")
         field = np.stack(planes) if len(planes) > 1 else planes[0]
-        roi = None
-        if self.roi_layer.value is not None:
-            roi = shapes_to_polygons(self.roi_layer.value, nuc_layer) or None
+        shape = tuple(planes[0].shape)
+        roi_layer = self.roi_layer.value
+        polys, names = None, []
+        if roi_layer is not None:
+            polys = shapes_to_polygons(roi_layer, nuc_layer) or None
+            names = roi_names(roi_layer) if polys else []
         params = build_params(
             diameter=self.diameter.value, threshold=self.threshold.value,
             threshold_value=self.threshold_value.value, max_distance=self.max_distance.value)
         kwargs = {
             "nuclei_channel": 0,
             "marker_channels": {"er": 1} if er_layer is not None else {},
-            "roi": roi,
             "params": params,
             "backend": self.backend.value,
         }
-        return field, kwargs
+        ctx = {"source": source_of(nuc_layer, self.viewer), "image": nuc_layer,
+               "path": _layer_path(nuc_layer), "roi_layer": roi_layer, "polys": polys,
+               "roi_names": names, "shape": shape,
+               "scale": tuple(nuc_layer.scale[-2:]), "translate": tuple(nuc_layer.translate[-2:])}
+        return field, kwargs, ctx
 
     def _on_yielded(self, progress: Any) -> None:
         self.progress.value = round(100 * float(getattr(progress, "fraction", 0.0)))
         self.status.value = str(getattr(progress, "stage", ""))
 
     def _on_returned(self, result: Any) -> None:
-        self.last_result = result
-        src = self.nuclei_layer.value
-        scale = translate = None
-        if src is not None:
-            scale, translate = src.scale[-2:], src.translate[-2:]
+        ctx = self._ctx or {}
         try:
-            add_or_update_layers(
-                self.viewer, result_layer_data(result, scale=scale, translate=translate))
+            self.show_result(result, ctx)
         except Exception as exc:  # noqa: BLE001 - a display problem must not kill the UI
             self._on_errored(exc)
             return
         self.progress.value = 100
-        self.status.value = f"{len(result.table)} cells"
+
+    def show_result(self, result: Any, ctx: dict[str, Any]) -> FieldState:
+        """Layers, state and results dock for *result* of the image in *ctx*."""
+        from erquant.pipeline import assign_rois, roi_summary
+
+        source = ctx.get("source", "result")
+        polys, names = ctx.get("polys"), list(ctx.get("roi_names") or [])
+        table = assign_rois(result.table, polys, ctx.get("shape", result.nuclei.shape))
+        if not polys:
+            table["roi"] = np.full(len(table), -1, np.int16)
+        lut = np.asarray([*names, ""], dtype=object)  # -1 → ""
+        table["roi_name"] = lut[table["roi"].to_numpy().astype(int)] if len(table) else []
+        table.attrs = dict(result.table.attrs)
+        summary = roi_summary(table, names)
+        state = FieldState(source=source, result=result, table=table, summary=summary,
+                           roi_names=names, source_path=ctx.get("path"),
+                           roi_layer=ctx.get("roi_layer"), image_layer=ctx.get("image"),
+                           polys=polys, shape=tuple(ctx.get("shape", result.nuclei.shape)))
+        keep = [ctx["keep"]] if ctx.get("keep") else []
+        add_or_update_layers(
+            self.viewer,
+            result_layer_data(result, source=source, table=table, scale=ctx.get("scale"),
+                              translate=ctx.get("translate")),
+            keep_data=keep)
+        self.states[source] = state
+        self.current_source = source
+        self.last_result = result
+        self.results.show_state(state)
+        flags = list((result.qc or {}).get("flags", []))
+        self.status.value = (f"{source}: {len(table)} cells"
+                             + (" (re-measured)" if result.info.get("remeasured") else "")
+                             + (f" — QC: {', '.join(flags)}" if flags else ""))
         self.save_button.enabled = True
+        return state
 
     def _on_errored(self, exc: BaseException) -> None:
         self.status.value = "error"
+        source = (self._ctx or {}).get("source")
+        state = self.states.get(source) if source else None
+        if state is not None:  # old results no longer match what was asked
+            state.stale, state.error = True, str(exc)
+            for name in layer_names(source).values():
+                if name in self.viewer.layers:
+                    self.viewer.layers[name].metadata["erquant_stale"] = True
+            self.results.show_state(state)
         show_error(f"erquant failed: {exc}")
 
     def _on_finished(self) -> None:
         self.worker = None
         self.run_button.enabled, self.cancel_button.enabled = True, False
+        self.remeasure_button.enabled = bool(self.states)
 
     # ------------------------------------------------------------------ saving
+    def export(self, path: str | Path, source: str | None = None) -> dict[str, Path] | None:
+        """Write the current (or *source*'s) results; refused (None) when stale."""
+        source = source or self.current_source
+        state = self.states.get(source) if source else None
+        if state is None:
+            show_error("erquant: nothing to export yet: run first")
+            return None
+        if state.stale:
+            show_error(f"erquant: the results of {source!r} are stale (the last run failed: "
+                       f"{state.error}); run again before exporting")
+            return None
+        meta = results_metadata(state.result, source=source, source_path=state.source_path,
+                                roi_names=state.roi_names)
+        written = export_results(path, state.table, state.summary, meta)
+        show_info(f"erquant: {', '.join(str(p) for p in written.values())}")
+        return written
+
     def _save_dialog(self) -> None:
-        if self.last_result is None:
+        if self.current_source is None:
             return
         path, _ = QFileDialog.getSaveFileName(
-            self, "Save cell table", "cells.parquet", "Parquet (*.parquet);;CSV (*.csv)")
+            self, "Export cell table", f"{self.current_source}_cells.csv",
+            "CSV (*.csv);;Parquet (*.parquet)")
         if path:
-            written = save_table(self.last_result.table, path)
-            show_info(f"erquant: table written to {written}")
+            self.export(path)
+
+    def save_rois(self, path: str | Path) -> Path | None:
+        """Save the ROI layer as GeoJSON in the nuclei image's pixel coordinates."""
+        shapes, image = self.roi_layer.value, self.nuclei_layer.value
+        try:
+            if shapes is None:
+                raise ValueError("no ROI (shapes) layer to save")
+            img_path = _layer_path(image) if image is not None else None
+            written = save_rois(path, shapes, image,
+                                image_name=Path(img_path).name if img_path else None,
+                                source=source_of(image, self.viewer) if image else None)
+        except Exception as exc:  # noqa: BLE001
+            show_error(f"erquant: {exc}")
+            return None
+        show_info(f"erquant: ROIs written to {written}")
+        return written
+
+    def load_rois(self, path: str | Path) -> Shapes | None:
+        """Load ROIs from GeoJSON onto the nuclei image as a new Shapes layer."""
+        from erquant.io.roi import read_roi_geojson
+
+        try:
+            rois = read_roi_geojson(path)
+            if not rois:
+                raise ValueError(f"{path}: no ROI in the file")
+        except Exception as exc:  # noqa: BLE001
+            show_error(f"erquant: {exc}")
+            return None
+        data, meta, _ = rois_layer_data(rois, self.nuclei_layer.value,
+                                        name=f"{Path(path).stem} ROIs")
+        layer = self.viewer.add_shapes(data, **meta)
+        self._set(self.roi_layer, layer)
+        show_info(f"erquant: {len(rois)} ROI(s) loaded from {path}")
+        return layer
+
+    def _save_rois_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save ROIs", "rois.geojson",
+                                              "GeoJSON (*.geojson *.json)")
+        if path:
+            self.save_rois(path)
+
+    def _load_rois_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load ROIs", "",
+                                              "GeoJSON (*.geojson *.json)")
+        if path:
+            self.load_rois(path)
+
+
+#: columns of the results table: (header, summary column, format)
+_SUMMARY_COLUMNS = (("ROI", "roi_name", "{}"), ("cells", "n_cells", "{:d}"),
+                    ("mean ERα", "mean_er", "{:.1f}"), ("median ERα", "median_er", "{:.1f}"),
+                    ("% ER+", "pct_positive", "{:.1f}"), ("H-score", "h_score", "{:.0f}"),
+                    ("Allred", "allred", "{:.0f}"))
+
+
+def _fmt(fmt: str, value: Any) -> str:
+    try:
+        if value is None or (isinstance(value, float) and not np.isfinite(value)):
+            return "–"
+        return fmt.format(int(value) if fmt == "{:d}" else value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def legend_html() -> str:
+    """HTML legend of the ERα class colours of the cells layer."""
+    items = []
+    for name, rgba in zip(CLASS_NAMES, CLASS_COLORS, strict=False):
+        hexc = "#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3])
+        items.append(f'<span style="color:{hexc}">■</span>&nbsp;{name}')
+    return "cells by ERα class: " + " &nbsp; ".join(items)
+
+
+class ResultsDock(QWidget):
+    """Results of the shown image: header (cells, diameter, thresholds, QC flags in a
+    warning colour), class legend, a table per ROI and the whole field, Export.
+
+    Clicking a ROI row selects that ROI in its Shapes layer; editing its name renames it.
+    """
+
+    def __init__(self, owner: QuantifyWidget) -> None:
+        super().__init__()
+        self.owner = owner
+        self.state: FieldState | None = None
+        self._filling = False
+        self.source_box = QComboBox()
+        self.source_box.setToolTip("Image whose results are shown")
+        self.header = QLabel("no results yet: press Run")
+        self.header.setWordWrap(True)
+        self.qc_label = QLabel("")
+        self.qc_label.setWordWrap(True)
+        self.legend = QLabel(legend_html())
+        self.table = QTableWidget(0, len(_SUMMARY_COLUMNS))
+        self.table.setHorizontalHeaderLabels([c[0] for c in _SUMMARY_COLUMNS])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setToolTip("One row per ROI and the whole field; click a ROI to select it, "
+                              "double-click its name to rename it")
+        self.refresh_button = QPushButton("Update ROIs")
+        self.refresh_button.setToolTip("Recompute the ROI table from the current shapes "
+                                       "(no new segmentation)")
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip("Cells (CSV/Parquet), ROI summary and metadata JSON")
+        lay = QVBoxLayout()
+        for w in (self.source_box, self.header, self.qc_label, self.legend, self.table):
+            lay.addWidget(w)
+        row = QHBoxLayout()
+        row.addWidget(self.refresh_button)
+        row.addWidget(self.export_button)
+        lay.addLayout(row)
+        self.setLayout(lay)
+        self.source_box.currentTextChanged.connect(self._on_source)
+        self.table.cellClicked.connect(self._on_click)
+        self.table.itemChanged.connect(self._on_edit)
+        self.refresh_button.clicked.connect(self.refresh_rois)
+        self.export_button.clicked.connect(owner._save_dialog)
+
+    def show_state(self, state: FieldState) -> None:
+        self.state = state
+        self._filling = True
+        try:
+            names = list(self.owner.states)
+            if [self.source_box.itemText(i) for i in range(self.source_box.count())] != names:
+                self.source_box.clear()
+                self.source_box.addItems(names)
+            self.source_box.setCurrentText(state.source)
+            res = state.result
+            info = res.info or {}
+            bounds = state.table.attrs.get("er_class_bounds")
+            parts = [f"<b>{state.source}</b>: {len(state.table)} cells"]
+            if info.get("diameter"):
+                parts.append(f"diameter {info['diameter']:.1f} px")
+            parts.append("nuclei threshold "
+                         + (f"{info['threshold']:.4g}" if isinstance(info.get("threshold"),
+                                                                      int | float)
+                            else "— (re-measured from labels)" if info.get("remeasured")
+                            else str(info.get("threshold"))))
+            if bounds is not None and np.isfinite(bounds[0]):
+                parts.append(f"ERα+ ≥ {bounds[0]:.4g}")
+            self.header.setText(" · ".join(parts))
+            flags = list((res.qc or {}).get("flags", []))
+            if state.stale:
+                self.qc_label.setText(f"⚠ STALE — the last run failed ({state.error}); "
+                                      "these results do not match the inputs")
+                self.qc_label.setStyleSheet("color: #ff5050; font-weight: bold")
+            elif flags:
+                self.qc_label.setText("⚠ QC: " + ", ".join(flags))
+                self.qc_label.setStyleSheet("color: #ffa500; font-weight: bold")
+            else:
+                self.qc_label.setText("QC: ok")
+                self.qc_label.setStyleSheet("color: #60c060")
+            summ = state.summary
+            self.table.setRowCount(len(summ))
+            for r, (_, row) in enumerate(summ.iterrows()):
+                for c, (_h, col, fmt) in enumerate(_SUMMARY_COLUMNS):
+                    item = QTableWidgetItem(_fmt(fmt, row.get(col)))
+                    editable = col == "roi_name" and int(row["roi"]) >= 0
+                    flags_ = item.flags() if editable else item.flags() & ~Qt.ItemIsEditable
+                    item.setFlags(flags_)
+                    self.table.setItem(r, c, item)
+            self.table.resizeColumnsToContents()
+        finally:
+            self._filling = False
+
+    def rows(self) -> list[dict[str, str]]:
+        """The table as shown (header → text), for tests and copy-paste."""
+        heads = [c[0] for c in _SUMMARY_COLUMNS]
+        return [{h: self.table.item(r, c).text() for c, h in enumerate(heads)}
+                for r in range(self.table.rowCount())]
+
+    def _on_source(self, name: str) -> None:
+        if not self._filling and name in self.owner.states:
+            self.owner.current_source = name
+            self.show_state(self.owner.states[name])
+
+    def _shape_index(self, roi: int) -> int | None:
+        st = self.state
+        if st is None or st.roi_layer is None:
+            return None
+        from ._rois import _area_shapes
+
+        idx = _area_shapes(st.roi_layer)
+        return idx[roi] if roi < len(idx) else None
+
+    def _on_click(self, row: int, _col: int) -> None:
+        st = self.state
+        if st is None or row >= len(st.summary):
+            return
+        k = self._shape_index(int(st.summary.iloc[row]["roi"]))
+        if k is not None and st.roi_layer in self.owner.viewer.layers:
+            self.owner.viewer.layers.selection.active = st.roi_layer
+            st.roi_layer.mode = "select"
+            st.roi_layer.selected_data = {k}
+
+    def _on_edit(self, item: QTableWidgetItem) -> None:
+        st = self.state
+        if self._filling or st is None or item.column() != 0 or item.row() >= len(st.summary):
+            return
+        roi = int(st.summary.iloc[item.row()]["roi"])
+        k = self._shape_index(roi)
+        new = item.text().strip()
+        if k is None or not new:
+            return
+        feats = st.roi_layer.features.copy()
+        feats.loc[k, "name"] = new
+        st.roi_layer.features = feats
+        st.roi_layer.refresh_text()
+        self.refresh_rois()
+
+    def refresh_rois(self) -> None:
+        """Recompute ROI membership and the summary from the current shapes."""
+        st = self.state
+        if st is None:
+            return
+        ctx = {"source": st.source, "path": st.source_path, "roi_layer": st.roi_layer,
+               "image": st.image_layer, "shape": st.shape, "polys": None, "roi_names": [],
+               "scale": tuple(st.image_layer.scale[-2:]) if st.image_layer else None,
+               "translate": tuple(st.image_layer.translate[-2:]) if st.image_layer else None,
+               "keep": layer_names(st.source)["nuclei"]}
+        if st.roi_layer is not None and st.roi_layer in self.owner.viewer.layers:
+            ctx["polys"] = shapes_to_polygons(st.roi_layer, st.image_layer) or None
+            ctx["roi_names"] = roi_names(st.roi_layer) if ctx["polys"] else []
+        stale, err = st.stale, st.error
+        new = self.owner.show_result(st.result, ctx)
+        new.stale, new.error = stale, err
+        self.show_state(new)
 
 
 class QuantifyError(Exception):
     """A RuntimeError raised by the core, re-raised under a type the worker reports."""
 
 
-def _quantify_gen(field: np.ndarray, **kwargs: Any):
-    """Generator wrapper so ``create_worker`` always builds a GeneratorWorker.
+def _core_gen(name: str, *args: Any, **kwargs: Any):
+    """Run the core generator ``erquant.pipeline.<name>`` (looked up at call time).
 
     superqt's GeneratorWorker takes a RuntimeError from the generator for "worker
     deleted" and stops without emitting ``errored`` or ``finished``, which would leave
     the widget busy forever; such errors are re-raised as :class:`QuantifyError`.
     """
-    from erquant.pipeline import quantify_iter
+    import erquant.pipeline
 
     try:
-        result = yield from quantify_iter(field, **kwargs)
+        result = yield from getattr(erquant.pipeline, name)(*args, **kwargs)
     except RuntimeError as exc:
         raise QuantifyError(f"{type(exc).__name__}: {exc}") from exc
     return result
