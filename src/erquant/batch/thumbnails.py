@@ -31,8 +31,9 @@ def field_loader(outdir):
         if not pid:
             raise ValueError("fields.csv row has no id")
         part = json.loads((outdir / "parts" / f"{pid}.json").read_text())
-        chans = tuple((n, ChannelSource(p, s, pl) if p else None)
-                      for n, p, s, pl in part["sources"])
+        chans = tuple((n, None if src is None else ChannelSource(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in src.items()}))
+            for n, src in part["sources"])
         item = WorkItem(str(part["plate"]), int(part["timepoint"]), float("nan"),
                         str(part["well"]), int(part["row"]), int(part["col"]),
                         int(part["field"]), chans)

@@ -16,6 +16,7 @@ to the client.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -231,6 +232,10 @@ def _write(item, res, names, roi_names, shape, secs, outdir, config) -> dict:
     if config.get("save_labels"):
         _write_tiff(outdir / LABELS / f"{item.id}_nuclei.tif", res.nuclei)
         _write_tiff(outdir / LABELS / f"{item.id}_cells.tif", res.cells)
+        if item.image_group:  # OME-Zarr input: NGFF labels beside the field's image too
+            from erquant.io.omezarr import write_field_labels
+
+            write_field_labels(item.image_group, {"nuclei": res.nuclei, "cells": res.cells})
     _write_parquet(outdir / PARTS / f"{item.id}.parquet", table)
     return _commit(item, summary, outdir, config)
 
@@ -239,9 +244,9 @@ def _commit(item, summary, outdir, config) -> dict:
     summary = {k: _jsonable(v) for k, v in summary.items()}
     summary.update(id=item.id, fingerprint=config["fingerprint"],
                    files=_file_stats(item.files), worker_pid=os.getpid(),
-                   sources=[[n, None if s is None else s.path,
-                             None if s is None else s.series, None if s is None else s.plane]
-                            for n, s in item.channels])
+                   sources=[[n, None if s is None else dataclasses.asdict(s)]
+                            for n, s in item.channels],
+                   image_group=item.image_group)
     atomic_write_bytes(outdir / PARTS / f"{item.id}.json",
                        json.dumps(summary, default=str).encode())
     return summary

@@ -65,6 +65,8 @@ class ChannelSource:
     plane: int | None = None  #: plane (channel) index inside the series
     z_paths: tuple[str, ...] = ()  #: further Z planes (files), projected with ``path``
     z_mode: str = "max"  #: how Z planes are combined: "max" (maximum projection)
+    array: str | None = None  #: a Zarr array inside the store at ``path`` (OME-Zarr)
+    index: tuple[int, ...] = ()  #: with ``array``: index of the leading axes; -1 = max over it
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class WorkItem:
     field: int
     channels: tuple[tuple[str, ChannelSource | None], ...]
     z: int | None = None
+    image_group: str | None = None  #: OME-Zarr: "<store>::<image group>" (labels go there)
 
     @property
     def id(self) -> str:
@@ -401,6 +404,10 @@ def open_input(path: str | os.PathLike, *, pattern: str | None = None,
                          "(*.ome.tif); for folders of images give the folder")
     if pattern:
         return PatternReader(path, pattern, cmap)
+    from erquant.io.omezarr import OmeZarrReader, is_ome_zarr
+
+    if is_ome_zarr(path):
+        return OmeZarrReader(path, cmap)
     from erquant.io.vendors import detect_vendor
 
     vendor = detect_vendor(path, cmap)
@@ -430,6 +437,10 @@ def _read_plane(src: ChannelSource) -> np.ndarray:
         if src.z_mode != "max":
             raise ValueError(f"unknown Z mode {src.z_mode!r} (supported: 'max')")
         return np.max(np.stack(planes), axis=0)
+    if src.array is not None:
+        from erquant.io.omezarr import read_zarr_plane
+
+        return read_zarr_plane(src)
     if src.series is None and src.plane is None:
         from erquant.io.tiff import read_image
 

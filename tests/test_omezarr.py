@@ -1,0 +1,84 @@
+"""OME-Zarr HCS plates (NGFF 0.4 / Zarr v2 and 0.5 / Zarr v3) through `erquant run`:
+the same fields as a MetaXpress plate give the same cells; --save-labels writes NGFF
+labels into each field that ome-zarr-py reads back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import zarr
+
+from erquant.cli import main
+from erquant.io.items import load_item, open_input
+from erquant.io.omezarr import write_hcs_plate
+from erquant.synthetic import CompoundSpec, PlateSpec, write_plate
+
+SPEC = PlateSpec(name="ZRR", shape=(160, 160), fields_per_well=2, n_nuclei=16,
+                 compounds=(CompoundSpec("cpdA"),), doses_nM=(1.0, 100.0), n_vehicle=2,
+                 n_reference=0, reference=None, time_points_h=(24.0,),
+                 out_of_focus_fraction=0.0, seed=4)
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory) -> Path:
+    return write_plate(SPEC, tmp_path_factory.mktemp("zrr") / "ZRR", progress=False,
+                       formats=("metaxpress",))
+
+
+@pytest.fixture(scope="module")
+def reference(plate, tmp_path_factory) -> pd.DataFrame:
+    out = tmp_path_factory.mktemp("ref") / "out"
+    assert main(["run", str(plate), "-o", str(out), "--workers", "0", "-q", "--no-report"]) == 0
+    return pd.read_parquet(out / "cells.parquet")
+
+
+def _fields(plate: Path) -> dict:
+    out = {}
+    for p in sorted((plate / "TimePoint_1").glob("*_w1.tif")):
+        well, s, _ = p.stem.split("_")
+        out[(well, int(s[1:]))] = np.stack([tifffile.imread(p),
+                                            tifffile.imread(str(p).replace("_w1", "_w2"))])
+    return out
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_hcs_plate_same_cells_and_labels_written_back(plate, reference, tmp_path, version):
+    store = write_hcs_plate(tmp_path / "plate.zarr", _fields(plate), version=version,
+                            channel_names=("Hoechst 33342", "ERa AF488"), name="ZRR")
+    assert (store / ("zarr.json" if version == "0.5" else ".zattrs")).exists()
+    reader = open_input(store)
+    assert type(reader).__name__ == "OmeZarrReader"
+    items = reader.items()
+    assert len(items) == 8 and {it.plate for it in items} == {"ZRR"}
+    img, names = load_item(items[0])
+    assert img.shape == (2, 160, 160) and names == ["nuclei", "er"]
+    out = tmp_path / "out"
+    (tmp_path / "plate_map.csv").write_bytes((plate / "plate_map.csv").read_bytes())
+    rc = main(["run", str(store), "-o", str(out), "--workers", "0", "-q", "--no-report",
+               "--save-labels", "--plate-map", str(tmp_path / "plate_map.csv"),
+               "--channels", "Hoechst 33342=nuclei,ERa AF488=er"])
+    assert rc == 0
+    cells = pd.read_parquet(out / "cells.parquet")
+    pd.testing.assert_frame_equal(reference.drop(columns=["time_h"]),
+                                  cells.drop(columns=["time_h"]))
+    # NGFF labels of every field, equal to the TIFFs beside the tables
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    root = zarr.open_group(str(store), mode="r")
+    for it in items:
+        group = it.image_group.split("::")[1]
+        for name in ("nuclei", "cells"):
+            lg = root[f"{group}/labels/{name}"]
+            attrs = dict(lg.attrs)
+            ome = attrs.get("ome", attrs)
+            assert "image-label" in ome
+            lab = np.asarray(lg[ome["multiscales"][0]["datasets"][0]["path"]])
+            tif = tifffile.imread(out / "labels" / f"{it.id}_{name}.tif")
+            assert np.array_equal(lab.reshape(tif.shape), tif)
+    nodes = list(Reader(parse_url(str(store / items[0].image_group.split("::")[1])))())
+    assert any("labels" in str(n.zarr) for n in nodes)
