@@ -589,3 +589,104 @@ def test_build_params_maps_widget_values():
     assert (q.segment.diameter, q.segment.threshold_value, q.cells.max_distance) == (None, 300, 8)
     with pytest.raises(ValueError, match="threshold"):
         build_params(threshold="magic")
+
+
+# ----------------------------------------------------------------------------- batch widget
+@pytest.fixture(scope="module")
+def small_plate(tmp_path_factory):
+    from erquant.synthetic import PlateSpec, write_plate
+
+    plate = tmp_path_factory.mktemp("plate") / "P1"
+    write_plate(PlateSpec(shape=(128, 128), fields_per_well=2, n_nuclei=10), plate,
+                wells=["A01", "A02"], progress=False)
+    (plate / "plate_map.csv").unlink()  # two treated wells, no vehicle: no dose-response
+    return plate
+
+
+@needs_display
+def test_batch_widget_runs_plate_then_heatmap(make_napari_viewer, qtbot, small_plate,
+                                              tmp_path):
+    from napari_erquant._batch import BatchWidget
+
+    viewer = make_napari_viewer()
+    widget = BatchWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.input.value = small_plate
+    widget.outdir.value = tmp_path / "out"
+    widget.workers.value = 0
+    seen: list[int] = []
+    widget._relay.field_done.connect(lambda done, total, _id: seen.append(done))
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
+    assert widget.result is not None and widget.result.n_ok == 4, widget.status.value
+    assert seen == [1, 2, 3, 4] and widget.progress.value == 100
+    assert widget.status.value.startswith("done: 4 of 4")
+    wells = pd.read_csv(tmp_path / "out" / "wells.csv").set_index("well")
+    assert widget.cell_value("A01").lstrip("⚠ ") == f"{wells.loc['A01', 'n_nuclei']:.0f}"
+    widget.readout.value = "% ER-positive"
+    v = wells.loc["A02", "pct_er_positive"]
+    assert widget.cell_value("A02").lstrip("⚠ ") == (f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}")
+    assert str(tmp_path / "out") in widget.report.value
+    # clicking a well opens the plate as stacks at that well's first field
+    widget.heatmap.cellClicked.emit(0, 1)
+    stack = next(lay for lay in viewer.layers if "fields" in lay.metadata)
+    assert stack.data.shape[0] == 4
+    assert viewer.dims.current_step[0] == 2  # A02 s1
+    n = len(viewer.layers)
+    widget.open_well("A01")
+    assert len(viewer.layers) == n and viewer.dims.current_step[0] == 0
+
+
+@needs_display
+def test_batch_widget_cancel_and_bad_input(make_napari_viewer, qtbot, small_plate, tmp_path,
+                                           monkeypatch):
+    import napari_erquant._batch as b
+
+    viewer = make_napari_viewer()
+    widget = b.BatchWidget(viewer)
+    errors: list[str] = []
+    monkeypatch.setattr(b, "show_error", errors.append)
+    assert widget.run() is None and "input" in errors[-1]
+    widget.input.value = tmp_path / "nothing here"
+    widget.outdir.value = tmp_path / "out"
+    assert widget.run() is None and "not found" in errors[-1]
+    widget.input.value = small_plate
+    assert widget.run() is not None
+    widget.cancel_button.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
+    assert widget.result.interrupted and widget.result.n_ok < 4
+    assert widget.status.value.startswith("cancelled") and widget.run_button.enabled
+
+
+@needs_display
+def test_plate_folder_opens_through_napari(make_napari_viewer, small_plate):
+    pm = npe2.PluginManager.instance()
+    if "erquant" not in pm:
+        pm.register(npe2.PluginManifest.from_file(MANIFEST))
+    viewer = make_napari_viewer()
+    viewer.open(str(small_plate), plugin="erquant")
+    names = [lay.name for lay in viewer.layers]
+    assert len(names) == 2 and names[0].endswith("nuclei") and names[1].endswith("er")
+    assert viewer.layers[0].data.shape == (4, 128, 128)
+    assert isinstance(viewer.layers[0].data, da.Array)
+    assert viewer.dims.axis_labels[0] == "field"
+
+
+@needs_display
+def test_quantify_current_field_of_a_plate_stack(make_napari_viewer, qtbot, small_plate):
+    from napari_erquant._widgets import QuantifyWidget
+
+    from erquant.io.items import load_item, open_input
+    from erquant.pipeline import quantify
+
+    viewer = make_napari_viewer()
+    widget = QuantifyWidget(viewer)
+    for data, meta, _ in _reader.read_plate(str(small_plate)):
+        viewer.add_image(data, **meta)
+    viewer.dims.set_current_step(0, 3)
+    _run(qtbot, widget)
+    assert set(widget.states) == {"A02 s2"}, widget.status.value
+    img, _ = load_item(open_input(small_plate).items()[3])
+    core = quantify(img)
+    pd.testing.assert_frame_equal(widget.states["A02 s2"].result.table, core.table)
+    assert viewer.layers["A02 s2 nuclei"].data.shape == (128, 128)
