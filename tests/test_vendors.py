@@ -122,3 +122,34 @@ def test_operetta_index_naming_a_missing_file_is_a_clear_error(tmp_path):
     (tmp_path / "Images" / "Index.xml").write_text(INDEX.format(images=img))
     with pytest.raises(InputError, match="r01c01f02p01-ch1sk1fk1fl1.tiff, which is not in"):
         open_input(tmp_path, channels="ch1=nuclei").items()
+
+
+def test_metaxpress_z_steps_thumbnails_and_htd(plate, reference, tmp_path):
+    src = tmp_path / "mx"
+    for p, well, fld, ch in _metaxpress_files(plate):
+        img = tifffile.imread(p)
+        for z, scale in ((1, 1.0), (2, 0.6), (3, 0.3)):  # the in-focus plane is the brightest
+            d = src / "TimePoint_1" / f"ZStep_{z}"
+            d.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(d / p.name, (img.astype(np.float32) * scale).astype(img.dtype))
+        tifffile.imwrite(src / "TimePoint_1" / f"{p.stem}_thumb.tif", img[::4, ::4])
+    (src / "VEN.HTD").write_text('"HTSInfoFile", Version 1.0\n"XWells", 12\n"YWells", 8\n'
+                                 '"NWavelengths", 2\n"WaveName1", "DAPI"\n'
+                                 '"WaveName2", "FITC"\n')
+    shutil.copy(plate / "plate_map.csv", src)
+    reader = open_input(src, channels="DAPI=nuclei,FITC=er")
+    assert type(reader).__name__ == "MetaXpressReader"
+    items = reader.items()
+    assert len(items) == 8  # thumbnails skipped, three Z steps = one field
+    assert all(len(s.z_paths) == 2 for _, s in items[0].channels)
+    out = tmp_path / "out"
+    assert main(["run", str(src), "-o", str(out), "--workers", "0", "-q", "--no-report",
+                 "--channels", "DAPI=nuclei,FITC=er"]) == 0
+    _same_cells(reference, pd.read_parquet(out / "cells.parquet"))  # no timepoints.csv
+    # a projection saved by the instrument beside the ZStep folders is used as it is
+    first = next(_metaxpress_files(plate))[0]
+    tifffile.imwrite(src / "TimePoint_1" / first.name, np.zeros((160, 160), np.uint16))
+    it = [i for i in open_input(src, channels="DAPI=nuclei,FITC=er").items()
+          if (i.well, i.field) == ("A01", 1)][0]
+    src0 = dict(it.channels)["nuclei"]
+    assert src0.path.endswith(f"TimePoint_1/{first.name}") and src0.z_paths == ()

@@ -214,16 +214,30 @@ class MetaXpressReader:
                 raise InputError(str(exc)) from exc
         return self._table
 
+    def _wave_names(self) -> dict[str, str]:
+        """``.HTD`` plate description: wavelength names ("WaveName1", "DAPI") → ids."""
+        out: dict[str, str] = {}
+        for htd in sorted(self.folder.glob("*.[Hh][Tt][Dd]"))[:1]:
+            for line in htd.read_text(errors="replace").splitlines():
+                m = re.match(r'\s*"WaveName(\d+)"\s*,\s*"([^"]*)"', line)
+                if m and m.group(2):
+                    out[m.group(2)] = f"w{int(m.group(1))}"
+        return out
+
     def channel_ids(self) -> list[str]:
-        return [c[5:] for c in self._scan().columns if c.startswith("path_w")]
+        ids = [c[5:] for c in self._scan().columns if c.startswith("path_w")]
+        return ids + [n for n, w in self._wave_names().items() if w in ids]
 
     def items(self) -> list[WorkItem]:
         tab = self._scan()
         names = _resolve_channels(self.channels, self.channel_ids(), str(self.folder))
+        waves = self._wave_names()
+        names = {n: waves.get(cid, cid) for n, cid in names.items()}
         out = []
         for r in tab.to_dict("records"):
-            chans = tuple((name, ChannelSource(r[f"path_{cid}"]) if r[f"path_{cid}"] else None)
-                          for name, cid in names.items())
+            chans = tuple((name, ChannelSource(r[f"path_{cid}"], z_paths=tuple(
+                p for p in (r.get(f"z_path_{cid}") or "").split(";") if p))
+                if r[f"path_{cid}"] else None) for name, cid in names.items())
             out.append(WorkItem(str(r["plate"]), int(r["timepoint"]), float(r["time_h"]),
                                 r["well"], int(r["row"]), int(r["col"]), int(r["field"]),
                                 chans))

@@ -8,7 +8,10 @@ e.g. ``TimePoint_1/A01_s1_w1.tif`` or ``MyPlate_B12_s3_w2_0F3A...tif``.
 ``TimePoint_<n>`` folders give the 1-based ``timepoint``; an optional
 ``timepoints.csv`` (columns ``timepoint,time_h``) in the plate folder gives
 the time in hours (``time_h``, NaN without it). Thumbnails (``*_thumb*``) are
-skipped.
+skipped. ``ZStep_<n>/`` folders hold the planes of a Z stack: the first plane is the
+``path_w<k>`` column and the others are listed in ``z_path_w<k>`` (";"-joined; the batch
+engine maximum-projects them) unless the instrument saved its own projection beside
+the ZStep folders, which is then used.
 
 The OME-TIFF stack form (:func:`write_ome_stack`, :func:`read_ome_stack`) is
 one file with one OME Image (series) per field, each (C, Y, X), and a CSV index
@@ -46,6 +49,7 @@ _NAME_RE = re.compile(
     re.IGNORECASE,
 )
 _TP_RE = re.compile(r"^TimePoint_(\d+)$", re.IGNORECASE)
+_Z_RE = re.compile(r"^ZStep_(\d+)$", re.IGNORECASE)
 
 
 def parse_well(well: str) -> tuple[int, int]:
@@ -155,11 +159,15 @@ def scan_plate_folder(folder: str | Path) -> pd.DataFrame:
             continue
         rel_parts = p.relative_to(folder).parts[:-1]
         timepoint = 1
+        zstep = None
         skip = False
         for part in rel_parts:
             tm = _TP_RE.match(part)
+            zm = _Z_RE.match(part)
             if tm:
                 timepoint = int(tm.group(1))
+            elif zm:
+                zstep = int(zm.group(1))
             elif part.lower() in ("truth", "thumbs", "thumbnails"):
                 skip = True
         if skip:
@@ -183,6 +191,13 @@ def scan_plate_folder(folder: str | Path) -> pd.DataFrame:
             },
         )
         ch = f"path_w{int(m.group('channel'))}"
+        if zstep is not None:  # ZStep_<n>/: planes of a Z stack, kept apart
+            zs = rec.setdefault("_z", {}).setdefault(ch, {})
+            if zstep in zs:
+                raise ValueError(f"two files for {well} field {field} channel {ch[5:]} "
+                                 f"Z step {zstep}: {zs[zstep]!r} and {str(p)!r}")
+            zs[zstep] = str(p)
+            continue
         if ch in rec:
             raise ValueError(
                 f"two files for {well} field {field} channel {ch[5:]} at timepoint "
@@ -194,9 +209,18 @@ def scan_plate_folder(folder: str | Path) -> pd.DataFrame:
             f"no MetaXpress-style image (e.g. 'A01_s1_w1.tif') found in {str(folder)!r} "
             "or its TimePoint_<n> sub-folders"
         )
+    for rec in records.values():  # Z stacks: the instrument's own projection wins if saved
+        for ch, zs in rec.pop("_z", {}).items():
+            if ch not in rec:
+                planes = [zs[z] for z in sorted(zs)]
+                rec[ch] = planes[0]
+                rec["z_" + ch] = ";".join(planes[1:])
     df = pd.DataFrame(list(records.values()))
     path_cols = sorted((c for c in df.columns if c.startswith("path_w")), key=lambda c: int(c[6:]))
-    df = df[["plate", "well", "row", "col", "field", "timepoint", "time_h", *path_cols]]
+    z_cols = [f"z_{c}" for c in path_cols if f"z_{c}" in df.columns]
+    df = df[["plate", "well", "row", "col", "field", "timepoint", "time_h", *path_cols, *z_cols]]
+    if z_cols:
+        df[z_cols] = df[z_cols].fillna("")
     df[path_cols] = df[path_cols].astype(object).where(df[path_cols].notna(), None)
     return df.sort_values(["plate", "timepoint", "row", "col", "field"]).reset_index(drop=True)
 
