@@ -126,7 +126,7 @@ def test_operetta_index_naming_a_missing_file_is_a_clear_error(tmp_path):
 
 def test_metaxpress_z_steps_thumbnails_and_htd(plate, reference, tmp_path):
     src = tmp_path / "mx"
-    for p, well, fld, ch in _metaxpress_files(plate):
+    for p, *_ in _metaxpress_files(plate):
         img = tifffile.imread(p)
         for z, scale in ((1, 1.0), (2, 0.6), (3, 0.3)):  # the in-focus plane is the brightest
             d = src / "TimePoint_1" / f"ZStep_{z}"
