@@ -583,7 +583,7 @@ class QuantifyWidget(QWidget):
 
 #: columns of the results table: (header, summary column, format)
 _SUMMARY_COLUMNS = (("ROI", "roi_name", "{}"), ("cells", "n_cells", "{:d}"),
-                    ("mean ERα", "mean_er", "{:.1f}"), ("median ERα", "median_er", "{:.1f}"),
+                    ("ERα mean", "mean_er", "{:.0f}"), ("median", "median_er", "{:.0f}"),
                     ("% ER+", "pct_positive", "{:.1f}"), ("H-score", "h_score", "{:.0f}"),
                     ("Allred", "allred", "{:.0f}"))
 
@@ -628,7 +628,8 @@ class ResultsDock(QWidget):
         self.table = QTableWidget(0, len(_SUMMARY_COLUMNS))
         self.table.setHorizontalHeaderLabels([c[0] for c in _SUMMARY_COLUMNS])
         self.table.verticalHeader().setVisible(False)
-        self.table.setToolTip("One row per ROI and the whole field; click a ROI to select it, "
+        self.table.setToolTip("One row per ROI and the whole field (ERα: nuclear, "
+                              "background-corrected); click a ROI to select it, "
                               "double-click its name to rename it")
         self.refresh_button = QPushButton("Update ROIs")
         self.refresh_button.setToolTip("Recompute the ROI table from the current shapes "
