@@ -82,3 +82,21 @@ def test_hcs_plate_same_cells_and_labels_written_back(plate, reference, tmp_path
             assert np.array_equal(lab.reshape(tif.shape), tif)
     nodes = list(Reader(parse_url(str(store / items[0].image_group.split("::")[1])))())
     assert any("labels" in str(n.zarr) for n in nodes)
+
+
+def test_opening_a_384_well_plate_reads_no_pixels(tmp_path):
+    """Planning reads metadata only: with every chunk file deleted the fields still list."""
+    from erquant.io.plate import well_name
+
+    fields = {(well_name(r, c), 1): np.ones((2, 8, 8), np.uint16)  # zeros: no chunks
+              for r in range(1, 17) for c in range(1, 25)}
+    store = write_hcs_plate(tmp_path / "p384.zarr", fields, version="0.5")
+    meta = {"zarr.json", ".zattrs", ".zgroup", ".zarray"}
+    chunks = [p for p in store.rglob("*") if p.is_file() and p.name not in meta]
+    assert len(chunks) >= 384
+    for p in chunks:
+        p.unlink()
+    items = open_input(store).items()
+    assert len(items) == 384 and items[-1].well == "P24"
+    with pytest.raises(ValueError):  # pixels are read only when a field is loaded
+        load_item(items[0])

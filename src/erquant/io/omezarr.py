@@ -136,7 +136,7 @@ class OmeZarrReader:
                 out.append(WorkItem(str(plate), t + 1, np.nan, well_name(row, col), row, col,
                                     fld, tuple(chans),
                                     image_group=f"{self.path}::{group}"))
-        return out
+        return sorted(out, key=lambda it: (it.plate, it.timepoint, it.row, it.col, it.field))
 
 
 def read_zarr_plane(src: ChannelSource) -> np.ndarray:
