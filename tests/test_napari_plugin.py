@@ -289,6 +289,10 @@ def test_widget_rois_results_dock_equal_core(widget_viewer, qtbot, result):
     assert set(labels.features["label"]) == set(np.unique(labels.data[labels.data > 0]))
     cells = viewer.layers[names["cells"]]
     assert len(cells.features.columns) <= 6  # short hover status
+    y, x = result.table[["centroid_y", "centroid_x"]].iloc[0]
+    hover = cells.get_status((y, x), world=True)["coordinates"]
+    assert "nucleus_er_mean_bgcorr" in hover and "er_class" in hover and "roi_name" in hover
+    assert "cyto_er_mean" not in hover and len(hover) < 200
 
     # the dock's numbers are the core's on the same cells
     core = roi_summary(assign_rois(result.table, [left, right], SHAPE), ["left", "right"])
