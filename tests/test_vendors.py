@@ -110,7 +110,14 @@ def test_operetta_export(plate, reference, tmp_path, with_index):
     out = tmp_path / "out"
     assert main(["run", str(src), "-o", str(out), "--workers", "0", "-q", "--no-report",
                  "--channels", channels]) == 0
-    _same_cells(reference, pd.read_parquet(out / "cells.parquet"))
+    cells = pd.read_parquet(out / "cells.parquet")
+    um2 = {c: 0.0 for c in ("nucleus_area_um2", "cell_area_um2", "cyto_area_um2")}
+    _same_cells(reference.assign(**um2), cells.assign(**um2))
+    if with_index:  # 0.65 µm pixels from the XML: areas in µm² beside px
+        assert np.allclose(cells["nucleus_area_um2"], cells["nucleus_area_px"] * 0.65**2)
+        assert np.allclose(pd.read_csv(out / "fields.csv")["pixel_size_um"], 0.65)
+    else:
+        assert cells["nucleus_area_um2"].isna().all()
 
 
 def test_operetta_index_naming_a_missing_file_is_a_clear_error(tmp_path):

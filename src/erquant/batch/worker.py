@@ -112,6 +112,10 @@ def _finish_row(item: WorkItem, res, names: list[str], roi_names: list[str], sha
     keys = item.keys
     for i, (k, v) in enumerate(keys.items()):
         table.insert(i, k, v)
+    ps = item.pixel_size_um
+    for comp in ("nucleus", "cell", "cyto"):  # areas in µm² beside px where the size is known
+        if f"{comp}_area_px" in table:
+            table[f"{comp}_area_um2"] = table[f"{comp}_area_px"] * (ps * ps if ps else np.nan)
     if roi_names:
         lut = np.asarray(roi_names, dtype=object)
         table["roi_name"] = lut[table["roi"].to_numpy().clip(0)] if len(table) else []
@@ -121,7 +125,8 @@ def _finish_row(item: WorkItem, res, names: list[str], roi_names: list[str], sha
                **res.summary(), "threshold": res.info.get("threshold"),
                "downsample": res.info.get("downsample"), "backend": res.info.get("backend"),
                "height": int(shape[0]), "width": int(shape[1]),
-               "rois": ";".join(roi_names), "channels": ";".join(names)}
+               "rois": ";".join(roi_names), "channels": ";".join(names),
+               "pixel_size_um": item.pixel_size_um}
     return summary, table
 
 

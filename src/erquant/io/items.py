@@ -88,6 +88,7 @@ class WorkItem:
     channels: tuple[tuple[str, ChannelSource | None], ...]
     z: int | None = None
     image_group: str | None = None  #: OME-Zarr: "<store>::<image group>" (labels go there)
+    pixel_size_um: float | None = None  #: from the metadata where the layout records it
 
     @property
     def id(self) -> str:
@@ -355,8 +356,13 @@ class OmeStackReader:
             with tifffile.TiffFile(self.path) as tif:
                 self._shapes = [tuple(s.shape) for s in tif.series]
                 names = []
+                self._pixel_size = None
                 if tif.ome_metadata:
                     names = re.findall(r'<Channel[^>]*Name="([^"]*)"', tif.ome_metadata)
+                    ps = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
+                    unit = re.search(r'PhysicalSizeXUnit="([^"]*)"', tif.ome_metadata)
+                    if ps and (unit is None or unit.group(1) in ("µm", "um", "micron")):
+                        self._pixel_size = float(ps.group(1))
         except Exception as exc:  # tifffile raises many types on corrupt files
             raise InputError(f"{self.path}: cannot read as OME-TIFF: {exc}") from exc
         if not self._shapes:
@@ -399,7 +405,7 @@ class OmeStackReader:
                                 int(r.get("timepoint", 1)),
                                 float(th) if th is not None else np.nan,
                                 well_name(row, col), row, col, int(r.get("field", s + 1)),
-                                chans))
+                                chans, pixel_size_um=self._pixel_size))
         return out
 
 

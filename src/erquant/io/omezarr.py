@@ -100,6 +100,12 @@ class OmeZarrReader:
         self._dataset = ms["datasets"][0]["path"]
         shape = first[self._dataset].shape
         self._shape = dict(zip(self._axes, shape))
+        self._pixel_size = None
+        axes = ms.get("axes", [])
+        units = {a.get("name"): a.get("unit") for a in axes if isinstance(a, dict)}
+        for t in ms["datasets"][0].get("coordinateTransformations", []):
+            if t.get("type") == "scale" and units.get("x") in ("micrometer", "µm", "um"):
+                self._pixel_size = float(t["scale"][self._axes.index("x")])
         labels = [c.get("label") for c in fome.get("omero", {}).get("channels", [])]
         nc = self._shape.get("c", 1)
         self._names = [n for n in labels[:nc] if n]
@@ -134,8 +140,8 @@ class OmeZarrReader:
                                 for a in lead)
                     chans.append((name, ChannelSource(str(self.path), array=array, index=idx)))
                 out.append(WorkItem(str(plate), t + 1, np.nan, well_name(row, col), row, col,
-                                    fld, tuple(chans),
-                                    image_group=f"{self.path}::{group}"))
+                                    fld, tuple(chans), image_group=f"{self.path}::{group}",
+                                    pixel_size_um=self._pixel_size))
         return sorted(out, key=lambda it: (it.plate, it.timepoint, it.row, it.col, it.field))
 
 

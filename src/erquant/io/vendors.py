@@ -67,7 +67,8 @@ OP_RE = re.compile(
     r"sk(?P<sk>\d+)fk\d+fl\d+\.tiff?$", re.IGNORECASE)
 
 
-def _group_items(records: dict, names: dict[str, str], z_mode: str = "max") -> list[WorkItem]:
+def _group_items(records: dict, names: dict[str, str], z_mode: str = "max",
+                 pixel_size_um: float | None = None) -> list[WorkItem]:
     """records: (plate, tp, row, col, field) → {"time_h", "ch": {cid: {z: path}}}."""
     from erquant.io.plate import well_name
 
@@ -85,7 +86,8 @@ def _group_items(records: dict, names: dict[str, str], z_mode: str = "max") -> l
             chans.append((name, ChannelSource(paths[0], z_paths=tuple(paths[1:]),
                                               z_mode=z_mode)))
         out.append(WorkItem(str(plate), int(tp), float(rec["time_h"]), well_name(row, col),
-                            int(row), int(col), int(fld), tuple(chans)))
+                            int(row), int(col), int(fld), tuple(chans),
+                            pixel_size_um=pixel_size_um))
     return out
 
 
@@ -243,7 +245,7 @@ class OperettaReader:
         names = _resolve_channels(self.channels, ids, str(self.folder), aliases)
         names = {n: aliases.get(cid, cid) if not cid.startswith("ch") else cid
                  for n, cid in names.items()}
-        return _group_items(self._scan(), names)
+        return _group_items(self._scan(), names, pixel_size_um=self.pixel_size_um)
 
 
 def detect_vendor(folder: str | Path, channels: ChannelMap | None = None):
