@@ -362,3 +362,43 @@ def test_automatic_downsampling_keeps_ten_pixels_per_diameter(backend, synthetic
     assert np.mean(f1_auto) >= np.mean(f1_full) - 0.01, (f1_auto, f1_full)
     with pytest.raises(ValueError, match="downsample"):
         segment_nuclei(f.image[0], downsample=-1)
+
+
+# ---------------------------------------------------------------- issue 14 failure modes
+def _sparse_8bit_field(seed=0):
+    """Sparse 8-bit field as in the DSB/Koyuncu JPEGs: background exactly 0, a dim
+    quantised haze plateau (JPEG-like 8×8 blocks, 2-4 grey levels) around bright nuclei."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:256, :256]
+    img = np.zeros((256, 256), np.float32)
+    centres = [(50, 60), (60, 190), (130, 120), (200, 50), (205, 200), (140, 220), (110, 30)]
+    haze = np.zeros_like(img, bool)
+    for cy, cx in centres:
+        haze |= (yy - cy) ** 2 + (xx - cx) ** 2 < 30 ** 2
+    blocks = rng.integers(1, 4, (32, 32)).repeat(8, 0).repeat(8, 1)
+    img[haze] = blocks[haze]
+    for cy, cx in centres:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 9 ** 2] = 120
+    return np.clip(img, 0, 255).astype(np.uint8), len(centres)
+
+
+def test_sparse_8bit_field_with_zero_background_and_haze(backend):
+    # issue 14, mode 2: the MAD noise of a flat zero background is 0, the threshold
+    # fell < 1 grey level above it and the haze blocks became dozens of "nuclei"
+    img, n = _sparse_8bit_field()
+    labels = _seg(backend, img)
+    assert int(labels.max()) == n
+
+
+def test_diameter_estimate_ignores_a_large_faint_blob(backend):
+    # issue 14, mode 1 (Koyuncu 1.jpg): a faint cytoplasm-like blob of 200 px larger
+    # than all nuclei together ran the area-weighted diameter estimate away (182 px
+    # for 36 px nuclei)
+    yy, xx = np.mgrid[:512, :512]
+    img = np.zeros((512, 512), np.float32)
+    img[(yy - 150) ** 2 + (xx - 150) ** 2 < 100 ** 2] = 6
+    for cy, cx in [(380, 80), (380, 200), (420, 320), (300, 420), (450, 450), (80, 420)]:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 15 ** 2] = 200
+    img = _noisy(img, 1.0)
+    d = estimate_diameter(backend.asarray(np.clip(img, 0, 255).astype(np.uint8)))
+    assert 22 < d < 36, d

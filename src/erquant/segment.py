@@ -8,7 +8,8 @@ OpenCV on the CPU and ``cupyx.scipy.ndimage`` on the GPU):
    estimate the nucleus diameter by a fixed-point iteration on a central crop:
    foreground mask at a provisional scale → area-weighted median of twice the
    largest inscribed radius per object → new scale (large provisional scales are
-   measured on block-averaged copies);
+   measured on block-averaged copies; faint objects — haze, dim cytoplasm —
+   are not sized, see :data:`FAINT_OBJECT`);
    **working scale**: by default (``downsample=0``) steps 2–6 run on a copy
    area-averaged ``d / 10`` times smaller when d ≥ 20 px (nuclei ~10 px across),
    the labels are brought back to full size (nearest) and their boundaries
@@ -18,7 +19,10 @@ OpenCV on the CPU and ``cupyx.scipy.ndimage`` on the GPU):
    opening of a down-sampled copy, refined by tile medians of the non-object
    pixels (bilinear, extrapolated linearly to the borders);
 3. foreground = above a global threshold computed on log intensities (Otsu by
-   default; robust to bright debris and saturated blobs) **and** above a
+   default; robust to bright debris and saturated blobs; for integer inputs the
+   noise is at least one grey level and the threshold at least
+   :data:`MIN_THRESHOLD_SNR` grey levels above the background, so flat quantised
+   8-bit/JPEG backgrounds do not collapse it) **and** above a
    fraction (0.4) of the local peak (removes halos and out-of-focus haze);
    holes filled;
 4. seeds: maxima of the smoothed distance transform of a stricter mask (pixels
@@ -257,8 +261,7 @@ def estimate_diameter(image, *, threshold: str = "otsu") -> float:
     True
     """
     bk = backend_for(image)
-    img = as_2d_float(image, bk=bk)
-    img = _normalise(bk, img)[0]
+    img, lo, hi = _normalise(bk, as_2d_float(image, bk=bk))
     if img is None:
         return float("nan")
     from erquant.params import SegmentParams  # the documented defaults, in one place
@@ -267,11 +270,18 @@ def estimate_diameter(image, *, threshold: str = "otsu") -> float:
     return _estimate_diameter(bk, img, threshold, smoothing=p.smoothing,
                               background_factor=p.background_factor,
                               log_threshold=p.log_threshold, local_contrast=p.local_contrast,
-                              fill_holes=p.fill_holes, contrast_window=p.contrast_window)
+                              fill_holes=p.fill_holes, contrast_window=p.contrast_window,
+                              noise_floor=input_quantum(image) / (hi - lo))
 
 
-def _diameter_from_mask(bk: Backend, mask, fallback: float) -> float:
-    """Area-weighted median over objects of twice the largest inscribed radius."""
+def _diameter_from_mask(bk: Backend, mask, fallback: float, smooth=None) -> float:
+    """Area-weighted median over objects of twice the largest inscribed radius.
+
+    With ``smooth`` (the image the mask was thresholded from) faint objects are not
+    sized: those whose peak is below ``FAINT_OBJECT`` × the 90th percentile of the
+    objects' peaks (haze, dim cytoplasm around sparse nuclei: one large faint blob
+    would otherwise win the area-weighted median and run the scale away).
+    """
     xp = bk.xp
     lab, n = K.label(bk, mask)
     if n == 0:
@@ -281,6 +291,9 @@ def _diameter_from_mask(bk: Backend, mask, fallback: float) -> float:
     rmax = to_numpy(K.label_max(bk, dist, lab, n)[1:])
     area = to_numpy(area)  # host sync: per-object radii and areas (small vectors)
     keep = area >= 12
+    if smooth is not None and FAINT_OBJECT > 0 and keep.any():
+        peak = to_numpy(K.label_max(bk, smooth, lab, n)[1:])  # host sync: small vector
+        keep &= peak >= FAINT_OBJECT * np.percentile(peak[keep], 90)
     rmax, area = rmax[keep], area[keep]
     if rmax.size == 0:
         return fallback
@@ -289,6 +302,11 @@ def _diameter_from_mask(bk: Backend, mask, fallback: float) -> float:
     cw = np.cumsum(area[order])
     r = rmax[order][np.searchsorted(cw, 0.5 * cw[-1])]
     return float(2.0 * r)
+
+
+#: the diameter estimate sizes only objects whose peak is at least this fraction of
+#: the bright objects' (90th percentile of the objects' peaks)
+FAINT_OBJECT = 0.1
 
 
 def _estimate_diameter(bk: Backend, norm, threshold: str, threshold_value=None, *,
@@ -310,8 +328,8 @@ def _estimate_diameter(bk: Backend, norm, threshold: str, threshold_value=None, 
         w = int(min(1024, max(384, 32 * d)) // g)
         oy, ox = (max(0, (n - w) // 2) for n in work.shape)
         work = work[oy:oy + w, ox:ox + w]
-        mask = _foreground(bk, work, d / g, threshold, threshold_value, **kw)[0]
-        d_new = g * _diameter_from_mask(bk, mask, fallback=d / g)
+        mask, smooth = _foreground(bk, work, d / g, threshold, threshold_value, **kw)[:2]
+        d_new = g * _diameter_from_mask(bk, mask, d / g, smooth)
         d_new = min(max(d_new, 4.0), max(norm.shape) / 2)
         if abs(d_new - d) < 0.08 * d:
             return d_new
@@ -330,7 +348,8 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
                    seed_hole_fraction: float = 0.08, rim_fraction: float = 0.1,
                    seed_smoothing: float = 0.06, min_snr: float = 4.0,
                    valley_strength: float = 0.07,
-                   downsample: int = 0, return_info: bool = False, _internals: bool = False):
+                   downsample: int = 0, return_info: bool = False, _internals: bool = False,
+                   _quantum: float | None = None):
     """Segment nuclei in a nuclear-stain image.
 
     Parameters
@@ -405,6 +424,8 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
     bk = backend_for(image)
     xp = bk.xp
     img = as_2d_float(image, name="nuclei image", bk=bk)
+    if _quantum is None:  # the input's grey-level step (integer images), in raw units
+        _quantum = input_quantum(image)
     downsample = float(downsample)
     if not (downsample == 0 or downsample >= 1):
         raise ValueError(f"downsample must be 0 (automatic) or >= 1, got {downsample}")
@@ -420,7 +441,8 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
         if threshold == "manual" and tv is not None:
             tv = (float(tv) - lo) / (hi - lo) if hi > lo else 0.0
         if diameter is None and norm is not None and (threshold != "manual" or tv is not None):
-            diameter = _estimate_diameter(bk, norm, threshold, tv, **kw)
+            diameter = _estimate_diameter(bk, norm, threshold, tv, **kw,
+                                          noise_floor=_quantum / (hi - lo))
         downsample = auto_downsample(diameter) if diameter else 1.0
     if downsample > 1:
         return _segment_downsampled(
@@ -428,7 +450,8 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
             threshold_value=threshold_value, min_area_fraction=min_area_fraction,
             seed_distance=seed_distance, **kw, intensity_weight=intensity_weight, seed_contrast=seed_contrast,
             seed_hole_fraction=seed_hole_fraction, rim_fraction=rim_fraction,
-            seed_smoothing=seed_smoothing, min_snr=min_snr, valley_strength=valley_strength)
+            seed_smoothing=seed_smoothing, min_snr=min_snr, valley_strength=valley_strength,
+            _quantum=_quantum)
     norm, lo, hi = _normalise(bk, img)
     if threshold == "manual":
         if threshold_value is None:
@@ -437,6 +460,7 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
     if norm is None:  # constant image: nothing to find
         labels = xp.zeros(img.shape, xp.uint32)
         return (labels, {"diameter": diameter, "threshold": None}) if return_info else labels
+    kw["noise_floor"] = _quantum / (hi - lo)  # one grey level, normalised
     if diameter is None:
         diameter = _estimate_diameter(bk, norm, threshold, threshold_value, **kw)
     diameter = float(diameter)
@@ -448,7 +472,8 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
                     intensity_weight=intensity_weight, peak=peak, seed_contrast=seed_contrast,
                     seed_hole_fraction=seed_hole_fraction, rim_fraction=rim_fraction,
                     local_contrast=local_contrast, seed_smoothing=seed_smoothing,
-                    min_snr=min_snr, noise=_noise_sigma(bk, norm) if min_snr > 0 else 0.0,
+                    min_snr=min_snr,
+                    noise=_noise_sigma(bk, norm, kw["noise_floor"]) if min_snr > 0 else 0.0,
                     valley_strength=valley_strength)
     if return_info:
         info = {"diameter": diameter, "threshold": t}
@@ -456,6 +481,19 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
             info.update(_lo=lo, _hi=hi, _background=bg)
         return labels, info
     return labels
+
+
+#: noise floor of quantised inputs, in grey levels (the threshold's noise estimate)
+NOISE_FLOOR = 1.0
+#: the threshold lies at least this many noise sigmas above the background
+MIN_THRESHOLD_SNR = 3.0
+#: the objects' SNR filter's noise is at least this many grey levels
+NOISE_FLOOR_SNR = 1.0
+
+
+def input_quantum(image) -> float:
+    """Grey-level step of ``image`` in its own units: 1 for integer dtypes, else 0."""
+    return 1.0 if np.issubdtype(np.dtype(image.dtype), np.integer) else 0.0
 
 
 #: ``downsample=0`` works at about this many pixels across a nucleus.
@@ -538,18 +576,20 @@ def _refine_boundaries(bk: Backend, img, labels, f: float, *, lo, hi, background
                                 local_contrast * 0.97, int(math.ceil(f)), keep=keep)
 
 
-def _noise_sigma(bk: Backend, norm) -> float:
-    """Pixel noise sigma: MAD of the fine (1-px) high-pass on a ≤ 512² central crop."""
+def _noise_sigma(bk: Backend, norm, floor: float = 0.0) -> float:
+    """Pixel noise sigma: MAD of the fine (1-px) high-pass on a ≤ 512² central crop,
+    at least ``NOISE_FLOOR_SNR`` × ``floor`` (the input's grey-level step, normalised)."""
     xp = bk.xp
     cy, cx = (max(0, (n - 512) // 2) for n in norm.shape)
     crop = xp.ascontiguousarray(norm[cy:cy + 512, cx:cx + 512])
     hp = (crop - K.gaussian(bk, crop, 1.0))[::2, ::2]  # a quarter of the pixels: same MAD
-    return float(xp.median(xp.abs(hp - xp.median(hp)))) * 1.4826 * 1.25  # host sync
+    mad = float(xp.median(xp.abs(hp - xp.median(hp)))) * 1.4826 * 1.25  # host sync
+    return max(mad, NOISE_FLOOR_SNR * floor)
 
 
 def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoothing,
                 background_factor, log_threshold, local_contrast, fill_holes,
-                contrast_window=0.6):
+                contrast_window=0.6, noise_floor: float = 0.0):
     """Foreground mask at a given diameter → (mask, smoothed image, threshold, local peak,
     background map or None)."""
     sigma = max(0.0, smoothing * diameter)
@@ -558,7 +598,8 @@ def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoo
     if background_factor > 0 and threshold != "manual":
         bg = background(bk, smooth, diameter, factor=background_factor)
         smooth = smooth - bg
-    t = _foreground_threshold(bk, smooth, threshold, threshold_value, log_threshold)
+    t = _foreground_threshold(bk, smooth, threshold, threshold_value, log_threshold,
+                              noise_floor)
     mask = smooth > t
     peak = None
     if local_contrast > 0:  # keep pixels above a fraction of their neighbourhood's peak
@@ -569,7 +610,8 @@ def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoo
     return mask, smooth, t, peak, bg
 
 
-def _foreground_threshold(bk: Backend, smooth, method, value, log_threshold):
+def _foreground_threshold(bk: Backend, smooth, method, value, log_threshold,
+                          noise_floor: float = 0.0):
     """Threshold of the background-corrected image.
 
     With ``log_threshold`` the automatic methods run on log intensities above a
@@ -584,9 +626,13 @@ def _foreground_threshold(bk: Backend, smooth, method, value, log_threshold):
     sub = smooth[::step, ::step]
     med = float(xp.median(sub))  # host sync
     noise = float(xp.median(xp.abs(sub - med))) * 1.4826  # host sync: MAD noise estimate
-    floor = med + max(noise, 1e-4)
+    # quantised inputs (8-bit, JPEG) with a flat background have a MAD of ~0: the
+    # noise is at least a fraction of one grey level, and the threshold at least
+    # MIN_THRESHOLD_SNR noise units above the background
+    noise = max(noise, NOISE_FLOOR * noise_floor, 1e-4)
+    floor = med + noise
     tl = compute_threshold(xp.log(xp.maximum(sub, floor) - med), method)
-    return float(math.exp(tl) + med)
+    return float(max(math.exp(tl), MIN_THRESHOLD_SNR * NOISE_FLOOR * noise_floor) + med)
 
 
 def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fraction,
