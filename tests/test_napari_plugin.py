@@ -631,6 +631,8 @@ def test_batch_widget_runs_plate_then_heatmap(make_napari_viewer, qtbot, small_p
     v = wells.loc["A02", "pct_er_positive"]
     assert widget.cell_value("A02").lstrip("⚠ ") == (f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}")
     assert str(tmp_path / "out") in widget.report.value
+    widget.readout.value = "QC: fields flagged"
+    assert widget.cell_value("A01").lstrip("⚠ ") == f"{wells.loc['A01', 'n_fields_flagged']:.3g}"
     # clicking a well opens the plate as stacks at that well's first field
     widget.heatmap.cellClicked.emit(0, 1)
     stack = next(lay for lay in viewer.layers if "fields" in lay.metadata)
@@ -694,3 +696,20 @@ def test_quantify_current_field_of_a_plate_stack(make_napari_viewer, qtbot, smal
     core = quantify(img)
     pd.testing.assert_frame_equal(widget.states["A02 s2"].result.table, core.table)
     assert viewer.layers["A02 s2 nuclei"].data.shape == (128, 128)
+
+
+def test_reader_ome_zarr_hcs_plate_is_a_stack(tmp_path, small_plate):
+    pytest.importorskip("ome_zarr")
+    from erquant.io.items import load_item, open_input
+    from erquant.io.omezarr import write_hcs_plate
+
+    items = open_input(small_plate).items()
+    fields = {(it.well, it.field): load_item(it)[0] for it in items}
+    store = write_hcs_plate(tmp_path / "plate.zarr", fields, version="0.4")
+    assert _reader.get_reader(str(store)) is _reader.read_layers
+    layers = _reader.read_layers(str(store))
+    assert [m["colormap"] for _, m, _ in layers] == ["blue", "green"]  # Hoechst, ERa
+    nuc, meta, _ = layers[0]
+    assert isinstance(nuc, da.Array) and nuc.shape == (4, 128, 128)
+    assert meta["metadata"]["fields"] == ["A01 s1", "A01 s2", "A02 s1", "A02 s2"]
+    np.testing.assert_array_equal(layers[1][0][2].compute(), fields[("A02", 1)][1])

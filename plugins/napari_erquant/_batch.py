@@ -7,7 +7,7 @@ engine (the same function as ``erquant run``) in a ``thread_worker``. The engine
 ``on_result`` callback counts finished fields (progress bar, via a Qt signal) and stops
 the run on Cancel (the engine keeps finished fields and resumes on the next run).
 When it is done, ``wells.csv`` is shown as a plate heatmap (nuclei count, ERα, %
-positive, H-score; wells with QC flags marked ⚠); clicking a well opens the plate as
+positive, H-score, QC-flagged / failed fields; wells with QC flags marked ⚠); clicking a well opens the plate as
 stacks (:func:`._reader.read_plate`) at that well's first field.
 """
 
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 #: heatmap readouts: (label, wells.csv column)
 READOUTS = (("nuclei count", "n_nuclei"), ("ERα (nuclear, bg-corrected)", "er_mean"),
-            ("% ER-positive", "pct_er_positive"), ("H-score", "h_score"))
+            ("% ER-positive", "pct_er_positive"), ("H-score", "h_score"),
+            ("QC: fields flagged", "n_fields_flagged"), ("fields failed", "n_fields_failed"))
 
 
 def plate_grid(wells: pd.DataFrame, column: str) -> tuple[list[str], list[int], np.ndarray]:
