@@ -638,6 +638,12 @@ def test_batch_widget_runs_plate_then_heatmap(make_napari_viewer, qtbot, small_p
     stack = next(lay for lay in viewer.layers if "fields" in lay.metadata)
     assert stack.data.shape[0] == 4
     assert viewer.dims.current_step[0] == 2  # A02 s1
+    assert widget.status.value.startswith("A02: nuclei count")
+    # with the run's labels, aligned field by field
+    labels = next(lay for lay in viewer.layers if lay.name.endswith("nuclei (run)"))
+    saved = sorted((tmp_path / "out" / "labels").glob("*A02__s001_nuclei.tif"))
+    assert labels.data.shape == (4, 128, 128) and len(saved) == 1
+    np.testing.assert_array_equal(labels.data[2].compute(), tifffile.imread(saved[0]))
     n = len(viewer.layers)
     widget.open_well("A01")
     assert len(viewer.layers) == n and viewer.dims.current_step[0] == 0

@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
@@ -107,6 +116,8 @@ class BatchWidget(QWidget):
         self.workers = SpinBox(label="worker processes (0 = here)", min=0, max=64, value=0,
                                tooltip="0 runs in this process; more start a local dask "
                                        "cluster of processes")
+        self.save_labels = CheckBox(text="save labels (to open wells with their cells)",
+                                    value=True)
         self.run_button = PushButton(text="Run plate")
         self.cancel_button = PushButton(text="Cancel", enabled=False,
                                         tooltip="Stop after the field in progress (finished "
@@ -118,7 +129,7 @@ class BatchWidget(QWidget):
         self.report = Label(value="")
         self.container = Container(widgets=[
             self.input, self.plate_map, self.roi_file, self.outdir, self.workers,
-            Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
+            self.save_labels, Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
                       labels=False),
             self.progress, self.status, self.readout,
         ])
@@ -172,7 +183,7 @@ class BatchWidget(QWidget):
         return {"input_path": src, "outdir": out,
                 "plate_map": str(pm) if pm and str(pm) not in ("", ".") else None,
                 "roi": str(roi) if roi and str(roi) not in ("", ".") else None,
-                "workers": int(self.workers.value)}
+                "workers": int(self.workers.value), "save_labels": bool(self.save_labels.value)}
 
     def _run_batch(self, kwargs: dict[str, Any]) -> Any:
         from erquant.batch import run_batch
@@ -282,8 +293,9 @@ class BatchWidget(QWidget):
             self.open_well(f"{self.heatmap.verticalHeaderItem(row).text()}{col + 1:02d}")
 
     def open_well(self, well: str) -> None:
-        """Show *well*'s first field: open the plate as stacks (once) and move the slider."""
-        from ._reader import read_plate
+        """Show *well*'s first field: open the plate as stacks (once) with the run's label
+        stacks when it saved them, and move the slider there."""
+        from ._reader import read_plate, run_labels
 
         src = str(Path(str(self.input.value)))
         layers = [lay for lay in self.viewer.layers
@@ -291,12 +303,24 @@ class BatchWidget(QWidget):
         if not layers:
             for data, meta, _ in read_plate(src):
                 layers.append(self.viewer.add_image(data, **meta))
+            md = layers[0].metadata
+            if self.result is not None:
+                for data, meta, kind in run_labels(str(self.result.outdir), md["items"],
+                                                   layers[0].data.shape[-2:], md["source"]):
+                    getattr(self.viewer, f"add_{kind}")(data, **meta)
         fields = layers[0].metadata["fields"]
         idx = next((i for i, f in enumerate(fields) if well in f.split()), None)
         if idx is None:
             show_info(f"erquant: no field of well {well} in {src}")
             return
         self.viewer.dims.set_current_step(0, idx)
+        if self.wells is not None and "well" in self.wells:
+            row = self.wells[self.wells["well"] == well]
+            if len(row):
+                r = row.iloc[0]
+                self.status.value = f"{well}: " + ", ".join(
+                    f"{lab} {_short(float(r[col]))}" for lab, col in READOUTS[:3]
+                    if col in r and pd.notna(r[col]))
 
 
 def _short(v: float) -> str:

@@ -197,6 +197,30 @@ def read_plate(path: str) -> list[LayerData]:
     return out
 
 
+def run_labels(outdir: str, item_ids: Sequence[str], shape: Sequence[int],
+               source: str) -> list[LayerData]:
+    """Label stacks (nuclei, cells) saved by ``erquant run --save-labels`` in *outdir*,
+    aligned with a plate stack whose planes are the work items *item_ids* (lazy; empty
+    planes where a field has no labels)."""
+    import dask
+    import numpy as np
+    import tifffile
+
+    out: list[LayerData] = []
+    folder = os.path.join(os.fspath(outdir), "labels")
+    for kind in ("nuclei", "cells"):
+        paths = [os.path.join(folder, f"{i}_{kind}.tif") for i in item_ids]
+        if not any(os.path.exists(p) for p in paths):
+            continue
+        planes = [da.from_delayed(dask.delayed(tifffile.imread)(p), tuple(shape), dtype=np.uint32)
+                  if os.path.exists(p) else da.zeros(tuple(shape), dtype=np.uint32)
+                  for p in paths]
+        meta = {"name": f"{source} {kind} (run)", "opacity": 0.5 if kind == "nuclei" else 0.3,
+                "metadata": {"source": source, "outdir": os.fspath(outdir), "kind": kind}}
+        out.append((da.stack(planes), meta, "labels"))
+    return out
+
+
 def _colormap(name: str, index: int) -> str:
     from ._channels import channel_role
 
