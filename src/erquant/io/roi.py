@@ -17,8 +17,8 @@ Examples
 >>> p = os.path.join(tempfile.mkdtemp(), "rois.geojson")
 >>> _ = write_roi_geojson(p, [Roi("tumour", [(10, 10), (10, 50), (60, 50)], well="A01")])
 >>> rois = read_roi_geojson(p)
->>> rois[0].name, rois[0].yx[1].tolist(), rois[0].applies_to({"well": "B02"})
-('tumour', [10.0, 50.0], False)
+>>> rois[0].name, rois[0].yx[1].tolist(), len(rois[0].yx), rois[0].applies_to({"well": "B02"})
+('tumour', [10.0, 50.0], 3, False)
 """
 
 from __future__ import annotations
@@ -104,6 +104,8 @@ def read_roi_geojson(path: str | Path) -> list[Roi]:
                    or f"roi{i + 1}")
         for ring in rings:
             xy = np.asarray(ring, dtype=float)
+            if xy.ndim == 2 and len(xy) > 3 and np.array_equal(xy[0], xy[-1]):
+                xy = xy[:-1]  # GeoJSON rings repeat the first vertex at the end
             if xy.ndim != 2 or xy.shape[1] < 2 or len(xy) < 3:
                 raise ValueError(f"{path}: feature {i} ({name}) needs ≥ 3 [x, y] vertices")
             out.append(Roi(
