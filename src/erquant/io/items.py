@@ -447,7 +447,7 @@ def open_input(path: str | os.PathLike, *, pattern: str | None = None,
 
 
 # --------------------------------------------------------------------------- loading
-def _read_plane(src: ChannelSource) -> np.ndarray:
+def _read_plane(src: ChannelSource, cache: dict | None = None) -> np.ndarray:
     if src.z_paths:  # a Z stack of single-plane files: maximum projection
         planes = [_read_plane(ChannelSource(p, src.series, src.plane))
                   for p in (src.path, *src.z_paths)]
@@ -465,14 +465,15 @@ def _read_plane(src: ChannelSource) -> np.ndarray:
         from erquant.io.tiff import read_image
 
         return read_image(src.path)
-    import tifffile
+    from erquant.io.plate import _read_series
 
-    try:
-        with tifffile.TiffFile(src.path) as tif:
-            series = tif.series[src.series or 0]
-            arr = series.asarray()
-    except Exception as exc:  # corrupt / truncated: name the file and series
-        raise ValueError(f"cannot read series {src.series} of {src.path!r}: {exc}") from exc
+    key = (src.path, src.series or 0)
+    if cache is not None and key in cache:  # the channels of one series: read it once
+        arr = cache[key]
+    else:
+        arr = _read_series(src.path, src.series or 0)  # header size checked first
+        if cache is not None:
+            cache[key] = arr
     if arr.ndim == 2:
         if src.plane not in (None, 0):
             raise ValueError(f"{src.path!r} series {src.series} has 1 plane, asked for "
@@ -490,13 +491,13 @@ def load_item(item: WorkItem) -> tuple[np.ndarray, list[str]]:
     Raises ValueError naming the file for a missing channel, an unreadable file or
     channels of different shapes.
     """
-    planes, names, shapes = [], [], {}
+    planes, names, shapes, cache = [], [], {}, {}
     for name, src in item.channels:
         if src is None:
             have = [n for n, s in item.channels if s is not None]
             raise ValueError(f"{item.describe()}: channel {name!r} is missing (files found "
                              f"for {have}: {item.files})")
-        img = _read_plane(src)
+        img = _read_plane(src, cache)
         if img.ndim != 2:
             raise ValueError(f"{src.path!r}: expected one 2-D plane for channel {name!r}, got "
                              f"shape {img.shape}")
