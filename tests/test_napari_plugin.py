@@ -719,3 +719,112 @@ def test_reader_ome_zarr_hcs_plate_is_a_stack(tmp_path, small_plate):
     assert isinstance(nuc, da.Array) and nuc.shape == (4, 128, 128)
     assert meta["metadata"]["fields"] == ["A01 s1", "A01 s2", "A02 s1", "A02 s2"]
     np.testing.assert_array_equal(layers[1][0][2].compute(), fields[("A02", 1)][1])
+
+
+# ----------------------------------------------------------------------------- stacks
+@pytest.fixture(scope="module")
+def zstack():
+    """(3, 2, Y, X): three different synthetic fields as the planes of one stack."""
+    from erquant.synthetic import make_field
+
+    return np.stack([np.asarray(make_field(shape=(128, 128), n_nuclei=8 + 4 * k,
+                                           seed=10 + k).image) for k in range(3)])
+
+
+def _stack_viewer(make_napari_viewer, zstack):
+    from napari_erquant._widgets import QuantifyWidget
+
+    viewer = make_napari_viewer()
+    for c, name in enumerate(("nuclei", "er")):
+        viewer.add_image(zstack[:, c], name=f"zs {name}", metadata={"source": "zs"},
+                         scale=(1.0, 0.5, 0.5))
+    widget = QuantifyWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget
+
+
+@needs_display
+def test_quantify_all_planes_of_a_stack(make_napari_viewer, qtbot, zstack, tmp_path):
+    from erquant.pipeline import quantify
+
+    viewer, widget = _stack_viewer(make_napari_viewer, zstack)
+    widget.scope.value = "all planes"
+    steps: list[float] = []
+    _run_ok = widget.run()
+    assert _run_ok is not None
+    _run_ok.yielded.connect(lambda p: steps.append(p.fraction))
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    stack = widget.stacks["zs"]
+    assert len(stack.planes) == 3 and widget.progress.value == 100, widget.status.value
+    nuc, cells = viewer.layers["zs nuclei (stack)"], viewer.layers["zs cells (stack)"]
+    assert nuc.data.shape == cells.data.shape == (3, 128, 128)  # aligned with the data
+    assert tuple(nuc.scale) == (1.0, 0.5, 0.5)
+    table = stack.table
+    assert sorted(table["plane"].unique()) == [0, 1, 2]
+    for k in range(3):  # every plane is the core's quantify of that plane
+        core = quantify(zstack[k])
+        rows = table[table["plane"] == k]
+        assert rows["label"].tolist() == core.table["label"].tolist()
+        np.testing.assert_allclose(rows["nucleus_er_mean_bgcorr"],
+                                   core.table["nucleus_er_mean_bgcorr"])
+        lab = nuc.data[k]
+        assert set(np.unique(lab[lab > 0])) == set(rows["stack_label"])
+        np.testing.assert_array_equal(lab > 0, core.nuclei > 0)
+    assert set(nuc.features["index"]) == set(table["stack_label"])  # hover on any plane
+    assert steps and steps == sorted(steps) and steps[-1] > 2 / 3
+    # the dock follows the current plane
+    viewer.dims.set_current_step(0, 2)
+    assert widget.states["zs"].plane == 2
+    n2 = int((table["plane"] == 2).sum())
+    assert widget.results.rows()[-1]["cells"] == str(n2)
+    assert "plane 2" in widget.results.header.text()
+    viewer.dims.set_current_step(0, 0)
+    assert widget.results.rows()[-1]["cells"] == str(int((table["plane"] == 0).sum()))
+    # export: one table, rows record their plane
+    out = widget.export(tmp_path / "zs.csv")
+    saved = pd.read_csv(out["cells"])
+    assert len(saved) == len(table) and saved["plane"].tolist() == table["plane"].tolist()
+    assert set(pd.read_csv(out["summary"])["plane"]) == {0, 1, 2}
+    # ROIs apply to every plane; re-running updates the stacks in place
+    rois = widget.add_roi_layer()
+    rois.add([_rect(0, 0, 128, 64)], shape_type="rectangle")
+    n_layers = len(viewer.layers)
+    widget.results.refresh_rois()
+    assert len(viewer.layers) == n_layers and viewer.layers["zs nuclei (stack)"].data.ndim == 3
+    t = widget.stacks["zs"].table
+    assert set(t["roi_name"]) <= {"roi1", ""} and (t["roi_name"] == "roi1").any()
+
+
+@needs_display
+def test_all_planes_cancel_keeps_finished_planes_and_2d_refused(make_napari_viewer, qtbot,
+                                                                zstack, monkeypatch):
+    import napari_erquant._widgets as w
+
+    import erquant.pipeline
+
+    viewer, widget = _stack_viewer(make_napari_viewer, zstack)
+    widget.scope.value = "all planes"
+    real, calls = erquant.pipeline.quantify_iter, []
+
+    def quantify_iter(*args, **kwargs):  # Cancel pressed while the third plane starts
+        calls.append(1)
+        if len(calls) == 3:
+            widget.worker.quit()
+        return (yield from real(*args, **kwargs))
+
+    monkeypatch.setattr(erquant.pipeline, "quantify_iter", quantify_iter)
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    stack = widget.stacks["zs"]
+    assert 1 <= len(stack.planes) < 3 and 0 in stack.planes
+    assert widget.status.value.startswith("cancelled: ")
+    assert viewer.layers["zs nuclei (stack)"].data.shape == (3, 128, 128)
+    assert not viewer.layers["zs nuclei (stack)"].data[2].any()  # not quantified: empty
+    # a 2-D image has no planes to step through: a notification, nothing started
+    errors: list[str] = []
+    monkeypatch.setattr(w, "show_error", errors.append)
+    viewer2 = make_napari_viewer()
+    viewer2.add_image(zstack[0, 0], name="flat nuclei")
+    w2 = w.QuantifyWidget(viewer2)
+    w2.scope.value = "all planes"
+    assert w2.run() is None and "current plane" in errors[-1]

@@ -33,7 +33,7 @@ CLASS_COLORS = np.array(
 INTENSITY_COLUMNS = ("nucleus_er_mean_bgcorr", "nucleus_er_mean", "cell_er_mean")
 
 
-def labels_features(table: pd.DataFrame) -> pd.DataFrame:
+def labels_features(table: pd.DataFrame, key: str = "label") -> pd.DataFrame:
     """Features table for a napari Labels layer, keyed by the ``label`` column.
 
     napari maps label values to rows through an ``index`` column when there is one
@@ -56,10 +56,10 @@ def labels_features(table: pd.DataFrame) -> pd.DataFrame:
     >>> labels_features(pd.DataFrame({"label": [3, 7], "x": [1.0, 2.0]}))["index"].tolist()
     [3, 7]
     """
-    if "label" not in table.columns:
-        raise ValueError("the result table has no 'label' column")
+    if key not in table.columns:
+        raise ValueError(f"the result table has no {key!r} column")
     feats = table.reset_index(drop=True).copy()
-    feats["index"] = feats["label"].to_numpy()
+    feats["index"] = feats[key].to_numpy()
     return feats
 
 
@@ -136,20 +136,35 @@ def layer_names(source: str) -> dict[str, str]:
     return {"nuclei": f"{source} nuclei", "cells": f"{source} cells"}
 
 
-def class_colormap(table: pd.DataFrame, marker: str = "er") -> Any:
+def class_colormap(table: pd.DataFrame, marker: str = "er", key: str = "label",
+                   bounds: Sequence[float] | None = None,
+                   column: str = "nucleus_er_mean_bgcorr") -> Any:
     """napari label colormap: each cell coloured by its ``{marker}_class`` (grey → red);
-    cells without a class (no marker) in a neutral grey."""
+    cells without a class (no marker) in a neutral grey. *key* names the column holding
+    the label values of the layer (``stack_label`` for stacks).
+
+    With *bounds* ``(lo, hi)`` (the contrast control of the results dock) the cells are
+    coloured continuously instead: *column* (nuclear ERα by default) mapped through
+    viridis, ``lo`` and below dark, ``hi`` and above bright.
+    """
     from napari.utils.colormaps import DirectLabelColormap
 
     colors: dict[Any, Any] = {None: np.array([0.0, 0.0, 0.0, 0.0]), 0: np.zeros(4)}
     if len(table):
         ccol = f"{marker}_class"
-        if ccol in table.columns:
+        if bounds is not None and column in table.columns:
+            from napari.utils.colormaps import ensure_colormap
+
+            lo, hi = float(bounds[0]), float(bounds[1])
+            vals = table[column].to_numpy(dtype=float)
+            scaled = np.clip((vals - lo) / max(hi - lo, 1e-12), 0, 1)
+            rgba = np.asarray(ensure_colormap("viridis").map(np.nan_to_num(scaled)))
+        elif ccol in table.columns:
             order = np.clip(_class_order(table[ccol]), 0, len(CLASS_COLORS) - 1)
             rgba = CLASS_COLORS[order]
         else:
             rgba = np.tile(np.array([0.7, 0.7, 0.7, 1.0]), (len(table), 1))
-        for lab, c in zip(table["label"].to_numpy(), rgba, strict=True):
+        for lab, c in zip(table[key].to_numpy(), rgba, strict=True):
             colors[int(lab)] = c
     return DirectLabelColormap(color_dict=colors)
 
@@ -215,6 +230,85 @@ def result_layer_data(
     return [
         (np.asarray(result.nuclei), nuclei_meta, "labels"),
         (np.asarray(result.cells), cells_meta, "labels"),
+    ]
+
+
+def stack_stride(max_label: int) -> int:
+    """Label offset between planes of a result stack: a power of ten above every label of
+    a plane, so label ``L`` of plane ``k`` reads ``k * stride + L`` in the stack.
+
+    Examples
+    --------
+    >>> stack_stride(57), stack_stride(1234)
+    (1000, 10000)
+    """
+    return max(1000, 10 ** len(str(max(int(max_label), 0))))
+
+
+def stack_dtype(n_planes: int, stride: int) -> Any:
+    return np.uint32 if n_planes * stride < 2**32 else np.uint64
+
+
+def offset_labels(labels: Any, plane: int, stride: int, dtype: Any = np.uint32) -> Any:
+    """Labels of *plane* shifted by ``plane * stride`` (background stays 0); NumPy or dask.
+
+    Examples
+    --------
+    >>> offset_labels(np.array([[0, 3]]), 2, 1000).tolist()
+    [[0, 2003]]
+    """
+    lab = labels.astype(dtype)
+    return (lab + dtype(plane * stride)) * (lab > 0) if plane else lab
+
+
+def stack_table(tables: dict[int, pd.DataFrame], stride: int,
+                fields: Sequence[str] | None = None) -> pd.DataFrame:
+    """One per-cell table for a stack: each plane's table with ``plane`` (flat index over
+    the leading axes), ``field`` (when the planes are named) and ``stack_label`` (the value
+    of the cell in the label stacks, :func:`offset_labels`) in front.
+
+    Examples
+    --------
+    >>> t = stack_table({0: pd.DataFrame({"label": [1]}), 2: pd.DataFrame({"label": [5]})}, 1000)
+    >>> t[["plane", "label", "stack_label"]].values.tolist()
+    [[0, 1, 1], [2, 5, 2005]]
+    """
+    parts = []
+    for k in sorted(tables):
+        t = tables[k].reset_index(drop=True).copy()
+        t.insert(0, "plane", int(k))
+        if fields is not None:
+            t.insert(1, "field", str(fields[k]) if k < len(fields) else "")
+        t["stack_label"] = (int(k) * stride + t["label"].astype("int64")).astype("int64")
+        parts.append(t)
+    if not parts:
+        return pd.DataFrame({"plane": [], "label": [], "stack_label": []})
+    return pd.concat(parts, ignore_index=True)
+
+
+def stack_layer_data(nuclei: Any, cells: Any, table: pd.DataFrame, *, source: str,
+                     scale: Sequence[float] | None = None,
+                     translate: Sequence[float] | None = None,
+                     metadata: dict | None = None, suffix: str = "") -> list[LayerData]:
+    """Label-stack layer-data tuples (``<source> nuclei`` / ``<source> cells``, aligned with
+    the image stack) whose ``features`` hold every plane's cells keyed by ``stack_label``
+    (so hovering any plane shows that cell's row)."""
+    geo: dict[str, Any] = {}
+    if scale is not None:
+        geo["scale"] = tuple(float(s) for s in scale)
+    if translate is not None:
+        geo["translate"] = tuple(float(t) for t in translate)
+    feats = labels_features(table, key="stack_label") if len(table) else \
+        pd.DataFrame({"index": pd.Series([], dtype="int64")})
+    short = feats[[c for c in ("plane", *SHORT_COLUMNS, "index") if c in feats.columns]].copy()
+    meta = {"erquant_source": source, "erquant_stack": True, **(metadata or {})}
+    names = {k: v + suffix for k, v in layer_names(source).items()}
+    return [
+        (nuclei, {"name": names["nuclei"], "features": feats, "metadata": dict(meta),
+                  "opacity": 0.5, "contour": 1, **geo}, "labels"),
+        (cells, {"name": names["cells"], "features": short, "metadata": dict(meta),
+                 "colormap": class_colormap(table, key="stack_label"), "opacity": 0.45,
+                 **geo}, "labels"),
     ]
 
 

@@ -59,6 +59,9 @@ if TYPE_CHECKING:
     import napari
 
 THRESHOLDS = ("otsu", "li", "triangle", "manual")
+SCOPES = ("current plane", "all planes")
+#: result label stacks are '<source> nuclei (stack)' (a plate's channel may be '<source> nuclei')
+STACK_SUFFIX = " (stack)"
 BACKENDS = ("auto", "numpy", "cupy")
 
 
@@ -162,6 +165,24 @@ class FieldState:
     shape: tuple[int, int] = (0, 0)
     stale: bool = False
     error: str = ""
+    #: for a plane of a stack: its flat index and the stack it belongs to
+    plane: int | None = None
+    stack: Any = None
+
+
+@dataclass
+class StackState:
+    """The results of all planes of an image stack (``<source> nuclei`` / ``cells`` label
+    stacks, one table with a ``plane`` column); :attr:`planes` holds one
+    :class:`FieldState` per quantified plane (what the results dock shows)."""
+
+    source: str
+    lead_shape: tuple[int, ...]
+    table: pd.DataFrame
+    planes: dict[int, FieldState]
+    stride: int
+    layer: Any = None
+    n_planes: int = 0
 
 
 def _layer_path(layer: Any) -> str | None:
@@ -196,6 +217,8 @@ class QuantifyWidget(QWidget):
         self.worker: Any = None
         self.last_result: Any = None
         self.states: dict[str, FieldState] = {}
+        self.stacks: dict[str, StackState] = {}
+        self._partial: dict[int, Any] = {}
         self.current_source: str | None = None
         self._ctx: dict[str, Any] | None = None
         self._chosen = {"nuclei": False, "er": False, "roi": False}
@@ -224,13 +247,19 @@ class QuantifyWidget(QWidget):
         self.max_distance = FloatSpinBox(label="cell max distance (px, 0=default)", min=0,
                                          max=1000, value=0,
                                          tooltip="How far a cell may grow from its nucleus")
-        self.backend = ComboBox(label="backend", choices=list(BACKENDS), value="auto")
+        self.backend = ComboBox(label="backend", choices=list(BACKENDS), value="auto",
+                                tooltip="Array backend (cupy: NVIDIA GPU)")
+        self.scope = ComboBox(label="planes", choices=list(SCOPES), value=SCOPES[0],
+                              tooltip="Of a (Z/T/field, Y, X) stack: only the plane shown, or "
+                                      "every plane (label stacks aligned with the data, one "
+                                      "table with a 'plane' column)")
         self.run_button = PushButton(text="Run", tooltip="Segment and quantify the shown plane")
         self.remeasure_button = PushButton(
             text="Re-measure", enabled=False,
             tooltip="Rebuild cells from the (edited) '<image> nuclei' labels and measure "
                     "again, without segmenting")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.cancel_button = PushButton(text="Cancel", enabled=False,
+                                        tooltip="Stop (all planes: finished planes are kept)")
         self.progress = ProgressBar(min=0, max=100, value=0, label="progress")
         self.status = Label(value="")
         self.save_button = PushButton(text="Export table…", enabled=False,
@@ -240,7 +269,7 @@ class QuantifyWidget(QWidget):
             Container(widgets=[self.add_roi_button, self.save_rois_button,
                                self.load_rois_button], layout="horizontal", labels=False),
             self.diameter, self.threshold, self.threshold_value, self.max_distance,
-            self.backend,
+            self.backend, self.scope,
             Container(widgets=[self.run_button, self.remeasure_button, self.cancel_button],
                       layout="horizontal", labels=False),
             self.progress, self.status, self.save_button,
@@ -270,6 +299,7 @@ class QuantifyWidget(QWidget):
                       napari_viewer.layers.events.reordered):
             event.connect(self.reset_choices)
         napari_viewer.layers.events.inserted.connect(self._on_inserted)
+        napari_viewer.dims.events.current_step.connect(self._on_dims)
         for lay in napari_viewer.layers:
             self._watch_shapes(lay)
         self.reset_choices()
@@ -341,13 +371,16 @@ class QuantifyWidget(QWidget):
 
     # ------------------------------------------------------------------ running
     def _start(self, gen_name: str, args: tuple, kwargs: dict, ctx: dict) -> Any:
+        return self._start_gen(_core_gen, (gen_name, *args), kwargs, ctx)
+
+    def _start_gen(self, gen: Any, args: tuple, kwargs: dict, ctx: dict) -> Any:
         self._ctx = ctx
         # errored given in _connect, so the worker does not re-raise in the event loop
-        self.worker = create_worker(_core_gen, gen_name, *args, **kwargs, _start_thread=False,
+        self.worker = create_worker(gen, *args, **kwargs, _start_thread=False,
                                     _connect={"errored": self._on_errored})
         self.worker.yielded.connect(self._on_yielded)
         self.worker.returned.connect(self._on_returned)
-        self.worker.aborted.connect(lambda: setattr(self.status, "value", "cancelled"))
+        self.worker.aborted.connect(self._on_aborted)
         self.worker.finished.connect(self._on_finished)
         self.run_button.enabled = self.remeasure_button.enabled = False
         self.cancel_button.enabled = True
@@ -361,11 +394,44 @@ class QuantifyWidget(QWidget):
         if self.worker is not None:
             return self.worker
         try:
+            if self.scope.value == "all planes":
+                return self.run_all_planes()
             field, kwargs, ctx = self._inputs()
         except Exception as exc:  # noqa: BLE001 - shown to the user, nothing started
             show_error(f"erquant: {exc}")
             return None
         return self._start("quantify_iter", (field,), kwargs, ctx)
+
+    def run_all_planes(self) -> Any:
+        """Quantify every plane of the chosen (…, Y, X) stacks, one
+        :func:`erquant.pipeline.quantify_iter` per plane, in a worker thread."""
+        nuc_layer, er_layer = self.nuclei_layer.value, self.er_layer.value
+        _field, kwargs, ctx = self._inputs()
+        datas = []
+        for lay in (nuc_layer, er_layer):
+            if lay is None:
+                continue
+            if lay.multiscale:
+                raise ValueError(f"layer {lay.name!r} is multiscale: quantify its planes one "
+                                 "at a time ('current plane')")
+            datas.append(lay.data)
+        lead = tuple(int(n) for n in datas[0].shape[:-2])
+        if not lead:
+            raise ValueError(f"layer {nuc_layer.name!r} has no planes to step through (2-D): "
+                             "use 'current plane'")
+        if len(datas) > 1 and tuple(datas[1].shape) != tuple(datas[0].shape):
+            raise ValueError(f"nuclei {tuple(datas[0].shape)} and ERα "
+                             f"{tuple(datas[1].shape)} stacks differ in shape")
+        md = nuc_layer.metadata or {}
+        from ._channels import strip_channel_words
+
+        source = str(md.get("source") or strip_channel_words(nuc_layer.name) or nuc_layer.name)
+        fields = md.get("fields")
+        ctx.update(source=source, lead=lead, stack=True,
+                   fields=list(fields) if fields is not None and len(lead) == 1 else None,
+                   scale=tuple(nuc_layer.scale), translate=tuple(nuc_layer.translate))
+        self._partial = {}
+        return self._start_gen(_stack_gen, (datas, lead, self._partial), kwargs, ctx)
 
     def remeasure(self) -> Any:
         """Re-measure from the edited ``<image> nuclei`` labels (or the selected Labels
@@ -447,10 +513,23 @@ class QuantifyWidget(QWidget):
         self.progress.value = round(100 * float(getattr(progress, "fraction", 0.0)))
         self.status.value = str(getattr(progress, "stage", ""))
 
+    def _on_aborted(self) -> None:
+        ctx = self._ctx or {}
+        if ctx.get("stack") and self._partial:
+            with contextlib.suppress(Exception):
+                self.show_stack(dict(self._partial), ctx)
+                self.status.value = (f"cancelled: {len(self._partial)} of "
+                                     f"{int(np.prod(ctx['lead']))} planes kept")
+                return
+        self.status.value = "cancelled"
+
     def _on_returned(self, result: Any) -> None:
         ctx = self._ctx or {}
         try:
-            self.show_result(result, ctx)
+            if ctx.get("stack"):
+                self.show_stack(result, ctx)
+            else:
+                self.show_result(result, ctx)
         except Exception as exc:  # noqa: BLE001 - a display problem must not kill the UI
             self._on_errored(exc)
             return
@@ -490,13 +569,96 @@ class QuantifyWidget(QWidget):
         self.save_button.enabled = True
         return state
 
+    def _plane_state(self, result: Any, ctx: dict[str, Any], plane: int) -> FieldState:
+        from erquant.pipeline import assign_rois, roi_summary
+
+        polys, names = ctx.get("polys"), list(ctx.get("roi_names") or [])
+        table = assign_rois(result.table, polys, ctx.get("shape", result.nuclei.shape))
+        if not polys:
+            table["roi"] = np.full(len(table), -1, np.int16)
+        lut = np.asarray([*names, ""], dtype=object)
+        table["roi_name"] = lut[table["roi"].to_numpy().astype(int)] if len(table) else []
+        table.attrs = dict(result.table.attrs)
+        return FieldState(source=ctx["source"], result=result, table=table,
+                          summary=roi_summary(table, names), roi_names=names,
+                          source_path=ctx.get("path"), roi_layer=ctx.get("roi_layer"),
+                          image_layer=ctx.get("image"), polys=polys,
+                          shape=tuple(ctx.get("shape", result.nuclei.shape)), plane=plane)
+
+    def show_stack(self, results: dict[int, Any], ctx: dict[str, Any]) -> StackState:
+        """Label stacks, one table (``plane`` column) and per-plane states for *results*
+        (flat plane index → FieldResult) of the stack in *ctx*; planes not quantified
+        (cancelled) stay empty."""
+        from ._layers import offset_labels, stack_dtype, stack_layer_data, stack_stride, \
+            stack_table
+
+        lead, shape = tuple(ctx["lead"]), tuple(ctx["shape"])
+        n = int(np.prod(lead))
+        planes = {k: self._plane_state(r, ctx, k) for k, r in sorted(results.items())}
+        max_label = max((int(r.nuclei.max(initial=0)) for r in results.values()), default=0)
+        stride = stack_stride(max_label)
+        dtype = stack_dtype(n, stride)
+        table = stack_table({k: st.table for k, st in planes.items()}, stride,
+                            fields=ctx.get("fields"))
+        stacks = {}
+        for kind in ("nuclei", "cells"):
+            arr = np.zeros((n, *shape), dtype)
+            for k, r in results.items():
+                arr[k] = offset_labels(np.asarray(getattr(r, kind)), k, stride, dtype)
+            stacks[kind] = arr.reshape(*lead, *shape)
+        stack = StackState(source=ctx["source"], lead_shape=lead, table=table, planes=planes,
+                           stride=stride, layer=ctx.get("image"), n_planes=n)
+        for st in planes.values():
+            st.stack = stack
+        add_or_update_layers(self.viewer, stack_layer_data(
+            stacks["nuclei"], stacks["cells"], table, source=ctx["source"],
+            scale=ctx.get("scale"), translate=ctx.get("translate"), suffix=STACK_SUFFIX))
+        self.stacks[ctx["source"]] = stack
+        self.current_source = ctx["source"]
+        self.last_result = stack
+        self._show_plane(stack)
+        self.status.value = (f"{ctx['source']}: {len(table)} cells in {len(planes)} of {n} "
+                             "planes")
+        self.save_button.enabled = True
+        self.progress.value = 100
+        return stack
+
+    def _current_flat(self, stack: StackState) -> int | None:
+        from ._channels import plane_index
+
+        lay = stack.layer
+        if lay is None or lay not in self.viewer.layers:
+            return None
+        idx = plane_index(lay, self.viewer)
+        if len(idx) != len(stack.lead_shape):
+            return None
+        return int(np.ravel_multi_index(idx, stack.lead_shape))
+
+    def _show_plane(self, stack: StackState) -> None:
+        """Show the current plane's summary of *stack* in the results dock."""
+        k = self._current_flat(stack)
+        st = stack.planes.get(k) if k is not None else None
+        if st is None:
+            st = stack.planes[min(stack.planes)] if stack.planes else None
+        if st is None:
+            return
+        self.states[stack.source] = st
+        self.results.show_state(st)
+
+    def _on_dims(self, _event: Any = None) -> None:
+        stack = self.stacks.get(self.current_source or "")
+        if stack is not None:
+            with contextlib.suppress(Exception):  # display only
+                self._show_plane(stack)
+
     def _on_errored(self, exc: BaseException) -> None:
         self.status.value = "error"
         source = (self._ctx or {}).get("source")
         state = self.states.get(source) if source else None
         if state is not None:  # old results no longer match what was asked
             state.stale, state.error = True, str(exc)
-            for name in layer_names(source).values():
+            for name in [n + sfx for n in layer_names(source).values()
+                         for sfx in ("", STACK_SUFFIX)]:
                 if name in self.viewer.layers:
                     self.viewer.layers[name].metadata["erquant_stale"] = True
             self.results.show_state(state)
@@ -521,7 +683,15 @@ class QuantifyWidget(QWidget):
             return None
         meta = results_metadata(state.result, source=source, source_path=state.source_path,
                                 roi_names=state.roi_names)
-        written = export_results(path, state.table, state.summary, meta)
+        table, summary = state.table, state.summary
+        stack = self.stacks.get(source) if state.stack is not None else None
+        if stack is not None:  # every plane: one table with a plane column
+            table = stack.table
+            summary = pd.concat([st.summary.assign(plane=k) for k, st in stack.planes.items()],
+                                ignore_index=True)
+            meta["planes"] = {"shape": list(stack.lead_shape), "quantified": len(stack.planes),
+                              "label_stride": stack.stride}
+        written = export_results(path, table, summary, meta)
         show_info(f"erquant: {', '.join(str(p) for p in written.values())}")
         return written
 
@@ -663,6 +833,15 @@ class ResultsDock(QWidget):
             info = res.info or {}
             bounds = state.table.attrs.get("er_class_bounds")
             parts = [f"<b>{state.source}</b>: {len(state.table)} cells"]
+            if state.plane is not None and state.stack is not None:
+                stk = state.stack
+                idx = np.unravel_index(state.plane, stk.lead_shape)
+                fld = stk.table.loc[stk.table["plane"] == state.plane, "field"] \
+                    if "field" in stk.table else pd.Series([], dtype=object)
+                parts[0] = (f"<b>{state.source}</b> plane {','.join(map(str, idx))}"
+                            + (f" ({fld.iloc[0]})" if len(fld) else "")
+                            + f": {len(state.table)} cells (all planes: {len(stk.table)} "
+                            f"cells in {len(stk.planes)} of {stk.n_planes} planes)")
             if info.get("diameter"):
                 parts.append(f"diameter {info['diameter']:.1f} px")
             parts.append("nuclei threshold "
@@ -747,6 +926,9 @@ class ResultsDock(QWidget):
         st = self.state
         if st is None:
             return
+        if st.stack is not None:  # every plane of the stack, same 2-D ROIs
+            self._refresh_stack(st)
+            return
         ctx = {"source": st.source, "path": st.source_path, "roi_layer": st.roi_layer,
                "image": st.image_layer, "shape": st.shape, "polys": None, "roi_names": [],
                "scale": tuple(st.image_layer.scale[-2:]) if st.image_layer else None,
@@ -759,6 +941,24 @@ class ResultsDock(QWidget):
         new = self.owner.show_result(st.result, ctx)
         new.stale, new.error = stale, err
         self.show_state(new)
+
+
+    def _refresh_stack(self, st: FieldState) -> None:
+        stk, lay = st.stack, st.image_layer
+        if st.roi_layer is None:  # none when it ran: the widget's ROI layer now
+            st.roi_layer = self.owner.roi_layer.value
+        ctx = {"source": st.source, "path": st.source_path, "roi_layer": st.roi_layer,
+               "image": lay, "shape": st.shape, "polys": None, "roi_names": [],
+               "lead": stk.lead_shape, "stack": True,
+               "fields": (lay.metadata or {}).get("fields") if lay is not None else None,
+               "scale": tuple(lay.scale) if lay is not None else None,
+               "translate": tuple(lay.translate) if lay is not None else None}
+        if ctx["fields"] is not None:
+            ctx["fields"] = list(ctx["fields"]) if len(stk.lead_shape) == 1 else None
+        if st.roi_layer is not None and st.roi_layer in self.owner.viewer.layers:
+            ctx["polys"] = shapes_to_polygons(st.roi_layer, lay) or None
+            ctx["roi_names"] = roi_names(st.roi_layer) if ctx["polys"] else []
+        self.owner.show_stack({k: p.result for k, p in stk.planes.items()}, ctx)
 
 
 class QuantifyError(Exception):
@@ -779,3 +979,31 @@ def _core_gen(name: str, *args: Any, **kwargs: Any):
     except RuntimeError as exc:
         raise QuantifyError(f"{type(exc).__name__}: {exc}") from exc
     return result
+
+
+def _stack_gen(datas: list, lead: tuple[int, ...], done: dict[int, Any], **kwargs: Any):
+    """Quantify every plane of the (…, Y, X) stacks *datas* (nuclei, then ERα) with
+    :func:`erquant.pipeline.quantify_iter`, one plane at a time (each read when its turn
+    comes); progress over all planes; finished planes go into *done* (kept on Cancel).
+    Returns *done* (flat plane index → FieldResult)."""
+    import erquant.pipeline
+
+    n = int(np.prod(lead))
+    for k, idx in enumerate(np.ndindex(*lead)):
+        planes = [np.asarray(d[idx]) for d in datas]
+        field = np.stack(planes) if len(planes) > 1 else planes[0]
+        try:
+            gen = erquant.pipeline.quantify_iter(field, **kwargs)
+            while True:
+                try:
+                    p = next(gen)
+                except StopIteration as stop:
+                    done[k] = stop.value
+                    break
+                yield erquant.pipeline.Progress(f"plane {k + 1} of {n}: {p.stage}",
+                                                (k + float(p.fraction)) / n)
+        except RuntimeError as exc:
+            raise QuantifyError(f"plane {idx}: {type(exc).__name__}: {exc}") from exc
+        except ValueError as exc:
+            raise ValueError(f"plane {idx}: {exc}") from exc
+    return done
