@@ -643,7 +643,11 @@ def test_batch_widget_runs_plate_then_heatmap(make_napari_viewer, qtbot, small_p
     labels = next(lay for lay in viewer.layers if lay.name.endswith("nuclei (run)"))
     saved = sorted((tmp_path / "out" / "labels").glob("*A02__s001_nuclei.tif"))
     assert labels.data.shape == (4, 128, 128) and len(saved) == 1
-    np.testing.assert_array_equal(labels.data[2].compute(), tifffile.imread(saved[0]))
+    stride = labels.metadata["label_stride"]  # plane k's labels are shifted by k * stride
+    lab2, saved2 = labels.data[2].compute(), tifffile.imread(saved[0])
+    np.testing.assert_array_equal(np.where(lab2 > 0, lab2 - 2 * stride, 0), saved2)
+    assert set(labels.features.loc[labels.features["plane"] == 2, "index"]) == \
+        set(np.unique(lab2[lab2 > 0]))
     n = len(viewer.layers)
     widget.open_well("A01")
     assert len(viewer.layers) == n and viewer.dims.current_step[0] == 0
@@ -828,3 +832,70 @@ def test_all_planes_cancel_keeps_finished_planes_and_2d_refused(make_napari_view
     w2 = w.QuantifyWidget(viewer2)
     w2.scope.value = "all planes"
     assert w2.run() is None and "current plane" in errors[-1]
+
+
+# ----------------------------------------------------------------------------- run output
+@pytest.fixture(scope="module")
+def run_outputs(small_plate, tmp_path_factory):
+    from erquant.batch import run_batch
+
+    base = tmp_path_factory.mktemp("runs")
+    run_batch(str(small_plate), str(base / "with"), progress=False, save_labels=True)
+    run_batch(str(small_plate), str(base / "without"), progress=False, save_labels=False)
+    return base / "with", base / "without"
+
+
+@needs_display
+def test_erquant_output_folder_opens_with_labels_and_table(make_napari_viewer, run_outputs,
+                                                           small_plate):
+    from erquant.io.items import open_input
+
+    out, _ = run_outputs
+    assert _reader.get_reader(str(out)) is _reader.read_layers
+    pm = npe2.PluginManager.instance()
+    if "erquant" not in pm:
+        pm.register(npe2.PluginManifest.from_file(MANIFEST))
+    viewer = make_napari_viewer()
+    viewer.open(str(out), plugin="erquant")
+    names = [lay.name for lay in viewer.layers]
+    assert names == ["P1 nuclei", "P1 er", "P1 nuclei (run)", "P1 cells (run)"], names
+    img, nuc, cells = viewer.layers[0], viewer.layers[2], viewer.layers[3]
+    assert img.data.shape == nuc.data.shape == (4, 128, 128)
+    assert viewer.dims.axis_labels[0] == "field"
+    items = open_input(small_plate).items()
+    assert img.metadata["items"] == [it.id for it in items]
+    stride = nuc.metadata["label_stride"]
+    for k, it in enumerate(items):  # saved labels and the field's table, plane by plane
+        saved = tifffile.imread(out / "labels" / f"{it.id}_nuclei.tif")
+        lab = nuc.data[k].compute()
+        np.testing.assert_array_equal(np.where(lab > 0, lab - k * stride, 0), saved)
+        part = pd.read_parquet(out / "parts" / f"{it.id}.parquet")
+        rows = nuc.features[nuc.features["plane"] == k]
+        assert rows["label"].tolist() == part["label"].tolist()
+        assert set(rows["index"]) == set(np.unique(lab[lab > 0]))
+    assert {"plane", "field_name", "nucleus_er_mean_bgcorr", "er_class"} <= set(cells.features)
+    assert nuc.features["field_name"].iloc[0] == "A01 s1"
+
+
+@needs_display
+def test_erquant_output_folder_without_labels_says_so(make_napari_viewer, run_outputs,
+                                                      monkeypatch, tmp_path):
+    import napari.utils.notifications as nn
+
+    _, out = run_outputs
+    warned: list[str] = []
+    monkeypatch.setattr(nn, "show_warning", warned.append)
+    layers = _reader.read_layers(str(out))
+    assert [t for _, _, t in layers] == ["image", "image"]
+    assert warned and "saved no labels" in warned[-1] and "--save-labels" in warned[-1]
+    # a run whose input moved: a clear error
+    import json
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    info = json.loads((moved / "run.json").read_text())
+    info["input"] = str(tmp_path / "gone")
+    (moved / "run.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="not here any more"):
+        _reader.read_layers(str(moved))

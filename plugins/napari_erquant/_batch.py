@@ -306,7 +306,8 @@ class BatchWidget(QWidget):
             md = layers[0].metadata
             if self.result is not None:
                 for data, meta, kind in run_labels(str(self.result.outdir), md["items"],
-                                                   layers[0].data.shape[-2:], md["source"]):
+                                                   layers[0].data.shape[-2:], md["source"],
+                                                   fields=md.get("fields")):
                     getattr(self.viewer, f"add_{kind}")(data, **meta)
         fields = layers[0].metadata["fields"]
         idx = next((i for i, f in enumerate(fields) if well in f.split()), None)

@@ -264,7 +264,7 @@ def offset_labels(labels: Any, plane: int, stride: int, dtype: Any = np.uint32) 
 def stack_table(tables: dict[int, pd.DataFrame], stride: int,
                 fields: Sequence[str] | None = None) -> pd.DataFrame:
     """One per-cell table for a stack: each plane's table with ``plane`` (flat index over
-    the leading axes), ``field`` (when the planes are named) and ``stack_label`` (the value
+    the leading axes), ``field_name`` (when the planes are named, e.g. ``A01 s2``) and ``stack_label`` (the value
     of the cell in the label stacks, :func:`offset_labels`) in front.
 
     Examples
@@ -278,7 +278,7 @@ def stack_table(tables: dict[int, pd.DataFrame], stride: int,
         t = tables[k].reset_index(drop=True).copy()
         t.insert(0, "plane", int(k))
         if fields is not None:
-            t.insert(1, "field", str(fields[k]) if k < len(fields) else "")
+            t.insert(1, "field_name", str(fields[k]) if k < len(fields) else "")
         t["stack_label"] = (int(k) * stride + t["label"].astype("int64")).astype("int64")
         parts.append(t)
     if not parts:

@@ -62,18 +62,24 @@ def get_reader(path: str | Sequence[str]) -> Callable[[str | Sequence[str]], lis
         p = os.fspath(p).rstrip("/")
         if p.lower().endswith(_EXTENSIONS):
             continue
-        if os.path.isdir(p) and _plate_reader(p) is not None:
+        if os.path.isdir(p) and (is_run_output(p) or _plate_reader(p) is not None):
             continue
         return None
     return read_layers
 
 
-def _plate_reader(path: str) -> Any:
+def is_run_output(path: str) -> bool:
+    """True for a folder written by ``erquant run`` (``run.json`` and ``parts/``)."""
+    return os.path.isfile(os.path.join(path, "run.json")) and \
+        os.path.isdir(os.path.join(path, "parts"))
+
+
+def _plate_reader(path: str, channels: Any = None) -> Any:
     """The :func:`erquant.io.items.open_input` reader of a plate folder / stack, or None."""
     from erquant.io.items import InputError, open_input
 
     try:
-        reader = open_input(path)
+        reader = open_input(path, channels=channels)
         return reader if reader.items() else None
     except (InputError, OSError, ValueError):
         return None
@@ -127,6 +133,9 @@ def read_layers(path: str | Sequence[str]) -> list[LayerData]:
     for p in paths:
         p = os.fspath(p).rstrip("/")
         low = p.lower()
+        if os.path.isdir(p) and is_run_output(p):
+            out.extend(read_run_output(p))
+            continue
         if low.endswith(".zarr") and not _is_hcs(p):
             levels, axes = _open_zarr(p)
             names: list[str] = []
@@ -150,7 +159,7 @@ def _stem(path: str) -> str:
     return name
 
 
-def read_plate(path: str) -> list[LayerData]:
+def read_plate(path: str, channels: Any = None) -> list[LayerData]:
     """A plate folder or multi-series stack as one lazy (field, Y, X) stack per channel.
 
     Planned by :func:`erquant.io.items.open_input` (default channels ``w1=nuclei,w2=er``),
@@ -162,7 +171,7 @@ def read_plate(path: str) -> list[LayerData]:
 
     from erquant.io.items import _read_plane, load_item
 
-    reader = _plate_reader(path)
+    reader = _plate_reader(path, channels)
     if reader is None:
         raise ValueError(f"{path}: no plate, stack or image files that erquant can read")
     items = reader.items()
@@ -197,28 +206,105 @@ def read_plate(path: str) -> list[LayerData]:
     return out
 
 
+def run_tables(outdir: str, item_ids: Sequence[str]) -> dict[int, Any]:
+    """Per-cell tables of a run's fields (``parts/<id>.parquet``, the cells of the saved
+    labels), keyed by plane (position of the id in *item_ids*)."""
+    import pandas as pd
+
+    out = {}
+    for k, i in enumerate(item_ids):
+        p = os.path.join(os.fspath(outdir), "parts", f"{i}.parquet")
+        if os.path.exists(p):
+            t = pd.read_parquet(p)
+            if "label" in t.columns:
+                out[k] = t
+    return out
+
+
 def run_labels(outdir: str, item_ids: Sequence[str], shape: Sequence[int],
-               source: str) -> list[LayerData]:
+               source: str, fields: Sequence[str] | None = None) -> list[LayerData]:
     """Label stacks (nuclei, cells) saved by ``erquant run --save-labels`` in *outdir*,
     aligned with a plate stack whose planes are the work items *item_ids* (lazy; empty
-    planes where a field has no labels)."""
+    planes where a field has no labels), with the run's per-cell table as ``features``.
+
+    Labels of plane ``k`` are shifted by ``k * stride`` (``stack_label`` in the table, see
+    :func:`._layers.offset_labels`) so each cell of the stack has its own row; the
+    ``label`` column is the saved label.
+    """
     import dask
     import numpy as np
     import tifffile
 
+    from ._layers import (
+        class_colormap,
+        labels_features,
+        offset_labels,
+        stack_dtype,
+        stack_stride,
+        stack_table,
+    )
+
     out: list[LayerData] = []
     folder = os.path.join(os.fspath(outdir), "labels")
+    tables = run_tables(outdir, item_ids)
+    max_label = max((int(t["label"].max()) for t in tables.values() if len(t)), default=0)
+    stride = stack_stride(max_label)
+    dtype = stack_dtype(len(item_ids), stride)
+    table = stack_table(tables, stride, fields=fields)
+    feats = labels_features(table, key="stack_label") if len(table) else None
     for kind in ("nuclei", "cells"):
         paths = [os.path.join(folder, f"{i}_{kind}.tif") for i in item_ids]
         if not any(os.path.exists(p) for p in paths):
             continue
-        planes = [da.from_delayed(dask.delayed(tifffile.imread)(p), tuple(shape), dtype=np.uint32)
-                  if os.path.exists(p) else da.zeros(tuple(shape), dtype=np.uint32)
-                  for p in paths]
-        meta = {"name": f"{source} {kind} (run)", "opacity": 0.5 if kind == "nuclei" else 0.3,
-                "metadata": {"source": source, "outdir": os.fspath(outdir), "kind": kind}}
+        planes = [offset_labels(da.from_delayed(dask.delayed(tifffile.imread)(p), tuple(shape),
+                                                dtype=np.uint32), k, stride, dtype)
+                  if os.path.exists(p) else da.zeros(tuple(shape), dtype=dtype)
+                  for k, p in enumerate(paths)]
+        meta: dict[str, Any] = {
+            "name": f"{source} {kind} (run)", "opacity": 0.5 if kind == "nuclei" else 0.3,
+            "metadata": {"source": source, "outdir": os.fspath(outdir), "kind": kind,
+                         "label_stride": stride, "erquant_stack": True}}
+        if feats is not None:
+            if kind == "cells":
+                from ._layers import SHORT_COLUMNS
+
+                meta["features"] = feats[[c for c in ("plane", "field_name", *SHORT_COLUMNS,
+                                                      "index") if c in feats.columns]]
+                meta["colormap"] = class_colormap(table, key="stack_label")
+            else:
+                meta["features"] = feats
         out.append((da.stack(planes), meta, "labels"))
     return out
+
+
+def read_run_output(path: str) -> list[LayerData]:
+    """A folder written by ``erquant run``: the plate's images (the input recorded in
+    ``run.json``, opened as per-channel field stacks by :func:`read_plate`) and, when the
+    run saved them (``--save-labels``), its nuclei / cells label stacks with the per-cell
+    table as ``features``; a notification says so when labels were not saved."""
+    import json
+
+    from napari.utils.notifications import show_warning
+
+    path = os.fspath(path).rstrip("/")
+    try:
+        info = json.loads(open(os.path.join(path, "run.json"), encoding="utf-8").read())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable run.json ({exc})") from exc
+    src = info.get("input")
+    if not src or not os.path.exists(src):
+        raise ValueError(f"{path}: the run's input {src!r} (run.json) is not here any more; "
+                         "open the plate where it is now")
+    images = read_plate(src, channels=info.get("channels") or None)
+    md = images[0][1]["metadata"]
+    for _, meta, _ in images:
+        meta["metadata"]["erquant_run"] = path
+    labels = run_labels(path, md["items"], images[0][0].shape[-2:], md["source"],
+                        fields=md["fields"])
+    if not labels:
+        show_warning(f"erquant: {os.path.basename(path)}: the run saved no labels (run "
+                     "`erquant run --save-labels` to see the cells); showing the images only")
+    return images + labels
 
 
 def _colormap(name: str, index: int) -> str:

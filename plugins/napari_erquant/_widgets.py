@@ -836,8 +836,8 @@ class ResultsDock(QWidget):
             if state.plane is not None and state.stack is not None:
                 stk = state.stack
                 idx = np.unravel_index(state.plane, stk.lead_shape)
-                fld = stk.table.loc[stk.table["plane"] == state.plane, "field"] \
-                    if "field" in stk.table else pd.Series([], dtype=object)
+                fld = stk.table.loc[stk.table["plane"] == state.plane, "field_name"] \
+                    if "field_name" in stk.table else pd.Series([], dtype=object)
                 parts[0] = (f"<b>{state.source}</b> plane {','.join(map(str, idx))}"
                             + (f" ({fld.iloc[0]})" if len(fld) else "")
                             + f": {len(state.table)} cells (all planes: {len(stk.table)} "
