@@ -899,3 +899,55 @@ def test_erquant_output_folder_without_labels_says_so(make_napari_viewer, run_ou
     (moved / "run.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="not here any more"):
         _reader.read_layers(str(moved))
+
+
+# ----------------------------------------------------------------------------- contrast, ROIs
+@needs_display
+def test_contrast_control_colours_cells_by_er_level(widget_viewer, qtbot):
+    from napari.utils.colormaps import ensure_colormap
+
+    viewer, widget, _ = widget_viewer
+    _run(qtbot, widget)
+    cells = viewer.layers[_layers.layer_names(SOURCE)["cells"]]
+    table = widget.states[SOURCE].table
+    er = table.set_index("label")["nucleus_er_mean_bgcorr"]
+    dock = widget.results
+    assert not dock.colour_range.isEnabled()  # class colouring by default
+    lo_lab, hi_lab = int(er.idxmin()), int(er.idxmax())
+    assert np.allclose(cells.colormap.color_dict[lo_lab], _layers.CLASS_COLORS[0])
+    lo, hi = float(er.quantile(0.25)), float(er.quantile(0.75))
+    dock.set_colouring("ERα level", (lo, hi))
+    assert dock.colour_range.isEnabled()
+    assert np.allclose(dock.colour_range.value(), (lo, hi))
+    vir = ensure_colormap("viridis")
+    np.testing.assert_allclose(cells.colormap.color_dict[lo_lab], vir.map(np.array([0.0]))[0])
+    np.testing.assert_allclose(cells.colormap.color_dict[hi_lab], vir.map(np.array([1.0]))[0])
+    mid = int((er - (lo + hi) / 2).abs().idxmin())
+    expect = vir.map(np.array([np.clip((er[mid] - lo) / (hi - lo), 0, 1)]))[0]
+    np.testing.assert_allclose(cells.colormap.color_dict[mid], expect, atol=1e-6)
+    assert "viridis" in dock.legend.text()
+    dock.colour_range.setValue((float(er.min()), float(er.max())))  # dragging re-colours
+    assert not np.allclose(cells.colormap.color_dict[mid], expect)
+    dock.set_colouring("ERα class")
+    assert np.allclose(cells.colormap.color_dict[lo_lab], _layers.CLASS_COLORS[0])
+
+
+@needs_display
+def test_loaded_rois_of_another_image_are_notified(widget_viewer, monkeypatch, tmp_path):
+    import napari_erquant._widgets as w
+
+    from erquant.io.roi import Roi, write_roi_geojson
+
+    viewer, widget, _ = widget_viewer
+    warned: list[str] = []
+    monkeypatch.setattr(w, "show_warning", warned.append)
+    square = [(0.0, 0.0), (0.0, 50.0), (50.0, 50.0), (50.0, 0.0)]
+    same = write_roi_geojson(tmp_path / "same.geojson",
+                             [Roi("a", square, properties={"source": SOURCE})])
+    assert widget.load_rois(same) is not None and not warned
+    other = write_roi_geojson(tmp_path / "other.geojson",
+                              [Roi("a", square, properties={"source": SOURCE}),
+                               Roi("b", square, image="B02_s1_w1.tif")])
+    layer = widget.load_rois(other)
+    assert layer is not None and len(layer.data) == 2  # still loaded
+    assert warned and "1 of 2" in warned[-1] and "B02_s1_w1.tif" in warned[-1]

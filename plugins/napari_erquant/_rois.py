@@ -141,3 +141,32 @@ def rois_layer_data(rois: Sequence, image: Any = None, name: str = "ROIs") -> tu
             "edge_color": "yellow", "face_color": "transparent", "edge_width": 2,
             "text": ROI_TEXT}
     return data, meta, "shapes"
+
+
+def foreign_rois(rois: Any, image_name: str | None = None,
+                 source: str | None = None) -> dict[str, str]:
+    """ROIs that name another image than the current one: ``{roi name: its image}``.
+
+    A ROI's ``image`` (file name) is compared with *image_name*; a ROI without one but with
+    a ``source`` property (saved from an image that had no file) with *source*.
+
+    Examples
+    --------
+    >>> from erquant.io.roi import Roi
+    >>> rois = [Roi("a", [(0, 0)], image="A01.tif"), Roi("b", [(0, 0)], image="B02.tif")]
+    >>> foreign_rois(rois, image_name="A01.tif")
+    {'b': 'B02.tif'}
+    """
+    out = {}
+    for r in rois:
+        theirs = getattr(r, "image", None)
+        if theirs and image_name:
+            if str(theirs) != str(image_name):
+                out[r.name] = str(theirs)
+            continue
+        src = (getattr(r, "properties", None) or {}).get("source")
+        if src and source and str(src) != str(source):
+            out[r.name] = str(src)
+        elif theirs and not image_name and source and str(theirs) != str(source):
+            out[r.name] = str(theirs)
+    return out

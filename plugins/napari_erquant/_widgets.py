@@ -22,8 +22,9 @@ import pandas as pd
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton
 from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
+from superqt import QLabeledDoubleRangeSlider
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -41,6 +42,7 @@ from ._layers import (
     CLASS_COLORS,
     CLASS_NAMES,
     add_or_update_layers,
+    class_colormap,
     export_results,
     layer_names,
     result_layer_data,
@@ -731,6 +733,19 @@ class QuantifyWidget(QWidget):
         except Exception as exc:  # noqa: BLE001
             show_error(f"erquant: {exc}")
             return None
+        image = self.nuclei_layer.value
+        if image is not None:
+            from ._rois import foreign_rois
+
+            img_path = _layer_path(image)
+            other = foreign_rois(rois, image_name=Path(img_path).name if img_path else None,
+                                 source=source_of(image, self.viewer))
+            if other:
+                mine = Path(img_path).name if img_path else source_of(image, self.viewer)
+                show_warning(f"erquant: {len(other)} of {len(rois)} ROI(s) in "
+                             f"{Path(path).name} were drawn on another image "
+                             f"({', '.join(sorted(set(other.values())))}), not on {mine!r}: "
+                             "check that they belong here")
         data, meta, _ = rois_layer_data(rois, self.nuclei_layer.value,
                                         name=f"{Path(path).stem} ROIs")
         layer = self.viewer.add_shapes(data, **meta)
@@ -767,6 +782,10 @@ def _fmt(fmt: str, value: Any) -> str:
         return str(value)
 
 
+#: colourings of the cells layer offered in the results dock
+COLOUR_MODES = ("ERα class", "ERα level")
+
+
 def legend_html() -> str:
     """HTML legend of the ERα class colours of the cells layer."""
     items = []
@@ -795,6 +814,16 @@ class ResultsDock(QWidget):
         self.qc_label = QLabel("")
         self.qc_label.setWordWrap(True)
         self.legend = QLabel(legend_html())
+        self.colour_mode = QComboBox()
+        self.colour_mode.addItems(list(COLOUR_MODES))
+        self.colour_mode.setToolTip("Colour the cells layer by ERα class (bounds from the "
+                                    "classification) or by nuclear ERα level (range below)")
+        self.colour_range = QLabeledDoubleRangeSlider(Qt.Orientation.Horizontal)
+        self.colour_range.setToolTip("Contrast of the ERα colouring: nuclear ERα "
+                                     "(background-corrected) at the left end is dark, at "
+                                     "the right end bright (viridis)")
+        self.colour_range.setEnabled(False)
+        self._range_for: Any = None
         self.table = QTableWidget(0, len(_SUMMARY_COLUMNS))
         self.table.setHorizontalHeaderLabels([c[0] for c in _SUMMARY_COLUMNS])
         self.table.verticalHeader().setVisible(False)
@@ -807,14 +836,22 @@ class ResultsDock(QWidget):
         self.export_button = QPushButton("Export…")
         self.export_button.setToolTip("Cells (CSV/Parquet), ROI summary and metadata JSON")
         lay = QVBoxLayout()
-        for w in (self.source_box, self.header, self.qc_label, self.legend, self.table):
+        for w in (self.source_box, self.header, self.qc_label, self.legend):
             lay.addWidget(w)
+        crow = QHBoxLayout()
+        crow.addWidget(QLabel("cells colour"))
+        crow.addWidget(self.colour_mode)
+        crow.addWidget(self.colour_range, 1)
+        lay.addLayout(crow)
+        lay.addWidget(self.table)
         row = QHBoxLayout()
         row.addWidget(self.refresh_button)
         row.addWidget(self.export_button)
         lay.addLayout(row)
         self.setLayout(lay)
         self.source_box.currentTextChanged.connect(self._on_source)
+        self.colour_mode.currentTextChanged.connect(lambda _t: self.apply_colouring())
+        self.colour_range.valueChanged.connect(lambda _v: self.apply_colouring())
         self.table.cellClicked.connect(self._on_click)
         self.table.itemChanged.connect(self._on_edit)
         self.refresh_button.clicked.connect(self.refresh_rois)
@@ -873,8 +910,67 @@ class ResultsDock(QWidget):
                     item.setFlags(flags_)
                     self.table.setItem(r, c, item)
             self.table.resizeColumnsToContents()
+            self._set_colour_range()
         finally:
             self._filling = False
+        self.apply_colouring()
+
+    def _colour_target(self) -> tuple[Any, pd.DataFrame, str] | None:
+        """(cells layer, its table, label column) of the shown state, or None."""
+        st = self.state
+        if st is None:
+            return None
+        names = layer_names(st.source)
+        if st.stack is not None:
+            name, table, key = names["cells"] + STACK_SUFFIX, st.stack.table, "stack_label"
+        else:
+            name, table, key = names["cells"], st.table, "label"
+        layers = self.owner.viewer.layers
+        return (layers[name], table, key) if name in layers else None
+
+    def _set_colour_range(self) -> None:
+        target = self._colour_target()
+        col = "nucleus_er_mean_bgcorr"
+        if target is None or col not in target[1] or not len(target[1]):
+            return
+        vals = target[1][col].to_numpy(dtype=float)
+        vals = vals[np.isfinite(vals)]
+        if not vals.size or self._range_for is target[1]:
+            return  # same table (e.g. another plane of a stack): keep the user's range
+        self._range_for = target[1]
+        lo, hi = float(vals.min()), float(vals.max())
+        p1, p99 = (float(v) for v in np.percentile(vals, [1, 99]))
+        self.colour_range.blockSignals(True)
+        try:
+            self.colour_range.setRange(lo, max(hi, lo + 1e-6))
+            self.colour_range.setValue((p1, max(p99, p1 + 1e-6)))
+        finally:
+            self.colour_range.blockSignals(False)
+
+    def set_colouring(self, mode: str, bounds: tuple[float, float] | None = None) -> None:
+        """Colour cells by ``"ERα class"`` or ``"ERα level"`` (optionally in *bounds*)."""
+        self.colour_mode.setCurrentText(mode)
+        if bounds is not None:
+            self.colour_range.setValue(tuple(float(b) for b in bounds))
+        self.apply_colouring()
+
+    def apply_colouring(self) -> None:
+        """Re-colour the shown image's cells layer by class or by ERα level in the range."""
+        level = self.colour_mode.currentText() == COLOUR_MODES[1]
+        self.colour_range.setEnabled(level)
+        target = self._colour_target()
+        if target is None or self._filling:
+            return
+        layer, table, key = target
+        bounds = tuple(self.colour_range.value()) if level else None
+        layer.colormap = class_colormap(table, key=key, bounds=bounds)
+        if level:
+            lo, hi = bounds
+            self.legend.setText(f"cells by nuclear ERα (bg-corrected): "
+                                f"<span style='color:#440154'>■</span> ≤ {lo:.4g} … "
+                                f"<span style='color:#fde725'>■</span> ≥ {hi:.4g} (viridis)")
+        else:
+            self.legend.setText(legend_html())
 
     def rows(self) -> list[dict[str, str]]:
         """The table as shown (header → text), for tests and copy-paste."""
