@@ -402,3 +402,20 @@ def test_diameter_estimate_ignores_a_large_faint_blob(backend):
     img = _noisy(img, 1.0)
     d = estimate_diameter(backend.asarray(np.clip(img, 0, 255).astype(np.uint8)))
     assert 22 < d < 36, d
+
+
+def test_shape_moments_numba_matches_bincount(monkeypatch):
+    """kernels.shape_moments (the diameter estimate's clump rule): compiled == generic."""
+    from erquant import kernels as K
+    from erquant.backend import backend_for
+
+    lab = np.random.default_rng(0).integers(0, 7, (50, 60)).astype(np.int32)
+    bk = backend_for(lab)
+    fast = K.shape_moments(bk, lab, 6)
+    monkeypatch.setattr(K, "_numba_ok", lambda bk: False)
+    slow = K.shape_moments(bk, lab, 6)
+    np.testing.assert_allclose(fast, slow)
+    yy, xx = np.nonzero(lab == 3)
+    np.testing.assert_allclose(fast[3], [yy.size, yy.sum(), xx.sum(), (yy * yy).sum(),
+                                         (xx * xx).sum(), (yy * xx).sum()])
+

@@ -266,8 +266,9 @@ def test_clumped_field_forms_compact_islands_and_keeps_defaults():
     assert ndi.label(ndi.binary_dilation(free.nuclei > 0, iterations=2))[1] > 20
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 mode 1: a clump of 30 nuclei is sized as one "
-                   "object (d 68 px for 24 px nuclei; counts −78 %); not fixed yet")
+@pytest.mark.xfail(strict=True, reason="issue 14 mode 1: every nucleus sits in a clump, so no "
+                   "single nuclei to compare clumps with (d 68 → 34-46 px for 24 px nuclei "
+                   "with the clump rule; counts −78 % → −19 to −54 %); not fixed yet")
 def test_clumped_field_diameter_and_count():
     from erquant.segment import estimate_diameter, segment_nuclei
     from erquant.synthetic import make_clumped_field

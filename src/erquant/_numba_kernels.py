@@ -59,6 +59,21 @@ def _scatter_max_impl(out, labels, values):
             out[k] = v
 
 
+def _shape_moments_impl(labels, out):
+    """out[k] += (1, y, x, y², x², xy) over the pixels of label k (2-D labels)."""
+    H, W = labels.shape
+    for y in range(H):
+        for x in range(W):
+            k = labels[y, x]
+            if k:
+                out[k, 0] += 1.0
+                out[k, 1] += y
+                out[k, 2] += x
+                out[k, 3] += y * y
+                out[k, 4] += x * x
+                out[k, 5] += y * x
+
+
 def _range_count_impl(a, level):
     """(min, max, number of values >= level) of a flat array in one pass."""
     lo = a[0]
@@ -226,6 +241,7 @@ if numba is not None:
     present = _jit(_present_impl)
     range_count = _jit(_range_count_impl)
     scatter_max = _jit(_scatter_max_impl)
+    shape_moments = _jit(_shape_moments_impl)
     seed_cores = _jit(_seed_cores_impl)
 else:  # pragma: no cover
     _moments = None
@@ -235,6 +251,7 @@ else:  # pragma: no cover
     scan_order_map = None
     present = None
     scatter_max = None
+    shape_moments = None
     range_count = None
     seed_cores = None
 

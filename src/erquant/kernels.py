@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from erquant.backend import Backend, stack_to_host
+from erquant.backend import Backend, stack_to_host, to_numpy
 
 try:  # OpenCV is a core dependency, but keep the SciPy path importable without it
     import cv2
@@ -427,6 +427,26 @@ def label_max(bk: Backend, values, labels, n: int):
                                    np.ascontiguousarray(values).ravel())
     else:
         np.maximum.at(out, labels.ravel(), values.ravel())
+    return out
+
+
+def shape_moments(bk: Backend, labels, n: int) -> np.ndarray:
+    """Per-label pixel count and raw moments (host float64 array (n + 1, 6): 1, y, x,
+    y², x², xy) of a 2-D label image (labels 0..n; row 0 is the background)."""
+    if _numba_ok(bk) and labels.dtype.kind in "ui":
+        from erquant import _numba_kernels
+
+        out = np.zeros((n + 1, 6), np.float64)
+        _numba_kernels.shape_moments(np.ascontiguousarray(labels), out)
+        out[0] = 0
+        return out
+    xp = bk.xp
+    yy, xx = xp.indices(labels.shape, dtype=xp.float64)
+    flat = labels.ravel()
+    cols = [xp.bincount(flat, weights=w.ravel(), minlength=n + 1)
+            for w in (xp.ones_like(yy), yy, xx, yy * yy, xx * xx, yy * xx)]
+    out = np.stack([to_numpy(c) for c in cols], axis=1)
+    out[0] = 0
     return out
 
 

@@ -9,7 +9,10 @@ OpenCV on the CPU and ``cupyx.scipy.ndimage`` on the GPU):
    foreground mask at a provisional scale → area-weighted median of twice the
    largest inscribed radius per object → new scale (large provisional scales are
    measured on block-averaged copies; faint objects — haze, dim cytoplasm —
-   are not sized, see :data:`FAINT_OBJECT`);
+   are not sized, see :data:`FAINT_OBJECT`, nor are clumps: objects whose
+   second-moment minor semi-axis exceeds 1.2 × their inscribed radius (an
+   ellipse has 1) and whose inscribed radius is over 2 × the other objects'
+   area-weighted median, see :data:`CLUMP_SPREAD`);
    **working scale**: by default (``downsample=0``) steps 2–6 run on a copy
    area-averaged ``d / 10`` times smaller when d ≥ 20 px (nuclei ~10 px across),
    the labels are brought back to full size (nearest) and their boundaries
@@ -294,19 +297,49 @@ def _diameter_from_mask(bk: Backend, mask, fallback: float, smooth=None) -> floa
     if smooth is not None and FAINT_OBJECT > 0 and keep.any():
         peak = to_numpy(K.label_max(bk, smooth, lab, n)[1:])  # host sync: small vector
         keep &= peak >= FAINT_OBJECT * np.percentile(peak[keep], 90)
+    if CLUMP_SPREAD > 0 and keep.sum() > 2:
+        keep &= ~_clumps(bk, lab, n, rmax, area, keep)
     rmax, area = rmax[keep], area[keep]
     if rmax.size == 0:
         return fallback
-    # area-weighted median: noise specks and debris carry little weight
-    order = np.argsort(rmax)
-    cw = np.cumsum(area[order])
-    r = rmax[order][np.searchsorted(cw, 0.5 * cw[-1])]
-    return float(2.0 * r)
+    return 2.0 * _weighted_median(rmax, area)
 
 
 #: the diameter estimate sizes only objects whose peak is at least this fraction of
 #: the bright objects' (90th percentile of the objects' peaks)
 FAINT_OBJECT = 0.1
+#: the diameter estimate does not size clumps: objects whose second-moment minor
+#: semi-axis exceeds this many times their largest inscribed radius (an ellipse —
+#: one nucleus, however elongated — has 1; necks between merged nuclei shrink the
+#: inscribed radius, not the spread) and whose inscribed radius is over
+#: :data:`CLUMP_SIZE` × the area-weighted median of the other objects'
+CLUMP_SPREAD = 1.2
+CLUMP_SIZE = 2.0
+
+
+def _clumps(bk: Backend, lab, n: int, rmax, area, keep):
+    """Objects that look like clumps of several nuclei (host bool vector of n)."""
+    m = K.shape_moments(bk, lab, n)[1:]
+    a = np.maximum(m[:, 0], 1)
+    my, mx = m[:, 1] / a, m[:, 2] / a
+    vyy = np.maximum(m[:, 3] / a - my * my, 0)
+    vxx = np.maximum(m[:, 4] / a - mx * mx, 0)
+    vxy = m[:, 5] / a - my * mx
+    half = (vyy + vxx) / 2
+    lmin = np.maximum(half - np.sqrt(((vyy - vxx) / 2) ** 2 + vxy ** 2), 0)
+    minor = 2.0 * np.sqrt(lmin)  # semi-axis of the moment ellipse (R for a disc)
+    spread = minor > CLUMP_SPREAD * np.maximum(rmax, 0.5)
+    compact = keep & ~spread
+    if not compact.any():
+        return np.zeros(n, bool)
+    return spread & (rmax > CLUMP_SIZE * _weighted_median(rmax[compact], area[compact]))
+
+
+def _weighted_median(values, weights) -> float:
+    """Area-weighted median: noise specks and debris carry little weight."""
+    order = np.argsort(values)
+    cw = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cw, 0.5 * cw[-1])])
 
 
 def _estimate_diameter(bk: Backend, norm, threshold: str, threshold_value=None, *,
