@@ -288,7 +288,8 @@ def read_run_output(path: str) -> list[LayerData]:
 
     path = os.fspath(path).rstrip("/")
     try:
-        info = json.loads(open(os.path.join(path, "run.json"), encoding="utf-8").read())
+        with open(os.path.join(path, "run.json"), encoding="utf-8") as fh:
+            info = json.load(fh)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: unreadable run.json ({exc})") from exc
     src = info.get("input")
