@@ -784,6 +784,16 @@ def test_quantify_all_planes_of_a_stack(make_napari_viewer, qtbot, zstack, tmp_p
     assert "plane 2" in widget.results.header.text()
     viewer.dims.set_current_step(0, 0)
     assert widget.results.rows()[-1]["cells"] == str(int((table["plane"] == 0).sum()))
+    # contrast control over the whole stack; stepping planes keeps the range
+    er = table["nucleus_er_mean_bgcorr"]
+    lo, hi = float(er.quantile(0.1)), float(er.quantile(0.9))
+    widget.results.set_colouring("ERα level", (lo, hi))
+    viewer.dims.set_current_step(0, 1)
+    assert np.allclose(widget.results.colour_range.value(), (lo, hi))
+    top = table.loc[er.idxmax()]
+    np.testing.assert_allclose(cells.colormap.color_dict[int(top["stack_label"])][:3],
+                               [0.993248, 0.906157, 0.143936], atol=1e-5)  # viridis top
+    widget.results.set_colouring("ERα class")
     # export: one table, rows record their plane
     out = widget.export(tmp_path / "zs.csv")
     saved = pd.read_csv(out["cells"])

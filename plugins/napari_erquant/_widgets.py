@@ -555,11 +555,13 @@ class QuantifyWidget(QWidget):
                            roi_layer=ctx.get("roi_layer"), image_layer=ctx.get("image"),
                            polys=polys, shape=tuple(ctx.get("shape", result.nuclei.shape)))
         keep = [ctx["keep"]] if ctx.get("keep") else []
-        add_or_update_layers(
+        added = add_or_update_layers(
             self.viewer,
             result_layer_data(result, source=source, table=table, scale=ctx.get("scale"),
                               translate=ctx.get("translate")),
             keep_data=keep)
+        for lay in added:  # coloured afresh by the results dock
+            lay._erquant_colouring = None
         self.states[source] = state
         self.current_source = source
         self.last_result = result
@@ -612,9 +614,11 @@ class QuantifyWidget(QWidget):
                            stride=stride, layer=ctx.get("image"), n_planes=n)
         for st in planes.values():
             st.stack = stack
-        add_or_update_layers(self.viewer, stack_layer_data(
+        added = add_or_update_layers(self.viewer, stack_layer_data(
             stacks["nuclei"], stacks["cells"], table, source=ctx["source"],
             scale=ctx.get("scale"), translate=ctx.get("translate"), suffix=STACK_SUFFIX))
+        for lay in added:  # coloured afresh by the results dock
+            lay._erquant_colouring = None
         self.stacks[ctx["source"]] = stack
         self.current_source = ctx["source"]
         self.last_result = stack
@@ -963,7 +967,10 @@ class ResultsDock(QWidget):
             return
         layer, table, key = target
         bounds = tuple(self.colour_range.value()) if level else None
-        layer.colormap = class_colormap(table, key=key, bounds=bounds)
+        applied = (id(layer), id(table), bounds)
+        if getattr(layer, "_erquant_colouring", None) != applied:  # not on every plane step
+            layer.colormap = class_colormap(table, key=key, bounds=bounds)
+            layer._erquant_colouring = applied
         if level:
             lo, hi = bounds
             self.legend.setText(f"cells by nuclear ERα (bg-corrected): "
