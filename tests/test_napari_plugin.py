@@ -961,3 +961,31 @@ def test_loaded_rois_of_another_image_are_notified(widget_viewer, monkeypatch, t
     layer = widget.load_rois(other)
     assert layer is not None and len(layer.data) == 2  # still loaded
     assert warned and "1 of 2" in warned[-1] and "B02_s1_w1.tif" in warned[-1]
+
+
+@needs_display
+def test_quantify_all_fields_of_a_plate_stack(make_napari_viewer, qtbot, small_plate):
+    from napari_erquant._widgets import QuantifyWidget
+
+    from erquant.io.items import load_item, open_input
+    from erquant.pipeline import quantify
+
+    viewer = make_napari_viewer()
+    widget = QuantifyWidget(viewer)
+    for data, meta, _ in _reader.read_plate(str(small_plate)):
+        viewer.add_image(data, **meta)
+    widget.scope.value = "all planes"
+    _run(qtbot, widget)
+    stack = widget.stacks["P1"]
+    table = stack.table
+    assert table.groupby("plane")["field_name"].first().tolist() == \
+        ["A01 s1", "A01 s2", "A02 s1", "A02 s2"]
+    items = open_input(small_plate).items()
+    img, _ = load_item(items[3])
+    core = quantify(img)
+    rows = table[table["plane"] == 3].drop(
+        columns=["plane", "field_name", "stack_label", "roi_name", "roi"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(rows, core.table.drop(columns=["roi"]), check_dtype=False)
+    assert viewer.layers["P1 nuclei (stack)"].data.shape == (4, 128, 128)
+    viewer.dims.set_current_step(0, 3)
+    assert "(A02 s2)" in widget.results.header.text()
