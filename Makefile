@@ -9,7 +9,8 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 NAPARI_DEBS := xvfb xauth libgl1 libegl1 libgl1-mesa-dri libglx-mesa0 libopengl0 \
 	libxkbcommon0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 \
 	libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xinput0 libxcb-xfixes0 \
-	libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 libxrender1 libxi6 libsm6 libice6
+	libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 libxrender1 libxi6 libsm6 libice6 \
+	libglib2.0-0
 # OpenCL on the CPU for the pyclesperanto reference in `erquant bench`.
 BENCH_DEBS := pocl-opencl-icd
 # Headless browser that renders report.html in tests/test_analysis_report.py.

@@ -171,7 +171,7 @@ def reduce_run(outdir: Path, summaries: list[dict], *, params: Params, markers: 
     light = pd.concat([_read_columns(p, cols) for p in parts], ignore_index=True) \
         if parts else pd.DataFrame(columns=cols)
     light = light.merge(wellmap, on=["plate", "timepoint", "time_h", "well"], how="left")
-    light["_cell_line"] = light["cell_line"].fillna("").astype(str)
+    light["_cell_line"] = light["cell_line"].astype(object).fillna("").astype(str)
     notes: dict = {"flatfield": {}, "reference": {}}
     gains = {}
     if flatfield and len(light):
