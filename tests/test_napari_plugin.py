@@ -885,6 +885,13 @@ def test_erquant_output_folder_opens_with_labels_and_table(make_napari_viewer, r
         assert set(rows["index"]) == set(np.unique(lab[lab > 0]))
     assert {"plane", "field_name", "nucleus_er_mean_bgcorr", "er_class"} <= set(cells.features)
     assert nuc.features["field_name"].iloc[0] == "A01 s1"
+    # the merged table's rows (plate-level flat field and ER reference), not the raw parts
+    merged = pd.read_parquet(out / "cells.parquet")
+    assert "flatfield_gain" in nuc.features
+    first = merged[(merged["well"] == items[0].well) & (merged["field"] == items[0].field)]
+    rows = nuc.features[nuc.features["plane"] == 0]
+    np.testing.assert_allclose(rows["nucleus_er_mean_bgcorr"], first["nucleus_er_mean_bgcorr"])
+    assert rows["er_class"].tolist() == first["er_class"].tolist()
 
 
 @needs_display

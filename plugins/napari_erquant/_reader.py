@@ -207,17 +207,35 @@ def read_plate(path: str, channels: Any = None) -> list[LayerData]:
 
 
 def run_tables(outdir: str, item_ids: Sequence[str]) -> dict[int, Any]:
-    """Per-cell tables of a run's fields (``parts/<id>.parquet``, the cells of the saved
-    labels), keyed by plane (position of the id in *item_ids*)."""
+    """Per-cell tables of a run's fields, keyed by plane (position of the id in
+    *item_ids*): the field's rows of ``cells.parquet`` (after the run's plate-level steps:
+    flat field, plate ER reference, plate-map columns — what the tables say), or the
+    field's own ``parts/<id>.parquet`` while the run has not been merged yet."""
+    import json
+
     import pandas as pd
 
     out = {}
+    cells = os.path.join(os.fspath(outdir), "cells.parquet")
+    merged = os.path.exists(cells)
     for k, i in enumerate(item_ids):
-        p = os.path.join(os.fspath(outdir), "parts", f"{i}.parquet")
-        if os.path.exists(p):
-            t = pd.read_parquet(p)
-            if "label" in t.columns:
-                out[k] = t
+        t = None
+        if merged:
+            try:
+                with open(os.path.join(os.fspath(outdir), "parts", f"{i}.json")) as fh:
+                    key = json.load(fh)
+                filters = [("plate", "==", str(key["plate"])),
+                           ("timepoint", "==", int(key["timepoint"])),
+                           ("well", "==", str(key["well"])), ("field", "==", int(key["field"]))]
+                t = pd.read_parquet(cells, filters=filters)
+            except (OSError, ValueError, KeyError):
+                t = None
+        if t is None:
+            p = os.path.join(os.fspath(outdir), "parts", f"{i}.parquet")
+            if os.path.exists(p):
+                t = pd.read_parquet(p)
+        if t is not None and "label" in t.columns:
+            out[k] = t.reset_index(drop=True)
     return out
 
 
