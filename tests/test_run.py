@@ -271,10 +271,16 @@ def test_fail_fast_exit_2(plate, tmp_path, capsys, case):
 
 
 # --------------------------------------------------------------------------- kill -9
+def _n_parts(out: Path) -> int:
+    """Finished fields' summaries (not a killed run's half-written ``.tmp-*`` files)."""
+    parts = out / "parts"
+    return sum(not p.name.startswith(".") for p in parts.glob("*.json")) if parts.exists() else 0
+
+
 def _wait_for_parts(out: Path, n: int, proc, timeout=120.0) -> int:
     t0 = time.time()
     while time.time() - t0 < timeout:
-        k = len(list((out / "parts").glob("*.json"))) if (out / "parts").exists() else 0
+        k = _n_parts(out)
         if k >= n:
             return k
         if proc.poll() is not None:
@@ -306,7 +312,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     time.sleep(0.5)
     assert done < n_fields
     assert not (out / "cells.parquet").exists()  # it died before the reduce
-    kept = len(list((out / "parts").glob("*.json")))
+    kept = _n_parts(out)
     rc = main(["run", str(plate), "-o", str(out), "--workers", "0", "-q", "--no-report"])
     assert rc == 0
     run = json.loads((out / "run.json").read_text())

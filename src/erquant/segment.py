@@ -315,6 +315,9 @@ FAINT_OBJECT = 0.1
 #: :data:`CLUMP_SIZE` × the area-weighted median of the other objects'
 CLUMP_SPREAD = 1.2
 CLUMP_SIZE = 2.0
+#: ... and only when at least this many compact objects give the reference size (a
+#: small field with a few nuclei and some debris must not call its nuclei clumps)
+CLUMP_MIN_REFERENCE = 5
 
 
 def _clumps(bk: Backend, lab, n: int, rmax, area, keep):
@@ -330,7 +333,7 @@ def _clumps(bk: Backend, lab, n: int, rmax, area, keep):
     minor = 2.0 * np.sqrt(lmin)  # semi-axis of the moment ellipse (R for a disc)
     spread = minor > CLUMP_SPREAD * np.maximum(rmax, 0.5)
     compact = keep & ~spread
-    if not compact.any():
+    if compact.sum() < CLUMP_MIN_REFERENCE:  # too few single nuclei to compare with
         return np.zeros(n, bool)
     return spread & (rmax > CLUMP_SIZE * _weighted_median(rmax[compact], area[compact]))
 
