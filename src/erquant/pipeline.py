@@ -78,6 +78,15 @@ class FieldResult:
         return row
 
 
+def _run_to_end(gen):
+    """Run a progress generator to its end and return its value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
 def _split_field(field_, nuclei_channel, marker_channels):
     """Return (nuclei image, {marker: image}) views of a (C, Y, X) or (Y, X) field."""
     arr = field_
@@ -105,6 +114,19 @@ def _split_field(field_, nuclei_channel, marker_channels):
 
     return pick(nuclei_channel, "nuclei"), {
         name: pick(idx, f"marker {name!r}") for name, idx in dict(marker_channels).items()}
+
+
+def _field_on_device(bk: Backend, field_, nuclei_channel, marker_channels, params: Params):
+    """Nuclei image and {marker: image} of a field on ``bk`` (one transfer), validated."""
+    from erquant.qc import validate_image
+
+    nuc_img, markers = _split_field(field_, nuclei_channel, marker_channels)
+    nuc = bk.asarray(nuc_img)  # the one host→device transfer of the field
+    markers = {k: bk.asarray(v) for k, v in markers.items()}
+    validate_image(nuc, params.nuclei_name)
+    for name, img in markers.items():
+        validate_image(img, name)
+    return nuc, markers
 
 
 def roi_index_map(roi, shape: tuple[int, int]) -> np.ndarray:
@@ -151,7 +173,6 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
         except StopIteration as stop:
             result = stop.value
     """
-    from erquant.qc import validate_image
     from erquant.segment import segment_cells, segment_nuclei
 
     params = params or Params()
@@ -159,12 +180,7 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
         marker_channels = {"er": 1} if getattr(field_, "ndim", 0) == 3 else {}
     bk = get_backend(backend)
     yield Progress("load", 0.0)
-    nuc_img, markers = _split_field(field_, nuclei_channel, marker_channels)
-    nuc = bk.asarray(nuc_img)  # the one host→device transfer of the field
-    markers = {k: bk.asarray(v) for k, v in markers.items()}
-    validate_image(nuc, params.nuclei_name)
-    for name, img in markers.items():
-        validate_image(img, name)
+    nuc, markers = _field_on_device(bk, field_, nuclei_channel, marker_channels, params)
     roi_map = roi_index_map(roi, tuple(nuc.shape)) if roi is not None else None
 
     yield Progress("nuclei", 0.05)
@@ -198,9 +214,7 @@ def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, fl
     n_field = len(table)  # nuclei in the whole field (before the ROI filter), for QC
     nuclei_h, cells_h = to_numpy(nuclei), to_numpy(cells)  # the one device→host transfer
     if roi_map is not None:
-        cy = np.clip(np.rint(table["centroid_y"].to_numpy()), 0, nuc.shape[0] - 1).astype(int)
-        cx = np.clip(np.rint(table["centroid_x"].to_numpy()), 0, nuc.shape[1] - 1).astype(int)
-        table["roi"] = roi_map[cy, cx] if len(table) else np.zeros(0, np.int16)
+        table["roi"] = _roi_of_cells(table, roi_map)
         outside = table.loc[table["roi"] < 0, "label"].to_numpy()
         if outside.size:
             lut = np.ones(int(nuclei_h.max()) + 1, bool)
@@ -275,11 +289,7 @@ def quantify(field_, *, nuclei_channel: int = 0, marker_channels: Mapping[str, i
     gen = quantify_iter(field_, nuclei_channel=nuclei_channel, marker_channels=marker_channels,
                         roi=roi, params=params, backend=backend, flatfield=flatfield,
                         reference=reference)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return _run_to_end(gen)
 
 
 # ------------------------------------------------------------------ batches
@@ -503,11 +513,7 @@ def quantify_batch(fields, *, nuclei_channel: int = 0,
                               marker_channels=marker_channels, rois=rois, params=params,
                               backend=backend, flatfield=flatfield, reference=reference,
                               max_pixels=max_pixels, margin=margin)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return _run_to_end(gen)
 
 
 # ------------------------------------------------------------------ corrections and ROIs
@@ -517,7 +523,6 @@ def remeasure_iter(nuclei, field_, *, nuclei_channel: int = 0,
                    backend: str | Backend = "auto", flatfield=None, downsample: float = 1.0,
                    ) -> Generator[Progress, None, FieldResult]:
     """Generator twin of :func:`remeasure` (yields :class:`Progress`)."""
-    from erquant.qc import validate_image
     from erquant.segment import segment_cells
 
     params = params or Params()
@@ -525,20 +530,15 @@ def remeasure_iter(nuclei, field_, *, nuclei_channel: int = 0,
         marker_channels = {"er": 1} if getattr(field_, "ndim", 0) == 3 else {}
     bk = get_backend(backend)
     yield Progress("load", 0.0)
-    nuc_img, markers = _split_field(field_, nuclei_channel, marker_channels)
+    nuc, markers = _field_on_device(bk, field_, nuclei_channel, marker_channels, params)
     lab = np.asarray(to_numpy(nuclei))
     if hasattr(lab, "compute") and not isinstance(lab, np.ndarray):  # dask
         lab = np.asarray(lab.compute())
-    if lab.shape != tuple(nuc_img.shape):
-        raise ValueError(f"nuclei labels {lab.shape} and the field {tuple(nuc_img.shape)} "
+    if lab.shape != tuple(nuc.shape):
+        raise ValueError(f"nuclei labels {lab.shape} and the field {tuple(nuc.shape)} "
                          "differ in shape")
     if lab.dtype.kind not in "iu" or (lab.size and lab.min() < 0):
         raise ValueError(f"nuclei labels must be non-negative integers, got {lab.dtype}")
-    nuc = bk.asarray(nuc_img)
-    markers = {k: bk.asarray(v) for k, v in markers.items()}
-    validate_image(nuc, params.nuclei_name)
-    for name, img in markers.items():
-        validate_image(img, name)
     roi_map = roi_index_map(roi, tuple(nuc.shape)) if roi is not None else None
     nuclei_d = bk.asarray(lab.astype(np.uint32, copy=False))
 
@@ -600,11 +600,7 @@ def remeasure(nuclei, field_, *, nuclei_channel: int = 0,
                          marker_channels=marker_channels, params=params, roi=roi,
                          reference=reference, backend=backend, flatfield=flatfield,
                          downsample=downsample)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return _run_to_end(gen)
 
 
 def assign_rois(table: pd.DataFrame, roi, shape: tuple[int, int]) -> pd.DataFrame:
@@ -625,14 +621,17 @@ def assign_rois(table: pd.DataFrame, roi, shape: tuple[int, int]) -> pd.DataFram
     if roi is None:
         out["roi"] = np.zeros(len(out), np.int16)
         return out
-    roi_map = roi_index_map(roi, tuple(shape))
-    if not len(out):
-        out["roi"] = np.zeros(0, np.int16)
-        return out
-    cy = np.clip(np.rint(out["centroid_y"].to_numpy()), 0, shape[0] - 1).astype(int)
-    cx = np.clip(np.rint(out["centroid_x"].to_numpy()), 0, shape[1] - 1).astype(int)
-    out["roi"] = roi_map[cy, cx]
+    out["roi"] = _roi_of_cells(out, roi_index_map(roi, tuple(shape)))
     return out
+
+
+def _roi_of_cells(table: pd.DataFrame, roi_map: np.ndarray) -> np.ndarray:
+    """ROI index of each cell: ``roi_map`` at its nucleus centre (rounded), -1 outside."""
+    if not len(table):
+        return np.zeros(0, np.int16)
+    cy = np.clip(np.rint(table["centroid_y"].to_numpy()), 0, roi_map.shape[0] - 1).astype(int)
+    cx = np.clip(np.rint(table["centroid_x"].to_numpy()), 0, roi_map.shape[1] - 1).astype(int)
+    return roi_map[cy, cx]
 
 
 WHOLE_FIELD = "whole field"
