@@ -75,10 +75,9 @@ def _with_truth(wells: pd.DataFrame, fields: pd.DataFrame, plate: Path) -> pd.Da
     """Add true counts and the true ERα over the same fields the measured ERα used."""
     truth = pd.read_csv(plate / "truth" / "wells.csv")
     truth = truth[["well", "time_h", "true_count", "mean_true_er"]]
-    flags = fields["qc_flags"].fillna("").astype(str)
-    f = fields.assign(qc_ok=(fields["status"] == "ok") & ~flags.str.contains("out_of_focus|empty"))
-    f["use"] = f["qc_ok"] | ~f.groupby(["well", "time_h"])["qc_ok"].transform("any")
-    used = f.loc[f["use"] & (f["status"] == "ok"), ["well", "field", "timepoint"]]
+    from erquant.batch.reduce import marker_fields
+
+    used = fields.loc[marker_fields(fields), ["well", "field", "timepoint"]]
     tf = pd.read_csv(plate / "truth" / "fields.csv").merge(used, on=["well", "field",
                                                                      "timepoint"])
     tf["w"] = tf["true_count"] * tf["mean_true_er"]

@@ -157,26 +157,12 @@ def _versions() -> dict:
 
 
 def _check_outdir(outdir: Path) -> None:
+    from erquant._cli_errors import UsageError, check_output_dir
+
     try:
-        from erquant._cli_errors import UsageError, check_output_dir
-    except ImportError:
-        UsageError, check_output_dir = None, None
-    if check_output_dir is not None:
-        try:
-            check_output_dir(outdir)
-            return
-        except UsageError as exc:
-            raise RunUsageError(str(exc)) from exc
-    if outdir.exists() and not outdir.is_dir():
-        raise RunUsageError(f"{outdir}: exists and is not a folder")
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        probe = outdir / f".erquant-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise RunUsageError(
-            f"{outdir}: cannot write the output folder: {exc.strerror or exc}") from exc
+        check_output_dir(outdir)
+    except UsageError as exc:
+        raise RunUsageError(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------- clusters

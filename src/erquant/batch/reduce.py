@@ -29,7 +29,7 @@ import pandas as pd
 
 from erquant.params import Params
 
-__all__ = ["KEYS", "reduce_run", "well_table"]
+__all__ = ["KEYS", "marker_fields", "reduce_run", "well_table"]
 
 KEYS = ["plate", "timepoint", "time_h", "well", "row", "col", "field"]
 WELL_KEYS = ["plate", "timepoint", "time_h", "well", "row", "col"]
@@ -96,22 +96,36 @@ def _thresholds(light: pd.DataFrame, markers: Sequence[str], params: Params) -> 
     return out
 
 
+def _flags(fields: pd.DataFrame) -> pd.Series:
+    qc = fields["qc_flags"] if "qc_flags" in fields else pd.Series("", index=fields.index)
+    return qc.astype(object).fillna("").astype(str)
+
+
+def marker_fields(fields: pd.DataFrame) -> pd.Series:
+    """The fields whose cells give a well's marker statistics: ok fields that pass focus
+    QC, or every ok field of a well (plate × time point) where none does."""
+    ok = fields["status"] == "ok"
+    qc_ok = ok & ~_flags(fields).str.contains("|".join(_BAD_QC))
+    keys = [fields[k] for k in ("plate", "timepoint", "well") if k in fields]
+    any_qc = qc_ok.groupby(keys, dropna=False).transform("any")
+    return qc_ok | (ok & ~any_qc)
+
+
 def well_table(cells: pd.DataFrame, fields: pd.DataFrame, marker: str = "er",
                compartment: str = "nucleus") -> pd.DataFrame:
     """Per plate × time point × well: counts from every ok field, marker statistics from
     the cells of fields that pass focus QC (all ok fields when none does)."""
     value = f"{compartment}_{marker}_mean_bgcorr"
     f = fields.copy()
-    flags = f.get("qc_flags", pd.Series("", index=f.index)).fillna("").astype(str)
     f["_ok"] = f["status"] == "ok"
-    f["_qc_ok"] = f["_ok"] & ~flags.str.contains("|".join(_BAD_QC))
-    f["_flagged"] = f["_ok"] & (flags != "")
+    f["_use"] = marker_fields(f)
+    f["_flagged"] = f["_ok"] & (_flags(f) != "")
     rows = []
     cells_by = dict(tuple(cells.groupby(["plate", "timepoint", "well"], sort=False))) \
         if len(cells) else {}
     for key, g in f.groupby(WELL_KEYS, sort=True, dropna=False):
         ok = g[g["_ok"]]
-        use = ok[ok["_qc_ok"]] if ok["_qc_ok"].any() else ok
+        use = g[g["_use"]]
         c = cells_by.get((key[0], key[1], key[3]))
         c = c[c["field"].isin(use["field"])] if c is not None else None
         n = 0 if c is None else len(c)

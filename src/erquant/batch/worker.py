@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from erquant.io.items import WorkItem
+from erquant.io.items import WorkItem, load_item
 
 __all__ = ["atomic_write_bytes", "process_items", "read_summary"]
 
@@ -106,7 +106,7 @@ def _roi_for(item: WorkItem, rois) -> tuple[list | None, list[str]]:
 
 
 def _finish_row(item: WorkItem, res, names: list[str], roi_names: list[str], shape,
-                seconds: float, fingerprint: str) -> tuple[dict, Any]:
+                seconds: float) -> tuple[dict, Any]:
     """Keyed cell table and summary row of one quantified field."""
     table = res.table
     keys = item.keys
@@ -176,7 +176,7 @@ def process_items(items: Sequence[WorkItem], config: dict) -> list[dict]:
     for item in items:
         t0 = time.perf_counter()
         try:
-            img, names = load_item_checked(item)
+            img, names = load_item(item)
             loaded.append((item, img, names, time.perf_counter() - t0))
         except Exception as exc:  # a bad file fails this field only
             rows.append(_failed(item, exc, time.perf_counter() - t0, outdir, config))
@@ -193,12 +193,6 @@ def process_items(items: Sequence[WorkItem], config: dict) -> list[dict]:
         except Exception as exc:
             rows.append(_failed(item, exc, t_load + time.perf_counter() - t0, outdir, config))
     return rows
-
-
-def load_item_checked(item: WorkItem):
-    from erquant.io.items import load_item
-
-    return load_item(item)
 
 
 def _quantify_kwargs(names: list[str]) -> dict:
@@ -232,8 +226,7 @@ def _batched(loaded, params, config, outdir) -> list[dict]:
 
 
 def _write(item, res, names, roi_names, shape, secs, outdir, config) -> dict:
-    summary, table = _finish_row(item, res, names, roi_names, shape, secs,
-                                 config["fingerprint"])
+    summary, table = _finish_row(item, res, names, roi_names, shape, secs)
     if config.get("save_labels"):
         _write_tiff(outdir / LABELS / f"{item.id}_nuclei.tif", res.nuclei)
         _write_tiff(outdir / LABELS / f"{item.id}_cells.tif", res.cells)
