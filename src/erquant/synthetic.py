@@ -282,17 +282,13 @@ def _place(rng, n, a, b, theta, shape, cluster_fraction, clump_size=0):
         while not placed and tries < 400:
             tries += 1
             start = i - i % clump_size if clump_size else 0
+            j = None  # the neighbour to touch, if any
             if clump_size and i > start and tries <= 300:
                 # biased to the group's first (central) members: compact islands
                 j = start + int((i - start) * rng.random() ** 2)
-                phi = rng.uniform(0, 2 * np.pi)
-                dy, dx = math.sin(phi), math.cos(phi)
-                d = (rho(i, dy, dx) + rho(j, dy, dx)) * rng.uniform(0.86, 0.97)
-                y, x = cy[j] + d * dy, cx[j] + d * dx
-                if not (0 <= y < H and 0 <= x < W):
-                    continue
             elif touch[i] and i > 0 and tries <= 30:
                 j = int(rng.integers(i))
+            if j is not None:  # just touching j, in a random direction
                 phi = rng.uniform(0, 2 * np.pi)
                 dy, dx = math.sin(phi), math.cos(phi)
                 d = (rho(i, dy, dx) + rho(j, dy, dx)) * rng.uniform(0.86, 0.97)
