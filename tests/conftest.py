@@ -118,3 +118,27 @@ def accuracy_results(request, accuracy_fields):
         out["raw_tables"][seed] = measure_cells(
             res.nuclei, res.cells, {"nuclei": f.image[0], "er": f.image[1]})
     return out
+
+
+def small_metaxpress_plate(tmp_path_factory, name: str, seed: int) -> Path:
+    """A 4-well × 2-field MetaXpress plate of 160² fields (layout tests compare other
+    layouts of the same images with it)."""
+    from erquant.synthetic import CompoundSpec, PlateSpec, write_plate
+
+    spec = PlateSpec(name=name, shape=(160, 160), fields_per_well=2, n_nuclei=16,
+                     compounds=(CompoundSpec("cpdA"),), doses_nM=(1.0, 100.0), n_vehicle=2,
+                     n_reference=0, reference=None, time_points_h=(24.0,),
+                     out_of_focus_fraction=0.0, seed=seed)
+    return write_plate(spec, tmp_path_factory.mktemp(name.lower()) / name, progress=False,
+                       formats=("metaxpress",))
+
+
+def reference_cells(plate: Path, tmp_path_factory):
+    """``cells.parquet`` of an in-process `erquant run` of ``plate`` (no report)."""
+    import pandas as pd
+
+    from erquant.cli import main
+
+    out = tmp_path_factory.mktemp("ref") / "out"
+    assert main(["run", str(plate), "-o", str(out), "--workers", "0", "-q", "--no-report"]) == 0
+    return pd.read_parquet(out / "cells.parquet")

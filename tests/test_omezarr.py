@@ -10,30 +10,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import reference_cells, small_metaxpress_plate
 import zarr
 
 from erquant.cli import main
 from erquant.io.items import load_item, open_input
 from erquant.io.omezarr import write_hcs_plate
-from erquant.synthetic import CompoundSpec, PlateSpec, write_plate
-
-SPEC = PlateSpec(name="ZRR", shape=(160, 160), fields_per_well=2, n_nuclei=16,
-                 compounds=(CompoundSpec("cpdA"),), doses_nM=(1.0, 100.0), n_vehicle=2,
-                 n_reference=0, reference=None, time_points_h=(24.0,),
-                 out_of_focus_fraction=0.0, seed=4)
-
 
 @pytest.fixture(scope="module")
 def plate(tmp_path_factory) -> Path:
-    return write_plate(SPEC, tmp_path_factory.mktemp("zrr") / "ZRR", progress=False,
-                       formats=("metaxpress",))
+    return small_metaxpress_plate(tmp_path_factory, "ZRR", seed=4)
 
 
 @pytest.fixture(scope="module")
 def reference(plate, tmp_path_factory) -> pd.DataFrame:
-    out = tmp_path_factory.mktemp("ref") / "out"
-    assert main(["run", str(plate), "-o", str(out), "--workers", "0", "-q", "--no-report"]) == 0
-    return pd.read_parquet(out / "cells.parquet")
+    return reference_cells(plate, tmp_path_factory)
 
 
 def _fields(plate: Path) -> dict:
