@@ -392,6 +392,19 @@ def _write_run_json(outdir: Path, info: dict) -> None:
     atomic_write_bytes(outdir / "run.json", json.dumps(info, indent=1, default=str).encode())
 
 
+def _finished_parts(outdir: Path, items: Sequence[WorkItem], fingerprint: str) -> dict:
+    """id → summary of every field whose part is complete for this fingerprint."""
+    from erquant.batch.worker import read_summary
+
+    done = {}
+    for it in items:
+        s = read_summary(outdir / "parts" / f"{it.id}.json")
+        if s and s.get("status") == "ok" and s.get("fingerprint") == fingerprint and \
+                (outdir / "parts" / f"{it.id}.parquet").exists():
+            done[it.id] = s
+    return done
+
+
 def _chunks(items: Sequence[WorkItem], size: int) -> list[list[WorkItem]]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
@@ -399,15 +412,9 @@ def _chunks(items: Sequence[WorkItem], size: int) -> list[list[WorkItem]]:
 def _run(plan: Plan, outdir: Path, params: Params, fingerprint: str, what: dict, *, backend,
          workers, scheduler, gpus, save_labels, fields_per_task, flatfield, analysis, progress,
          on_result, t_start, resumed, input_path) -> RunResult:
-    from erquant.batch.worker import read_summary
 
     items = plan.items
-    done: dict[str, dict] = {}
-    for it in items:
-        s = read_summary(outdir / "parts" / f"{it.id}.json")
-        if s and s.get("status") == "ok" and s.get("fingerprint") == fingerprint and \
-                (outdir / "parts" / f"{it.id}.parquet").exists():
-            done[it.id] = s
+    done = _finished_parts(outdir, items, fingerprint)
     todo = [it for it in items if it.id not in done]
     for w in plan.warnings:
         log.warning(w)
@@ -476,8 +483,10 @@ def _run(plan: Plan, outdir: Path, params: Params, fingerprint: str, what: dict,
         if bar is not None:
             bar.close()
     if interrupted:
+        # what is on disk: a field a worker finished after the client stopped listening
+        # is kept too (the client's own count would miss it)
         info.update(status="interrupted", ended=_dt.datetime.now().isoformat(timespec="seconds"),
-                    n_ok=len(done) + sum(r.get("status") == "ok" for r in results))
+                    n_ok=len(_finished_parts(outdir, items, fingerprint)))
         _write_run_json(outdir, info)
         print(f"interrupted: {info['n_ok']} of {len(items)} fields are kept in {outdir}; "
               "run the same command again to resume", file=sys.stderr)
