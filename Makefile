@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -e ".[test,bench]"
+	$(PIP) install -e ".[test,bench,train]"
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed

@@ -247,22 +247,42 @@ def _parse_value(v: str):
     return {"true": True, "false": False}.get(v.lower(), v)
 
 
-def leave_one_source_out(images, name: str, values, *, backend: str = "numpy") -> dict:
+def comparison(summaries: dict) -> str:
+    """Side-by-side table of the methods' per-source figures."""
+    methods = list(summaries)
+    head = "| source | " + " | ".join(f"{m} pooled F1 | {m} mean image F1 | {m} worst | "
+                                        f"{m} < 0.5" for m in methods) + " |"
+    lines = [head, "|---|" + "---:|" * (4 * len(methods))]
+    for src in next(iter(summaries.values())):
+        cells = []
+        for m in methods:
+            v = summaries[m][src]
+            cells.append(f"{v['f1_pooled']:.3f} | {v['f1_mean_image']:.3f} | "
+                         f"{v['f1_min_image']:.3f} | {v['below_05']}")
+        lines.append(f"| {'**overall**' if src == 'overall' else src} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def leave_one_source_out(images, name: str, values, *, backend: str = "numpy",
+                         method: str = "classical") -> dict:
     """For each source, pick ``name``'s value by the best mean per-image F1 on the
     other sources and score it on the held-out one."""
     from erquant import segment
+    from erquant.models import learned
 
+    module = segment if method == "classical" else learned
     by_value = {}
     for v in values:
-        if name.isupper():  # a module constant of erquant.segment (a default's default)
-            old = getattr(segment, name)
-            setattr(segment, name, v)
+        if name.isupper():  # a module constant (erquant.segment, or .models.learned)
+            old = getattr(module, name)
+            setattr(module, name, v)
             try:
-                _, _, rows, _ = evaluate(images=images, backend=backend)
+                _, _, rows, _ = evaluate(images=images, backend=backend, method=method)
             finally:
-                setattr(segment, name, old)
+                setattr(module, name, old)
         else:  # a keyword argument of segment_nuclei
-            _, _, rows, _ = evaluate(images=images, backend=backend, **{name: v})
+            _, _, rows, _ = evaluate(images=images, backend=backend, method=method,
+                                     **{name: v})
         by_value[v] = rows
     sources = sorted({r["source"] for r in next(iter(by_value.values()))})
     held = []
@@ -291,26 +311,36 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
                     help="write OUT.json and OUT.md ('' to skip)")
     ap.add_argument("--per-image", action="store_true", help="print every image's row")
+    ap.add_argument("--methods", default="learned,classical",
+                    help="segment_nuclei methods to score side by side (comma-separated)")
     ap.add_argument("--loso", action="append", default=[], metavar="NAME=v1,v2,...",
-                    help="leave-one-source-out check of a segment_nuclei parameter")
+                    help="leave-one-source-out check of a parameter of the first method")
     args = ap.parse_args(argv)
     if not (args.data / "manifest.csv").exists():
         print(f"no manifest.csv under {args.data}", file=sys.stderr)
         return 2
     images = _load(args.data)
-    per_source, total, rows, secs = evaluate(images=images, backend=args.backend)
-    text = [markdown(per_source, total, rows),
-            f"\n{len(rows)} images in {secs:.1f} s (backend {args.backend})",
-            "\nFive worst images (unmatched objects by error type):\n", image_table(rows, 5)]
-    if args.per_image:
-        text += ["\nEvery image:\n", image_table(rows)]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    text, results = [], {}
+    for method in methods:
+        per_source, total, rows, secs = evaluate(images=images, backend=args.backend,
+                                                 method=method)
+        results[method] = dict(summary=summary(per_source, total, rows), images=rows,
+                               seconds=secs)
+        text += [f"\n## method={method}\n", markdown(per_source, total, rows),
+                 f"\n{len(rows)} images in {secs:.1f} s (backend {args.backend})",
+                 "\nFive worst images (unmatched objects by error type):\n", image_table(rows, 5)]
+        if args.per_image:
+            text += ["\nEvery image:\n", image_table(rows)]
+    if len(methods) > 1:
+        text = ["## Side by side\n", comparison({m: r["summary"] for m, r in results.items()})] + text
     loso = []
     for spec in args.loso:
         name, vals = spec.split("=", 1)
         res = leave_one_source_out(images, name, [_parse_value(v) for v in vals.split(",")],
-                                   backend=args.backend)
+                                   backend=args.backend, method=methods[0])
         loso.append(res)
-        text.append(f"\nLeave-one-source-out, {name} ∈ {{{', '.join(res['values'])}}}: "
+        text.append(f"\nLeave-one-source-out ({methods[0]}), {name} ∈ {{{', '.join(res['values'])}}}: "
                     f"held-out pooled F1 {res['loso_f1_pooled']:.3f}, mean image F1 "
                     f"{res['loso_f1_mean_image']:.3f}; chosen per held-out source "
                     f"{res['chosen']}; in-sample {res['in_sample']}")
@@ -319,8 +349,7 @@ def main(argv=None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".md").write_text("\n".join(text) + "\n")
         args.out.with_suffix(".json").write_text(json.dumps(
-            dict(summary=summary(per_source, total, rows), images=rows, loso=loso,
-                 seconds=secs, backend=args.backend), indent=1))
+            dict(methods=results, loso=loso, backend=args.backend), indent=1))
     return 0
 
 

@@ -453,3 +453,45 @@ def test_unexpected_errors_are_one_line_unless_verbose(tmp_path, capsys, monkeyp
                 "error: RuntimeError: internal failure (run with -v for the traceback)")
     with pytest.raises(RuntimeError, match="internal failure"):
         main(["-v", *argv])
+
+
+@pytest.mark.parametrize("method", ["classical", "learned"])
+def test_segment_explain_writes_numbers_and_overlay(tmp_path, capsys, method):
+    img = _discs_u8()
+    src = tmp_path / "discs.tif"
+    tifffile.imwrite(src, img)
+    out = tmp_path / "out"
+    rc = main(["segment", str(src), "-o", str(out), "-q", "--backend", "numpy",
+               "--method", method, "--explain"])
+    assert rc == 0, capsys.readouterr().err
+    import json
+
+    e = json.loads((out / "discs_explain.json").read_text())
+    assert e["method"] == method
+    assert e["n_nuclei"] == int(tifffile.imread(out / "discs_nuclei.tif").max()) == 16
+    assert 18 <= e["diameter"] <= 30  # discs of radius 12 px
+    assert 0.8 <= e["median_object_vs_estimate"] <= 1.25
+    if method == "classical":
+        assert 0 < e["threshold"] < 1 and e["noise_sigma"] >= 0
+    else:
+        assert e["scale"] == pytest.approx(16 / e["diameter"])
+    png = Image.open(out / "discs_explain.png")
+    assert png.size[0] >= 256
+    rgb = np.asarray(png.convert("RGB")).astype(int)
+    yellow = (rgb[..., 0] > 200) & (rgb[..., 1] > 170) & (rgb[..., 2] < 80)
+    assert yellow.sum() > 16 * 20  # the outlines are drawn
+
+
+def test_method_option_errors(tmp_path, capsys):
+    src = tmp_path / "discs.tif"
+    tifffile.imwrite(src, _discs_u8())
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", str(src), "-o", str(tmp_path / "o"), "--method", "unet"])
+    assert exc.value.code == 2
+    assert "--method" in capsys.readouterr().err
+    bad = tmp_path / "p.toml"
+    bad.write_text('[segment]\nmethod = "unet"\n')
+    rc = main(["segment", str(src), "-o", str(tmp_path / "o"), "--params", str(bad)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "segment.method" in err and "unet" in err

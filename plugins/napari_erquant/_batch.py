@@ -116,6 +116,9 @@ class BatchWidget(QWidget):
         self.workers = SpinBox(label="worker processes (0 = here)", min=0, max=64, value=0,
                                tooltip="0 runs in this process; more start a local dask "
                                        "cluster of processes")
+        self.method = ComboBox(label="segmenter", choices=["auto", "learned", "classical"],
+                               value="auto", tooltip="Nuclei segmenter (auto = the shipped "
+                                                     "learned network; classical is faster)")
         self.save_labels = CheckBox(text="save labels (to open wells with their cells)",
                                     value=True)
         self.run_button = PushButton(text="Run plate")
@@ -129,7 +132,7 @@ class BatchWidget(QWidget):
         self.report = Label(value="")
         self.container = Container(widgets=[
             self.input, self.plate_map, self.roi_file, self.outdir, self.workers,
-            self.save_labels, Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
+            self.method, self.save_labels, Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
                       labels=False),
             self.progress, self.status, self.readout,
         ])
@@ -168,6 +171,7 @@ class BatchWidget(QWidget):
 
     def _inputs(self) -> dict[str, Any]:
         from erquant.io.items import open_input
+        from erquant.params import Params
 
         src = str(self.input.value or "").strip()
         out = str(self.outdir.value or "").strip()
@@ -183,7 +187,8 @@ class BatchWidget(QWidget):
         return {"input_path": src, "outdir": out,
                 "plate_map": str(pm) if pm and str(pm) not in ("", ".") else None,
                 "roi": str(roi) if roi and str(roi) not in ("", ".") else None,
-                "workers": int(self.workers.value), "save_labels": bool(self.save_labels.value)}
+                "workers": int(self.workers.value), "save_labels": bool(self.save_labels.value),
+                "params": Params().replace(**{"segment.method": self.method.value})}
 
     def _run_batch(self, kwargs: dict[str, Any]) -> Any:
         from erquant.batch import run_batch

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     import napari
 
 THRESHOLDS = ("otsu", "li", "triangle", "manual")
+METHODS = ("auto", "learned", "classical")
 SCOPES = ("current plane", "all planes")
 #: result label stacks are '<source> nuclei (stack)' (a plate's channel may be '<source> nuclei')
 STACK_SUFFIX = " (stack)"
@@ -69,6 +70,7 @@ BACKENDS = ("auto", "numpy", "cupy")
 
 def build_params(
     *,
+    method: str = "auto",
     diameter: float = 0.0,
     threshold: str = "otsu",
     threshold_value: float | None = None,
@@ -78,6 +80,8 @@ def build_params(
 
     Parameters
     ----------
+    method : {"auto", "learned", "classical"}
+        Nuclei segmenter (auto = the shipped learned network).
     diameter : float
         Expected nucleus diameter in pixels; 0 means estimate it automatically.
     threshold : {"otsu", "li", "triangle", "manual"}
@@ -98,10 +102,13 @@ def build_params(
     """
     if threshold not in THRESHOLDS:
         raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     from erquant.params import Params
 
     spec: dict[str, dict[str, Any]] = {
         "segment": {
+            "method": method,
             "diameter": float(diameter) if diameter and diameter > 0 else None,
             "threshold": threshold,
             "threshold_value": float(threshold_value) if threshold == "manual" else None,
@@ -240,6 +247,10 @@ class QuantifyWidget(QWidget):
         self.save_rois_button = PushButton(text="Save ROIs…", tooltip="ROIs → GeoJSON "
                                            "(pixel coordinates; `erquant run --roi` reads it)")
         self.load_rois_button = PushButton(text="Load ROIs…", tooltip="GeoJSON → Shapes layer")
+        self.method = ComboBox(label="segmenter", choices=list(METHODS), value="auto",
+                               tooltip="Nuclei segmenter: learned (the shipped network; auto "
+                                       "picks it) or classical (threshold/split, faster). "
+                                       "The threshold settings apply to classical only")
         self.diameter = FloatSpinBox(label="diameter (px, 0=auto)", min=0, max=1000, value=0,
                                      tooltip="Expected nucleus diameter; 0 estimates it")
         self.threshold = ComboBox(label="threshold", choices=list(THRESHOLDS), value="otsu",
@@ -270,8 +281,8 @@ class QuantifyWidget(QWidget):
             self.nuclei_layer, self.er_layer, self.roi_layer,
             Container(widgets=[self.add_roi_button, self.save_rois_button,
                                self.load_rois_button], layout="horizontal", labels=False),
-            self.diameter, self.threshold, self.threshold_value, self.max_distance,
-            self.backend, self.scope,
+            self.method, self.diameter, self.threshold, self.threshold_value,
+            self.max_distance, self.backend, self.scope,
             Container(widgets=[self.run_button, self.remeasure_button, self.cancel_button],
                       layout="horizontal", labels=False),
             self.progress, self.status, self.save_button,
@@ -287,6 +298,8 @@ class QuantifyWidget(QWidget):
 
         self.threshold.changed.connect(
             lambda v: setattr(self.threshold_value, "enabled", v == "manual"))
+        self.method.changed.connect(self._method_changed)
+        self._method_changed(self.method.value)
         self.run_button.clicked.connect(self.run)
         self.remeasure_button.clicked.connect(self.remeasure)
         self.cancel_button.clicked.connect(self.cancel)
@@ -390,6 +403,12 @@ class QuantifyWidget(QWidget):
         self.status.value = "starting…"
         self.worker.start()
         return self.worker
+
+    def _method_changed(self, method: str) -> None:
+        """The threshold settings belong to the classical segmenter only."""
+        classical = method == "classical"
+        self.threshold.enabled = classical
+        self.threshold_value.enabled = classical and self.threshold.value == "manual"
 
     def run(self) -> Any:
         """Start quantification of the current plane in a worker thread; return the worker."""
@@ -497,7 +516,7 @@ class QuantifyWidget(QWidget):
             polys = shapes_to_polygons(roi_layer, nuc_layer) or None
             names = roi_names(roi_layer) if polys else []
         params = build_params(
-            diameter=self.diameter.value, threshold=self.threshold.value,
+            method=self.method.value, diameter=self.diameter.value, threshold=self.threshold.value,
             threshold_value=self.threshold_value.value, max_distance=self.max_distance.value)
         kwargs = {
             "nuclei_channel": 0,

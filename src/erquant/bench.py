@@ -69,6 +69,8 @@ MAX_GENERATED = 2048
 #: Rough peak memory of the CPU pipeline per pixel (bytes), for the 8192² guard.
 BYTES_PER_PIXEL = 160
 STAGES = ("load", "nuclei", "cells", "measure")
+#: nucleus diameter (px) of the fields of the methods section (issue 13's speed bar)
+METHODS_DIAMETER = 20.0
 GPU_MISSING = "GPU not available: no GPU timings (batched or single)"
 
 
@@ -92,6 +94,8 @@ class BenchConfig:
     quick: bool = False
     downsample: float = 0  # erquant's SegmentParams.downsample (0 = automatic, 1 = full res)
     ablation: bool = True  # also time the CPU pipeline without OpenCV / Numba kernels
+    method: str = "classical"  # segment.method of the stage/pipeline/reference sections
+    methods: bool = True  # time both segmenters side by side (METHODS_DIAMETER px nuclei)
 
 
 # ------------------------------------------------------------------ helpers
@@ -233,12 +237,14 @@ def machine_info(gpu_backend: Any = None, cle_device: str | None = None) -> dict
 
 
 # ------------------------------------------------------------------ erquant runners
-def _pipeline(bk, downsample: float = 0) -> tuple[Callable[[np.ndarray], Any], str]:
+def _pipeline(bk, downsample: float = 0, method: str = "classical"
+              ) -> tuple[Callable[[np.ndarray], Any], str]:
     """Per-field pipeline on backend ``bk`` → (fn(field) -> nuclei labels, description)."""
     from erquant.params import Params
     from erquant.pipeline import quantify
 
-    params = Params().replace(**{"segment.downsample": float(downsample)})
+    params = Params().replace(**{"segment.downsample": float(downsample),
+                                 "segment.method": method})
 
     def run_quantify(img):
         res = quantify(img, nuclei_channel=0, marker_channels={"er": 1}, backend=bk.name,
@@ -246,11 +252,12 @@ def _pipeline(bk, downsample: float = 0) -> tuple[Callable[[np.ndarray], Any], s
         bk.synchronize()
         return res.nuclei
 
-    return run_quantify, ("erquant.pipeline.quantify" +
+    return run_quantify, (f"erquant.pipeline.quantify, method {method}" +
                           (f" (downsample {downsample})" if downsample != 0 else ""))
 
 
-def _erquant_job(bk, arr, downsample: float = 0, diameter: float | None = None):
+def _erquant_job(bk, arr, downsample: float = 0, diameter: float | None = None,
+                 method: str = "classical"):
     """erquant doing the recipes' job on one (2, Y, X) field: nuclei → cells (by distance,
     at the nuclei's working scale, as the pipeline does) → ERα table. A generator that
     yields after each stage, the device synchronised: the nuclei, then the cells, then
@@ -258,8 +265,8 @@ def _erquant_job(bk, arr, downsample: float = 0, diameter: float | None = None):
     from erquant.measure import measure_cells
     from erquant.segment import segment_cells, segment_nuclei
 
-    nuc, info = segment_nuclei(arr[0], diameter=diameter, downsample=downsample,
-                               return_info=True)
+    nuc, info = segment_nuclei(arr[0], method=method, diameter=diameter,
+                               downsample=downsample, return_info=True)
     bk.synchronize()
     yield nuc
     cells = segment_cells(nuc, max_distance=CELL_DISTANCE,
@@ -271,7 +278,8 @@ def _erquant_job(bk, arr, downsample: float = 0, diameter: float | None = None):
     yield table
 
 
-def _stage_chain(bk, paths: Sequence[str], downsample: float = 0) -> tuple[dict, list]:
+def _stage_chain(bk, paths: Sequence[str], downsample: float = 0,
+                 method: str = "classical") -> tuple[dict, list]:
     """One pass over the fields timing each stage; returns (seconds per stage, nuclei)."""
     import tifffile
 
@@ -282,7 +290,7 @@ def _stage_chain(bk, paths: Sequence[str], downsample: float = 0) -> tuple[dict,
         arr = bk.asarray(tifffile.imread(p))
         bk.synchronize()
         times = [t0, time.perf_counter()]
-        job = _erquant_job(bk, arr, downsample)
+        job = _erquant_job(bk, arr, downsample, method=method)
         nuc = next(job)
         times.append(time.perf_counter())
         for _ in job:  # cells, measurement
@@ -298,8 +306,8 @@ def _bench_backend(bk, fields, paths, cfg: BenchConfig) -> dict:
     n = len(fields)
     truths = [f.nuclei for f in fields]
     # warm-up (kernel compilation, caches, lazy imports) outside the timed region
-    _stage_chain(bk, paths[:1], cfg.downsample)
-    runs = [_stage_chain(bk, paths, cfg.downsample) for _ in range(cfg.repeats)]
+    _stage_chain(bk, paths[:1], cfg.downsample, cfg.method)
+    runs = [_stage_chain(bk, paths, cfg.downsample, cfg.method) for _ in range(cfg.repeats)]
     stages = {}
     for k in STAGES:
         stages[k] = _rate(statistics.median(r[0][k] for r in runs), mpx, n)
@@ -308,7 +316,7 @@ def _bench_backend(bk, fields, paths, cfg: BenchConfig) -> dict:
     total = statistics.median(sum(r[0].values()) for r in runs)
     stages["sum of stages"] = _rate(total, mpx, n)
 
-    run_field, impl = _pipeline(bk, cfg.downsample)
+    run_field, impl = _pipeline(bk, cfg.downsample, cfg.method)
     images = [f.image for f in fields]
     run_field(images[0])  # warm-up
     t, preds = _median_runs(lambda: [run_field(im) for im in images], cfg.repeats)
@@ -320,7 +328,7 @@ def _bench_backend(bk, fields, paths, cfg: BenchConfig) -> dict:
     dev = [bk.asarray(im) for im in images]
 
     def recipes_job(arr):
-        nuc, *_ = _erquant_job(bk, arr, cfg.downsample, NUCLEUS_DIAMETER)
+        nuc, *_ = _erquant_job(bk, arr, cfg.downsample, NUCLEUS_DIAMETER, cfg.method)
         return nuc
 
     recipes_job(dev[0])  # warm-up
@@ -382,7 +390,7 @@ def _bench_ablation(fields, cfg: BenchConfig) -> dict:
     mpx = cfg.size * cfg.size / 1e6
     truths = [f.nuclei for f in fields]
     images = [f.image for f in fields]
-    run_field, _ = _pipeline(bk, cfg.downsample)
+    run_field, _ = _pipeline(bk, cfg.downsample, cfg.method)
     out = {}
     for name, env in ABLATION.items():
         saved = {k: os.environ.get(k) for k in env}
@@ -413,7 +421,7 @@ def _bench_batched(bk, fields, n: int, cfg: BenchConfig) -> dict:
     sel = [fields[i % len(fields)] for i in range(n)]
     stack = np.stack([f.image for f in sel])  # (N, 2, Y, X)
     truths = [f.nuclei for f in sel]
-    run_field, _ = _pipeline(bk, cfg.downsample)
+    run_field, _ = _pipeline(bk, cfg.downsample, cfg.method)
     params = Params().replace(**{"segment.downsample": float(cfg.downsample)})
     size = int(stack.shape[-1])
     mpx = stack.shape[-2] * size / 1e6
@@ -443,7 +451,7 @@ def _bench_scaling(bk, base_field, cfg: BenchConfig, s_per_mpx: float, notes: li
                    deadline: float) -> dict:
     from erquant.synthetic import make_field
 
-    run_field, _ = _pipeline(bk, cfg.downsample)
+    run_field, _ = _pipeline(bk, cfg.downsample, cfg.method)
     points, skipped = [], []
     deadline = min(deadline, time.perf_counter() + cfg.scaling_budget_s)
     avail = _memory_bytes() or 0
@@ -515,6 +523,35 @@ def _to_host(a):
 
 
 # ------------------------------------------------------------------ driver
+def _bench_methods(backends, cfg: BenchConfig) -> dict:
+    """Both segmenters on the same fields of METHODS_DIAMETER px nuclei: s/field, F1."""
+    from erquant.segment import segment_nuclei
+    from erquant.synthetic import make_field
+
+    d = METHODS_DIAMETER
+    n = int(n_nuclei_for(cfg.size) * (24.0 / d) ** 2 * 0.8)
+    fields = [make_field(shape=(cfg.size, cfg.size), n_nuclei=n, nucleus_diameter=d,
+                         seed=cfg.seed + 50 + i) for i in range(cfg.fields)]
+    out = {"nucleus_diameter": d, "n_nuclei": n, "size": cfg.size, "results": {}}
+    for bk in backends:
+        for method in ("classical", "learned"):
+            arrs = [bk.asarray(f.image[0]) for f in fields]
+            segment_nuclei(arrs[0], method=method)  # warm-up: compilation, model load
+            bk.synchronize()
+
+            def run(arrs=arrs, method=method, bk=bk):
+                labs = [segment_nuclei(a, method=method) for a in arrs]
+                bk.synchronize()
+                return labs
+
+            secs, labs = _median_runs(run, cfg.repeats)
+            f1 = _f1([f.nuclei for f in fields], labs)
+            out["results"][f"{bk.name} {method}"] = {
+                "backend": bk.name, "method": method, "s_per_field": secs / len(fields),
+                "mpx_per_s": len(fields) * cfg.size ** 2 / 1e6 / secs, **f1}
+    return out
+
+
 def run_benchmark(cfg: BenchConfig) -> dict:
     """Run the whole benchmark; returns the result dict written to ``bench.json``.
 
@@ -616,6 +653,12 @@ def run_benchmark(cfg: BenchConfig) -> dict:
             r = _bench_batched(gpu, fields, cfg.batch, cfg)
             result["batched"][f"{gpu.name} {cfg.size}²"] = r
             _log(f"  {gpu.name} {cfg.size}²: {r['speedup']:.2f}×")
+    if cfg.methods:
+        _log(f"segmenters side by side: classical vs learned, {cfg.size}² fields with "
+             f"{METHODS_DIAMETER:g} px nuclei")
+        result["methods"] = _bench_methods(backends, cfg)
+        for k, r in result["methods"]["results"].items():
+            _log(f"  {k}: {r['s_per_field']:.3f} s/field, F1 {r['f1']:.3f}")
     if gpu is None:
         print(GPU_MISSING, flush=True)
         notes.append(GPU_MISSING)
@@ -679,6 +722,16 @@ def render_markdown(res: dict) -> str:
                          f"| {_fmt(s['fields_per_s'], 3)} | {_fmt(s.get('f1'), 3)} |")
     for b, r in res.get("erquant", {}).items():
         lines.append(f"\npipeline [{b}]: {r['pipeline_impl']}")
+    if res.get("methods"):
+        mm = res["methods"]
+        lines += ["", f"## Segmenters side by side ({mm['size']}² fields, "
+                      f"{mm['nucleus_diameter']:g} px nuclei, {mm['n_nuclei']} per field)", "",
+                  "| backend | method | s/field | MP/s | F1 | precision | recall |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for r in mm["results"].values():
+            lines.append(f"| {r['backend']} | {r['method']} | {_fmt(r['s_per_field'], 3)} | "
+                         f"{_fmt(r['mpx_per_s'])} | {_fmt(r['f1'], 3)} | "
+                         f"{_fmt(r['precision'], 3)} | {_fmt(r['recall'], 3)} |")
     if "reference" in res:
         lines += ["", "## erquant vs reference recipes (field in memory → nuclei, cells, ER table)", "",
                   ("| method | s/field | MP/s | fields/s | fields/hour | F1 | precision | recall | "
@@ -808,6 +861,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--downsample", type=float, default=0,
                    help="erquant's segment.downsample: 0 = automatic (the default: ~10 px "
                         "per nucleus diameter), 1 = full resolution, N = an N× smaller copy")
+    p.add_argument("--method", default="classical", choices=["auto", "learned", "classical"],
+                   help="segmenter of the stage, pipeline and reference sections (default "
+                        "classical: the fast path these sections measure)")
+    p.add_argument("--no-methods", action="store_true",
+                   help="skip the classical-vs-learned section")
     p.add_argument("--out", default="benchmarks/results",
                    help="output folder for bench.json and bench.md")
 
@@ -829,7 +887,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         batch=args.batch if args.batch is not None else (8 if q else 16),
         batch_size=args.batch_size or (256 if q else 512),
         seed=args.seed, out=args.out, quick=q,
-        downsample=max(0.0, float(getattr(args, "downsample", 0) or 0)))
+        downsample=max(0.0, float(getattr(args, "downsample", 0) or 0)),
+        method=getattr(args, "method", None) or "classical",
+        methods=not getattr(args, "no_methods", False))
     if cfg.size < 32 or cfg.fields < 1 or cfg.repeats < 1:
         raise ValueError("--size must be >= 32, --fields and --repeats >= 1")
     unknown = [b for b in cfg.backends if b not in ("numpy", "cupy")]

@@ -33,7 +33,7 @@ def _segment_params(args):
     """
     from erquant._cli_errors import UsageError, load_params_file
 
-    seg = {"diameter": args.diameter, "threshold": args.threshold,
+    seg = {"method": args.method, "diameter": args.diameter, "threshold": args.threshold,
            "threshold_value": args.threshold_value, "downsample": args.downsample}
     given = {k: v for k, v in seg.items() if v is not None}
     params = load_params_file(args.params).replace(
@@ -54,6 +54,9 @@ def _segment_params(args):
     if not (s.downsample == 0 or s.downsample >= 1):
         raise UsageError(f"{where('downsample')}: must be 0 (automatic) or >= 1, "
                          f"got {s.downsample:g}")
+    if s.method not in ("auto", "learned", "classical"):
+        raise UsageError(f"{where('method')}: must be auto, learned or classical, "
+                         f"got {s.method!r}")
     if s.threshold not in ("otsu", "li", "triangle", "manual"):
         raise UsageError(f"{where('threshold')}: must be otsu, li, triangle or manual, "
                          f"got {s.threshold!r}")
@@ -80,7 +83,15 @@ def _channel_message(exc, flag: str | None) -> str:
     return f"{path}: has {n} channels; {flag} {exc.requested} is out of range (0–{n - 1})"
 
 
+def _add_method_option(p):
+    p.add_argument("--method", default=None, choices=["auto", "learned", "classical"],
+                   help="nuclei segmenter: learned (the shipped network), classical (the "
+                        "fast threshold/split path) or auto = learned (default, or the "
+                        "--params file's segment.method)")
+
+
 def _add_segment_options(p):
+    _add_method_option(p)
     p.add_argument("--diameter", type=float, default=None,
                    help="nucleus diameter in px (default: estimated per image)")
     p.add_argument("--threshold", default=None, choices=["otsu", "li", "triangle", "manual"],
@@ -133,6 +144,10 @@ def cmd_segment(args) -> int:
             written.add(stem)
             dest = out / f"{stem}_nuclei.tif"
             tifffile.imwrite(dest, labels, compression="zlib")
+            if args.explain:
+                from erquant.explain import write_explain
+
+                write_explain(img, labels, info, out / stem)
             rows.append((path, int(labels.max()), info.get("diameter")))
         except ChannelError as exc:
             failures += 1
@@ -228,7 +243,7 @@ def cmd_demo(args) -> int:
     try:
         return run_demo(Path(args.plate) if args.plate else None, Path(args.outdir),
                         regenerate=args.regenerate, workers=args.workers,
-                        backend=args.backend)
+                        backend=args.backend, method=args.method or "auto")
     except PlateFolderError as exc:  # the generator refused a folder holding user data
         raise UsageError(f"{exc} (--plate)") from exc
 
@@ -251,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", type=int, default=None,
                    help="channel index of a multi-channel image (default: brightest of RGB)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--explain", action="store_true",
+                   help="also write <name>_explain.json (method, diameter estimate, "
+                        "threshold, noise, working scale) and <name>_explain.png (outlines)")
     _add_segment_options(p)
     p.set_defaults(func=cmd_segment)
 
@@ -274,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes (default: one per core; 0 = in this process)")
     p.add_argument("--regenerate", action="store_true")
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
+    _add_method_option(p)
     p.set_defaults(func=cmd_demo)
 
     from erquant.bench import add_parser as add_bench

@@ -33,7 +33,8 @@ def _ensure_plate(plate: Path, regenerate: bool) -> None:
 
 
 def run_demo(plate: Path | None, outdir: Path, *, regenerate: bool = False,
-             backend: str = "auto", workers: int | None = None) -> int:
+             backend: str = "auto", workers: int | None = None,
+             method: str = "auto") -> int:
     """Generate (if needed) and quantify the demo plate; print measured vs true results."""
     from erquant.batch import run_batch
 
@@ -42,7 +43,7 @@ def run_demo(plate: Path | None, outdir: Path, *, regenerate: bool = False,
     plate = Path(plate) if plate is not None else outdir / "demo_plate"
     _ensure_plate(plate, regenerate)
     outdir.mkdir(parents=True, exist_ok=True)
-    params = Params()
+    params = Params().replace(**{"segment.method": method})
     params.to_toml(outdir / "params.toml")
     res = run_batch(plate, outdir, params=params, backend=backend, workers=workers,
                     plate_map=plate / "plate_map.csv", overwrite=regenerate)

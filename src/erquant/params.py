@@ -27,6 +27,7 @@ from typing import Any
 class SegmentParams:
     """Nuclei segmentation (see :func:`erquant.segment.segment_nuclei`)."""
 
+    method: str = "auto"  #: auto (learned, where installed) | learned | classical
     diameter: float | None = None  #: nucleus diameter in px; None = estimate per image
     threshold: str = "otsu"  #: otsu | li | triangle | manual
     threshold_value: float | None = None  #: raw intensity, for threshold="manual"

@@ -374,7 +374,14 @@ def _estimate_diameter(bk: Backend, norm, threshold: str, threshold_value=None, 
 
 
 # ---------------------------------------------------------------- nuclei
-def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "otsu",
+#: segmentation methods: "auto" (the learned model where its weights are installed,
+#: else classical), "learned" (the shipped U-Net, :mod:`erquant.models.learned`),
+#: "classical" (the fast threshold/seed/split path below)
+METHODS = ("auto", "learned", "classical")
+
+
+def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None,
+                   threshold: str = "otsu",
                    threshold_value: float | None = None, min_area_fraction: float = 0.12,
                    seed_distance: float = 0.3, background_factor: float = 4.0,
                    smoothing: float = 0.08, log_threshold: bool = True,
@@ -392,6 +399,11 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
     ----------
     image : (Y, X) array
         Nuclear stain (Hoechst/DAPI), NumPy or CuPy; any real dtype.
+    method : {"auto", "learned", "classical"}
+        ``"learned"``: the shipped network (:func:`erquant.models.learned.segment_learned`;
+        of the parameters below it uses ``diameter``, ``min_area_fraction`` and
+        ``return_info``). ``"classical"``: the threshold / seed / split path, the fast
+        path. ``"auto"`` (default): learned, or classical where the weights are missing.
     diameter : float, optional
         Typical nucleus diameter in pixels; estimated from the image when None.
     threshold : {"otsu", "li", "triangle", "manual"}
@@ -457,6 +469,15 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
     >>> int(segment_nuclei(img).max())
     3
     """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method != "classical":
+        from erquant.models import learned
+
+        if method == "learned" or learned.available():
+            return learned.segment_learned(image, diameter=diameter,
+                                           min_area_fraction=min_area_fraction,
+                                           return_info=return_info)
     bk = backend_for(image)
     xp = bk.xp
     img = as_2d_float(image, name="nuclei image", bk=bk)
@@ -495,7 +516,8 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
         threshold_value = (float(threshold_value) - lo) / (hi - lo) if hi > lo else 0.0
     if norm is None:  # constant image: nothing to find
         labels = xp.zeros(img.shape, xp.uint32)
-        return (labels, {"diameter": diameter, "threshold": None}) if return_info else labels
+        return ((labels, {"method": "classical", "diameter": diameter, "threshold": None})
+                if return_info else labels)
     kw["noise_floor"] = _quantum / (hi - lo)  # one grey level, normalised
     if diameter is None:
         diameter = _estimate_diameter(bk, norm, threshold, threshold_value, **kw)
@@ -504,15 +526,16 @@ def segment_nuclei(image, *, diameter: float | None = None, threshold: str = "ot
         raise ValueError(f"diameter must be > 0, got {diameter}")
     mask, smooth, t, peak, bg = _foreground(bk, norm, diameter, threshold, threshold_value,
                                             **kw)
+    noise = _noise_sigma(bk, norm, kw["noise_floor"]) if min_snr > 0 else 0.0
     labels = _split(bk, mask, smooth, t, diameter, seed_distance, min_area_fraction,
                     intensity_weight=intensity_weight, peak=peak, seed_contrast=seed_contrast,
                     seed_hole_fraction=seed_hole_fraction, rim_fraction=rim_fraction,
                     local_contrast=local_contrast, seed_smoothing=seed_smoothing,
-                    min_snr=min_snr,
-                    noise=_noise_sigma(bk, norm, kw["noise_floor"]) if min_snr > 0 else 0.0,
-                    valley_strength=valley_strength)
+                    min_snr=min_snr, noise=noise, valley_strength=valley_strength)
     if return_info:
-        info = {"diameter": diameter, "threshold": t}
+        # threshold and noise in the normalised units ((raw - lo) / (hi - lo)) they act in
+        info = {"method": "classical", "diameter": diameter, "threshold": t,
+                "noise_sigma": noise, "image_range": (lo, hi)}
         if _internals:  # what _segment_downsampled needs to refine the boundaries
             info.update(_lo=lo, _hi=hi, _background=bg)
         return labels, info
@@ -556,7 +579,8 @@ def _segment_downsampled(bk: Backend, img, f: float, return_info: bool, *, diame
     xp = bk.xp
     Y, X = img.shape
     small = K.area_resize(bk, img, K.scaled_shape(img.shape, f))
-    labels, info = segment_nuclei(small, diameter=None if diameter is None else diameter / f,
+    labels, info = segment_nuclei(small, method="classical",
+                                  diameter=None if diameter is None else diameter / f,
                                   downsample=1, return_info=True, _internals=True, **kw)
     lo, hi, bg = info.pop("_lo", None), info.pop("_hi", None), info.pop("_background", None)
     # interiors: small pixels whose 3×3 neighbourhood is one object keep their label at

@@ -39,6 +39,9 @@ def add_parser(subparsers) -> None:
                    help="plate map CSV (default: INPUT/plate_map.csv when present)")
     p.add_argument("--params", default=None, help="TOML parameter file (erquant.params)")
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
+    p.add_argument("--method", default=None, choices=["auto", "learned", "classical"],
+                   help="nuclei segmenter (default: the --params file's segment.method, "
+                        "else auto = the learned network)")
     p.add_argument("--workers", type=int, default=None,
                    help="local worker processes (default: one per core); 0 = no cluster")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -71,8 +74,16 @@ def add_parser(subparsers) -> None:
 def cmd_run(args) -> int:
     from erquant.batch import RunUsageError, run_batch
 
+    params = args.params
     try:
-        res = run_batch(args.input, args.outdir, plate_map=args.plate_map, params=args.params,
+        if args.method is not None:  # the file's parameters (or the defaults) + --method
+            from erquant._cli_errors import UsageError, load_params_file
+
+            try:
+                params = load_params_file(args.params).replace(**{"segment.method": args.method})
+            except UsageError as exc:
+                raise RunUsageError(str(exc)) from exc
+        res = run_batch(args.input, args.outdir, plate_map=args.plate_map, params=params,
                         backend=args.backend, workers=args.workers, scheduler=args.scheduler,
                         gpus=args.gpus, resume=args.resume, overwrite=args.overwrite,
                         roi=args.roi, save_labels=args.save_labels, channels=args.channels,

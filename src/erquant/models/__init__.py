@@ -1,0 +1,1 @@
+"""Learned models shipped with erquant (inference only; training: erquant.models.train)."""

@@ -1,0 +1,363 @@
+"""Learned nuclei segmentation: a small U-Net shipped inside erquant, no download.
+
+The network (trained by :mod:`erquant.models.train` on CC0 data only; see
+``MODEL_CARD.md`` beside the weights) sees the nuclear stain rescaled so that
+nuclei are :data:`WORK_DIAMETER` px across and percentile-normalised, and
+predicts per pixel: background, nucleus interior, and a 2-px band inside each
+nucleus' boundary. Instances: connected interiors are the seeds, and the
+foreground is partitioned by nearest seed (``erquant.kernels``), small objects
+dropped — one code path for NumPy and CuPy.
+
+Runtimes (same weights, same algorithm):
+
+* NumPy input: OpenCV's DNN module (``cv2.dnn``, already a dependency) runs the
+  ONNX graph — as fast as ONNX Runtime on this model, no extra dependency.
+* CuPy input: the network is evaluated on the device by :func:`forward_xp` —
+  each 3×3 convolution is 9 matrix products (cuBLAS) of shifted views, pooling
+  and upsampling are reshapes; nothing leaves the GPU. The same function on NumPy
+  arrays is the reference the tests compare with OpenCV.
+
+Scale: the working scale comes from the classical diameter estimate; a check on
+a central crop measures the nuclei the network finds at that scale and, when
+their median diameter is off by more than :data:`SCALE_TOLERANCE` (or nothing is
+found), retries at the scale they imply (the classical estimate can lock onto
+clumps, 5× too large).
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from erquant import kernels as K
+from erquant.backend import Backend, backend_for
+
+#: network shape (the training module builds the same)
+ARCH = {"base": 8, "levels": 4}
+#: nuclei are rescaled to about this many pixels across before the network
+WORK_DIAMETER = 16.0
+#: seeds: interior probability above this
+SEED_PROBABILITY = 0.4
+#: foreground: 1 - background probability above this
+FOREGROUND_PROBABILITY = 0.5
+#: retry the scale when the predicted median diameter is off by more than this factor
+SCALE_TOLERANCE = 1.3
+#: largest working tile (px per side) run at once; larger images go in tiles
+TILE = 2048
+#: tile overlap on each side (≥ the network's effective receptive radius)
+HALO = 96
+
+WEIGHTS = Path(__file__).with_name("nuclei_unet")
+
+
+def available(path: Path | str | None = None) -> bool:
+    """Whether the (shipped or given) weights are installed."""
+    p = Path(path) if path is not None else WEIGHTS
+    return p.with_suffix(".npz").is_file() and p.with_suffix(".onnx").is_file()
+
+
+def normalise_percentile(img, lo: float = 1.0, hi: float = 99.8, xp=np):
+    """``(img - p_lo) / (p_hi - p_lo)`` (percentiles of a ≤ 1 Mpx subsample), float32."""
+    flat = img.ravel()
+    step = max(1, flat.size // 1_000_000)
+    p0, p1 = (float(v) for v in xp.percentile(flat[::step], [lo, hi]))
+    scale = np.float32(1.0 / (p1 - p0)) if p1 > p0 else np.float32(1.0)
+    return ((img.astype(xp.float32) - np.float32(p0)) * scale).astype(xp.float32, copy=False)
+
+
+# ------------------------------------------------------------------ weights
+@lru_cache(maxsize=4)
+def _npz(path: str) -> dict:
+    with np.load(path) as z:
+        return {k: z[k].astype(np.float32) for k in z.files}
+
+
+def weights(path: Path | str | None = None) -> dict[str, np.ndarray]:
+    """The folded float32 weights (name → array) of the shipped (or given) model."""
+    p = Path(path) if path is not None else WEIGHTS
+    p = p.with_suffix(".npz")
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: learned-segmenter weights not found "
+                                "(reinstall erquant, or train them: python -m erquant.models.train)")
+    return _npz(str(p))
+
+
+_cv2_nets: dict = {}
+_cv2_lock = threading.Lock()
+
+
+def _cv2_net(path: Path):
+    import cv2
+
+    key = str(path)
+    if key not in _cv2_nets:
+        onnx = path.with_suffix(".onnx")
+        if not onnx.is_file():
+            raise FileNotFoundError(f"{onnx}: learned-segmenter network not found")
+        _cv2_nets[key] = cv2.dnn.readNetFromONNX(str(onnx))
+    return _cv2_nets[key]
+
+
+# ------------------------------------------------------------------ forward passes
+def _conv(xp, x, w, b, relu: bool):
+    """2-D convolution (zero padding 'same') of x (C, H, W) with w (O, C, k, k)."""
+    n_out, C, k, _ = w.shape
+    H, W = x.shape[1:]
+    if k == 1:
+        y = w.reshape(n_out, C) @ x.reshape(C, H * W)
+    else:
+        r = k // 2
+        xpad = xp.pad(x, ((0, 0), (r, r), (r, r)))
+        y = xp.zeros((n_out, H * W), xp.float32)
+        for dy in range(k):
+            for dx in range(k):
+                y += w[:, :, dy, dx] @ xpad[:, dy:dy + H, dx:dx + W].reshape(C, H * W)
+    y += b[:, None]
+    if relu:
+        xp.maximum(y, 0, out=y)
+    return y.reshape(n_out, H, W)
+
+
+_device_weights: dict = {}
+
+
+def _on_device(xp, w: dict) -> dict:
+    """The weights as arrays of ``xp`` (CuPy), uploaded once per process and device."""
+    key = (id(w), xp.cuda.Device().id if hasattr(xp, "cuda") else 0)
+    if key not in _device_weights:
+        _device_weights[key] = {k: xp.asarray(v) for k, v in w.items()}
+    return _device_weights[key]
+
+
+def forward_xp(x, w: dict, xp=None):
+    """Class logits (3, H, W) of the U-Net for one normalised image x (H, W), H and W
+    multiples of 2**levels, on x's array module (NumPy or CuPy)."""
+    xp = xp or backend_for(x).xp
+    ww = w if xp is np else _on_device(xp, w)
+    levels = ARCH["levels"]
+
+    def block(h, name):
+        h = _conv(xp, h, ww[name + ".0.w"], ww[name + ".0.b"], True)
+        return _conv(xp, h, ww[name + ".1.w"], ww[name + ".1.b"], True)
+
+    h = x[None].astype(xp.float32)
+    skips = []
+    for k in range(levels):
+        h = block(h, f"enc{k}")
+        skips.append(h)
+        C, H, W = h.shape
+        h = h.reshape(C, H // 2, 2, W // 2, 2).max(axis=(2, 4))
+    h = block(h, "mid")
+    for k in reversed(range(levels)):
+        h = xp.repeat(xp.repeat(h, 2, axis=1), 2, axis=2)
+        h = _conv(xp, h, ww[f"up{k}.w"], ww[f"up{k}.b"], False)
+        h = block(xp.concatenate([h, skips[k]], axis=0), f"dec{k}")
+    return _conv(xp, h, ww["out.w"], ww["out.b"], False)
+
+
+def forward_cv2(x: np.ndarray, path: Path = WEIGHTS) -> np.ndarray:
+    """The same logits from OpenCV's DNN module (CPU)."""
+    with _cv2_lock:  # one network object per process; its forward is not re-entrant
+        net = _cv2_net(Path(path))
+        net.setInput(np.ascontiguousarray(x, np.float32)[None, None])
+        out = net.forward()
+    return out[0]
+
+
+def _softmax(xp, z):
+    z = z - z.max(axis=0, keepdims=True)
+    e = xp.exp(z)
+    return e / e.sum(axis=0, keepdims=True)
+
+
+def probabilities(bk: Backend, x, *, path: Path | None = None, runtime: str = "auto"):
+    """(3, H, W) float32 class probabilities of a normalised working-scale image,
+    in overlapping tiles when larger than :data:`TILE`; ``runtime``: ``"auto"``
+    (OpenCV on NumPy, the array module on CuPy), ``"cv2"`` or ``"xp"``."""
+    xp = bk.xp
+    path = Path(path) if path is not None else WEIGHTS
+    use_cv2 = runtime == "cv2" or (runtime == "auto" and not bk.is_gpu)
+    m = 2 ** ARCH["levels"]
+    H, W = x.shape
+    out = xp.empty((3, H, W), xp.float32)
+    step = TILE - 2 * HALO
+    ys = [0] if H <= TILE else list(range(0, H, step))
+    xs = [0] if W <= TILE else list(range(0, W, step))
+    for y0 in ys:
+        for x0 in xs:
+            # core [y0, y0 + step) (whole image when it fits), read with a halo
+            cy1 = H if len(ys) == 1 else min(H, y0 + step)
+            cx1 = W if len(xs) == 1 else min(W, x0 + step)
+            ry0, rx0 = max(0, y0 - HALO), max(0, x0 - HALO)
+            ry1, rx1 = min(H, cy1 + HALO), min(W, cx1 + HALO)
+            tile = x[ry0:ry1, rx0:rx1]
+            th, tw = tile.shape
+            ph, pw = (-th) % m, (-tw) % m
+            if ph or pw:
+                tile = xp.pad(tile, ((0, ph), (0, pw)), mode="reflect")
+            if use_cv2:
+                logits = xp.asarray(forward_cv2(bk.xp.asnumpy(tile) if bk.is_gpu else tile, path))
+            else:
+                logits = forward_xp(tile, weights(path), xp)
+            p = _softmax(xp, logits[:, :th, :tw])
+            out[:, y0:cy1, x0:cx1] = p[:, y0 - ry0:cy1 - ry0, x0 - rx0:cx1 - rx0]
+    return out
+
+
+# ------------------------------------------------------------------ instances
+def instances(bk: Backend, prob, shape, *, seed_probability: float | None = None,
+              foreground_probability: float | None = None,
+              min_area: float = 0.0, reach: float = 0.0):
+    """Labels (uint32, ``shape``) from working-scale probabilities: connected interior
+    pixels are seeds; foreground pixels within ``reach`` (full-scale px) of a seed
+    take its id; objects under ``min_area`` full-scale px are dropped."""
+    from erquant.segment import _relabel
+
+    xp = bk.xp
+    if seed_probability is None:
+        seed_probability = SEED_PROBABILITY
+    if foreground_probability is None:
+        foreground_probability = FOREGROUND_PROBABILITY
+    seeds, n = K.label(bk, xp.ascontiguousarray(prob[1] > seed_probability))
+    if n == 0:
+        return xp.zeros(shape, xp.uint32)
+    fg = K.resize(bk, xp.ascontiguousarray(1.0 - prob[0]), shape) > foreground_probability
+    seeds = K.nearest_resize(bk, seeds, shape)
+    owner, dist = K.nearest_seed(bk, seeds, return_distance=True)
+    keep_px = fg & (dist <= reach) if reach > 0 else fg
+    labels = xp.where(keep_px | (seeds > 0), owner, 0)
+    area = xp.bincount(labels.ravel(), minlength=n + 1)
+    keep = area >= min_area
+    return xp.ascontiguousarray(_relabel(xp, labels, keep))
+
+
+def _working(bk: Backend, img, f: float):
+    """img rescaled by f (area-averaged down, bilinear up) and normalised."""
+    shape = (max(16, round(img.shape[0] * f)), max(16, round(img.shape[1] * f)))
+    small = (K.area_resize(bk, img, shape) if f < 1 else K.resize(bk, img, shape))
+    return normalise_percentile(small, xp=bk.xp)
+
+
+def _median_diameter(bk: Backend, labels) -> float:
+    area = bk.xp.bincount(labels.ravel())[1:]
+    area = area[area > 0]
+    if area.size == 0:
+        return float("nan")
+    return float(2 * np.sqrt(float(bk.xp.median(area)) / np.pi))
+
+
+def _probe(bk: Backend, img, d: float, crop: int, path, runtime):
+    """The network on a central crop (~``crop`` working px) at diameter ``d``:
+    (median predicted diameter in working px, mean confidence on the foreground, count)."""
+    xp = bk.xp
+    f = WORK_DIAMETER / d
+    side = int(min(max(img.shape), round(crop / f)))
+    cy, cx = (max(0, (n - side) // 2) for n in img.shape)
+    x = _working(bk, img[cy:cy + side, cx:cx + side], f)
+    prob = probabilities(bk, x, path=path, runtime=runtime)
+    lab = instances(bk, prob, x.shape, min_area=0.1 * np.pi * (WORK_DIAMETER / 2) ** 2)
+    fg = prob[0] < 0.5
+    conf = float(prob.max(axis=0)[fg].mean()) if bool(fg.any()) else 0.0
+    return _median_diameter(bk, lab), conf, int(lab.max()) if lab.size else 0
+
+
+def check_scale(bk: Backend, img, diameter: float, *, path=None, runtime="auto",
+                crop: int = 384) -> tuple[float, list]:
+    """Check a diameter estimate with the network on a central crop.
+
+    A probe runs the network at a diameter and measures the median diameter of the
+    nuclei it finds (working px); it *agrees* when that is within
+    :data:`SCALE_TOLERANCE` of :data:`WORK_DIAMETER`. From the estimate, probes
+    follow the scale their nuclei imply until one agrees (nothing found: half the
+    diameter). Clumps taken for nuclei agree with their own scale too, so the same
+    is done from half the agreeing diameter; the smaller scale wins when the
+    network is more confident there (mean winning-class probability on the
+    foreground) *and* its nuclei are closer to the working size. Returns
+    (diameter, [(probed diameter, median working px, confidence, count), ...]);
+    the estimate itself when no probe agrees.
+    """
+    history = []
+    lo, hi = 4.0, max(img.shape) / 2
+
+    def probe(d):
+        d = float(min(max(d, lo), hi))
+        if any(abs(d - h[0]) < 0.05 * d for h in history):
+            return None
+        m, conf, n = _probe(bk, img, d, crop, path, runtime)
+        history.append((d, m, conf, n))
+        return d, m
+
+    def agrees(m):
+        return np.isfinite(m) and 1 / SCALE_TOLERANCE <= m / WORK_DIAMETER <= SCALE_TOLERANCE
+
+    def chain(d):  # follow the scale the found nuclei imply until it agrees
+        for _ in range(4):
+            r = probe(d)
+            if r is None:
+                break
+            d, m = r
+            if agrees(m):
+                break
+            d = d / 2 if not np.isfinite(m) else d * m / WORK_DIAMETER
+        return next((h for h in history if abs(h[0] - d) < 0.05 * d), None)
+
+    def off(h):  # how far the probe's nuclei are from the working diameter (log ratio)
+        return abs(np.log(h[1] / WORK_DIAMETER))
+
+    first = chain(float(diameter))
+    # clumps taken for nuclei agree with their own scale too: is half the size better?
+    # (the network more confident there and its nuclei closer to the working size)
+    half = chain(first[0] / 2) if first is not None else None
+    cands = [h for h in (first, half) if h is not None and agrees(h[1])]
+    if not cands:
+        return float(diameter), history
+    if len(cands) == 2 and not (half[2] > first[2] and off(half) < off(first)):
+        cands = [first]
+    return float(cands[-1][0]), history
+
+
+def segment_learned(image, *, diameter: float | None = None, check: bool = True,
+                    seed_probability: float | None = None,
+                    foreground_probability: float | None = None,
+                    min_area_fraction: float = 0.12, weights_path=None, runtime: str = "auto",
+                    return_info: bool = False):
+    """Segment nuclei with the shipped network (see the module docstring).
+
+    ``diameter``: typical nucleus diameter (px); estimated by the classical path
+    and checked by the network (``check``) when None. A given diameter is used as is.
+    """
+    from erquant.segment import as_2d_float, estimate_diameter
+
+    bk = backend_for(image)
+    xp = bk.xp
+    img = as_2d_float(image, name="nuclei image", bk=bk)
+    info: dict = {"method": "learned"}
+    lo, hi = (float(v) for v in (img.min(), img.max()))
+    if not hi > lo:
+        labels = xp.zeros(img.shape, xp.uint32)
+        info.update(diameter=diameter, threshold=None)
+        return (labels, info) if return_info else labels
+    if diameter is None:
+        d0 = float(estimate_diameter(image))
+        if not np.isfinite(d0) or d0 <= 0:
+            d0 = WORK_DIAMETER
+        info["diameter_classical"] = d0
+        diameter = d0
+        if check:
+            diameter, hist = check_scale(bk, img, d0, path=weights_path, runtime=runtime)
+            info["scale_checks"] = hist
+    diameter = float(diameter)
+    if not diameter > 0:
+        raise ValueError(f"diameter must be > 0, got {diameter}")
+    f = WORK_DIAMETER / diameter
+    x = _working(bk, img, f)
+    prob = probabilities(bk, x, path=weights_path, runtime=runtime)
+    min_area = min_area_fraction * np.pi * (diameter / 2) ** 2
+    labels = instances(bk, prob, img.shape, seed_probability=seed_probability,
+                       foreground_probability=foreground_probability, min_area=min_area,
+                       reach=0.45 * diameter)
+    info.update(diameter=diameter, threshold=None, scale=f)
+    return (labels, info) if return_info else labels

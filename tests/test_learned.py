@@ -1,0 +1,162 @@
+"""The learned nuclei segmenter (issue 13): shipped weights, both runtimes, scale
+check, tiling, accuracy on real and synthetic images, and the training code."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import SAMPLE_REAL
+
+from erquant.backend import get_backend, to_numpy
+from erquant.io import read_image
+from erquant.metrics import match_labels
+from erquant.models import learned
+from erquant.segment import segment_nuclei
+from erquant.synthetic import make_clumped_field, make_field
+
+NP = get_backend("numpy")
+
+
+def test_weights_ship_with_the_package():
+    assert learned.available()
+    w = learned.weights()
+    n = sum(v.size for v in w.values())
+    assert 100_000 < n < 2_000_000, n
+    card = json.loads(learned.WEIGHTS.with_suffix(".json").read_text())
+    assert card["arch"] == learned.ARCH and card["work_diameter"] == learned.WORK_DIAMETER
+    assert (learned.WEIGHTS.parent / "MODEL_CARD.md").is_file()
+
+
+def test_array_module_forward_matches_opencv():
+    """The network as the GPU evaluates it (matrix products of shifted views), run on
+    NumPy, gives OpenCV DNN's logits."""
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 160), dtype=np.float32)
+    a = learned.forward_xp(x, learned.weights(), np)
+    b = learned.forward_cv2(x)
+    assert a.shape == b.shape == (3, 96, 160)
+    assert np.abs(a - b).max() < 1e-3 * max(1.0, np.abs(b).max())
+
+
+def test_tiles_match_one_pass(monkeypatch):
+    f = make_field(shape=(640, 704), n_nuclei=220, nucleus_diameter=16, seed=3)
+    x = learned.normalise_percentile(f.image[0].astype(np.float32))
+    whole = learned.probabilities(NP, x)
+    monkeypatch.setattr(learned, "TILE", 320)
+    monkeypatch.setattr(learned, "HALO", 96)
+    tiled = learned.probabilities(NP, x)
+    assert tiled.shape == whole.shape
+    # the halo covers the effective receptive field: the same labels either way
+    la = learned.instances(NP, whole, x.shape, min_area=20)
+    lb = learned.instances(NP, tiled, x.shape, min_area=20)
+    assert match_labels(la, lb).f1 >= 0.99
+    assert np.abs(tiled - whole).max() < 0.05
+
+
+@pytest.mark.parametrize("name", ["dsb2018_b24ea5c2", "dsb2018_ed8c31b0", "stardist_dsb2018"])
+def test_sample_images(backend, name):
+    img = read_image(next(SAMPLE_REAL.glob(f"{name}_image.*")))
+    gt = read_image(SAMPLE_REAL / f"{name}_labels.tif")
+    pred = to_numpy(segment_nuclei(backend.asarray(img), method="learned"))
+    m = match_labels(gt, pred)
+    assert m.f1 >= 0.80, f"{name}: F1 {m.f1:.3f} (tp {m.tp}, fp {m.fp}, fn {m.fn})"
+
+
+def test_auto_is_learned():
+    f = make_field(shape=(256, 256), n_nuclei=30, seed=1)
+    a, ia = segment_nuclei(f.image[0], return_info=True)
+    b, ib = segment_nuclei(f.image[0], method="learned", return_info=True)
+    assert ia["method"] == ib["method"] == "learned"
+    np.testing.assert_array_equal(a, b)
+    _, ic = segment_nuclei(f.image[0], method="classical", return_info=True)
+    assert ic.get("method", "classical") == "classical"
+    with pytest.raises(ValueError, match="method must be one of"):
+        segment_nuclei(f.image[0], method="unet")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_synthetic_counts(seed):
+    """16-bit camera fields: counts within 3 % of the generator's truth."""
+    f = make_field(shape=(768, 768), n_nuclei=160, seed=100 + seed)
+    lab = segment_nuclei(f.image[0], method="learned")
+    n = int(lab.max())
+    assert abs(n - f.n_nuclei) <= 0.03 * f.n_nuclei, (n, f.n_nuclei)
+
+
+def test_clumped_preset_counts():
+    f = make_clumped_field(shape=(768, 768), n_nuclei=220, clump_size=20, seed=7)
+    n = int(segment_nuclei(f.image[0], method="learned").max())
+    assert abs(n - f.n_nuclei) <= 0.05 * f.n_nuclei, (n, f.n_nuclei)
+
+
+@pytest.mark.parametrize("factor", [0.25, 4.0])
+def test_scale_check_recovers_a_wrong_estimate(factor):
+    """A diameter estimate 4× off (the clump lock-in) is corrected by the network."""
+    f = make_field(shape=(768, 768), n_nuclei=200, nucleus_diameter=24, seed=5)
+    img = f.image[0].astype(np.float32)
+    d, hist = learned.check_scale(NP, img, 24 * factor)
+    assert 24 / 1.3 <= d <= 24 * 1.3, (d, hist)
+
+
+def test_constant_and_empty_images():
+    lab, info = segment_nuclei(np.full((64, 64), 7, np.uint16), method="learned",
+                               return_info=True)
+    assert lab.max() == 0 and lab.dtype == np.uint32
+    lab = segment_nuclei(np.random.default_rng(0).normal(100, 2, (200, 200)).astype(np.float32),
+                         method="learned", diameter=12)
+    assert lab.max() <= 2  # noise: (almost) nothing
+
+
+def test_training_code_runs_and_exports(tmp_path):
+    """A tiny training run on a few crops: loss falls, the export loads, both runtimes agree."""
+    torch = pytest.importorskip("torch")
+    from erquant.models import train as T
+
+    torch.set_num_threads(1)
+    ex = T.make_synthetic(2, seed=0, size=128)
+    lines = []
+    model = T.train(ex, minutes=10, seed=0, out=tmp_path / "run", max_steps=200, batch=4,
+                    log=lines.append)
+    first = float(lines[0].split("loss=")[1].split()[0])
+    last = float(lines[-1].split("loss=")[1].split()[0])
+    assert last < first, lines
+    dest = tmp_path / "w" / "nuclei_unet"
+    dest.parent.mkdir()
+    T.export(model, dest, {"arch": learned.ARCH})
+    w = learned.weights(dest)
+    x = np.random.default_rng(1).random((64, 80), dtype=np.float32)
+    a = learned.forward_xp(x, w, np)
+    b = learned.forward_cv2(x, dest)
+    with torch.no_grad():
+        c = model(torch.from_numpy(x)[None, None])[0].numpy()
+    assert np.abs(a - b).max() < 1e-4 * max(1.0, np.abs(b).max())
+    assert np.abs(a - c).max() < 0.02 * max(1.0, np.abs(c).max())  # float16 weights
+
+
+def test_targets_band():
+    from erquant.models.train import targets
+
+    lab = np.zeros((20, 20), np.int32)
+    lab[2:12, 2:12] = 1
+    lab[2:12, 12:18] = 2
+    t = targets(lab)
+    assert (t[lab == 0] == 0).all()
+    assert t[7, 7] == 1 and t[2, 5] == 2 and t[7, 11] == 2 and t[7, 12] == 2 and t[7, 3] == 2
+    assert t[7, 4] == 1
+
+
+@pytest.mark.gpu
+def test_gpu_labels_match_cpu():
+    from erquant.backend import cupy_available
+
+    if not cupy_available():
+        pytest.skip("CuPy / CUDA not available")
+    import cupy as cp
+
+    f = make_field(shape=(1024, 1024), n_nuclei=300, seed=9)
+    cpu = segment_nuclei(f.image[0], method="learned")
+    gpu = segment_nuclei(cp.asarray(f.image[0]), method="learned")
+    assert isinstance(gpu, cp.ndarray)
+    assert match_labels(cpu, to_numpy(gpu)).f1 >= 0.99
