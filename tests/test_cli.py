@@ -474,7 +474,9 @@ def test_segment_explain_writes_numbers_and_overlay(tmp_path, capsys, method):
     if method == "classical":
         assert 0 < e["threshold"] < 1 and e["noise_sigma"] >= 0
     else:
-        assert e["scale"] == pytest.approx(16 / e["diameter"])
+        from erquant.models.learned import WORK_DIAMETER
+
+        assert e["scale"] == pytest.approx(WORK_DIAMETER / e["diameter"])
     png = Image.open(out / "discs_explain.png")
     assert png.size[0] >= 256
     rgb = np.asarray(png.convert("RGB")).astype(int)

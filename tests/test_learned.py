@@ -25,7 +25,7 @@ def test_weights_ship_with_the_package():
     n = sum(v.size for v in w.values())
     assert 100_000 < n < 2_000_000, n
     card = json.loads(learned.WEIGHTS.with_suffix(".json").read_text())
-    assert card["arch"] == learned.ARCH and card["work_diameter"] == learned.WORK_DIAMETER
+    assert card["arch"] == learned.ARCH and card["train_diameter"] == learned.TRAIN_DIAMETER
     assert (learned.WEIGHTS.parent / "MODEL_CARD.md").is_file()
 
 

@@ -2,6 +2,10 @@
 
 Disc images give exact counts; synthetic 1024² fields check the issue's bars
 ("nuclei count per field within 3 % of truth on in-focus fields").
+
+This module tests the classical segmenter (``method="classical"``: its threshold,
+seeds, splitting and downsampling); the learned one (the default) has
+``tests/test_learned.py``, and the pipeline/batch tests run the default.
 """
 
 from __future__ import annotations
@@ -13,7 +17,12 @@ from scipy import ndimage as sp_ndi
 
 from erquant.backend import to_numpy
 from erquant.metrics import match_labels
-from erquant.segment import estimate_diameter, segment_cells, segment_nuclei
+import functools
+
+from erquant.segment import estimate_diameter, segment_cells
+from erquant.segment import segment_nuclei as _segment_nuclei
+
+segment_nuclei = functools.partial(_segment_nuclei, method="classical")
 
 # a 4 × 4 grid of well separated discs (radius 12) on a 256² image
 GRID = [(32 + 64 * i, 32 + 64 * j) for i in range(4) for j in range(4)]

@@ -405,14 +405,15 @@ def quantify_batch_iter(fields, *, nuclei_channel: int = 0,
     d = sp.get("diameter")
     if d is None:  # one diameter for the batch: the median estimate of three fields
         picks = sorted({0, len(nucs) // 2, len(nucs) - 1})
-        est = [estimate_diameter(nucs[i], threshold=sp["threshold"]) for i in picks]
-        est = [e for e in est if math.isfinite(e)]  # blank fields give none
-        d = float(np.median(est)) if est else None
+        est = [(estimate_diameter(nucs[i], threshold=sp["threshold"]), i) for i in picks]
+        est = sorted((e, i) for e, i in est if math.isfinite(e))  # blank fields give none
+        d = float(np.median([e for e, _ in est])) if est else None
         if d is not None and sp.get("method", "auto") != "classical":
             from erquant.models import learned  # the network checks the estimate's scale
 
             if sp.get("method") == "learned" or learned.available():
-                d = learned.check_scale(bk, nucs[len(nucs) // 2].astype(bk.xp.float32), d)[0]
+                mid = nucs[est[len(est) // 2][1]]  # the field of the median estimate
+                d = learned.check_scale(bk, mid.astype(bk.xp.float32), d)[0]
     if max_pixels is None:
         max_pixels = 2**27 if bk.is_gpu else 2**22
     m = int(margin) if margin is not None else (max(4, math.ceil(0.5 * d)) if d else 0)

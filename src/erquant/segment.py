@@ -403,7 +403,9 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
         ``"learned"``: the shipped network (:func:`erquant.models.learned.segment_learned`;
         of the parameters below it uses ``diameter``, ``min_area_fraction`` and
         ``return_info``). ``"classical"``: the threshold / seed / split path, the fast
-        path. ``"auto"`` (default): learned, or classical where the weights are missing.
+        path. ``"auto"`` (default): learned; classical where the weights are missing or a
+        threshold setting other than the default (``threshold != "otsu"`` or a
+        ``threshold_value``) asks for it.
     diameter : float, optional
         Typical nucleus diameter in pixels; estimated from the image when None.
     threshold : {"otsu", "li", "triangle", "manual"}
@@ -471,6 +473,11 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if threshold not in ("otsu", "li", "triangle", "manual"):
+        raise ValueError(f"unknown threshold method {threshold!r} "
+                         "(use otsu, li, triangle or manual)")
+    if method == "auto" and (threshold != "otsu" or threshold_value is not None):
+        method = "classical"  # threshold settings are the classical segmenter's
     if method != "classical":
         from erquant.models import learned
 

@@ -7,7 +7,7 @@ The shipped weights (``erquant/models/nuclei_unet.*``) come from::
 
 What it trains: a small U-Net (:data:`ARCH`: 4 levels, 8 base channels, BatchNorm
 folded into the convolutions at export) that maps a nuclear-stain image, rescaled
-so nuclei are :data:`erquant.models.learned.WORK_DIAMETER` px across and
+so nuclei are :data:`erquant.models.learned.TRAIN_DIAMETER` px across and
 percentile-normalised, to three classes per pixel: background, nucleus interior,
 and a 2-px band inside each nucleus' boundary. :mod:`erquant.models.learned`
 turns the probabilities into instances (interior seeds, seeded partition of the
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import json
 import math
 import time
@@ -41,7 +42,7 @@ try:
 except ImportError as exc:  # pragma: no cover - the extra is missing
     raise ImportError("training needs PyTorch: pip install 'erquant[train]'") from exc
 
-from erquant.models.learned import ARCH, WORK_DIAMETER, normalise_percentile
+from erquant.models.learned import ARCH, TRAIN_DIAMETER, normalise_percentile
 
 CROP = 128
 SYNTHETIC_SHARE = 0.2
@@ -111,11 +112,11 @@ def median_diameter(lab: np.ndarray) -> float:
 
 # ------------------------------------------------------------------ data
 class Example:
-    """One image at the nominal working scale (nuclei WORK_DIAMETER px across)."""
+    """One image at the nominal training scale (nuclei TRAIN_DIAMETER px across)."""
 
     def __init__(self, image: np.ndarray, labels: np.ndarray, group: str):
         d = median_diameter(labels)
-        f = WORK_DIAMETER / d
+        f = TRAIN_DIAMETER / d
         shape = (max(8, round(image.shape[0] * f)), max(8, round(image.shape[1] * f)))
         interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
         img = normalise_percentile(image.astype(np.float32))
@@ -372,10 +373,11 @@ def main(argv=None) -> int:
     model = train(ex, minutes=a.minutes, seed=a.seed, out=a.out, max_steps=a.max_steps,
                   log=lambda s: print(s, flush=True))
     if a.export:
-        card = {"arch": ARCH, "work_diameter": WORK_DIAMETER, "seed": a.seed,
+        card = {"arch": ARCH, "train_diameter": TRAIN_DIAMETER, "seed": a.seed,
                 "minutes": a.minutes, "synthetic": a.synthetic, "images": len(ex),
                 "data": str(a.data), "torch": torch.__version__,
-                "command": "python -m erquant.models.train " + " ".join(argv or [])}
+                "command": "python -m erquant.models.train "
+                + " ".join(argv if argv is not None else sys.argv[1:])}
         export(model, a.export, card)
         print(f"exported {a.export}.npz/.onnx", flush=True)
     return 0
