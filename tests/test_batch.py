@@ -1,4 +1,9 @@
-"""``erquant.pipeline.quantify_batch``: N fields segmented together as one montage."""
+"""``erquant.pipeline.quantify_batch``: N fields segmented together as one montage.
+
+The montage is the classical segmenter's batching (``segment.method = "classical"``
+here); with the learned segmenter (the default) each field is sized, normalised and
+segmented on its own, as ``quantify`` does.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,12 @@ import numpy as np
 import pytest
 
 from erquant.metrics import match_labels, matched_pairs
+from erquant.params import Params
 from erquant.pipeline import Progress, quantify, quantify_batch, quantify_batch_iter
 from erquant.synthetic import make_field
+
+
+CLASSICAL = Params().replace(**{"segment.method": "classical"})
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +27,7 @@ def fields():
 @pytest.fixture(scope="module")
 def batch(fields):
     return quantify_batch(np.stack([f.image for f in fields]), backend="numpy",
-                          flatfield=fields[0].illumination)
+                          flatfield=fields[0].illumination, params=CLASSICAL)
 
 
 def _pooled(fields, results):
@@ -38,7 +47,8 @@ def _er_within(fields, results, tol=0.05):
 
 
 def test_batch_matches_truth_as_well_as_field_by_field(fields, batch):
-    single = [quantify(f.image, backend="numpy", flatfield=f.illumination) for f in fields]
+    single = [quantify(f.image, backend="numpy", flatfield=f.illumination, params=CLASSICAL)
+              for f in fields]
     assert len(batch) == len(fields)
     n_true = sum(int(f.nuclei.max()) for f in fields)
     assert abs(sum(r.n_nuclei for r in batch) - n_true) <= 0.03 * n_true
@@ -50,6 +60,17 @@ def test_batch_matches_truth_as_well_as_field_by_field(fields, batch):
     assert f1_batch >= 0.97 and f1_batch >= f1_single - 0.01, (f1_batch, f1_single)
     er_b, er_s = _er_within(fields, batch), _er_within(fields, single)
     assert er_b >= 0.9 and er_b >= er_s - 0.02, (er_b, er_s)
+
+
+def test_learned_batch_is_field_by_field(fields):
+    """The default (learned) segmenter in a batch: each field alone, as quantify does."""
+    res = quantify_batch([f.image for f in fields[:3]], backend="numpy")
+    for f, r in zip(fields, res):
+        single = quantify(f.image, backend="numpy")
+        assert r.info["method"] == single.info["method"] == "learned"
+        assert r.info["montage_fields"] == 1
+        np.testing.assert_array_equal(r.nuclei, single.nuclei)
+        assert abs(r.n_nuclei - int(f.nuclei.max())) <= 2  # of 32
 
 
 def test_batch_labels_are_renumbered_per_field(batch):
@@ -81,7 +102,7 @@ def test_objects_cut_by_the_field_edge_count_once():
 
 def test_montage_size_limit_groups_fields(fields):
     imgs = [f.image for f in fields[:4]]
-    res = quantify_batch(imgs, backend="numpy", max_pixels=2 * 400 * 400)
+    res = quantify_batch(imgs, backend="numpy", max_pixels=2 * 400 * 400, params=CLASSICAL)
     assert [r.info["montage_fields"] for r in res] == [2, 2, 2, 2]
     n_true = sum(int(f.nuclei.max()) for f in fields[:4])
     assert abs(sum(r.n_nuclei for r in res) - n_true) <= 0.03 * n_true
@@ -144,7 +165,7 @@ def test_batch_on_the_generic_array_path(fields, batch, monkeypatch):
     monkeypatch.setenv("ERQUANT_NO_OPENCV", "1")
     monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
     res = quantify_batch([f.image for f in fields[:2]], backend="numpy",
-                         flatfield=fields[0].illumination, max_pixels=2**22)
+                         flatfield=fields[0].illumination, max_pixels=2**22, params=CLASSICAL)
     for fast, generic in zip(batch[:2], res):
         assert abs(fast.n_nuclei - generic.n_nuclei) <= 1
         assert match_labels(fast.nuclei, generic.nuclei).f1 >= 0.97

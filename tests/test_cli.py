@@ -331,11 +331,13 @@ def test_threshold_option_overrides_the_params_file(tmp_path, capsys):
 
     toml = tmp_path / "p.toml"
     Params().replace(**{"segment.threshold": "li"}).to_toml(toml)
-    args = Namespace(diameter=None, threshold=None, threshold_value=None, downsample=None,
-                     params=toml)
+    args = Namespace(method=None, diameter=None, threshold=None, threshold_value=None,
+                     downsample=None, params=toml)
     assert _segment_params(args).segment.threshold == "li"
     args.threshold = "triangle"
     assert _segment_params(args).segment.threshold == "triangle"
+    args.method = "classical"
+    assert _segment_params(args).segment.method == "classical"
 
 
 def test_folder_given_as_an_image_says_so(tmp_path, capsys):

@@ -44,8 +44,7 @@ def test_tiles_match_one_pass(monkeypatch):
     f = make_field(shape=(640, 704), n_nuclei=220, nucleus_diameter=16, seed=3)
     x = learned.normalise_percentile(f.image[0].astype(np.float32))
     whole = learned.probabilities(NP, x)
-    monkeypatch.setattr(learned, "TILE", 320)
-    monkeypatch.setattr(learned, "HALO", 96)
+    monkeypatch.setattr(learned, "TILE", 288)
     tiled = learned.probabilities(NP, x)
     assert tiled.shape == whole.shape
     # the halo covers the effective receptive field: the same labels either way

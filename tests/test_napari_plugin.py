@@ -448,7 +448,9 @@ def test_failed_run_marks_results_stale_and_export(widget_viewer, qtbot, monkeyp
     assert len(back) == len(widget.states[SOURCE].table) and "roi_name" in back
     meta = json.loads(written["metadata"].read_text())
     assert meta["erquant_version"] == erquant.__version__ and meta["source"] == SOURCE
-    assert meta["thresholds"]["nuclei"] is not None and "er_class_bounds" in meta["thresholds"]
+    # the default segmenter is the learned one: no intensity threshold of its own
+    assert meta["segmenter"] == "learned" and meta["parameters"]["segment"]["method"] == "auto"
+    assert meta["thresholds"]["nuclei"] is None and "er_class_bounds" in meta["thresholds"]
     assert meta["parameters"]["segment"]["threshold"] == "otsu"
     assert pd.read_csv(written["summary"])["roi_name"].tolist() == ["whole field"]
 

@@ -423,7 +423,7 @@ def test_fields_per_task_segments_fields_together(plate, reference_run, tmp_path
     (bad / "TimePoint_1" / "A02_s2_w2.tif").unlink()
     out = tmp_path / "out"
     rc = main(["run", str(bad), "-o", str(out), "--workers", "0", "-q", "--no-report",
-               "--fields-per-task", "4"])
+               "--fields-per-task", "4", "--method", "classical"])
     assert rc == 1
     _, fields, _ = _tables(out)
     assert (fields["status"] == "ok").sum() == 13

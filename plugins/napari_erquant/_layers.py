@@ -428,6 +428,7 @@ def results_metadata(result: Any, *, source: str, source_path: str | None = None
         "erquant_version": erquant.__version__,
         "napari_erquant_version": __import__("napari_erquant").__version__,
         "parameters": params.to_dict() if hasattr(params, "to_dict") else params,
+        "segmenter": info.get("method"),
         "thresholds": {"nuclei": info.get("threshold"),
                        f"{marker}_class_bounds": list(bounds) if bounds is not None else None},
         "diameter_px": info.get("diameter"),

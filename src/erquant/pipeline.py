@@ -242,7 +242,8 @@ def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, fl
                   focus_threshold=qp.focus_threshold, n_nuclei=n_field)
     info = {"diameter": float(seg_info["diameter"]) if seg_info["diameter"] else None,
             "threshold": seg_info["threshold"],
-            "downsample": float(seg_info.get("downsample", 1)), "backend": bk.name}
+            "downsample": float(seg_info.get("downsample", 1)), "backend": bk.name,
+            "method": seg_info.get("method", "classical")}
     info.update({k: v for k, v in seg_info.items() if k.startswith("montage")})
     yield Progress("done", start + span)
     return FieldResult(nuclei=nuclei_h.astype(np.uint32, copy=False),
@@ -403,23 +404,28 @@ def quantify_batch_iter(fields, *, nuclei_channel: int = 0,
     shape = tuple(int(v) for v in nucs[0].shape)
     sp = dataclasses.asdict(params.segment)
     d = sp.get("diameter")
-    if d is None:  # one diameter for the batch: the median estimate of three fields
-        picks = sorted({0, len(nucs) // 2, len(nucs) - 1})
-        est = [(estimate_diameter(nucs[i], threshold=sp["threshold"]), i) for i in picks]
-        est = sorted((e, i) for e, i in est if math.isfinite(e))  # blank fields give none
-        d = float(np.median([e for e, _ in est])) if est else None
-        if d is not None and sp.get("method", "auto") != "classical":
-            from erquant.models import learned  # the network checks the estimate's scale
+    from erquant.models import learned
 
-            if sp.get("method") == "learned" or learned.available():
-                mid = nucs[est[len(est) // 2][1]]  # the field of the median estimate
-                d = learned.check_scale(bk, mid.astype(bk.xp.float32), d)[0]
+    learned_method = sp.get("method") == "learned" or (
+        sp.get("method", "auto") == "auto" and learned.available()
+        and sp.get("threshold") == "otsu" and sp.get("threshold_value") is None)
+    # one diameter for the batch: the median estimate of three fields (the learned
+    # method sizes each field itself: classical estimate, checked by the network)
+    if d is None and not learned_method:
+        picks = sorted({0, len(nucs) // 2, len(nucs) - 1})
+        est = [estimate_diameter(nucs[i], threshold=sp["threshold"]) for i in picks]
+        est = [e for e in est if math.isfinite(e)]  # blank fields give none
+        d = float(np.median(est)) if est else None
     if max_pixels is None:
         max_pixels = 2**27 if bk.is_gpu else 2**22
     m = int(margin) if margin is not None else (max(4, math.ceil(0.5 * d)) if d else 0)
     per = max(1, int(max_pixels // ((shape[0] + 2 * m) * (shape[1] + 2 * m))))
     if d is None:
         per = 1  # nothing to size a margin by (blank fields): one field at a time
+    if learned_method:
+        # the network normalises and checks the scale per image: fields go alone (a
+        # montage's shared normalisation and diameter cost ~3 % of the nuclei)
+        per = 1
     if per == 1:
         m = 0  # fields alone need no frame (they still share the diameter)
     per = -(-len(nucs) // -(-len(nucs) // per))  # montages of even size: 16 → 8 + 8, not 15 + 1

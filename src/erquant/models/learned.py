@@ -50,12 +50,15 @@ SEED_PROBABILITY = 0.4
 FOREGROUND_PROBABILITY = 0.7
 #: objects must be this many pixel-noise sigmas above the background on average
 MIN_SNR = 2.0
+#: ... with a mean this many standard errors (sigma / sqrt(area)) above it
+MIN_Z = 10.0
 #: retry the scale when the predicted median diameter is off by more than this factor
 SCALE_TOLERANCE = 1.3
 #: largest working tile (px per side) run at once; larger images go in tiles
 TILE = 2048
-#: tile overlap on each side (≥ the network's effective receptive radius)
-HALO = 96
+#: tile overlap on each side, ≥ the network's receptive radius (~107 px: 3×3
+#: convolutions and 2× poolings over 4 levels and back)
+HALO = 112
 
 WEIGHTS = Path(__file__).with_name("nuclei_unet")
 
@@ -264,7 +267,10 @@ def _contrast_ok(bk: Backend, img, labels, area, min_snr: float, quantum: float)
     level = float(xp.median(bg))
     sums = xp.bincount(labels.ravel(), weights=img.ravel(), minlength=area.shape[0])
     mean = sums / xp.maximum(area, 1)
-    return (mean - level) >= min_snr * sigma
+    contrast = (mean - level) / sigma
+    # ... and the mean significant as a mean of its pixels (a small bright noise blob of
+    # an upscaled noise field passes the first test, not this one)
+    return (contrast >= min_snr) & (contrast * xp.sqrt(area.astype(xp.float64)) >= MIN_Z)
 
 
 def _working(bk: Backend, img, f: float, *, raw: bool = False):
@@ -332,7 +338,7 @@ def check_scale(bk: Backend, img, diameter: float, *, path=None, runtime="auto",
         return np.isfinite(m) and 1 / SCALE_TOLERANCE <= m / WORK_DIAMETER <= SCALE_TOLERANCE
 
     def chain(d):  # follow the scale the found nuclei imply until it agrees
-        for _ in range(4):
+        for _ in range(6):
             r = probe(d)
             if r is None:
                 break
