@@ -164,3 +164,15 @@ def test_kernel_ablation_rows(tmp_path, monkeypatch):
     rc = bench.main(["--quick", "--size", "96", "--no-scaling", "--no-reference",
                      "--backends", "numpy", "--out", str(tmp_path / "q")])
     assert rc == 0 and "ablation" not in json.loads((tmp_path / "q" / "bench.json").read_text())
+
+
+def test_quick_methods_side_by_side(quick_run):
+    """Both segmenters timed on the same fields of 20 px nuclei, with their F1."""
+    res, md = quick_run
+    mm = res["methods"]
+    assert mm["nucleus_diameter"] == 20 and mm["size"] == 192
+    r = mm["results"]
+    assert set(r) == {"numpy classical", "numpy learned"}
+    for v in r.values():
+        assert _finite_positive(v["s_per_field"]) and v["f1"] > 0.8
+    assert "## Segmenters side by side" in md and "| numpy | learned |" in md

@@ -395,8 +395,11 @@ def test_ctrl_c_stops_cleanly_keeps_fields_and_resumes(tmp_path):
     out = tmp_path / "out"
     cmd = [str(BIN / "erquant"), "run", str(plate), "-o", str(out), "--workers", "2", "-q",
            "--no-report"]
+    # as from a terminal: SIGINT at its default disposition in the child (an ignored
+    # SIGINT is inherited through exec, and Python then never raises KeyboardInterrupt)
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for_parts(out, 4, proc)
         os.killpg(proc.pid, signal.SIGINT)

@@ -422,7 +422,8 @@ def _bench_batched(bk, fields, n: int, cfg: BenchConfig) -> dict:
     stack = np.stack([f.image for f in sel])  # (N, 2, Y, X)
     truths = [f.nuclei for f in sel]
     run_field, _ = _pipeline(bk, cfg.downsample, cfg.method)
-    params = Params().replace(**{"segment.downsample": float(cfg.downsample)})
+    params = Params().replace(**{"segment.downsample": float(cfg.downsample),
+                                 "segment.method": cfg.method})
     size = int(stack.shape[-1])
     mpx = stack.shape[-2] * size / 1e6
 
