@@ -372,7 +372,8 @@ def quantify_batch_iter(fields, *, nuclei_channel: int = 0,
     """Quantify N fields of one shape together, yielding :class:`Progress`; returns a
     list of :class:`FieldResult` (see :func:`quantify_batch`)."""
     from erquant.qc import validate_image
-    from erquant.segment import estimate_diameter, segment_cells, segment_nuclei
+    from erquant.segment import (estimate_diameter, resolve_method, segment_cells,
+                                  segment_nuclei)
 
     params = params or Params()
     bk = get_backend(backend)
@@ -404,11 +405,8 @@ def quantify_batch_iter(fields, *, nuclei_channel: int = 0,
     shape = tuple(int(v) for v in nucs[0].shape)
     sp = dataclasses.asdict(params.segment)
     d = sp.get("diameter")
-    from erquant.models import learned
-
-    learned_method = sp.get("method") == "learned" or (
-        sp.get("method", "auto") == "auto" and learned.available()
-        and sp.get("threshold") == "otsu" and sp.get("threshold_value") is None)
+    learned_method = resolve_method(sp["method"], sp["threshold"],
+                                    sp["threshold_value"]) == "learned"
     # one diameter for the batch: the median estimate of three fields (the learned
     # method sizes each field itself: classical estimate, checked by the network)
     if d is None and not learned_method:

@@ -380,6 +380,33 @@ def _estimate_diameter(bk: Backend, norm, threshold: str, threshold_value=None, 
 METHODS = ("auto", "learned", "classical")
 
 
+def resolve_method(method: str, threshold: str = "otsu",
+                   threshold_value: float | None = None) -> str:
+    """The segmenter ``segment_nuclei`` runs: ``"learned"`` or ``"classical"``.
+
+    ``"auto"`` is learned, unless a threshold setting (``threshold != "otsu"`` or a
+    ``threshold_value``: the classical segmenter's) asks for classical or the
+    weights are not installed. Raises ValueError for an unknown method or threshold.
+
+    Examples
+    --------
+    >>> resolve_method("auto", "manual", 300.0), resolve_method("classical")
+    ('classical', 'classical')
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if threshold not in ("otsu", "li", "triangle", "manual"):
+        raise ValueError(f"unknown threshold method {threshold!r} "
+                         "(use otsu, li, triangle or manual)")
+    if method == "auto":
+        if threshold != "otsu" or threshold_value is not None:
+            return "classical"  # threshold settings are the classical segmenter's
+        from erquant.models import learned
+
+        return "learned" if learned.available() else "classical"
+    return method
+
+
 def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None,
                    threshold: str = "otsu",
                    threshold_value: float | None = None, min_area_fraction: float = 0.12,
@@ -471,20 +498,12 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
     >>> int(segment_nuclei(img).max())
     3
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if threshold not in ("otsu", "li", "triangle", "manual"):
-        raise ValueError(f"unknown threshold method {threshold!r} "
-                         "(use otsu, li, triangle or manual)")
-    if method == "auto" and (threshold != "otsu" or threshold_value is not None):
-        method = "classical"  # threshold settings are the classical segmenter's
-    if method != "classical":
+    if resolve_method(method, threshold, threshold_value) == "learned":
         from erquant.models import learned
 
-        if method == "learned" or learned.available():
-            return learned.segment_learned(image, diameter=diameter,
-                                           min_area_fraction=min_area_fraction,
-                                           return_info=return_info)
+        return learned.segment_learned(image, diameter=diameter,
+                                       min_area_fraction=min_area_fraction,
+                                       return_info=return_info)
     bk = backend_for(image)
     xp = bk.xp
     img = as_2d_float(image, name="nuclei image", bk=bk)
