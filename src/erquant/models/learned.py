@@ -282,7 +282,8 @@ def _working(bk: Backend, img, f: float, *, raw: bool = False):
     return (x, small) if raw else x
 
 
-def _median_diameter(bk: Backend, labels) -> float:
+def median_diameter(bk: Backend, labels) -> float:
+    """Median equivalent diameter (px) of the labelled objects; NaN when there are none."""
     area = bk.xp.bincount(labels.ravel())[1:]
     area = area[area > 0]
     if area.size == 0:
@@ -305,7 +306,7 @@ def _probe(bk: Backend, img, d: float, crop: int, path, runtime):
                     min_snr=MIN_SNR)
     fg = prob[0] < 0.5
     conf = float(prob.max(axis=0)[fg].mean()) if bool(fg.any()) else 0.0
-    return _median_diameter(bk, lab), conf, int(lab.max()) if lab.size else 0
+    return median_diameter(bk, lab), conf, int(lab.max()) if lab.size else 0
 
 
 def check_scale(bk: Backend, img, diameter: float, *, path=None, runtime="auto",

@@ -42,7 +42,11 @@ try:
 except ImportError as exc:  # pragma: no cover - the extra is missing
     raise ImportError("training needs PyTorch: pip install 'erquant[train]'") from exc
 
-from erquant.models.learned import ARCH, TRAIN_DIAMETER, normalise_percentile
+from erquant import kernels as K
+from erquant.backend import get_backend
+from erquant.models.learned import ARCH, TRAIN_DIAMETER, median_diameter, normalise_percentile
+
+_NP = get_backend("numpy")
 
 CROP = 128
 SYNTHETIC_SHARE = 0.2
@@ -87,9 +91,7 @@ class UNet(nn.Module):
 def _same3(lab: np.ndarray) -> np.ndarray:
     """Pixels whose 3×3 neighbourhood holds one label only."""
     f = lab.astype(np.float32)
-    k = np.ones((3, 3), np.uint8)
-    return cv2.erode(f, k, borderType=cv2.BORDER_REPLICATE) == cv2.dilate(
-        f, k, borderType=cv2.BORDER_REPLICATE)
+    return K.minimum_filter(_NP, f, 3) == K.maximum_filter(_NP, f, 3)
 
 
 def targets(lab: np.ndarray) -> np.ndarray:
@@ -104,18 +106,12 @@ def targets(lab: np.ndarray) -> np.ndarray:
     return out
 
 
-def median_diameter(lab: np.ndarray) -> float:
-    area = np.bincount(lab.ravel().astype(np.int64))[1:]
-    area = area[area > 0]
-    return float(np.median(2 * np.sqrt(area / np.pi))) if area.size else float("nan")
-
-
 # ------------------------------------------------------------------ data
 class Example:
     """One image at the nominal training scale (nuclei TRAIN_DIAMETER px across)."""
 
     def __init__(self, image: np.ndarray, labels: np.ndarray, group: str):
-        d = median_diameter(labels)
+        d = median_diameter(_NP, labels)
         f = TRAIN_DIAMETER / d
         shape = (max(8, round(image.shape[0] * f)), max(8, round(image.shape[1] * f)))
         interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
