@@ -399,20 +399,6 @@ def save_table(table: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
-
-
 def results_metadata(result: Any, *, source: str, source_path: str | None = None,
                      roi_names: Sequence[str] = (), marker: str = "er") -> dict[str, Any]:
     """What a saved table needs to be understood later: source, parameters, thresholds,
@@ -422,7 +408,9 @@ def results_metadata(result: Any, *, source: str, source_path: str | None = None
     params = getattr(result, "params", None)
     info = dict(getattr(result, "info", {}) or {})
     bounds = result.table.attrs.get(f"{marker}_class_bounds")
-    return _jsonable({
+    from erquant.io.meta import jsonable
+
+    return jsonable({
         "source": source,
         "source_path": source_path,
         "erquant_version": erquant.__version__,
@@ -457,6 +445,8 @@ def export_results(path: str | Path, table: pd.DataFrame, summary: pd.DataFrame 
     """
     import json
 
+    from erquant.io.meta import jsonable
+
     cells = save_table(table, path)
     out = {"cells": cells}
     if summary is not None:
@@ -464,5 +454,5 @@ def export_results(path: str | Path, table: pd.DataFrame, summary: pd.DataFrame 
         summary.to_csv(out["summary"], index=False)
     out["metadata"] = cells.with_suffix(".json")
     meta = {**metadata, "files": {k: v.name for k, v in out.items()}}
-    out["metadata"].write_text(json.dumps(_jsonable(meta), indent=1))
+    out["metadata"].write_text(json.dumps(jsonable(meta), indent=1))
     return out

@@ -16,18 +16,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items() if not str(k).startswith("_")}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    return v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
-
-
 def explain(labels, info: dict) -> dict:
     """The segmentation's numbers: ``info`` plus the object count and size spread.
 
@@ -42,7 +30,10 @@ def explain(labels, info: dict) -> dict:
     area = np.bincount(lab.ravel().astype(np.int64))[1:]
     area = area[area > 0]
     d = 2 * np.sqrt(area / np.pi)
-    out = dict(_jsonable(info))
+    from erquant.io.meta import jsonable
+
+    # private keys (the classical path's internals) are not part of the explanation
+    out = jsonable({k: v for k, v in info.items() if not str(k).startswith("_")})
     out["n_nuclei"] = int(area.size)
     if area.size:
         q = np.percentile(d, [10, 50, 90])
