@@ -308,7 +308,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--backend", default="numpy")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
+    ap.add_argument("--out", type=lambda v: Path(v) if v else None, default=DEFAULT_OUT,
                     help="write OUT.json and OUT.md ('' to skip)")
     ap.add_argument("--per-image", action="store_true", help="print every image's row")
     ap.add_argument("--methods", default="learned,classical",
@@ -345,7 +345,7 @@ def main(argv=None) -> int:
                     f"{res['loso_f1_mean_image']:.3f}; chosen per held-out source "
                     f"{res['chosen']}; in-sample {res['in_sample']}")
     print("\n".join(text))
-    if str(args.out):
+    if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".md").write_text("\n".join(text) + "\n")
         args.out.with_suffix(".json").write_text(json.dumps(

@@ -84,6 +84,37 @@ def test_synthetic_counts(seed):
     assert abs(n - f.n_nuclei) <= 0.03 * f.n_nuclei, (n, f.n_nuclei)
 
 
+@pytest.mark.slow
+def test_synthetic_count_bar_all_33_seeds():
+    """Issue 13's bar as `benchmarks/synthetic_counts.py` measures it: in-focus 1024²
+    fields with 300 nuclei (about two thirds touching a neighbour), seeds 0-32, every
+    count within 3 % (seed 19 was at -3.3 % before the weak seeds: small nuclei beside
+    big ones got no seed of their own)."""
+    errors = {}
+    for seed in range(33):
+        f = make_field(shape=(1024, 1024), n_nuclei=300, seed=seed, in_focus=True)
+        errors[seed] = int(segment_nuclei(f.image[0], method="learned").max()) / f.n_nuclei - 1
+    bad = {s: round(e, 4) for s, e in errors.items() if abs(e) > 0.03}
+    assert not bad, bad
+    assert abs(float(np.median(list(errors.values())))) <= 0.01, errors
+
+
+def test_weak_seeds_give_small_nuclei_their_own_seed():
+    """A faint interior region with no strong pixel becomes a seed; one touching a
+    strong region stays part of it (no new split)."""
+    p = np.zeros((40, 60), np.float32)
+    p[5:15, 5:15] = 0.9  # a strong interior
+    p[15:18, 5:15] = 0.3  # ... with a faint rim attached: stays one seed
+    p[25:30, 40:45] = 0.3  # a faint isolated interior: its own seed
+    p[32:34, 50:52] = 0.1  # below the weak level: nothing
+    seeds, n = learned._seeds(NP, p, 0.4, 0.2)
+    assert n == 2
+    assert seeds[10, 10] > 0 and seeds[16, 10] == 0 and seeds[27, 42] > 0
+    assert seeds[10, 10] != seeds[27, 42] and seeds[33, 51] == 0
+    _, n_strong = learned._seeds(NP, p, 0.4, 0.4)
+    assert n_strong == 1
+
+
 def test_clumped_preset_counts():
     f = make_clumped_field(shape=(768, 768), n_nuclei=220, clump_size=20, seed=7)
     n = int(segment_nuclei(f.image[0], method="learned").max())

@@ -4,7 +4,8 @@ The network (trained by :mod:`erquant.models.train` on CC0 data only; see
 ``MODEL_CARD.md`` beside the weights) sees the nuclear stain rescaled so that
 nuclei are :data:`WORK_DIAMETER` px across and percentile-normalised, and
 predicts per pixel: background, nucleus interior, and a 2-px band inside each
-nucleus' boundary. Instances: connected interiors are the seeds, and the
+nucleus' boundary. Instances: connected interiors are the seeds (with the faint
+interiors of small nuclei beside big ones, :func:`_seeds`), and the
 foreground is partitioned by nearest seed (``erquant.kernels``), small objects
 dropped — one code path for NumPy and CuPy.
 
@@ -46,6 +47,8 @@ TRAIN_DIAMETER = 16.0
 WORK_DIAMETER = 15.0
 #: seeds: interior probability above this
 SEED_PROBABILITY = 0.4
+#: ... and regions above this holding no seed pixel (faint interiors of small nuclei)
+WEAK_SEED_PROBABILITY = 0.2
 #: foreground: 1 - background probability above this
 FOREGROUND_PROBABILITY = 0.7
 #: objects must be this many pixel-noise sigmas above the background on average
@@ -234,7 +237,7 @@ def instances(bk: Backend, prob, shape, *, seed_probability: float | None = None
         seed_probability = SEED_PROBABILITY
     if foreground_probability is None:
         foreground_probability = FOREGROUND_PROBABILITY
-    seeds, n = K.label(bk, xp.ascontiguousarray(prob[1] > seed_probability))
+    seeds, n = _seeds(bk, prob[1], seed_probability, WEAK_SEED_PROBABILITY)
     if n == 0:
         return xp.zeros(shape, xp.uint32)
     fg = K.resize(bk, xp.ascontiguousarray(1.0 - prob[0]), shape) > foreground_probability
@@ -247,6 +250,22 @@ def instances(bk: Backend, prob, shape, *, seed_probability: float | None = None
     if image is not None and min_snr > 0:
         keep &= _contrast_ok(bk, image, labels, area, min_snr, quantum)
     return xp.ascontiguousarray(_relabel(xp, labels, keep))
+
+
+def _seeds(bk: Backend, p_interior, strong: float, weak: float):
+    """Seed regions (int32 labels, count): connected pixels with p(interior) >
+    ``strong``, plus every connected region above ``weak`` that holds no strong pixel
+    (a small nucleus beside a big one gets a faint interior; without a seed of its own
+    the neighbour's partition takes it)."""
+    xp = bk.xp
+    hi = p_interior > strong
+    if not weak < strong:
+        return K.label(bk, xp.ascontiguousarray(hi))
+    lo = p_interior > weak
+    lo_lab, n_lo = K.label(bk, xp.ascontiguousarray(lo))
+    has_hi = xp.bincount(lo_lab[hi].ravel(), minlength=n_lo + 1) > 0
+    has_hi[0] = True
+    return K.label(bk, xp.ascontiguousarray(hi | ~has_hi[lo_lab]))
 
 
 def _contrast_ok(bk: Backend, img, labels, area, min_snr: float, quantum: float):
