@@ -15,7 +15,10 @@ default 2048² uint16 with ~1,500 nuclei):
 * batched processing (:func:`erquant.pipeline.quantify_batch`: N fields per call,
   segmented as montages) vs one field at a time, on small fields on every backend
   and on the full-size fields on the GPU;
-* scaling with the image size (time per megapixel, fitted exponent of time vs pixels).
+* scaling with the image size (time per megapixel, fitted exponent of time vs pixels);
+* a nucleus-size sweep (8-40 px: every magnification) of the whole pipeline vs the
+  scikit-image recipe given the true diameter (:mod:`erquant._bench_sweep`); its
+  **worst** ratio is the headline.
 
 Every speed is printed beside its accuracy (F1 at IoU 0.5 against the
 generator's truth) so a faster-but-worse result cannot pass unseen. Setup
@@ -96,6 +99,7 @@ class BenchConfig:
     ablation: bool = True  # also time the CPU pipeline without OpenCV / Numba kernels
     method: str = "classical"  # segment.method of the stage/pipeline/reference sections
     methods: bool = True  # time both segmenters side by side (METHODS_DIAMETER px nuclei)
+    sweep: tuple[int, ...] = (8, 12, 16, 20, 24, 32, 40)  # nucleus diameters (); () skips
 
 
 # ------------------------------------------------------------------ helpers
@@ -660,6 +664,17 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         result["methods"] = _bench_methods(backends, cfg)
         for k, r in result["methods"]["results"].items():
             _log(f"  {k}: {r['s_per_field']:.3f} s/field, F1 {r['f1']:.3f}")
+    if cfg.sweep:
+        from erquant._bench_sweep import run_sweep
+
+        _log(f"speed at every magnification: nucleus diameters "
+             f"{', '.join(f'{d:g}' for d in cfg.sweep)} px, {cfg.size}² fields")
+        result["sweep"] = run_sweep(backends, size=cfg.size, diameters=cfg.sweep,
+                                    repeats=cfg.repeats, seed=cfg.seed, log=_log)
+        for b, w in result["sweep"]["worst"].items():
+            _log(f"  worst speed-up [{b}]: {w['ratio']:.2f}× at {w['at_diameter']:g} px")
+    else:
+        notes.append("nucleus-size sweep not run (--diameters '')")
     if gpu is None:
         print(GPU_MISSING, flush=True)
         notes.append(GPU_MISSING)
@@ -770,9 +785,13 @@ def render_markdown(res: dict) -> str:
                              f"{_fmt(r['f1'], 3)} | {vs[0]} | {vs[1]} |")
         if "target" in res:
             t = res["target"]
-            lines.append(f"\n**Target** ({t['goal']}): {_fmt(t['ratio'])}× at F1 "
+            lines.append(f"\nAt {NUCLEUS_DIAMETER:g} px only ({t['goal']}): {_fmt(t['ratio'])}× at F1 "
                          f"{_fmt(t['f1_erquant'], 3)} vs {_fmt(t['f1_skimage'], 3)} → "
                          f"{'MET' if t['met'] else 'NOT met'}")
+    if res.get("sweep"):
+        from erquant._bench_sweep import render
+
+        lines += render(res["sweep"])
     lines += ["", "## Batched: N fields per call (montages) vs one at a time", ""]
     batched = res.get("batched", {})
     if batched:
@@ -867,6 +886,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "classical: the fast path these sections measure)")
     p.add_argument("--no-methods", action="store_true",
                    help="skip the classical-vs-learned section")
+    p.add_argument("--diameters", type=lambda v: _int_list(v) if v.strip() else (),
+                   help="nucleus diameters (px) of the speed-at-every-magnification sweep "
+                        "(default 8,12,16,20,24,32,40; quick 12,24; '' skips it)")
     p.add_argument("--out", default="benchmarks/results",
                    help="output folder for bench.json and bench.md")
 
@@ -890,7 +912,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         seed=args.seed, out=args.out, quick=q,
         downsample=max(0.0, float(getattr(args, "downsample", 0) or 0)),
         method=getattr(args, "method", None) or "classical",
-        methods=not getattr(args, "no_methods", False))
+        methods=not getattr(args, "no_methods", False),
+        sweep=(args.diameters if getattr(args, "diameters", None) is not None
+               else ((12, 24) if q else (8, 12, 16, 20, 24, 32, 40))))
     if cfg.size < 32 or cfg.fields < 1 or cfg.repeats < 1:
         raise ValueError("--size must be >= 32, --fields and --repeats >= 1")
     unknown = [b for b in cfg.backends if b not in ("numpy", "cupy")]

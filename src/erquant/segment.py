@@ -818,7 +818,18 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         # ≥ min_snr × noise sigma (pure-noise fields give no nuclei, not hundreds)
         total = xp.bincount(labels.ravel(), weights=smooth.ravel(), minlength=area.shape[0])
         keep &= total >= min_snr * noise * area
+        if FAINT_NUCLEUS > 0 and int(keep.sum()) >= 5:  # host sync: object count
+            # ... and out of the field's haze: a mean contrast of at least FAINT_NUCLEUS
+            # of the bright nuclei's (90th percentile of the kept objects' means)
+            mean = total / xp.maximum(area, 1)
+            ref = float(xp.median(mean[keep]))  # host sync
+            keep &= mean >= FAINT_NUCLEUS * ref
     return _relabel(xp, labels, keep)
+
+
+#: objects whose mean contrast (above the background) is below this fraction of the
+#: bright nuclei's (90th percentile over the field's objects) are haze, not nuclei
+FAINT_NUCLEUS = 0.23
 
 
 def _valleys(bk: Backend, smooth, cc, ncc: int, diameter: float, strength: float):
