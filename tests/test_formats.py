@@ -23,7 +23,7 @@ from erquant.io.plate import parse_well
 from erquant.io.zstack import apply_z_mode
 
 PLATE = "FMT"
-# the sharp plane is the second of three; the others are blurred copies
+# the sharp plane is the second of three; the others are blurred, noisy copies
 BLUR = (2.5, None, 5.0)
 
 
@@ -57,11 +57,20 @@ def fields(plate) -> dict:
     return out
 
 
+def _blurred(plane: np.ndarray, sigma: float, rng) -> np.ndarray:
+    """Out of focus as a camera sees it: the optics blur, the camera noise does not
+    (twice the plane's own background noise, so the fine band is not empty)."""
+    f = plane.astype(np.float32)
+    noise = 1.4826 * np.median(np.abs(f - np.median(f)))
+    out = gaussian_filter(f, sigma) + rng.normal(0.0, 2 * noise, f.shape)
+    return np.clip(np.round(out), 0, np.iinfo(plane.dtype).max).astype(plane.dtype)
+
+
 def _stack(img: np.ndarray) -> np.ndarray:
-    """(C, Y, X) → (C, Z, Y, X): plane 2 is ``img``, planes 1 and 3 blurred copies."""
-    planes = [img if s is None else
-              np.stack([np.round(gaussian_filter(c.astype(np.float32), s)) for c in img])
-              .astype(img.dtype) for s in BLUR]
+    """(C, Y, X) → (C, Z, Y, X): plane 2 is ``img``, planes 1 and 3 blurred noisy copies."""
+    rng = np.random.default_rng(int(img[0, 0, 0]))
+    planes = [img if s is None else np.stack([_blurred(c, s, rng) for c in img])
+              for s in BLUR]
     return np.stack(planes, axis=1)
 
 

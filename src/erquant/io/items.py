@@ -515,7 +515,9 @@ def load_item(item: WorkItem, *, info: dict | None = None) -> tuple[np.ndarray, 
                 from erquant.io.zstack import z_plane
 
                 src = z_plane(src, chosen)
-            img = _read_plane(src, cache)
+            img = cache.pop(("best", name), None)  # the focus channel's plane: read already
+            if img is None:
+                img = _read_plane(src, cache)
             if img.ndim != 2:
                 raise ValueError(f"{src.path!r}: expected one 2-D plane for channel {name!r}, "
                                  f"got shape {img.shape}")
@@ -545,6 +547,7 @@ def _best_plane(item: WorkItem, cache: dict, info: dict | None) -> int:
     src = srcs[name]
     planes = [_read_plane(z_plane(src, k), cache) for k in range(z_count(src))]
     k, scores = best_plane(planes)
+    cache[("best", name)] = planes[k]
     if info is not None:
         info.update(z=k + 1, z_focus=";".join(f"{s:.4g}" for s in scores))
     return k

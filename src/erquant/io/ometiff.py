@@ -7,8 +7,8 @@ What each series is comes from, in this order:
    writes: ``series, plate, well, field, timepoint, time_h``);
 2. the OME-XML ``Plate`` / ``Well`` (``Row``, ``Column``: 0-based) / ``WellSample``
    (``ImageRef``): the well, and the field = the WellSample's place in its well;
-3. an ``Image Name`` that starts with a well (``A01``, ``Well B03``, ``A01_s2``,
-   ``C05 field 3``): that well and field (default 1);
+3. an ``Image Name`` that starts with a well of a plate of up to 1536 wells (``A01``,
+   ``Well B03``, ``A01_s2``, ``C05 field 3``): that well and field (default 1);
 4. otherwise the series are fields 1, 2, … of well ``A01`` (positions of one sample).
 
 Axes come from tifffile (``series.axes``, built from the OME ``DimensionOrder`` and
@@ -56,7 +56,7 @@ from erquant.io.items import (
 __all__ = ["OmeTiffReader", "read_page"]
 
 _WELL_NAME = re.compile(
-    r"^\s*(?:well\s*)?(?P<well>[A-Za-z]{1,2}\d{1,3})(?![0-9A-Za-z])"
+    r"^\s*(?:well\s*)?(?P<well>(?:A[A-F]|[A-Z])\d{1,2})(?![0-9A-Za-z])"
     r"(?:[\s_,:-]*(?:s|f|field|site|pos|position|fov)?[\s_-]*(?P<field>\d+))?", re.IGNORECASE)
 _UNIT_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6}
 _UNIT_H = {"s": 1 / 3600, "ms": 1 / 3.6e6, "min": 1 / 60, "h": 1.0}
