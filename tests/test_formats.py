@@ -382,3 +382,45 @@ def test_napari_opens_a_z_all_run_plane_by_plane(fields, tmp_path):
     assert np.array_equal(plane > 0, saved > 0)
     cells = pd.read_parquet(out / "cells.parquet")
     assert len(meta["features"]) == len(cells)
+
+
+def test_ome_tiff_planning_reads_no_pixels_and_a_corrupt_plane_fails_its_field(tmp_path,
+                                                                               capsys):
+    """Every page of series 1 is overwritten with junk: planning (metadata only) lists
+    both fields; loading reads only the pages a field needs, so field A01 is quantified
+    and A02 fails with its file and series named."""
+    from erquant.synthetic import make_field
+
+    path = tmp_path / "bad.ome.tif"
+    img = make_field(shape=(96, 96), n_nuclei=8, seed=5).image
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        for k in range(2):
+            tw.write(img, compression="zlib", metadata={"axes": "CYX", "Name": f"A0{k + 1}"})
+    with tifffile.TiffFile(path) as tif:
+        spans = [(o, n) for pg in tif.series[1].pages
+                 for o, n in zip(pg.dataoffsets, pg.databytecounts)]
+    with open(path, "r+b") as fh:
+        for o, n in spans:
+            fh.seek(o)
+            fh.write(b"\xff" * n)
+    items = open_input(path).items()
+    assert [it.well for it in items] == ["A01", "A02"]
+    assert np.array_equal(load_item(items[0])[0], img)
+    with pytest.raises(ValueError, match=r"cannot read series 1 of .*bad\.ome\.tif"):
+        load_item(items[1])
+    out = tmp_path / "out"
+    assert _run(path, out) == 1
+    fcsv = pd.read_csv(out / "fields.csv").set_index("well")
+    assert fcsv.loc["A01", "status"] == "ok" and fcsv.loc["A02", "status"] == "failed"
+    assert "bad.ome.tif" in fcsv.loc["A02", "error"]
+
+
+def test_z_best_with_fields_segmented_together(plate, fields, tmp_path):
+    """--fields-per-task: the batched path records each field's chosen plane too."""
+    src = write_omezarr({k: _stack(v) for k, v in fields.items()}, tmp_path)
+    out = tmp_path / "out"
+    assert _run(src, out, "--z", "best", "--fields-per-task", "4") == 0
+    fcsv = pd.read_csv(out / "fields.csv")
+    assert len(fcsv) == 8 and (fcsv["status"] == "ok").all() and (fcsv["z"] == 2).all()
+    cells = pd.read_parquet(out / "cells.parquet")
+    assert len(cells) == fcsv["n_nuclei"].sum() and (cells["z"] == 2).all()
