@@ -2,15 +2,19 @@
 
 The batch engine (``erquant run``) and any other consumer plan work from *readers*:
 small classes that turn an input (a MetaXpress folder, a folder matched by a regular
-expression, an OME-TIFF stack) into :class:`WorkItem` objects without reading
+expression, an OME-TIFF file, an OME-Zarr plate, a vendor export) into :class:`WorkItem` objects without reading
 pixels. A work item is plain, picklable data (plate, timepoint, well, field, and per
 channel the file / series / plane to read), so it travels to a dask worker, which
 calls :func:`load_item` there: the client never holds pixel data.
 
 Adding a layout means adding a reader with ``items() -> list[WorkItem]`` and
-``channel_ids() -> list[str]``; :func:`open_input` picks the reader. Vendor layouts
-(Yokogawa CellVoyager, Revvity Opera/Operetta Harmony exports) are in
-:mod:`erquant.io.vendors`.
+``channel_ids() -> list[str]``; :func:`open_input` picks the reader (or, with
+``layout=``, one of :data:`LAYOUTS`, checked in ``_forced``). Vendor layouts (Yokogawa
+CellVoyager, Revvity Opera/Operetta Harmony exports) are in :mod:`erquant.io.vendors`,
+OME-TIFF files of any form in :mod:`erquant.io.ometiff`, OME-Zarr in
+:mod:`erquant.io.omezarr`. A reader describes a field's Z planes in its channel sources
+(``z_paths`` / ``z_pages``); :func:`erquant.io.zstack.apply_z_mode` decides what is
+quantified of them (maximum projection, the sharpest plane, or every plane).
 
 Channel ids
 -----------
