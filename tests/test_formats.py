@@ -424,3 +424,32 @@ def test_z_best_with_fields_segmented_together(plate, fields, tmp_path):
     assert len(fcsv) == 8 and (fcsv["status"] == "ok").all() and (fcsv["z"] == 2).all()
     cells = pd.read_parquet(out / "cells.parquet")
     assert len(cells) == fcsv["n_nuclei"].sum() and (cells["z"] == 2).all()
+
+
+def test_ome_tiff_time_lapse_equals_metaxpress_timepoints(plate, fields, tmp_path):
+    """One series per field with a T axis (TCYX) gives the same cells as a MetaXpress
+    plate with those images in TimePoint_1/ and TimePoint_2/."""
+    later = {k: np.ascontiguousarray(v[:, ::-1]) for k, v in fields.items()}  # other images
+    mx = tmp_path / "mx" / PLATE
+    for t, imgs in ((1, fields), (2, later)):
+        d = mx / f"TimePoint_{t}"
+        d.mkdir(parents=True)
+        for (well, fld), img in imgs.items():
+            for c in range(2):
+                tifffile.imwrite(d / f"{well}_s{fld}_w{c + 1}.tif", img[c])
+    ome = tmp_path / f"{PLATE}.ome.tif"
+    with tifffile.TiffWriter(ome, ome=True) as tw:
+        for k in fields:
+            tw.write(np.stack([fields[k], later[k]]), metadata={
+                "axes": "TCYX", "Name": f"{k[0]} site {k[1]}",
+                "Plane": {"DeltaT": [0.0, 0.0, 86400.0, 86400.0]}})
+    items = open_input(ome).items()
+    assert len(items) == 16 and {it.timepoint for it in items} == {1, 2}
+    assert sorted({it.time_h for it in items}) == [0.0, 24.0]
+    # no plate map: its rows are matched by time_h, which only the OME-TIFF knows here
+    assert _run(mx, tmp_path / "a") == 0
+    assert _run(ome, tmp_path / "b") == 0
+    a, b = (pd.read_parquet(tmp_path / o / "cells.parquet") for o in "ab")
+    assert sorted(b["timepoint"].unique()) == [1, 2]
+    assert sorted(b["time_h"].unique()) == [0.0, 24.0]
+    pd.testing.assert_frame_equal(_comparable(a), _comparable(b))
