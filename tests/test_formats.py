@@ -353,6 +353,14 @@ def test_forced_layouts_read_and_misfits_are_clear_errors(plate, fields, tmp_pat
     assert len(err) == 1 and err[0].startswith("error: --layout operetta: ") and \
         str(plate) in err[0]
     assert _run(tif, tmp_path / "o2", "--layout", "ome-tiff") == 0
+    # an ImageJ hyperstack (no OME-XML: tifffile's ImageJ axes) read as --layout ome-tiff
+    hyper = np.stack([_stack(fields[("A01", 1)]).transpose(1, 0, 2, 3)] * 2)  # TZCYX
+    ij = tmp_path / "hyper.tif"
+    tifffile.imwrite(ij, hyper, imagej=True, metadata={"axes": "TZCYX"})
+    items = apply_z_mode(open_input(ij, layout="ome-tiff").items(), "all")
+    assert [(it.timepoint, it.z) for it in items] == [(t, z) for t in (1, 2) for z in (1, 2, 3)]
+    assert all(np.array_equal(load_item(it)[0], hyper[it.timepoint - 1, it.z - 1])
+               for it in items)
 
 
 def test_napari_opens_a_z_all_run_plane_by_plane(fields, tmp_path):
