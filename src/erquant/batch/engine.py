@@ -254,8 +254,8 @@ def run_batch(input_path, outdir, *, plate_map=None, params: Params | str | None
               backend: str = "auto", workers: int | None = None, scheduler: str | None = None,
               gpus: int | None = None, resume: bool = False, overwrite: bool = False,
               roi=None, save_labels: bool = False, channels=None, pattern: str | None = None,
-              layout: str = "auto", z: str = "max", fields_per_task: int | None = None, flatfield: bool = True,
-              analysis: bool = True, progress: bool = True,
+              layout: str = "auto", z: str = "max", fields_per_task: int | None = None,
+              flatfield: bool = True, analysis: bool = True, progress: bool = True,
               on_result: Callable[[dict], None] | None = None) -> RunResult:
     """Quantify every field of a plate / stack into tables in ``outdir`` (see module doc).
 
@@ -440,7 +440,8 @@ def _run(plan: Plan, outdir: Path, params: Params, fingerprint: str, what: dict,
         "plate_map": str(plan.plate_map_path) if plan.plate_map_path else None,
         "roi": str(plan.roi_path) if plan.roi_path else None,
         "params": params.to_dict(), "channels": plan.channels.as_dict(),
-        "layout": plan.layout, "z": plan.z, "backend_requested": backend, "workers": workers, "scheduler": scheduler, "gpus": gpus,
+        "layout": plan.layout, "z": plan.z,
+        "backend_requested": backend, "workers": workers, "scheduler": scheduler, "gpus": gpus,
         "versions": _versions(), "n_fields": len(items), "n_resumed": len(done),
         "started": _dt.datetime.fromtimestamp(t_start).isoformat(timespec="seconds"),
         "argv": sys.argv, "warnings": plan.warnings,

@@ -280,8 +280,9 @@ def reduce_run(outdir: Path, summaries: list[dict], *, params: Params, markers: 
             col = k if k != "n_cells" else None
             if col:
                 fields.loc[fields["id"] == pid, col] = v
-    front = keys + (["z"] if "z" in fields and not per_plane else []) + ["status", "error", "seconds", "n_nuclei", "diameter_px", "threshold",
-                    "downsample", "qc_flags"] + map_cols
+    front = keys + (["z"] if "z" in fields and not per_plane else []) + [
+        "status", "error", "seconds", "n_nuclei", "diameter_px", "threshold", "downsample",
+        "qc_flags"] + map_cols
     internal = ("traceback", "sources", "fingerprint", "worker_pid", "files")
     rest = [c for c in fields.columns if c not in front and c not in internal]
     fields_out = fields[[c for c in front if c in fields] + rest].copy()

@@ -2,8 +2,8 @@
 
 The batch engine (``erquant run``) and any other consumer plan work from *readers*:
 small classes that turn an input (a MetaXpress folder, a folder matched by a regular
-expression, an OME-TIFF file, an OME-Zarr plate, a vendor export) into :class:`WorkItem` objects without reading
-pixels. A work item is plain, picklable data (plate, timepoint, well, field, and per
+expression, an OME-TIFF file, an OME-Zarr plate, a vendor export) into
+:class:`WorkItem` objects without reading pixels. A work item is plain, picklable data (plate, timepoint, well, field, and per
 channel the file / series / plane to read), so it travels to a dask worker, which
 calls :func:`load_item` there: the client never holds pixel data.
 
