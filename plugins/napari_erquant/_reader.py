@@ -74,12 +74,12 @@ def is_run_output(path: str) -> bool:
         os.path.isdir(os.path.join(path, "parts"))
 
 
-def _plate_reader(path: str, channels: Any = None) -> Any:
+def _plate_reader(path: str, channels: Any = None, layout: str = "auto") -> Any:
     """The :func:`erquant.io.items.open_input` reader of a plate folder / stack, or None."""
     from erquant.io.items import InputError, open_input
 
     try:
-        reader = open_input(path, channels=channels)
+        reader = open_input(path, channels=channels, layout=layout or "auto")
         return reader if reader.items() else None
     except (InputError, OSError, ValueError):
         return None
@@ -159,29 +159,35 @@ def _stem(path: str) -> str:
     return name
 
 
-def read_plate(path: str, channels: Any = None) -> list[LayerData]:
+def read_plate(path: str, channels: Any = None, *, layout: str = "auto",
+               z: str = "max") -> list[LayerData]:
     """A plate folder or multi-series stack as one lazy (field, Y, X) stack per channel.
 
-    Planned by :func:`erquant.io.items.open_input` (default channels ``w1=nuclei,w2=er``),
-    so exactly the fields ``erquant run`` would quantify, in its order; each plane is read
-    by the batch engine's loader when napari shows it.
+    Planned by :func:`erquant.io.items.open_input` (default channels ``w1=nuclei,w2=er``)
+    and :func:`erquant.io.zstack.apply_z_mode`, so exactly the work items ``erquant run
+    --layout LAYOUT --z Z`` would quantify, in its order (``z="all"``: one plane per field
+    and Z plane; ``"best"``: each field's sharpest plane); each plane is read by the
+    batch engine's loader when napari shows it.
     """
     import dask
     import numpy as np
 
     from erquant.io.items import _read_plane, load_item
+    from erquant.io.zstack import apply_z_mode
 
-    reader = _plate_reader(path, channels)
+    reader = _plate_reader(path, channels, layout)
     if reader is None:
         raise ValueError(f"{path}: no plate, stack or image files that erquant can read")
-    items = reader.items()
+    items = apply_z_mode(reader.items(), z or "max")
     first, names = load_item(items[0])  # one field to learn shape, dtype and contrast
     shape, dtype = first.shape[1:], first.dtype
     multi_t = len({it.timepoint for it in items}) > 1
     multi_p = len({it.plate for it in items}) > 1
     fields = [" ".join(filter(None, [it.plate if multi_p else "",
                                      f"T{it.timepoint}" if multi_t else "",
-                                     f"{it.well} s{it.field}"])) for it in items]
+                                     f"{it.well} s{it.field}",
+                                     f"z{it.z}" if it.z is not None else ""]))
+              for it in items]
     plate = str(items[0].plate) if not multi_p else _stem(path)
     out: list[LayerData] = []
     for c, name in enumerate(names):
@@ -191,7 +197,9 @@ def read_plate(path: str, channels: Any = None) -> list[LayerData]:
             if src is None:
                 planes.append(da.zeros(shape, dtype=dtype))
                 continue
-            planes.append(da.from_delayed(dask.delayed(_read_plane)(src), shape, dtype=dtype))
+            read = dask.delayed(_item_channel)(it, c) if src.z_mode == "best" else \
+                dask.delayed(_read_plane)(src)  # best: the plane of the field, all channels
+            planes.append(da.from_delayed(read, shape, dtype=dtype))
         lo, hi = np.percentile(first[c], [0.5, 99.8])
         meta = {
             "name": f"{plate} {name}",
@@ -204,6 +212,12 @@ def read_plate(path: str, channels: Any = None) -> list[LayerData]:
         }
         out.append((da.stack(planes), meta, "image"))
     return out
+
+
+def _item_channel(item: Any, c: int) -> Any:
+    from erquant.io.items import load_item
+
+    return load_item(item)[0][c]
 
 
 def run_tables(outdir: str, item_ids: Sequence[str]) -> dict[int, Any]:
@@ -227,6 +241,8 @@ def run_tables(outdir: str, item_ids: Sequence[str]) -> dict[int, Any]:
                 filters = [("plate", "==", str(key["plate"])),
                            ("timepoint", "==", int(key["timepoint"])),
                            ("well", "==", str(key["well"])), ("field", "==", int(key["field"]))]
+                if key.get("z") is not None:  # --z all / best: the plane quantified
+                    filters.append(("z", "==", int(key["z"])))
                 t = pd.read_parquet(cells, filters=filters)
             except (OSError, ValueError, KeyError):
                 t = None
@@ -314,7 +330,8 @@ def read_run_output(path: str) -> list[LayerData]:
     if not src or not os.path.exists(src):
         raise ValueError(f"{path}: the run's input {src!r} (run.json) is not here any more; "
                          "open the plate where it is now")
-    images = read_plate(src, channels=info.get("channels") or None)
+    images = read_plate(src, channels=info.get("channels") or None,
+                        layout=info.get("layout") or "auto", z=info.get("z") or "max")
     md = images[0][1]["metadata"]
     for _, meta, _ in images:
         meta["metadata"]["erquant_run"] = path

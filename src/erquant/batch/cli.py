@@ -12,9 +12,21 @@ examples:
   erquant run plate/ -o results/                          # MetaXpress folder, all cores
   erquant run plate/ -o results/ --plate-map map.csv      # + dose-response fits and report
   erquant run stack.ome.tif -o results/ --workers 2 --save-labels
+  erquant run plate.zarr -o results/ --z best              # OME-Zarr HCS, sharpest Z plane
+  erquant run export/ -o results/ --layout operetta --channels ch1=nuclei,ch2=er
   erquant run imgs/ -o out/ --pattern '(?P<well>[A-P]\\d+)_f(?P<field>\\d+)_(?P<channel>\\w+)\\.tif' \\
       --channels DAPI=nuclei,FITC=er
   erquant run plate/ -o results/ --scheduler tcp://10.0.0.5:8786  # an existing dask cluster
+
+Layouts (--layout, recognised with auto): metaxpress (A01_s1_w1.tif, TimePoint_<n>/,
+ZStep_<n>/, .HTD), cellvoyager (<plate>_<well>_T0001F001L01A01Z01C01.tif), operetta
+(Harmony export: r01c01f01p01-ch1sk1fk1fl1.tiff + Index.idx.xml), ome-zarr (NGFF 0.4/0.5
+HCS plate or image), ome-tiff (any OME-TIFF: series, T/Z/C axes, OME Plate/Well),
+pattern (--pattern).
+
+Z stacks (--z): max = maximum projection (default); best = the sharpest plane of each
+field (focus score of the nuclear stain; chosen plane in fields.csv column z); all =
+every plane quantified on its own (ids ..._z01, a z column, wells.csv per plane).
 
 A rerun into the same OUTDIR resumes (finished fields are skipped); a rerun with other
 parameters or inputs is refused unless --overwrite. Exit status: 0 all fields ok, 1 some
@@ -33,7 +45,8 @@ def add_parser(subparsers) -> None:
                     "cells.parquet, fields.csv and wells.csv (and, with a plate map, "
                     "dose_response.csv and report.html).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", help="plate folder (MetaXpress names, or --pattern) or *.ome.tif")
+    p.add_argument("input", help="plate folder (MetaXpress, CellVoyager, Operetta, or "
+                   "--pattern), OME-Zarr plate (*.zarr) or OME-TIFF file (*.ome.tif)")
     p.add_argument("-o", "--outdir", required=True, help="output folder")
     p.add_argument("--plate-map", default=None,
                    help="plate map CSV (default: INPUT/plate_map.csv when present)")
@@ -61,6 +74,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pattern", default=None, metavar="REGEX",
                    help="regex with named groups well, channel [, field, plate, timepoint, "
                         "time_h] for other file names")
+    from erquant.io.items import LAYOUTS
+    from erquant.io.zstack import Z_MODES
+
+    p.add_argument("--layout", default="auto", choices=LAYOUTS,
+                   help="read INPUT as this layout instead of recognising it (default auto); "
+                        "an input that does not fit is an error")
+    p.add_argument("--z", default="max", choices=Z_MODES, dest="z",
+                   help="Z stacks: max = maximum projection (default), best = sharpest "
+                        "plane per field, all = every plane as its own field")
     p.add_argument("--fields-per-task", type=int, default=None,
                    help="fields segmented together per task (default 1; 8 with --gpus)")
     p.add_argument("--no-flatfield", action="store_true",
@@ -87,7 +109,8 @@ def cmd_run(args) -> int:
                         backend=args.backend, workers=args.workers, scheduler=args.scheduler,
                         gpus=args.gpus, resume=args.resume, overwrite=args.overwrite,
                         roi=args.roi, save_labels=args.save_labels, channels=args.channels,
-                        pattern=args.pattern, fields_per_task=args.fields_per_task,
+                        pattern=args.pattern, layout=args.layout, z=args.z,
+                        fields_per_task=args.fields_per_task,
                         flatfield=not args.no_flatfield, analysis=not args.no_report,
                         progress=not args.quiet)
     except RunUsageError as exc:

@@ -76,16 +76,21 @@ class Plan:
     rois: list
     roi_path: Path | None
     warnings: list[str]
+    z: str = "max"
+    layout: str = "auto"
 
 
 # --------------------------------------------------------------------------- plan
 def plan_run(input_path, *, pattern: str | None = None, channels=None, plate_map=None,
-             roi=None) -> Plan:
-    """Validate the input, channels, plate map and ROIs; list the work items."""
+             roi=None, layout: str = "auto", z: str = "max") -> Plan:
+    """Validate the input, channels, plate map and ROIs; list the work items (one per
+    field, or per field and Z plane with ``z="all"``: :mod:`erquant.io.zstack`)."""
+    from erquant.io.zstack import apply_z_mode
+
     warnings: list[str] = []
     try:
-        reader = open_input(input_path, pattern=pattern, channels=channels)
-        items = reader.items()
+        reader = open_input(input_path, pattern=pattern, channels=channels, layout=layout)
+        items = apply_z_mode(reader.items(), z)
     except InputError as exc:
         raise RunUsageError(str(exc)) from exc
     if not items:
@@ -120,7 +125,7 @@ def plan_run(input_path, *, pattern: str | None = None, channels=None, plate_map
             raise RunUsageError(str(exc)) from exc
         if not rois:
             raise RunUsageError(f"{roi_path}: holds no ROI polygon")
-    return Plan(items, cmap, pmap, pm_path, rois, roi_path, warnings)
+    return Plan(items, cmap, pmap, pm_path, rois, roi_path, warnings, z=z, layout=layout)
 
 
 def _fingerprint(plan: Plan, params: Params) -> tuple[str, dict]:
@@ -137,7 +142,7 @@ def _fingerprint(plan: Plan, params: Params) -> tuple[str, dict]:
                     files[f] = [None, None]
     roi_hash = hashlib.sha256(plan.roi_path.read_bytes()).hexdigest() if plan.roi_path else None
     what = {"erquant": __version__, "params": params.to_dict(),
-            "channels": plan.channels.as_dict(), "rois": roi_hash,
+            "channels": plan.channels.as_dict(), "rois": roi_hash, "z": plan.z,
             "items": sorted(it.id for it in plan.items), "files": files}
     blob = json.dumps(what, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:32], what
@@ -249,8 +254,8 @@ def run_batch(input_path, outdir, *, plate_map=None, params: Params | str | None
               backend: str = "auto", workers: int | None = None, scheduler: str | None = None,
               gpus: int | None = None, resume: bool = False, overwrite: bool = False,
               roi=None, save_labels: bool = False, channels=None, pattern: str | None = None,
-              fields_per_task: int | None = None, flatfield: bool = True,
-              analysis: bool = True, progress: bool = True,
+              layout: str = "auto", z: str = "max", fields_per_task: int | None = None,
+              flatfield: bool = True, analysis: bool = True, progress: bool = True,
               on_result: Callable[[dict], None] | None = None) -> RunResult:
     """Quantify every field of a plate / stack into tables in ``outdir`` (see module doc).
 
@@ -283,6 +288,13 @@ def run_batch(input_path, outdir, *, plate_map=None, params: Params | str | None
         ``"w1=nuclei,w2=er"`` (default).
     pattern : str, optional
         Regular expression for other file names (:class:`erquant.io.items.PatternReader`).
+    layout : str
+        Force a reader (:data:`erquant.io.items.LAYOUTS`: ``metaxpress``, ``pattern``,
+        ``ome-tiff``, ``ome-zarr``, ``cellvoyager``, ``operetta``); ``auto`` (default)
+        recognises the input.
+    z : {"max", "best", "all"}
+        Z stacks: maximum projection (default), the sharpest plane of each field, or
+        every plane as its own work item (:mod:`erquant.io.zstack`).
     fields_per_task : int, optional
         Fields per task, segmented together with :func:`erquant.quantify_batch`
         (default 1; 8 with GPUs).
@@ -321,7 +333,8 @@ def run_batch(input_path, outdir, *, plate_map=None, params: Params | str | None
             else channels
     except InputError as exc:
         raise RunUsageError(str(exc)) from exc
-    plan = plan_run(input_path, pattern=pattern, channels=channels, plate_map=plate_map, roi=roi)
+    plan = plan_run(input_path, pattern=pattern, channels=channels, plate_map=plate_map, roi=roi,
+                    layout=layout, z=z)
     _check_outdir(outdir)
     fingerprint, what = _fingerprint(plan, params)
     run_json = outdir / "run.json"
@@ -379,7 +392,8 @@ def _what_changed(old: dict, new: dict) -> str:
     if not old:
         return "inputs or parameters (no fingerprint details recorded)"
     diffs = [name for key, name in (("params", "parameters"), ("channels", "channels"),
-                                    ("rois", "ROIs"), ("items", "fields"),
+                                    ("rois", "ROIs"), ("z", "Z mode (--z)"),
+                                    ("items", "fields"),
                                     ("files", "input files (size or modification time)"),
                                     ("erquant", "erquant version"))
              if old.get(key) != new.get(key)]
@@ -426,6 +440,7 @@ def _run(plan: Plan, outdir: Path, params: Params, fingerprint: str, what: dict,
         "plate_map": str(plan.plate_map_path) if plan.plate_map_path else None,
         "roi": str(plan.roi_path) if plan.roi_path else None,
         "params": params.to_dict(), "channels": plan.channels.as_dict(),
+        "layout": plan.layout, "z": plan.z,
         "backend_requested": backend, "workers": workers, "scheduler": scheduler, "gpus": gpus,
         "versions": _versions(), "n_fields": len(items), "n_resumed": len(done),
         "started": _dt.datetime.fromtimestamp(t_start).isoformat(timespec="seconds"),
@@ -498,7 +513,8 @@ def _run(plan: Plan, outdir: Path, params: Params, fingerprint: str, what: dict,
     from erquant.batch.reduce import reduce_run
 
     red = reduce_run(outdir, summaries, params=params, markers=plan.channels.markers,
-                     plate_map=plan.plate_map, flatfield=flatfield, log=log.info)
+                     plate_map=plan.plate_map, flatfield=flatfield, log=log.info,
+                     per_plane=plan.z == "all")
     failures = [(r["id"], r.get("error", "")) for r in summaries if r.get("status") != "ok"]
     n_ok = sum(r.get("status") == "ok" for r in summaries)
     info.update(status="done", ended=_dt.datetime.now().isoformat(timespec="seconds"),
@@ -509,7 +525,14 @@ def _run(plan: Plan, outdir: Path, params: Params, fingerprint: str, what: dict,
                                       if r.get("backend")}))
     result = RunResult(outdir, len(items), n_ok, len(failures), len(done), failures,
                        {k: red[k] for k in ("cells", "fields", "wells")})
-    if analysis and plan.plate_map is not None and n_ok:
+    if analysis and plan.z == "all" and plan.plate_map is not None:
+        msg = ("--z all: the dose-response analysis is skipped (wells.csv has a row per "
+               "Z plane); fit one plane's wells from the tables or run --z max / best")
+        info.setdefault("warnings", []).append(msg)
+        log.warning(msg)
+        if progress:
+            print(f"note: {msg}", file=sys.stderr)
+    elif analysis and plan.plate_map is not None and n_ok:
         try:
             from erquant.analysis import analyse_run
             from erquant.batch.thumbnails import field_loader

@@ -62,19 +62,22 @@ def _read_columns(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     return pq.read_table(path, columns=[c for c in columns if c in have]).to_pandas()
 
 
-def _group_key(plate, timepoint, cell_line) -> tuple:
-    return (str(plate), int(timepoint), "" if pd.isna(cell_line) else str(cell_line))
+def _group_key(plate, timepoint, cell_line, *plane) -> tuple:
+    return (str(plate), int(timepoint), "" if pd.isna(cell_line) else str(cell_line),
+            *(int(z) for z in plane))
 
 
-def _thresholds(light: pd.DataFrame, markers: Sequence[str], params: Params) -> dict:
-    """(plate, timepoint, cell_line) → {marker: classify_cells keyword dict}."""
+def _thresholds(light: pd.DataFrame, markers: Sequence[str], params: Params,
+                split: Sequence[str] = ()) -> dict:
+    """(plate, timepoint, cell_line[, z]) → {marker: classify_cells keyword dict}."""
     from erquant.classify import otsu_threshold
 
     cp = params.classify
     out: dict[tuple, dict] = {}
     if light.empty:
         return out
-    for key, g in light.groupby(["plate", "timepoint", "_cell_line"], sort=True, dropna=False):
+    for key, g in light.groupby(["plate", "timepoint", "_cell_line", *split], sort=True,
+                                dropna=False):
         per = {}
         for m in markers:
             col = f"{cp.compartment}_{m}_mean_bgcorr"
@@ -101,39 +104,42 @@ def _flags(fields: pd.DataFrame) -> pd.Series:
     return qc.astype(object).fillna("").astype(str)
 
 
-def marker_fields(fields: pd.DataFrame) -> pd.Series:
+def marker_fields(fields: pd.DataFrame, per_plane: bool = False) -> pd.Series:
     """The fields whose cells give a well's marker statistics: ok fields that pass focus
-    QC, or every ok field of a well (plate × time point) where none does."""
+    QC, or every ok field of a well (plate × time point [× Z plane]) where none does."""
     ok = fields["status"] == "ok"
     qc_ok = ok & ~_flags(fields).str.contains("|".join(_BAD_QC))
-    keys = [fields[k] for k in ("plate", "timepoint", "well") if k in fields]
+    keys = [fields[k] for k in ("plate", "timepoint", "well", *(("z",) if per_plane else ()))
+            if k in fields]
     any_qc = qc_ok.groupby(keys, dropna=False).transform("any")
     return qc_ok | (ok & ~any_qc)
 
 
 def well_table(cells: pd.DataFrame, fields: pd.DataFrame, marker: str = "er",
-               compartment: str = "nucleus") -> pd.DataFrame:
-    """Per plate × time point × well: counts from every ok field, marker statistics from
-    the cells of fields that pass focus QC (all ok fields when none does)."""
+               compartment: str = "nucleus", per_plane: bool = False) -> pd.DataFrame:
+    """Per plate × time point × well (× Z plane with ``per_plane``, ``--z all``): counts
+    from every ok field, marker statistics from the cells of fields that pass focus QC
+    (all ok fields when none does)."""
     value = f"{compartment}_{marker}_mean_bgcorr"
+    wkeys = WELL_KEYS + (["z"] if per_plane else [])
+    ckeys = ["plate", "timepoint", "well"] + (["z"] if per_plane else [])
     f = fields.copy()
     f["_ok"] = f["status"] == "ok"
-    f["_use"] = marker_fields(f)
+    f["_use"] = marker_fields(f, per_plane)
     f["_flagged"] = f["_ok"] & (_flags(f) != "")
     rows = []
-    cells_by = dict(tuple(cells.groupby(["plate", "timepoint", "well"], sort=False))) \
-        if len(cells) else {}
-    for key, g in f.groupby(WELL_KEYS, sort=True, dropna=False):
+    cells_by = dict(tuple(cells.groupby(ckeys, sort=False))) if len(cells) else {}
+    for key, g in f.groupby(wkeys, sort=True, dropna=False):
         ok = g[g["_ok"]]
         use = g[g["_use"]]
-        c = cells_by.get((key[0], key[1], key[3]))
+        c = cells_by.get((key[0], key[1], key[3], *key[6:]))
         c = c[c["field"].isin(use["field"])] if c is not None else None
         n = 0 if c is None else len(c)
         vals = c[value].to_numpy(float) if n and value in c else np.zeros(0)
         cls = c[f"{marker}_class"].to_numpy(int) if n and f"{marker}_class" in c else None
         flags_w = sorted({fl for s in g.loc[g["_ok"], "qc_flags"].fillna("").astype(str)
                           for fl in s.split(";") if fl})
-        row = dict(zip(WELL_KEYS, key))
+        row = dict(zip(wkeys, key))
         row.update({
             "n_nuclei": int(ok["n_nuclei"].sum()) if len(ok) else 0,
             "n_fields": len(g), "n_fields_ok": int(g["_ok"].sum()),
@@ -155,8 +161,16 @@ def well_table(cells: pd.DataFrame, fields: pd.DataFrame, marker: str = "er",
 
 def reduce_run(outdir: Path, summaries: list[dict], *, params: Params, markers: Sequence[str],
                plate_map: pd.DataFrame | None = None, flatfield: bool = True,
-               log=None) -> dict:
-    """Merge the parts in ``outdir`` into cells.parquet, fields.csv and wells.csv."""
+               log=None, per_plane: bool = False) -> dict:
+    """Merge the parts in ``outdir`` into cells.parquet, fields.csv and wells.csv.
+
+    ``per_plane`` (``--z all``): the parts are Z planes of fields (a ``z`` key): each
+    plane is reduced as a plate of its own (flat field and ER reference per plate × plane,
+    so a plane's rows equal a run of that plane alone) and ``wells.csv`` has one row per
+    well and plane.
+    """
+    keys = KEYS + (["z"] if per_plane else [])
+    split = keys[len(KEYS):]  # --z all: flat field and ER reference per Z plane
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -165,14 +179,14 @@ def reduce_run(outdir: Path, summaries: list[dict], *, params: Params, markers: 
     log = log or (lambda msg: None)
     outdir = Path(outdir)
     fields = pd.DataFrame(summaries)
-    for c, default in [*((k, np.nan) for k in KEYS), ("status", "failed"), ("error", ""),
+    for c, default in [*((k, np.nan) for k in keys), ("status", "failed"), ("error", ""),
                        ("n_nuclei", 0), ("qc_flags", ""), ("id", "")]:
         if c not in fields:
             fields[c] = default
     fields["time_h"] = pd.to_numeric(fields["time_h"], errors="coerce").astype(float)
-    for c in ("timepoint", "row", "col", "field"):
+    for c in ("timepoint", "row", "col", "field", *(("z",) if per_plane else ())):
         fields[c] = fields[c].astype(int)
-    fields = fields.sort_values(KEYS, kind="stable").reset_index(drop=True)
+    fields = fields.sort_values(keys, kind="stable").reset_index(drop=True)
     wellmap = _join_map(fields, plate_map)
     fields = fields.drop(columns=[c for c in MAP_COLUMNS if c in fields]).merge(
         wellmap, on=["plate", "timepoint", "time_h", "well"], how="left")
@@ -180,7 +194,7 @@ def reduce_run(outdir: Path, summaries: list[dict], *, params: Params, markers: 
     parts = [outdir / "parts" / f"{i}.parquet" for i in ok["id"]]
     cp = params.classify
     # ---- pass 1: light columns of every cell
-    cols = KEYS + ["centroid_y", "centroid_x", f"nucleus_{params.nuclei_name}_mean_bgcorr"] + \
+    cols = keys + ["centroid_y", "centroid_x", f"nucleus_{params.nuclei_name}_mean_bgcorr"] + \
         [f"{cp.compartment}_{m}_mean_bgcorr" for m in markers]
     light = pd.concat([_read_columns(p, cols) for p in parts], ignore_index=True) \
         if parts else pd.DataFrame(columns=cols)
@@ -191,27 +205,30 @@ def reduce_run(outdir: Path, summaries: list[dict], *, params: Params, markers: 
     if flatfield and len(light):
         from erquant.illumination import fit_illumination
 
-        for plate, g in light.groupby("plate"):
+        for pkey, g in light.groupby(["plate", *split]):  # per plate (and Z plane)
+            plate = pkey[0]
+            name = " ".join([str(plate), *(f"z{int(z)}" for z in pkey[1:])])
             shapes = ok.loc[ok["plate"] == plate, ["height", "width"]].drop_duplicates()
             if len(shapes) != 1:
-                notes["flatfield"][str(plate)] = "not fitted: fields of different shapes"
+                notes["flatfield"][name] = "not fitted: fields of different shapes"
                 continue
             shape = tuple(int(v) for v in shapes.iloc[0])
             try:
-                ill = fit_illumination([t for _, t in g.groupby(["timepoint", "well", "field"])],
+                ill = fit_illumination([t for _, t in g.groupby(["timepoint", "well", "field",
+                                                                 *keys[len(KEYS):]])],
                                        shape, column=f"nucleus_{params.nuclei_name}_mean_bgcorr")
             except ValueError as exc:
-                notes["flatfield"][str(plate)] = f"not fitted: {exc}"
+                notes["flatfield"][name] = f"not fitted: {exc}"
                 continue
-            gains[plate] = ill
+            gains[tuple(pkey)] = ill
             corrected = ill.correct_table(g, list(markers))
             for m in markers:
                 col = f"{cp.compartment}_{m}_mean_bgcorr"
                 if col in corrected:
                     light.loc[g.index, col] = corrected[col].to_numpy()
-            notes["flatfield"][str(plate)] = {"coef": list(ill.coef), "n_cells": ill.n_cells,
-                                              "min_gain": float(ill.gain_map().min())}
-    thresholds = _thresholds(light, markers, params)
+            notes["flatfield"][name] = {"coef": list(ill.coef), "n_cells": ill.n_cells,
+                                        "min_gain": float(ill.gain_map().min())}
+    thresholds = _thresholds(light, markers, params, split)
     for k, per in thresholds.items():
         notes["reference"]["/".join(map(str, k))] = {m: kw["basis"] for m, kw in per.items()}
     del light
@@ -227,12 +244,13 @@ def reduce_run(outdir: Path, summaries: list[dict], *, params: Params, markers: 
                 continue
             t = t.merge(wellmap, on=["plate", "timepoint", "time_h", "well"], how="left")
             plate = t["plate"].iloc[0]
-            if plate in gains:
-                t = gains[plate].correct_table(t, [params.nuclei_name, *markers])
+            plane = [t[c].iloc[0] for c in split]
+            if (plate, *plane) in gains:
+                t = gains[(plate, *plane)].correct_table(t, [params.nuclei_name, *markers])
             else:
                 t["flatfield_gain"] = 1.0
             per = thresholds.get(_group_key(plate, t["timepoint"].iloc[0],
-                                            t["cell_line"].iloc[0]), {})
+                                            t["cell_line"].iloc[0], *plane), {})
             scores = {}
             for m in markers:
                 kw = {k: v for k, v in per.get(m, {}).items() if k != "basis"}
@@ -246,7 +264,7 @@ def reduce_run(outdir: Path, summaries: list[dict], *, params: Params, markers: 
                 writer = pq.ParquetWriter(tmp, schema)
             tab = pa.Table.from_pandas(t[schema.names], schema=schema, preserve_index=False)
             writer.write_table(tab)
-            keep = ["plate", "timepoint", "well", "field"] + [
+            keep = ["plate", "timepoint", "well", "field", *keys[len(KEYS):]] + [
                 c for m in markers for c in (f"{cp.compartment}_{m}_mean_bgcorr", f"{m}_class")]
             well_cells.append(t[[c for c in keep if c in t]])
     finally:
@@ -262,8 +280,9 @@ def reduce_run(outdir: Path, summaries: list[dict], *, params: Params, markers: 
             col = k if k != "n_cells" else None
             if col:
                 fields.loc[fields["id"] == pid, col] = v
-    front = KEYS + ["status", "error", "seconds", "n_nuclei", "diameter_px", "threshold",
-                    "downsample", "qc_flags"] + map_cols
+    front = keys + (["z"] if "z" in fields and not per_plane else []) + [
+        "status", "error", "seconds", "n_nuclei", "diameter_px", "threshold", "downsample",
+        "qc_flags"] + map_cols
     internal = ("traceback", "sources", "fingerprint", "worker_pid", "files")
     rest = [c for c in fields.columns if c not in front and c not in internal]
     fields_out = fields[[c for c in front if c in fields] + rest].copy()
@@ -275,10 +294,11 @@ def reduce_run(outdir: Path, summaries: list[dict], *, params: Params, markers: 
         columns=["plate", "timepoint", "well", "field"])
     wells = None
     for m in markers or ["er"]:
-        w = well_table(cells_small, fields, marker=m, compartment=cp.compartment)
+        w = well_table(cells_small, fields, marker=m, compartment=cp.compartment,
+                       per_plane=per_plane)
+        wk = WELL_KEYS + keys[len(KEYS):]
         wells = w if wells is None else wells.merge(
-            w[[c for c in w.columns if c not in wells.columns or c in WELL_KEYS]],
-            on=WELL_KEYS, how="left")
+            w[[c for c in w.columns if c not in wells.columns or c in wk]], on=wk, how="left")
     if wells is not None and len(wells):
         wells = wells.merge(wellmap, on=["plate", "timepoint", "time_h", "well"], how="left")
     else:

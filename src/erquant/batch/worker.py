@@ -106,10 +106,13 @@ def _roi_for(item: WorkItem, rois) -> tuple[list | None, list[str]]:
 
 
 def _finish_row(item: WorkItem, res, names: list[str], roi_names: list[str], shape,
-                seconds: float) -> tuple[dict, Any]:
-    """Keyed cell table and summary row of one quantified field."""
+                seconds: float, zinfo: dict | None = None) -> tuple[dict, Any]:
+    """Keyed cell table and summary row of one quantified field (``zinfo``: the plane
+    :func:`load_item` chose, ``--z best``)."""
     table = res.table
     keys = item.keys
+    if zinfo and "z" in zinfo and "z" not in keys:  # --z best: the plane quantified
+        keys["z"] = int(zinfo["z"])
     for i, (k, v) in enumerate(keys.items()):
         table.insert(i, k, v)
     ps = item.pixel_size_um
@@ -127,6 +130,8 @@ def _finish_row(item: WorkItem, res, names: list[str], roi_names: list[str], sha
                "height": int(shape[0]), "width": int(shape[1]),
                "rois": ";".join(roi_names), "channels": ";".join(names),
                "pixel_size_um": item.pixel_size_um}
+    if zinfo and "z_focus" in zinfo:
+        summary["z_focus"] = zinfo["z_focus"]
     return summary, table
 
 
@@ -176,8 +181,9 @@ def process_items(items: Sequence[WorkItem], config: dict) -> list[dict]:
     for item in items:
         t0 = time.perf_counter()
         try:
-            img, names = load_item(item)
-            loaded.append((item, img, names, time.perf_counter() - t0))
+            zinfo: dict = {}
+            img, names = load_item(item, info=zinfo)
+            loaded.append((item, img, names, time.perf_counter() - t0, zinfo))
         except Exception as exc:  # a bad file fails this field only
             rows.append(_failed(item, exc, time.perf_counter() - t0, outdir, config))
     if len(loaded) > 1 and len({x[1].shape for x in loaded}) == 1 and not config.get("rois"):
@@ -186,10 +192,10 @@ def process_items(items: Sequence[WorkItem], config: dict) -> list[dict]:
             loaded = []
         except Exception:  # isolate the failing field: one at a time below
             pass
-    for item, img, names, t_load in loaded:
+    for item, img, names, t_load, zinfo in loaded:
         t0 = time.perf_counter()
         try:
-            rows.append(_one(item, img, names, params, config, outdir, t_load, t0))
+            rows.append(_one(item, img, names, params, config, outdir, t_load, t0, zinfo))
         except Exception as exc:
             rows.append(_failed(item, exc, t_load + time.perf_counter() - t0, outdir, config))
     return rows
@@ -200,14 +206,14 @@ def _quantify_kwargs(names: list[str]) -> dict:
             "marker_channels": {n: i for i, n in enumerate(names) if n != "nuclei"}}
 
 
-def _one(item, img, names, params, config, outdir, t_load, t0) -> dict:
+def _one(item, img, names, params, config, outdir, t_load, t0, zinfo=None) -> dict:
     from erquant.pipeline import quantify
 
     roi, roi_names = _roi_for(item, config.get("rois"))
     res = quantify(img, **_quantify_kwargs(names), params=params, backend=config["backend"],
                    roi=roi)
     secs = t_load + time.perf_counter() - t0
-    return _write(item, res, names, roi_names, img.shape[-2:], secs, outdir, config)
+    return _write(item, res, names, roi_names, img.shape[-2:], secs, outdir, config, zinfo)
 
 
 def _batched(loaded, params, config, outdir) -> list[dict]:
@@ -221,12 +227,12 @@ def _batched(loaded, params, config, outdir) -> list[dict]:
     results = quantify_batch(stack, **_quantify_kwargs(names), params=params,
                              backend=config["backend"])
     share = (time.perf_counter() - t0) / len(loaded)
-    return [_write(item, res, names, [], img.shape[-2:], t_load + share, outdir, config)
-            for (item, img, names, t_load), res in zip(loaded, results)]
+    return [_write(item, res, names, [], img.shape[-2:], t_load + share, outdir, config, zinfo)
+            for (item, img, names, t_load, zinfo), res in zip(loaded, results)]
 
 
-def _write(item, res, names, roi_names, shape, secs, outdir, config) -> dict:
-    summary, table = _finish_row(item, res, names, roi_names, shape, secs)
+def _write(item, res, names, roi_names, shape, secs, outdir, config, zinfo=None) -> dict:
+    summary, table = _finish_row(item, res, names, roi_names, shape, secs, zinfo)
     if config.get("save_labels"):
         _write_tiff(outdir / LABELS / f"{item.id}_nuclei.tif", res.nuclei)
         _write_tiff(outdir / LABELS / f"{item.id}_cells.tif", res.cells)

@@ -2,22 +2,27 @@
 
 The batch engine (``erquant run``) and any other consumer plan work from *readers*:
 small classes that turn an input (a MetaXpress folder, a folder matched by a regular
-expression, an OME-TIFF stack) into :class:`WorkItem` objects without reading
-pixels. A work item is plain, picklable data (plate, timepoint, well, field, and per
+expression, an OME-TIFF file, an OME-Zarr plate, a vendor export) into
+:class:`WorkItem` objects without reading pixels. A work item is plain, picklable data (plate, timepoint, well, field, and per
 channel the file / series / plane to read), so it travels to a dask worker, which
 calls :func:`load_item` there: the client never holds pixel data.
 
 Adding a layout means adding a reader with ``items() -> list[WorkItem]`` and
-``channel_ids() -> list[str]``; :func:`open_input` picks the reader. Vendor layouts
-(Yokogawa CellVoyager, Revvity Opera/Operetta Harmony exports) are in
-:mod:`erquant.io.vendors`.
+``channel_ids() -> list[str]``; :func:`open_input` picks the reader (or, with
+``layout=``, one of :data:`LAYOUTS`, checked in ``_forced``). Vendor layouts (Yokogawa
+CellVoyager, Revvity Opera/Operetta Harmony exports) are in :mod:`erquant.io.vendors`,
+OME-TIFF files of any form in :mod:`erquant.io.ometiff`, OME-Zarr in
+:mod:`erquant.io.omezarr`. A reader describes a field's Z planes in its channel sources
+(``z_paths`` / ``z_pages``); :func:`erquant.io.zstack.apply_z_mode` decides what is
+quantified of them (maximum projection, the sharpest plane, or every plane).
 
 Channel ids
 -----------
 - MetaXpress folders: ``w1``, ``w2``, … (the ``_w<n>`` of the file names).
 - ``--pattern`` folders: the text of the ``channel`` group (``DAPI``, ``1``, …); a
   numeric id ``n`` is also reachable as ``w<n>``.
-- OME-TIFF stacks: ``w1``, ``w2``, … (1-based plane order) and the OME channel names.
+- OME-TIFF files: ``w1``, ``w2``, … (1-based order of the ``C`` axis), ``c0``, … and the
+  OME channel names (:mod:`erquant.io.ometiff`).
 - CellVoyager: ``C01``, ``C02``, … (also ``w1``, ``w2``, …).
 - Opera / Operetta: ``ch1``, ``ch2``, … (also ``w1``, ``w2``, … and the channel names of
   ``Index.xml``).
@@ -43,7 +48,7 @@ __all__ = [
     "ChannelSource",
     "InputError",
     "MetaXpressReader",
-    "OmeStackReader",
+    "LAYOUTS",
     "PatternReader",
     "WorkItem",
     "load_item",
@@ -64,9 +69,13 @@ class ChannelSource:
     series: int | None = None  #: OME series (None: the first/only one)
     plane: int | None = None  #: plane (channel) index inside the series
     z_paths: tuple[str, ...] = ()  #: further Z planes (files), projected with ``path``
-    z_mode: str = "max"  #: how Z planes are combined: "max" (maximum projection)
+    z_mode: str = "max"  #: how Z planes are combined: "max" (projection) or "best" (sharpest)
     array: str | None = None  #: a Zarr array inside the store at ``path`` (OME-Zarr)
     index: tuple[int, ...] = ()  #: with ``array``: index of the leading axes; -1 = max over it
+    #: the Z planes of a stack inside one file, first to last: page numbers of ``series``
+    #: (OME-TIFF; ``plane`` is the first of them) or, with ``array``, the indices along the
+    #: axis marked -1 in ``index`` (OME-Zarr); empty: no Z stack inside the file
+    z_pages: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,15 +101,21 @@ class WorkItem:
 
     @property
     def id(self) -> str:
-        """A file-name-safe unique id, e.g. ``SYN01__T0001__A01__s001``."""
+        """A file-name-safe unique id, e.g. ``SYN01__T0001__A01__s001`` (``…__s001__z03``
+        for one Z plane of a field, ``--z all``)."""
         plate = re.sub(r"[^A-Za-z0-9._-]+", "_", str(self.plate))
-        return f"{plate}__T{self.timepoint:04d}__{self.well}__s{self.field:03d}"
+        zs = f"__z{self.z:02d}" if self.z is not None else ""
+        return f"{plate}__T{self.timepoint:04d}__{self.well}__s{self.field:03d}{zs}"
 
     @property
     def keys(self) -> dict:
-        """The table keys of this field."""
-        return {"plate": self.plate, "timepoint": self.timepoint, "time_h": self.time_h,
+        """The table keys of this field (with ``z``, the 1-based plane, for one plane of a
+        Z stack)."""
+        keys = {"plate": self.plate, "timepoint": self.timepoint, "time_h": self.time_h,
                 "well": self.well, "row": self.row, "col": self.col, "field": self.field}
+        if self.z is not None:
+            keys["z"] = self.z
+        return keys
 
     @property
     def files(self) -> list[str]:
@@ -109,7 +124,8 @@ class WorkItem:
                        for p in (src.path, *src.z_paths)})
 
     def describe(self) -> str:
-        return f"{self.plate} {self.well} field {self.field} (timepoint {self.timepoint})"
+        zs = f" plane {self.z}" if self.z is not None else ""
+        return f"{self.plate} {self.well} field {self.field}{zs} (timepoint {self.timepoint})"
 
 
 # --------------------------------------------------------------------------- channels
@@ -337,91 +353,47 @@ class PatternReader:
         return out
 
 
-@dataclass
-class OmeStackReader:
-    """The OME-TIFF stack form of :func:`erquant.io.write_ome_stack` (one series per field,
-    a ``<name>_index.csv`` beside it giving plate, well, field, timepoint, time_h)."""
+def __getattr__(name: str):
+    if name == "OmeStackReader":  # the generic OME-TIFF reader reads erquant's form too
+        from erquant.io.ometiff import OmeTiffReader
 
-    path: Path
-    channels: ChannelMap = field(default_factory=ChannelMap)
+        return OmeTiffReader
+    raise AttributeError(name)
 
-    def _open(self):
-        import tifffile
 
-        from erquant.io.plate import _index_path
-
-        if hasattr(self, "_index"):
-            return
-        try:
-            with tifffile.TiffFile(self.path) as tif:
-                self._shapes = [tuple(s.shape) for s in tif.series]
-                names = []
-                self._pixel_size = None
-                if tif.ome_metadata:
-                    names = re.findall(r'<Channel[^>]*Name="([^"]*)"', tif.ome_metadata)
-                    ps = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
-                    unit = re.search(r'PhysicalSizeXUnit="([^"]*)"', tif.ome_metadata)
-                    if ps and (unit is None or unit.group(1) in ("µm", "um", "micron")):
-                        self._pixel_size = float(ps.group(1))
-        except Exception as exc:  # tifffile raises many types on corrupt files
-            raise InputError(f"{self.path}: cannot read as OME-TIFF: {exc}") from exc
-        if not self._shapes:
-            raise InputError(f"{self.path}: holds no image series")
-        nplanes = self._shapes[0][0] if len(self._shapes[0]) == 3 else 1
-        self._names = list(dict.fromkeys(names))[:nplanes]
-        idx = _index_path(self.path)
-        if idx.exists():
-            index = pd.read_csv(idx)
-            if len(index) != len(self._shapes):
-                raise InputError(f"{idx}: {len(index)} rows but {self.path} has "
-                                 f"{len(self._shapes)} series")
-        else:
-            index = pd.DataFrame({"series": range(len(self._shapes))})
-        self._index = index
-        self._nplanes = nplanes
-
-    def channel_ids(self) -> list[str]:
-        self._open()
-        return [f"w{i + 1}" for i in range(self._nplanes)] + self._names
-
-    def items(self) -> list[WorkItem]:
-        from erquant.io.plate import parse_well, well_name
-
-        self._open()
-        ids = self.channel_ids()
-        aliases = {f"c{i}": f"w{i + 1}" for i in range(self._nplanes)}
-        names = _resolve_channels(self.channels, ids, str(self.path), aliases)
-        plane = {f"w{i + 1}": i for i in range(self._nplanes)}
-        plane.update({n: i for i, n in enumerate(self._names)})
-        out = []
-        for r in self._index.to_dict("records"):
-            s = int(r.get("series", len(out)))
-            well = str(r.get("well", f"A{s + 1:02d}"))
-            row, col = parse_well(well)
-            chans = tuple((n, ChannelSource(str(self.path), s, plane[cid]))
-                          for n, cid in names.items())
-            th = r.get("time_h", np.nan)
-            out.append(WorkItem(str(r.get("plate", self.path.name.split(".")[0])),
-                                int(r.get("timepoint", 1)),
-                                float(th) if th is not None else np.nan,
-                                well_name(row, col), row, col, int(r.get("field", s + 1)),
-                                chans, pixel_size_um=self._pixel_size))
-        return out
+#: ``--layout`` names (``auto``: recognised from the input)
+LAYOUTS = ("auto", "metaxpress", "pattern", "ome-tiff", "ome-zarr", "cellvoyager",
+           "operetta")
 
 
 def open_input(path: str | os.PathLike, *, pattern: str | None = None,
-               channels: ChannelMap | str | Mapping | None = None):
-    """The reader for ``path``: an OME-TIFF stack file, a ``--pattern`` folder or a
-    MetaXpress folder. Raises :class:`InputError` when nothing can be read."""
+               channels: ChannelMap | str | Mapping | None = None, layout: str = "auto"):
+    """The reader for ``path``: an OME-TIFF file, an OME-Zarr plate or image, a
+    ``--pattern`` folder, a CellVoyager or Opera/Operetta export or a MetaXpress folder.
+
+    ``layout`` forces one of :data:`LAYOUTS` instead of recognising it; an input that
+    does not fit the forced layout is an :class:`InputError` saying why. Raises
+    :class:`InputError` when nothing can be read. Reads metadata only, never pixels.
+    """
     path = Path(path).absolute()  # workers may run elsewhere: absolute paths in items
     cmap = channels if isinstance(channels, ChannelMap) else parse_channel_map(channels)
+    if layout not in LAYOUTS:
+        raise InputError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     if not path.exists():
         raise InputError(f"input not found: {path}")
+    if pattern and layout not in ("auto", "pattern"):
+        raise InputError(f"--pattern reads a folder by file names: it does not go with "
+                         f"--layout {layout}")
+    if layout != "auto":
+        return _forced(path, layout, pattern, cmap)
+    from erquant.io.ometiff import OmeTiffReader
+
     if path.is_file():
         if path.name.lower().endswith((".ome.tif", ".ome.tiff")):
-            return OmeStackReader(path, cmap)
-        raise InputError(f"{path}: a single input file must be an OME-TIFF stack "
-                         "(*.ome.tif); for folders of images give the folder")
+            return OmeTiffReader(path, cmap)
+        raise InputError(f"{path}: a single input file must be an OME-TIFF "
+                         "(*.ome.tif; --layout ome-tiff for other TIFF names); for folders "
+                         "of images give the folder")
     if pattern:
         return PatternReader(path, pattern, cmap)
     from erquant.io.omezarr import OmeZarrReader, is_ome_zarr
@@ -439,23 +411,75 @@ def open_input(path: str | os.PathLike, *, pattern: str | None = None,
         return MetaXpressReader(path, cmap)
     stacks = sorted(path.glob("*.ome.tif")) + sorted(path.glob("*.ome.tiff"))
     if len(stacks) == 1:
-        return OmeStackReader(stacks[0], cmap)
+        return OmeTiffReader(stacks[0], cmap)
     raise InputError(f"{path}: no MetaXpress-style image (e.g. 'A01_s1_w1.tif' or "
                      "'TimePoint_1/A01_s1_w1.tif'), no CellVoyager or Opera/Operetta export "
                      "and no single OME-TIFF stack found; for other names give --pattern with "
                      "named groups well, field, channel")
 
 
+def _forced(path: Path, layout: str, pattern: str | None, cmap: ChannelMap):
+    """The reader of ``layout`` for ``path``, its metadata read now so that an input of
+    another layout fails here, with the reason."""
+    def unfit(why: str) -> InputError:
+        return InputError(f"--layout {layout}: {path}: {why}")
+
+    if layout == "ome-tiff":
+        from erquant.io.ometiff import OmeTiffReader
+
+        if path.is_dir():
+            stacks = sorted(p for p in path.iterdir()
+                            if p.name.lower().endswith((".ome.tif", ".ome.tiff")))
+            if len(stacks) != 1:
+                raise unfit(f"a folder with {len(stacks)} OME-TIFF files (*.ome.tif); give "
+                            "one OME-TIFF file")
+            path = stacks[0]
+        elif not path.name.lower().endswith((".tif", ".tiff", ".btf", ".tf8")):
+            raise unfit("not a TIFF file (.tif, .tiff)")
+        reader = OmeTiffReader(path, cmap)
+        reader._open()
+        return reader
+    if not path.is_dir():
+        raise unfit("is a file; this layout is a folder")
+    if layout == "pattern":
+        if not pattern:
+            raise unfit("needs --pattern REGEX (named groups well, channel)")
+        reader = PatternReader(path, pattern, cmap)
+        reader._scan()
+        return reader
+    if layout == "ome-zarr":
+        from erquant.io.omezarr import OmeZarrReader, is_ome_zarr
+
+        if not is_ome_zarr(path):
+            raise unfit("not an OME-Zarr group (no NGFF 'plate' or 'multiscales' metadata "
+                        "in its .zattrs / zarr.json)")
+        reader = OmeZarrReader(path, cmap)
+        reader._open()
+        return reader
+    from erquant.io.vendors import CellVoyagerReader, OperettaReader
+
+    cls = {"metaxpress": MetaXpressReader, "cellvoyager": CellVoyagerReader,
+           "operetta": OperettaReader}[layout]
+    reader = cls(path, cmap)
+    try:
+        reader._scan()
+    except InputError as exc:
+        raise unfit(str(exc).replace(f"{path}: ", "")) from exc
+    return reader
+
+
 # --------------------------------------------------------------------------- loading
 def _read_plane(src: ChannelSource, cache: dict | None = None) -> np.ndarray:
-    if src.z_paths:  # a Z stack of single-plane files: maximum projection
-        planes = [_read_plane(ChannelSource(p, src.series, src.plane))
-                  for p in (src.path, *src.z_paths)]
+    """One (Y, X) plane of a channel source; the maximum projection of its Z planes."""
+    if src.z_paths or (src.z_pages and src.array is None):  # a Z stack: maximum projection
+        from erquant.io.zstack import z_count, z_plane
+
+        if src.z_mode not in ("max", "best"):
+            raise ValueError(f"unknown Z mode {src.z_mode!r} (supported: 'max', 'best')")
+        planes = [_read_plane(z_plane(src, k), cache) for k in range(z_count(src))]
         if len({p.shape for p in planes}) != 1:
             raise ValueError(f"Z planes of {src.path!r} differ in shape: "
                              f"{sorted({p.shape for p in planes})}")
-        if src.z_mode != "max":
-            raise ValueError(f"unknown Z mode {src.z_mode!r} (supported: 'max')")
         return np.max(np.stack(planes), axis=0)
     if src.array is not None:
         from erquant.io.omezarr import read_zarr_plane
@@ -465,46 +489,69 @@ def _read_plane(src: ChannelSource, cache: dict | None = None) -> np.ndarray:
         from erquant.io.tiff import read_image
 
         return read_image(src.path)
-    from erquant.io.plate import _read_series
+    from erquant.io.ometiff import read_page
 
-    key = (src.path, src.series or 0)
-    if cache is not None and key in cache:  # the channels of one series: read it once
-        arr = cache[key]
-    else:
-        arr = _read_series(src.path, src.series or 0)  # header size checked first
-        if cache is not None:
-            cache[key] = arr
-    if arr.ndim == 2:
-        if src.plane not in (None, 0):
-            raise ValueError(f"{src.path!r} series {src.series} has 1 plane, asked for "
-                             f"plane {src.plane}")
-        return arr
-    if src.plane is not None and not 0 <= src.plane < arr.shape[0]:
-        raise ValueError(f"{src.path!r} series {src.series} has {arr.shape[0]} planes, asked "
-                         f"for plane {src.plane}")
-    return arr[src.plane or 0]
+    return read_page(src.path, src.series or 0, src.plane or 0, cache)
 
 
-def load_item(item: WorkItem) -> tuple[np.ndarray, list[str]]:
+def load_item(item: WorkItem, *, info: dict | None = None) -> tuple[np.ndarray, list[str]]:
     """Read a work item's channels → ((C, Y, X) array, channel names in that order).
+
+    Z stacks are maximum-projected, or — sources with ``z_mode="best"``
+    (:func:`erquant.io.zstack.apply_z_mode`) — read at the plane where the nuclear stain
+    is sharpest; ``info`` (a dict) then receives ``z`` (that plane, 1-based) and
+    ``z_focus`` (the focus score of every plane).
 
     Raises ValueError naming the file for a missing channel, an unreadable file or
     channels of different shapes.
     """
     planes, names, shapes, cache = [], [], {}, {}
-    for name, src in item.channels:
-        if src is None:
-            have = [n for n, s in item.channels if s is not None]
-            raise ValueError(f"{item.describe()}: channel {name!r} is missing (files found "
-                             f"for {have}: {item.files})")
-        img = _read_plane(src, cache)
-        if img.ndim != 2:
-            raise ValueError(f"{src.path!r}: expected one 2-D plane for channel {name!r}, got "
-                             f"shape {img.shape}")
-        planes.append(img)
-        names.append(name)
-        shapes[src.path if src.series is None else f"{src.path}[{src.series}]"] = img.shape
+    chosen = None
+    try:
+        if any(s is not None and s.z_mode == "best" for _, s in item.channels):
+            chosen = _best_plane(item, cache, info)
+        for name, src in item.channels:
+            if src is None:
+                have = [n for n, s in item.channels if s is not None]
+                raise ValueError(f"{item.describe()}: channel {name!r} is missing (files "
+                                 f"found for {have}: {item.files})")
+            if chosen is not None:
+                from erquant.io.zstack import z_plane
+
+                src = z_plane(src, chosen)
+            img = cache.pop(("best", name), None)  # the focus channel's plane: read already
+            if img is None:
+                img = _read_plane(src, cache)
+            if img.ndim != 2:
+                raise ValueError(f"{src.path!r}: expected one 2-D plane for channel {name!r}, "
+                                 f"got shape {img.shape}")
+            planes.append(img)
+            names.append(name)
+            shapes[src.path if src.series is None else f"{src.path}[{src.series}]"] = img.shape
+    finally:
+        for v in cache.values():  # open TIFF files of read_page
+            close = getattr(v, "close", None)
+            if close is not None:
+                close()
     if len(set(shapes.values())) != 1:
         raise ValueError(f"{item.describe()}: channels differ in shape: "
                          + ", ".join(f"{p} {s}" for p, s in shapes.items()))
     return np.stack(planes), names
+
+
+def _best_plane(item: WorkItem, cache: dict, info: dict | None) -> int:
+    """The 0-based plane where the nuclear stain (else the first channel) is sharpest."""
+    from erquant.io.zstack import best_plane, z_count, z_plane
+
+    srcs = dict(item.channels)
+    name = "nuclei" if srcs.get("nuclei") is not None else next(
+        (n for n, s in item.channels if s is not None), None)
+    if name is None:
+        return 0
+    src = srcs[name]
+    planes = [_read_plane(z_plane(src, k), cache) for k in range(z_count(src))]
+    k, scores = best_plane(planes)
+    cache[("best", name)] = planes[k]
+    if info is not None:
+        info.update(z=k + 1, z_focus=";".join(f"{s:.4g}" for s in scores))
+    return k

@@ -10,7 +10,7 @@ HCS plates at both versions (used by the tests); ngff-zarr and iohub were not ne
 
 Channel ids: ``w1``, ``w2``, … (1-based order of the ``c`` axis), ``c0``, ``c1``, … and the
 ``omero`` channel labels. A ``t`` axis becomes time points; a ``z`` axis is
-maximum-projected.
+maximum-projected (or see :mod:`erquant.io.zstack` for ``--z best`` / ``all``).
 
 Examples
 --------
@@ -126,6 +126,8 @@ class OmeZarrReader:
         plane.update({n: i for i, n in enumerate(self._names)})
         names = _resolve_channels(self.channels, self.channel_ids(), str(self.path))
         lead = [a for a in self._axes if a not in "yx"]
+        nz = self._shape.get("z", 1)
+        z_pages = tuple(range(nz)) if "z" in lead and nz > 1 else ()  # --z best / all
         out = []
         for plate, well, fld, group in self._fields:
             try:
@@ -138,7 +140,8 @@ class OmeZarrReader:
                 for name, cid in names.items():
                     idx = tuple(t if a == "t" else plane[cid] if a == "c" else -1
                                 for a in lead)
-                    chans.append((name, ChannelSource(str(self.path), array=array, index=idx)))
+                    chans.append((name, ChannelSource(str(self.path), array=array, index=idx,
+                                                      z_pages=z_pages)))
                 out.append(WorkItem(str(plate), t + 1, np.nan, well_name(row, col), row, col,
                                     fld, tuple(chans), image_group=f"{self.path}::{group}",
                                     pixel_size_um=self._pixel_size))
@@ -184,7 +187,8 @@ def write_field_labels(image_group: str, labels: Mapping[str, np.ndarray]) -> No
 def write_hcs_plate(path: str | Path, fields: Mapping[tuple[str, int], np.ndarray], *,
                     channel_names: Sequence[str] = ("Hoechst", "ERa"), version: str = "0.4",
                     name: str | None = None) -> Path:
-    """Write (C, Y, X) fields keyed by (well, field) as an OME-Zarr HCS plate.
+    """Write (C, Y, X) — or (C, Z, Y, X) — fields keyed by (well, field) as an OME-Zarr HCS
+    plate.
 
     ``version`` "0.4" (Zarr v2) or "0.5" (Zarr v3); uses ome-zarr-py's writers.
     """
@@ -212,7 +216,8 @@ def write_hcs_plate(path: str | Path, fields: Mapping[tuple[str, int], np.ndarra
         for f in sorted(flds):
             data = np.asarray(fields[(f"{r}{int(c):02d}", f)])
             ig = wg.require_group(str(f - 1))
-            write_image(data, ig, axes="cyx", fmt=fmt, scale_factors=(),
+            write_image(data, ig, axes="czyx" if data.ndim == 4 else "cyx", fmt=fmt,
+                        scale_factors=(),
                         omero={"channels": [
                             {"label": n, "active": True, "color": col,
                              "window": {"start": 0, "end": int(np.iinfo(data.dtype).max)
