@@ -428,6 +428,32 @@ def test_faint_out_of_focus_blobs_are_not_nuclei(backend):
         seg_module.FAINT_NUCLEUS = old
 
 
+@pytest.mark.parametrize("aspect", [1.0, 1.6, 2.2])
+def test_diameter_estimate_of_elongated_nuclei_is_their_equivalent_diameter(backend, aspect):
+    # issue 14 (NIH3T3, GOWT1): the inscribed circle of an elongated nucleus is its minor
+    # axis; the estimate is the equivalent diameter sqrt(major × minor) (aspect ratios
+    # above ELLIPSE_MAX_ASPECT = 2 count as 2), touching pairs of discs are not stretched
+    yy, xx = np.mgrid[:512, :512]
+    img = np.zeros((512, 512), np.float32)
+    d_eq = 30.0
+    a, b = d_eq / 2 * np.sqrt(aspect), d_eq / 2 / np.sqrt(aspect)
+    for k, (cy, cx) in enumerate([(70, 70), (70, 250), (70, 430), (250, 70), (250, 250),
+                                  (250, 430), (430, 70), (430, 250), (430, 430)]):
+        t = 0.7 * k
+        u, v = (yy - cy) * np.cos(t) + (xx - cx) * np.sin(t), -(yy - cy) * np.sin(t) + (xx - cx) * np.cos(t)
+        img[(u / a) ** 2 + (v / b) ** 2 < 1] = 100
+    d = estimate_diameter(backend.asarray(_noisy(img, 2.0)))
+    expect = d_eq * (min(aspect, 2.0) / aspect) ** 0.5
+    assert abs(d - expect) < 0.12 * expect, (d, expect)
+    # touching pairs of discs: the inscribed diameter, not the pair's ellipse
+    img = np.zeros((512, 512), np.float32)
+    for cy, cx in [(80, 80), (80, 300), (250, 80), (250, 300), (420, 80), (420, 300)]:
+        for dx in (0, 28):
+            img[(yy - cy) ** 2 + (xx - cx - dx) ** 2 < 15 ** 2] = 100
+    d = estimate_diameter(backend.asarray(_noisy(img, 2.0)))
+    assert 26 < d < 33, d
+
+
 def test_diameter_estimate_ignores_a_large_faint_blob(backend):
     # issue 14, mode 1 (Koyuncu 1.jpg): a faint cytoplasm-like blob of 200 px larger
     # than all nuclei together ran the area-weighted diameter estimate away (182 px

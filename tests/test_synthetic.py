@@ -267,15 +267,18 @@ def test_clumped_field_forms_compact_islands_and_keeps_defaults():
 
 
 @pytest.mark.xfail(strict=True, reason="issue 14 mode 1: every nucleus sits in a clump, so no "
-                   "single nuclei to compare clumps with (d 68 → 34-46 px for 24 px nuclei "
-                   "with the clump rule; counts −78 % → −19 to −54 %); not fixed yet")
+                   "single nuclei to compare clumps with: the classical estimate locks onto "
+                   "the clumps on most such fields (seed 0 of 30-nucleus clumps: 26 px since "
+                   "the ellipse correction; seeds 1 and 9 of 20-nucleus clumps: 51 and 46 px "
+                   "for 24 px nuclei, counts -56 % and -48 %); not fixed yet")
 def test_clumped_field_diameter_and_count():
     from erquant.segment import estimate_diameter, segment_nuclei
     from erquant.synthetic import make_clumped_field
 
-    f = make_clumped_field(seed=0, clump_size=30)
-    img = f.image[0]
-    d = estimate_diameter(img)
-    assert 24 / 1.3 <= d <= 24 * 1.3, d
-    n = int(segment_nuclei(img).max())
-    assert abs(n - 300) <= 15, n
+    for clump_size, seed in [(30, 0), (20, 1), (20, 9)]:
+        f = make_clumped_field(seed=seed, clump_size=clump_size)
+        img = f.image[0]
+        d = estimate_diameter(img)
+        assert 24 / 1.3 <= d <= 24 * 1.3, (clump_size, seed, d)
+        n = int(segment_nuclei(img, method="classical").max())
+        assert abs(n - 300) <= 15, (clump_size, seed, n)
