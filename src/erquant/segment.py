@@ -246,12 +246,15 @@ def background(bk: Backend, img, diameter: float, *, factor: float = 4.0, refine
     return K.resize(bk, xp.ascontiguousarray(bg, dtype=xp.float32), img.shape)
 
 
-def estimate_diameter(image, *, threshold: str = "otsu") -> float:
+def estimate_diameter(image, *, threshold: str = "otsu", equivalent: bool = True) -> float:
     """Estimate the typical nucleus diameter (pixels) of a nuclear-stain image.
 
-    The median over foreground objects of twice their largest inscribed radius
-    (the maximum of the Euclidean distance transform), objects of fewer than
-    12 pixels ignored.
+    The area-weighted median over foreground objects of twice their largest
+    inscribed radius (the maximum of the Euclidean distance transform), objects of
+    fewer than 12 pixels ignored; with ``equivalent`` (default) elongated nuclei
+    count with their equivalent diameter (see :func:`_diameter_from_mask`), without
+    it with their inscribed one (the minor axis: the scale the learned segmenter's
+    working diameter was calibrated on).
 
     Examples
     --------
@@ -274,10 +277,12 @@ def estimate_diameter(image, *, threshold: str = "otsu") -> float:
                               background_factor=p.background_factor,
                               log_threshold=p.log_threshold, local_contrast=p.local_contrast,
                               fill_holes=p.fill_holes, contrast_window=p.contrast_window,
-                              noise_floor=input_quantum(image) / (hi - lo))
+                              noise_floor=input_quantum(image) / (hi - lo),
+                              equivalent=equivalent)
 
 
-def _diameter_from_mask(bk: Backend, mask, fallback: float, smooth=None) -> float:
+def _diameter_from_mask(bk: Backend, mask, fallback: float, smooth=None, *,
+                        equivalent: bool = True) -> float:
     """Area-weighted median over objects of their equivalent diameter, measured as
     twice the largest inscribed radius (robust to touching pairs) times, for objects
     that fill their second-moment ellipse (an ellipse fills it, a touching pair of
@@ -305,7 +310,7 @@ def _diameter_from_mask(bk: Backend, mask, fallback: float, smooth=None) -> floa
     major, minor = _moment_axes(bk, lab, n)
     if CLUMP_SPREAD > 0 and keep.sum() > 2:
         keep &= ~_clumps(minor, rmax, area, keep)
-    if ELLIPSE_FIT > 0:
+    if equivalent and ELLIPSE_FIT > 0:
         fit = area / np.maximum(np.pi * major * minor, 1e-9)
         aspect = np.clip(major / np.maximum(minor, 1e-9), 1.0, ELLIPSE_MAX_ASPECT)
         rmax = np.where((fit >= ELLIPSE_FIT) & (minor > 0), rmax * np.sqrt(aspect), rmax)
@@ -367,7 +372,7 @@ def _weighted_median(values, weights) -> float:
 
 
 def _estimate_diameter(bk: Backend, norm, threshold: str, threshold_value=None, *,
-                       iterations: int = 4, **kw) -> float:
+                       iterations: int = 4, equivalent: bool = True, **kw) -> float:
     """Fixed-point iteration: foreground mask at a provisional scale → diameter → mask ..."""
     # a central crop of at most 1024² holds hundreds of nuclei: enough to size them
     cy, cx = (max(0, (n - 1024) // 2) for n in norm.shape)
@@ -386,7 +391,7 @@ def _estimate_diameter(bk: Backend, norm, threshold: str, threshold_value=None, 
         oy, ox = (max(0, (n - w) // 2) for n in work.shape)
         work = work[oy:oy + w, ox:ox + w]
         mask, smooth = _foreground(bk, work, d / g, threshold, threshold_value, **kw)[:2]
-        d_new = g * _diameter_from_mask(bk, mask, d / g, smooth)
+        d_new = g * _diameter_from_mask(bk, mask, d / g, smooth, equivalent=equivalent)
         d_new = min(max(d_new, 4.0), max(norm.shape) / 2)
         if abs(d_new - d) < 0.08 * d:
             return d_new

@@ -405,7 +405,10 @@ def segment_learned(image, *, diameter: float | None = None, check: bool = True,
         info.update(diameter=diameter, threshold=None)
         return (labels, info) if return_info else labels
     if diameter is None:
-        d0 = float(estimate_diameter(image))
+        # the inscribed-circle estimate: WORK_DIAMETER was calibrated on it (with the
+        # equivalent diameter elongated nuclei reach the network smaller: real set
+        # pooled F1 0.892 -> 0.884)
+        d0 = float(estimate_diameter(image, equivalent=False))
         if not np.isfinite(d0) or d0 <= 0:
             d0 = WORK_DIAMETER
         info["diameter_classical"] = d0
