@@ -478,6 +478,30 @@ def power(bk: Backend, img, p: float):
     return img ** p
 
 
+def valleys(bk: Backend, g, cluster, sigma: float, strength: float):
+    """Line-like dark valleys of ``g`` inside ``cluster`` (bool): pixels where the
+    Hessian's larger eigenvalue, relative to brightness (λmax σ² / g), exceeds
+    ``strength`` and the smaller one is below 0.3 λmax. One compiled pass over the
+    cluster pixels with Numba; the same arithmetic as whole-array operations otherwise
+    (CuPy)."""
+    xp = bk.xp
+    if _numba_ok(bk):
+        from erquant import _numba_kernels
+
+        out = np.empty(g.shape, np.bool_)
+        _numba_kernels.valleys(np.ascontiguousarray(g, np.float32),
+                               np.ascontiguousarray(cluster, np.bool_),
+                               np.float32(sigma * sigma), np.float32(strength), out)
+        return out
+    gyy, gxx, gyx = hessian(bk, g)
+    half = (gyy - gxx) / 2
+    root = xp.sqrt(half * half + gyx * gyx)
+    lmax = (gyy + gxx) / 2 + root
+    lmin = (gyy + gxx) / 2 - root
+    rel = lmax * np.float32(sigma * sigma) / xp.maximum(g, np.float32(1e-6))
+    return cluster & (rel > strength) & (lmin < 0.3 * lmax)
+
+
 def hessian(bk: Backend, img):
     """Second derivatives (d²/dy², d²/dx², d²/dydx) of a float32 image by repeated central
     differences (the result of ``numpy.gradient`` applied twice; borders reflected)."""

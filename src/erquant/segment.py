@@ -868,15 +868,10 @@ def _valleys(bk: Backend, smooth, cc, ncc: int, diameter: float, strength: float
     xp = bk.xp
     sigma = max(1.0, 0.06 * diameter)
     g = K.gaussian(bk, smooth, sigma)
-    gyy, gxx, gyx = K.hessian(bk, g)
-    half = (gyy - gxx) / 2
-    root = xp.sqrt(half * half + gyx * gyx)
-    lmax = (gyy + gxx) / 2 + root
-    lmin = (gyy + gxx) / 2 - root
-    rel = lmax * (sigma * sigma) / xp.maximum(g, 1e-6)  # curvature relative to brightness
     cc_area = xp.bincount(cc.ravel(), minlength=ncc + 1)
     cluster = cc_area[cc] > 1.6 * math.pi * (diameter / 2) ** 2
-    return cluster & (rel > strength) & (lmin < 0.3 * lmax)
+    # curvature across the seam relative to brightness (one pass over the clusters)
+    return K.valleys(bk, g, cluster, sigma, strength)
 
 
 def _relabel_lut(xp, keep):
