@@ -160,7 +160,7 @@ def roi_index_map(roi, shape: tuple[int, int]) -> np.ndarray:
 def quantify_iter(field_, *, nuclei_channel: int = 0,
                   marker_channels: Mapping[str, int] | None = None, roi=None,
                   params: Params | None = None, backend: str | Backend = "auto",
-                  flatfield=None, reference: Any = None,
+                  flatfield=None, reference: Any = None, segment_levels: dict | None = None,
                   ) -> Generator[Progress, None, FieldResult]:
     """Quantify one field, yielding :class:`Progress`; returns a :class:`FieldResult`.
 
@@ -185,7 +185,8 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
 
     yield Progress("nuclei", 0.05)
     # SegmentParams mirrors segment_nuclei's keyword arguments one to one
-    nuclei, info = segment_nuclei(nuc, **dataclasses.asdict(params.segment), return_info=True)
+    nuclei, info = segment_nuclei(nuc, **dataclasses.asdict(params.segment), return_info=True,
+                                  levels=segment_levels)
 
     yield Progress("cells", 0.45)
     cyto = next(iter(markers.values())) if (params.cells.use_marker and markers) else None
@@ -245,6 +246,8 @@ def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, fl
             "downsample": float(seg_info.get("downsample", 1)), "backend": bk.name,
             "method": seg_info.get("method", "classical")}
     info.update({k: v for k, v in seg_info.items() if k.startswith("montage")})
+    if seg_info.get("levels") is not None:
+        info["levels"] = seg_info["levels"]
     yield Progress("done", start + span)
     return FieldResult(nuclei=nuclei_h.astype(np.uint32, copy=False),
                        cells=cells_h.astype(np.uint32, copy=False), table=table, qc=qc,
@@ -253,7 +256,8 @@ def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, fl
 
 def quantify(field_, *, nuclei_channel: int = 0, marker_channels: Mapping[str, int] | None = None,
              roi=None, params: Params | None = None, backend: str | Backend = "auto",
-             flatfield=None, reference: Any = None) -> FieldResult:
+             flatfield=None, reference: Any = None,
+             segment_levels: dict | None = None) -> FieldResult:
     """Segment nuclei and cells of one field and measure every marker per cell.
 
     Parameters
@@ -274,6 +278,10 @@ def quantify(field_, *, nuclei_channel: int = 0, marker_channels: Mapping[str, i
         Illumination gain (mean ≈ 1) to divide background-corrected intensities by.
     reference : DataFrame or array, optional
         Vehicle cells (table or values) for relative ER-positivity and classes.
+    segment_levels : dict, optional
+        Image-level segmentation statistics measured once for a whole image (the
+        ``info["levels"]`` of an earlier result; see :func:`erquant.segment.segment_nuclei`):
+        the tiles of a mosaic pass the mosaic's, so they are segmented alike.
 
     Returns
     -------
@@ -289,7 +297,7 @@ def quantify(field_, *, nuclei_channel: int = 0, marker_channels: Mapping[str, i
     """
     gen = quantify_iter(field_, nuclei_channel=nuclei_channel, marker_channels=marker_channels,
                         roi=roi, params=params, backend=backend, flatfield=flatfield,
-                        reference=reference)
+                        reference=reference, segment_levels=segment_levels)
     return _run_to_end(gen)
 
 

@@ -76,15 +76,30 @@ class Plan:
     rois: list
     roi_path: Path | None
     warnings: list[str]
+    mosaic: Any = None  #: the MosaicLayout of a mosaic input (tiles), else None
 
 
 # --------------------------------------------------------------------------- plan
 def plan_run(input_path, *, pattern: str | None = None, channels=None, plate_map=None,
-             roi=None) -> Plan:
-    """Validate the input, channels, plate map and ROIs; list the work items."""
+             roi=None, tile: int | None = None, params: Params | None = None) -> Plan:
+    """Validate the input, channels, plate map and ROIs; list the work items (for a
+    mosaic, decide its image-level parameters on a sample first:
+    :meth:`erquant.io.mosaic.MosaicReader.prepare`)."""
     warnings: list[str] = []
+    layout = None
     try:
-        reader = open_input(input_path, pattern=pattern, channels=channels)
+        reader = open_input(input_path, pattern=pattern, channels=channels, tile=tile)
+        from erquant.io.mosaic import MosaicReader
+
+        if isinstance(reader, MosaicReader):
+            if roi is not None:
+                raise InputError(f"{input_path}: --roi is not supported on mosaics (tiles)")
+            try:
+                layout = reader.prepare(params)
+            except (OSError, ValueError) as exc:
+                if isinstance(exc, InputError):
+                    raise
+                raise InputError(f"{input_path}: cannot sample the mosaic: {exc}") from exc
         items = reader.items()
     except InputError as exc:
         raise RunUsageError(str(exc)) from exc
@@ -120,7 +135,7 @@ def plan_run(input_path, *, pattern: str | None = None, channels=None, plate_map
             raise RunUsageError(str(exc)) from exc
         if not rois:
             raise RunUsageError(f"{roi_path}: holds no ROI polygon")
-    return Plan(items, cmap, pmap, pm_path, rois, roi_path, warnings)
+    return Plan(items, cmap, pmap, pm_path, rois, roi_path, warnings, layout)
 
 
 def _fingerprint(plan: Plan, params: Params) -> tuple[str, dict]:
@@ -139,6 +154,8 @@ def _fingerprint(plan: Plan, params: Params) -> tuple[str, dict]:
     what = {"erquant": __version__, "params": params.to_dict(),
             "channels": plan.channels.as_dict(), "rois": roi_hash,
             "items": sorted(it.id for it in plan.items), "files": files}
+    if plan.mosaic is not None:
+        what["mosaic"] = plan.mosaic.to_dict()
     blob = json.dumps(what, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:32], what
 
@@ -251,7 +268,8 @@ def run_batch(input_path, outdir, *, plate_map=None, params: Params | str | None
               roi=None, save_labels: bool = False, channels=None, pattern: str | None = None,
               fields_per_task: int | None = None, flatfield: bool = True,
               analysis: bool = True, progress: bool = True,
-              on_result: Callable[[dict], None] | None = None) -> RunResult:
+              on_result: Callable[[dict], None] | None = None,
+              tile: int | None = None) -> RunResult:
     """Quantify every field of a plate / stack into tables in ``outdir`` (see module doc).
 
     Parameters
@@ -292,6 +310,10 @@ def run_batch(input_path, outdir, *, plate_map=None, params: Params | str | None
         Fit dose-response curves and write the report when a plate map is known.
     progress : bool
         Show a progress bar (fields done / total, rate, ETA, failures).
+    tile : int, optional
+        Quantify a single huge image (TIFF / OME-TIFF / OME-Zarr) in tiles of this
+        many px, one task per tile (:mod:`erquant.io.mosaic`); images over 8192² px
+        are tiled by 2048 without it; 0 = never tile.
 
     Returns
     -------
@@ -321,7 +343,8 @@ def run_batch(input_path, outdir, *, plate_map=None, params: Params | str | None
             else channels
     except InputError as exc:
         raise RunUsageError(str(exc)) from exc
-    plan = plan_run(input_path, pattern=pattern, channels=channels, plate_map=plate_map, roi=roi)
+    plan = plan_run(input_path, pattern=pattern, channels=channels, plate_map=plate_map, roi=roi,
+                    tile=tile, params=params)
     _check_outdir(outdir)
     fingerprint, what = _fingerprint(plan, params)
     run_json = outdir / "run.json"
@@ -432,10 +455,16 @@ def _run(plan: Plan, outdir: Path, params: Params, fingerprint: str, what: dict,
         "argv": sys.argv, "warnings": plan.warnings,
         "input_files": {f: {"size": s, "mtime_ns": m} for f, (s, m) in what["files"].items()},
     }
+    if plan.mosaic is not None:  # every tile runs with the mosaic's decisions
+        info["mosaic"] = plan.mosaic.to_dict()
+        params = plan.mosaic.params(params)
+        info["params_tiles"] = params.to_dict()
+        flatfield = False  # tiles of one image: no camera vignetting to fit per field
     _write_run_json(outdir, info)
     log.info("run %s: %d fields, %d already done", fingerprint, len(items), len(done))
     config = {"outdir": str(outdir.resolve()), "params": params.to_dict(), "backend": backend,
-              "save_labels": save_labels, "rois": plan.rois, "fingerprint": fingerprint}
+              "save_labels": save_labels, "rois": plan.rois, "fingerprint": fingerprint,
+              "mosaic": info.get("mosaic")}
     size = fields_per_task or (8 if gpus else 1)
     tasks = _chunks(todo, max(1, size))
     results: list[dict] = []
@@ -498,7 +527,8 @@ def _run(plan: Plan, outdir: Path, params: Params, fingerprint: str, what: dict,
     from erquant.batch.reduce import reduce_run
 
     red = reduce_run(outdir, summaries, params=params, markers=plan.channels.markers,
-                     plate_map=plan.plate_map, flatfield=flatfield, log=log.info)
+                     plate_map=plan.plate_map, flatfield=flatfield, log=log.info,
+                     mosaic=info.get("mosaic"), save_labels=save_labels)
     failures = [(r["id"], r.get("error", "")) for r in summaries if r.get("status") != "ok"]
     n_ok = sum(r.get("status") == "ok" for r in summaries)
     info.update(status="done", ended=_dt.datetime.now().isoformat(timespec="seconds"),

@@ -67,6 +67,7 @@ class ChannelSource:
     z_mode: str = "max"  #: how Z planes are combined: "max" (maximum projection)
     array: str | None = None  #: a Zarr array inside the store at ``path`` (OME-Zarr)
     index: tuple[int, ...] = ()  #: with ``array``: index of the leading axes; -1 = max over it
+    region: tuple[int, int, int, int] | None = None  #: mosaic window (y0, y1, x0, x1) to read
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,18 @@ class WorkItem:
     z: int | None = None
     image_group: str | None = None  #: OME-Zarr: "<store>::<image group>" (labels go there)
     pixel_size_um: float | None = None  #: from the metadata where the layout records it
+    tile: tuple[int, int] | None = None  #: mosaic tile (row, column), 0-based
+    core: tuple[int, int, int, int] | None = None  #: mosaic: the pixels it owns (y0, y1, x0, x1)
 
     @property
     def id(self) -> str:
-        """A file-name-safe unique id, e.g. ``SYN01__T0001__A01__s001``."""
+        """A file-name-safe unique id, e.g. ``SYN01__T0001__A01__s001`` (mosaic tiles:
+        ``…__s007__t001_002``, tile row 1, column 2)."""
         plate = re.sub(r"[^A-Za-z0-9._-]+", "_", str(self.plate))
-        return f"{plate}__T{self.timepoint:04d}__{self.well}__s{self.field:03d}"
+        out = f"{plate}__T{self.timepoint:04d}__{self.well}__s{self.field:03d}"
+        if self.tile is not None:
+            out += f"__t{self.tile[0]:03d}_{self.tile[1]:03d}"
+        return out
 
     @property
     def keys(self) -> dict:
@@ -109,6 +116,9 @@ class WorkItem:
                        for p in (src.path, *src.z_paths)})
 
     def describe(self) -> str:
+        if self.tile is not None:
+            return (f"{self.plate} tile {self.tile[0]},{self.tile[1]} (pixels "
+                    f"y {self.core[0]}-{self.core[1]}, x {self.core[2]}-{self.core[3]})")
         return f"{self.plate} {self.well} field {self.field} (timepoint {self.timepoint})"
 
 
@@ -410,18 +420,30 @@ class OmeStackReader:
 
 
 def open_input(path: str | os.PathLike, *, pattern: str | None = None,
-               channels: ChannelMap | str | Mapping | None = None):
-    """The reader for ``path``: an OME-TIFF stack file, a ``--pattern`` folder or a
-    MetaXpress folder. Raises :class:`InputError` when nothing can be read."""
+               channels: ChannelMap | str | Mapping | None = None, tile: int | None = None):
+    """The reader for ``path``: an OME-TIFF stack file, a ``--pattern`` folder, a
+    MetaXpress folder, … or a mosaic (one huge image in tiles of ``tile`` px: with
+    ``tile``, or automatically above :data:`erquant.io.mosaic.AUTO_TILE_PIXELS`;
+    ``tile=0``: never). Raises :class:`InputError` when nothing can be read."""
     path = Path(path).absolute()  # workers may run elsewhere: absolute paths in items
     cmap = channels if isinstance(channels, ChannelMap) else parse_channel_map(channels)
     if not path.exists():
         raise InputError(f"input not found: {path}")
+    if tile is not None and tile < 0:
+        raise InputError(f"--tile must be > 0 (or 0: never tile), got {tile}")
+    if not pattern and (path.is_file() or tile):
+        from erquant.io.mosaic import MosaicReader, is_mosaic
+
+        if is_mosaic(path, tile):
+            return MosaicReader(path, cmap, tile=tile)
+        if tile:
+            MosaicReader(path, cmap)._open()  # raises the reason it is not one image
     if path.is_file():
         if path.name.lower().endswith((".ome.tif", ".ome.tiff")):
             return OmeStackReader(path, cmap)
         raise InputError(f"{path}: a single input file must be an OME-TIFF stack "
-                         "(*.ome.tif); for folders of images give the folder")
+                         "(*.ome.tif) or, with --tile, one (C, Y, X) image to tile; for "
+                         "folders of images give the folder")
     if pattern:
         return PatternReader(path, pattern, cmap)
     from erquant.io.omezarr import OmeZarrReader, is_ome_zarr
@@ -448,6 +470,10 @@ def open_input(path: str | os.PathLike, *, pattern: str | None = None,
 
 # --------------------------------------------------------------------------- loading
 def _read_plane(src: ChannelSource, cache: dict | None = None) -> np.ndarray:
+    if src.region is not None:  # a window of a mosaic
+        from erquant.io.mosaic import read_region
+
+        return read_region(src)
     if src.z_paths:  # a Z stack of single-plane files: maximum projection
         planes = [_read_plane(ChannelSource(p, src.series, src.plane))
                   for p in (src.path, *src.z_paths)]
