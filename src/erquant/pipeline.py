@@ -161,6 +161,7 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
                   marker_channels: Mapping[str, int] | None = None, roi=None,
                   params: Params | None = None, backend: str | Backend = "auto",
                   flatfield=None, reference: Any = None, segment_levels: dict | None = None,
+                  valid_shape: tuple[int, int] | None = None,
                   ) -> Generator[Progress, None, FieldResult]:
     """Quantify one field, yielding :class:`Progress`; returns a :class:`FieldResult`.
 
@@ -192,6 +193,16 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
     cyto = next(iter(markers.values())) if (params.cells.use_marker and markers) else None
     cells = segment_cells(nuclei, cytoplasm_image=cyto, max_distance=params.cells.max_distance,
                           downsample=float(info.get("downsample", 1)))
+    if valid_shape is not None and tuple(valid_shape) != tuple(nuc.shape):
+        # a padded mosaic window: segmented whole, measured only where it is image
+        h, w = (int(v) for v in valid_shape)
+        xp = bk.xp
+        nuc = xp.ascontiguousarray(nuc[:h, :w])
+        markers = {k: xp.ascontiguousarray(v[:h, :w]) for k, v in markers.items()}
+        nuclei = xp.ascontiguousarray(nuclei[:h, :w])
+        cells = xp.ascontiguousarray(cells[:h, :w])
+        if roi_map is not None:
+            roi_map = roi_map[:h, :w]
 
     yield Progress("measure", 0.6)
     return (yield from _finish_field(bk, nuc, markers, nuclei, cells, info, params, roi_map,
@@ -257,7 +268,8 @@ def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, fl
 def quantify(field_, *, nuclei_channel: int = 0, marker_channels: Mapping[str, int] | None = None,
              roi=None, params: Params | None = None, backend: str | Backend = "auto",
              flatfield=None, reference: Any = None,
-             segment_levels: dict | None = None) -> FieldResult:
+             segment_levels: dict | None = None,
+             valid_shape: tuple[int, int] | None = None) -> FieldResult:
     """Segment nuclei and cells of one field and measure every marker per cell.
 
     Parameters
@@ -282,6 +294,11 @@ def quantify(field_, *, nuclei_channel: int = 0, marker_channels: Mapping[str, i
         Image-level segmentation statistics measured once for a whole image (the
         ``info["levels"]`` of an earlier result; see :func:`erquant.segment.segment_nuclei`):
         the tiles of a mosaic pass the mosaic's, so they are segmented alike.
+    valid_shape : (h, w), optional
+        Only the top-left ``h`` × ``w`` pixels are image, the rest padding (a mosaic
+        window at the image's border): nuclei and cells are segmented on the whole
+        array, then cut to ``(h, w)`` and measured there (labels, table and QC are
+        of the ``(h, w)`` part).
 
     Returns
     -------
@@ -297,7 +314,8 @@ def quantify(field_, *, nuclei_channel: int = 0, marker_channels: Mapping[str, i
     """
     gen = quantify_iter(field_, nuclei_channel=nuclei_channel, marker_channels=marker_channels,
                         roi=roi, params=params, backend=backend, flatfield=flatfield,
-                        reference=reference, segment_levels=segment_levels)
+                        reference=reference, segment_levels=segment_levels,
+                        valid_shape=valid_shape)
     return _run_to_end(gen)
 
 

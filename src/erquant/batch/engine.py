@@ -96,6 +96,9 @@ def plan_run(input_path, *, pattern: str | None = None, channels=None, plate_map
                 raise InputError(f"{input_path}: --roi is not supported on mosaics (tiles)")
             try:
                 layout = reader.prepare(params)
+                from erquant.batch.worker import release_memory
+
+                release_memory()  # the sample's buffers: the client holds no pixels
             except (OSError, ValueError) as exc:
                 if isinstance(exc, InputError):
                     raise

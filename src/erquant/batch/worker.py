@@ -130,6 +130,19 @@ def _finish_row(item: WorkItem, res, names: list[str], roi_names: list[str], sha
     return summary, table
 
 
+def release_memory() -> None:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``; else nothing)."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 _MALLOC_TUNED = False
 
 
@@ -222,9 +235,10 @@ def _one_tile(item, img, names, params, config, outdir, t_load, t0) -> dict:
     if config.get("rois"):
         raise ValueError("ROIs are not supported on mosaic tiles")
     layout = MosaicLayout.from_dict(config["mosaic"])
+    shape = img.shape[-2:]
     img = pad_window(img, names, layout)
     res = quantify(img, **_quantify_kwargs(names), params=params, backend=config["backend"],
-                   segment_levels=layout.levels)
+                   segment_levels=layout.levels, valid_shape=shape)
     del img
     res, extra = own_tile(item, res, layout, params)
     secs = t_load + time.perf_counter() - t0

@@ -412,8 +412,8 @@ def pad_window(img: np.ndarray, names: list[str], layout: MosaicLayout) -> np.nd
 
 def own_tile(item: WorkItem, res, layout: MosaicLayout, params) -> tuple:
     """The objects of a tile's result that the tile owns → (result with the owned
-    cells only: table in global coordinates, labels of the core numbered 1..n;
-    summary extras)."""
+    cells only: table in global coordinates, labels of the window (owned objects
+    only, whole, numbered 1..n as the table's ``label``); summary extras)."""
     import pandas as pd
 
     from erquant.classify import field_scores
@@ -450,9 +450,9 @@ def own_tile(item: WorkItem, res, layout: MosaicLayout, params) -> tuple:
     n_cut = int((on_edge & own).sum())
     lut = np.zeros(n + 1, np.uint32)
     lut[own] = np.arange(1, int(own.sum()) + 1, dtype=np.uint32)
-    sl = (slice(cy0 - wy0, cy1 - wy0), slice(cx0 - wx0, cx1 - wx0))
-    core_nuc = lut[nuc[sl]]
-    core_cells = lut[np.minimum(cells[sl], n)]
+    sl = (slice(0, h), slice(0, w))  # the window without its padding
+    own_nuc = lut[nuc[sl]]
+    own_cells = lut[np.minimum(cells[sl], n)]
     t = res.table
     lab = t["label"].to_numpy().astype(np.int64)
     keep = own[lab]
@@ -464,7 +464,7 @@ def own_tile(item: WorkItem, res, layout: MosaicLayout, params) -> tuple:
     t = t.reset_index(drop=True)
     cp = params.classify
     scores = {m: field_scores(t, channel=m, compartment=cp.compartment) for m in res.scores}
-    out = dataclasses.replace(res, table=pd.DataFrame(t), nuclei=core_nuc, cells=core_cells,
+    out = dataclasses.replace(res, table=pd.DataFrame(t), nuclei=own_nuc, cells=own_cells,
                               scores=scores)
     extra = {"tile_row": item.tile[0], "tile_col": item.tile[1],
              "core": ",".join(map(str, item.core)), "window": f"{wy0},{wy1},{wx0},{wx1}",
@@ -473,10 +473,12 @@ def own_tile(item: WorkItem, res, layout: MosaicLayout, params) -> tuple:
 
 
 def stitch_labels(outdir, fields, offsets: dict, mosaic: dict) -> dict:
-    """Write the tiles' label cores (``labels/<id>_nuclei.tif`` / ``_cells.tif``) into one
-    zarr label image per mosaic, ``labels/<plate>_nuclei.zarr`` / ``_cells.zarr``, with
-    the global cell numbers (tile offset + local). Chunks are the core tiles, so each
-    tile writes its own chunks once; tiles go one at a time (memory: one tile)."""
+    """Write the tiles' owned objects (``labels/<id>_nuclei.tif`` / ``_cells.tif``: the
+    window, owned objects whole, local numbers) into one zarr label image per mosaic,
+    ``labels/<plate>_nuclei.zarr`` / ``_cells.zarr``, with the global cell numbers (tile
+    offset + local). Tiles go one at a time, here in the reduce step (memory: one
+    window); an object over a seam reaches into a neighbour's chunks, which are read,
+    merged (the owner's pixels win) and rewritten — sequentially, never by two writers."""
     import tifffile
     import zarr
 
@@ -491,13 +493,21 @@ def stitch_labels(outdir, fields, offsets: dict, mosaic: dict) -> dict:
             dest = outdir / "labels" / f"{safe}_{kind}.zarr"
             arr = zarr.create_array(store=str(dest), shape=lay.shape, chunks=(T, T),
                                     dtype=dtype, fill_value=0, overwrite=True)
-            for pid, core in zip(g["id"], g["core"]):
+            for pid, win in zip(g["id"], g["window"]):
                 src = outdir / "labels" / f"{pid}_{kind}.tif"
                 if not src.exists() or pid not in offsets:
                     continue
-                y0, y1, x0, x1 = (int(v) for v in str(core).split(","))
+                y0, y1, x0, x1 = (int(v) for v in str(win).split(","))
                 lab = tifffile.imread(src).astype(dtype)
-                lab[lab > 0] += np.array(offsets[pid], dtype=dtype)
-                arr[y0:y1, x0:x1] = lab
+                if not lab.any():
+                    continue
+                ys, xs = np.nonzero(lab.any(axis=1))[0], np.nonzero(lab.any(axis=0))[0]
+                sy, sx = slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
+                lab = lab[sy, sx]
+                region = (slice(y0 + sy.start, y0 + sy.stop), slice(x0 + sx.start, x0 + sx.stop))
+                cur = np.asarray(arr[region])
+                on = lab > 0
+                cur[on] = lab[on] + np.array(offsets[pid], dtype=dtype)
+                arr[region] = cur
             written[kind] = str(dest)
     return written
