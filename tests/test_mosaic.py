@@ -264,7 +264,7 @@ def test_bad_inputs(tmp_path):
         open_input(multi, tile=512)
     folder = tmp_path / "plate"
     folder.mkdir()
-    with pytest.raises(InputError, match=r"plate: not an OME-Zarr single image"):
+    with pytest.raises(InputError, match=r"plate: --tile needs one image"):
         open_input(folder, tile=512)
     tifffile.imwrite(tmp_path / "small.tif", np.zeros((2, 256, 256), np.uint16),
                      photometric="minisblack")
@@ -277,3 +277,17 @@ def test_bad_inputs(tmp_path):
     # a small plain TIFF without --tile is not a mosaic (a clear error, as before)
     with pytest.raises(InputError, match=r"small\.tif: a single input file"):
         open_input(tmp_path / "small.tif")
+
+
+def test_automatic_tiling_above_the_size_limit(tmp_path, monkeypatch):
+    import erquant.io.mosaic as mosaic
+
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((2, 300, 400), np.uint16),
+                     photometric="minisblack")
+    with pytest.raises(InputError):  # 120,000 px: not a mosaic, and not an OME stack
+        open_input(tmp_path / "img.tif")
+    monkeypatch.setattr(mosaic, "AUTO_TILE_PIXELS", 300 * 300)
+    r = open_input(tmp_path / "img.tif")
+    assert isinstance(r, MosaicReader) and r.tile is None and r.shape == (2, 300, 400)
+    with pytest.raises(InputError, match="single input file"):  # --tile 0: never tile
+        open_input(tmp_path / "img.tif", tile=0)

@@ -407,6 +407,7 @@ def _what_changed(old: dict, new: dict) -> str:
     diffs = [name for key, name in (("params", "parameters"), ("channels", "channels"),
                                     ("rois", "ROIs"), ("items", "fields"),
                                     ("files", "input files (size or modification time)"),
+                                    ("mosaic", "mosaic tiles or sample decisions"),
                                     ("erquant", "erquant version"))
              if old.get(key) != new.get(key)]
     return ", ".join(diffs) or "inputs or parameters"
@@ -469,6 +470,8 @@ def _run(plan: Plan, outdir: Path, params: Params, fingerprint: str, what: dict,
               "save_labels": save_labels, "rois": plan.rois, "fingerprint": fingerprint,
               "mosaic": info.get("mosaic")}
     size = fields_per_task or (8 if gpus else 1)
+    if plan.mosaic is not None:
+        size = 1  # one window per task: a worker's memory stays one tile's
     tasks = _chunks(todo, max(1, size))
     results: list[dict] = []
     interrupted = False

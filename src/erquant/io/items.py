@@ -431,10 +431,11 @@ def open_input(path: str | os.PathLike, *, pattern: str | None = None,
         raise InputError(f"input not found: {path}")
     if tile is not None and tile < 0:
         raise InputError(f"--tile must be > 0 (or 0: never tile), got {tile}")
-    if not pattern and (path.is_file() or tile):
-        from erquant.io.mosaic import MosaicReader, is_mosaic
+    if not pattern and tile != 0:
+        from erquant.io.mosaic import MosaicReader, _ome_zarr_image, is_mosaic
 
-        if is_mosaic(path, tile):
+        if (path.is_file() or tile or _ome_zarr_image(path) is not None) and \
+                is_mosaic(path, tile):
             return MosaicReader(path, cmap, tile=tile)
         if tile:
             MosaicReader(path, cmap)._open()  # raises the reason it is not one image

@@ -152,7 +152,7 @@ class MosaicLayout:
     def params(self, params):
         """``params`` with the mosaic's diameter, working scale, cell growth and
         measurement tile fixed (what every tile runs with)."""
-        changes = {"segment.diameter": float(self.diameter),
+        changes = {"segment.method": self.method, "segment.diameter": float(self.diameter),
                    "cells.max_distance": float(self.max_distance),
                    "measure.tile": int(self.measure_tile)}
         if self.method == "classical":
@@ -218,7 +218,9 @@ class MosaicReader:
         if path.is_dir():
             found = _ome_zarr_image(path)
             if found is None:
-                raise InputError(f"{path}: not an OME-Zarr single image (no multiscales)")
+                raise InputError(f"{path}: --tile needs one image (a TIFF / OME-TIFF file or "
+                                 "an OME-Zarr single image); this folder is not an OME-Zarr "
+                                 "single image (no multiscales metadata)")
             arr_path, axes = found
             try:
                 z = _open_array(str(path), arr_path)
