@@ -291,3 +291,17 @@ def test_automatic_tiling_above_the_size_limit(tmp_path, monkeypatch):
     assert isinstance(r, MosaicReader) and r.tile is None and r.shape == (2, 300, 400)
     with pytest.raises(InputError, match="single input file"):  # --tile 0: never tile
         open_input(tmp_path / "img.tif", tile=0)
+
+
+def test_local_cluster_equals_in_process(tmp_path):
+    """With workers the sample is decided in a spawned process: the same decisions, the
+    same tables as in-process."""
+    write_image(tmp_path / "m.tif", (700, 640), 320, n=150, seed=4)
+    a, _, ia = run(tmp_path / "m.tif", tmp_path / "a", tile=320)
+    res = run_batch(tmp_path / "m.tif", tmp_path / "b", params=CLASSICAL, workers=1, tile=320,
+                    progress=False, analysis=False)
+    assert res.n_ok == res.n_fields == 6
+    b = pd.read_parquet(tmp_path / "b" / "cells.parquet")
+    ib = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert ia["mosaic"] == ib["mosaic"] and ia["fingerprint"] == ib["fingerprint"]
+    pd.testing.assert_frame_equal(a, b)

@@ -81,10 +81,12 @@ class Plan:
 
 # --------------------------------------------------------------------------- plan
 def plan_run(input_path, *, pattern: str | None = None, channels=None, plate_map=None,
-             roi=None, tile: int | None = None, params: Params | None = None) -> Plan:
+             roi=None, tile: int | None = None, params: Params | None = None,
+             isolate: bool = False) -> Plan:
     """Validate the input, channels, plate map and ROIs; list the work items (for a
     mosaic, decide its image-level parameters on a sample first:
-    :meth:`erquant.io.mosaic.MosaicReader.prepare`)."""
+    :meth:`erquant.io.mosaic.MosaicReader.prepare`, with ``isolate`` in a short-lived
+    process, so this one never holds the sample's pixels or the segmenters' buffers)."""
     warnings: list[str] = []
     layout = None
     try:
@@ -95,10 +97,7 @@ def plan_run(input_path, *, pattern: str | None = None, channels=None, plate_map
             if roi is not None:
                 raise InputError(f"{input_path}: --roi is not supported on mosaics (tiles)")
             try:
-                layout = reader.prepare(params)
-                from erquant.batch.worker import release_memory
-
-                release_memory()  # the sample's buffers: the client holds no pixels
+                layout = _prepare_mosaic(reader, params, isolate)
             except (OSError, ValueError) as exc:
                 if isinstance(exc, InputError):
                     raise
@@ -139,6 +138,28 @@ def plan_run(input_path, *, pattern: str | None = None, channels=None, plate_map
         if not rois:
             raise RunUsageError(f"{roi_path}: holds no ROI polygon")
     return Plan(items, cmap, pmap, pm_path, rois, roi_path, warnings, layout)
+
+
+def _prepare_mosaic(reader, params, isolate: bool):
+    """``reader.prepare(params)``, in a spawned process with ``isolate``."""
+    if not isolate:
+        return reader.prepare(params)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from erquant.io.mosaic import prepare_layout
+
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+            layout = ex.submit(prepare_layout, reader.path, reader.channels, reader.tile,
+                               params).result()
+    except RuntimeError as exc:  # typically: a script without a __main__ guard
+        raise RunUsageError(
+            f"could not start a process to sample the mosaic: {exc}. Processes re-import "
+            "the calling script: put run_batch under `if __name__ == '__main__':`, or pass "
+            "workers=0 to run in this process") from exc
+    reader.layout = layout
+    return layout
 
 
 def _fingerprint(plan: Plan, params: Params) -> tuple[str, dict]:
@@ -347,7 +368,8 @@ def run_batch(input_path, outdir, *, plate_map=None, params: Params | str | None
     except InputError as exc:
         raise RunUsageError(str(exc)) from exc
     plan = plan_run(input_path, pattern=pattern, channels=channels, plate_map=plate_map, roi=roi,
-                    tile=tile, params=params)
+                    tile=tile, params=params,
+                    isolate=bool(workers != 0 or scheduler is not None or gpus is not None))
     _check_outdir(outdir)
     fingerprint, what = _fingerprint(plan, params)
     run_json = outdir / "run.json"

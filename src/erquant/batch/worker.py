@@ -130,19 +130,6 @@ def _finish_row(item: WorkItem, res, names: list[str], roi_names: list[str], sha
     return summary, table
 
 
-def release_memory() -> None:
-    """Give freed heap memory back to the system (glibc ``malloc_trim``; else nothing)."""
-    import gc
-
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 _MALLOC_TUNED = False
 
 

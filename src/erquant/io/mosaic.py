@@ -395,6 +395,11 @@ class MosaicReader:
         return out
 
 
+def prepare_layout(path, channels, tile, params) -> MosaicLayout:
+    """:meth:`MosaicReader.prepare` of a new reader (picklable: for another process)."""
+    return MosaicReader(Path(path), channels, tile=tile).prepare(params)
+
+
 # --------------------------------------------------------------------------- tiles
 def pad_window(img: np.ndarray, names: list[str], layout: MosaicLayout) -> np.ndarray:
     """A (C, h, w) window padded at the bottom/right to whole periods with the
