@@ -216,6 +216,10 @@ def test_small_tiles_off_period(tmp_path):
         "datasets": [{"path": "0"}]}]}))
     z = run(store, tmp_path / "zarr", tile=tile)[0]
     pd.testing.assert_frame_equal(z.drop(columns=["plate"]), tiled.drop(columns=["plate"]))
+    # ... and as an untiled, uncompressed TIFF (one strip per plane: memory-mapped)
+    tifffile.imwrite(tmp_path / "strip.tif", f.image, photometric="minisblack")
+    st = run(tmp_path / "strip.tif", tmp_path / "strip", tile=tile)[0]
+    pd.testing.assert_frame_equal(st.drop(columns=["plate"]), tiled.drop(columns=["plate"]))
 
 
 def test_learned_tiled_equals_untiled(tmp_path):

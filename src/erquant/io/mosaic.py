@@ -64,12 +64,19 @@ SAMPLE_CROPS = 4
 
 # --------------------------------------------------------------------------- arrays
 def _open_array(path: str, array: str | None):
-    """The zarr array of a TIFF (via ``aszarr``) or of an OME-Zarr image (lazy)."""
+    """A lazily sliced array of a TIFF or of an OME-Zarr image: uncompressed contiguous
+    TIFF data memory-mapped (one strip per plane would make a zarr view read the whole
+    plane for any window), other TIFFs through ``tifffile``'s ``aszarr`` (tiles or
+    strips decoded as needed), OME-Zarr through zarr."""
     import zarr
 
     if array is None:
         import tifffile
 
+        with tifffile.TiffFile(path) as tif:
+            contiguous = tif.series[0].dataoffset is not None
+        if contiguous:
+            return tifffile.memmap(path, mode="r")
         store = tifffile.imread(path, aszarr=True)
         z = zarr.open(store, mode="r")
         if not hasattr(z, "shape"):  # a pyramid: the full-resolution level
