@@ -309,3 +309,19 @@ def test_local_cluster_equals_in_process(tmp_path):
     ib = json.loads((tmp_path / "b" / "run.json").read_text())
     assert ia["mosaic"] == ib["mosaic"] and ia["fingerprint"] == ib["fingerprint"]
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_clumps_across_seams(tmp_path):
+    """Confluent clumps of touching nuclei (the splitting's hardest case) over the seams."""
+    shape, tile = (960, 900), 300
+    f = make_field(shape=shape, n_nuclei=300, seed=21, clump_size=6)
+    tifffile.imwrite(tmp_path / "c.tif", f.image, tile=(256, 256), photometric="minisblack")
+    whole = run(tmp_path / "c.tif", tmp_path / "whole", tile=2048)[0]
+    tiled, ft, _ = run(tmp_path / "c.tif", tmp_path / "tiled", tile=tile)
+    assert len(ft) == 4 * 3 and (ft["n_cut"] == 0).all()
+    # clumps really cross seams: nuclei of one clump owned by different tiles
+    clump = np.arange(len(f.truth)) // 6
+    tile_of = (f.truth["centroid_y"] // tile).astype(int) * 10 + \
+        (f.truth["centroid_x"] // tile).astype(int)
+    assert (pd.Series(tile_of.to_numpy()).groupby(clump).nunique() > 1).sum() >= 5
+    assert_same_cells(whole, tiled)
