@@ -149,10 +149,15 @@ def _prepare_mosaic(reader, params, isolate: bool):
 
     from erquant.io.mosaic import prepare_layout
 
+    from concurrent.futures.process import BrokenProcessPool
+
     try:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
             layout = ex.submit(prepare_layout, reader.path, reader.channels, reader.tile,
                                params).result()
+    except BrokenProcessPool as exc:
+        raise RunUsageError(f"{reader.path}: the process sampling the mosaic died ({exc}); "
+                            "out of memory?") from exc
     except RuntimeError as exc:  # typically: a script without a __main__ guard
         raise RunUsageError(
             f"could not start a process to sample the mosaic: {exc}. Processes re-import "
