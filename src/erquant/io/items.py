@@ -10,7 +10,9 @@ calls :func:`load_item` there: the client never holds pixel data.
 Adding a layout means adding a reader with ``items() -> list[WorkItem]`` and
 ``channel_ids() -> list[str]``; :func:`open_input` picks the reader. Vendor layouts
 (Yokogawa CellVoyager, Revvity Opera/Operetta Harmony exports) are in
-:mod:`erquant.io.vendors`.
+:mod:`erquant.io.vendors`; mosaics (one huge image, one work item per overlapping tile,
+with ``tile``/``core`` set and each channel's ``region`` the window to read) in
+:mod:`erquant.io.mosaic`.
 
 Channel ids
 -----------
