@@ -106,6 +106,32 @@ def _scan_order_map_impl(seeds, cc, out):
         out[i] = lut[cc[i]]
 
 
+def _raster_order_impl(labels, n):
+    """Lookup table renumbering the labels 1..n of a flat array in the raster order of
+    their first pixels (0 stays 0), and whether it is the identity."""
+    lut = np.zeros(n + 1, dtype=labels.dtype)
+    k = 0
+    for i in range(labels.size):
+        v = labels[i]
+        if v != 0 and lut[v] == 0:
+            k += 1
+            lut[v] = k
+            if k == n:
+                break
+    identity = True
+    for v in range(n + 1):
+        if lut[v] != v:
+            identity = False
+            break
+    return lut, identity
+
+
+def _apply_lut_impl(labels, lut):
+    """labels[i] = lut[labels[i]], in place (flat array)."""
+    for i in range(labels.size):
+        labels[i] = lut[labels[i]]
+
+
 def _present_impl(labels, n):
     """Boolean presence of each label 0..n in a flat label array."""
     out = np.zeros(n + 1, dtype=np.bool_)
@@ -275,6 +301,8 @@ if numba is not None:
     gather2d = _jit(_gather2d_impl)
     scan_order_map = _jit(_scan_order_map_impl)
     present = _jit(_present_impl)
+    raster_order = _jit(_raster_order_impl)
+    apply_lut = _jit(_apply_lut_impl)
     range_count = _jit(_range_count_impl)
     scatter_max = _jit(_scatter_max_impl)
     shape_moments = _jit(_shape_moments_impl)
@@ -289,6 +317,8 @@ else:  # pragma: no cover
     gather2d = None
     scan_order_map = None
     present = None
+    raster_order = None
+    apply_lut = None
     scatter_max = None
     shape_moments = None
     range_count = None

@@ -76,11 +76,33 @@ def edt(bk: Backend, mask):
 def label(bk: Backend, mask):
     """8-connected components of a boolean mask → (int32 labels, count).
 
-    ``count`` is a Python int: a host sync on the GPU (needed to size what follows).
+    Components are numbered in the raster order of their first pixel on every backend
+    (as ``scipy.ndimage.label``; OpenCV's block-based labelling numbers them in
+    another order, which depends on the image's origin): the ids, and every "largest
+    id wins" tie that follows, are the same in an image and in any crop holding the
+    components whole (mosaic tiles). ``count`` is a Python int: a host sync on the
+    GPU (needed to size what follows).
     """
     if _use_cv2(bk):
         n, lab = cv2.connectedComponents(mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-        return lab, int(n) - 1
+        n = int(n) - 1
+        if n > 1:
+            if _numba_ok(bk):
+                from erquant import _numba_kernels
+
+                lut, identity = _numba_kernels.raster_order(lab.ravel(), n)
+                if not identity:
+                    _numba_kernels.apply_lut(lab.ravel(), lut)  # lab is contiguous: in place
+                    identity = True
+            else:
+                ids, first = np.unique(lab.ravel(), return_index=True)
+                order = np.argsort(first[ids > 0], kind="stable")
+                lut = np.zeros(n + 1, np.int32)
+                lut[ids[ids > 0][order]] = np.arange(1, n + 1, dtype=np.int32)
+                identity = bool((lut == np.arange(n + 1)).all())
+            if not identity:
+                lab = lut[lab]
+        return lab, n
     # structure as a host array: cupyx (like scipy) reads it with numpy
     lab, n = bk.ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
     return lab.astype(bk.xp.int32, copy=False), int(n)

@@ -160,7 +160,8 @@ def roi_index_map(roi, shape: tuple[int, int]) -> np.ndarray:
 def quantify_iter(field_, *, nuclei_channel: int = 0,
                   marker_channels: Mapping[str, int] | None = None, roi=None,
                   params: Params | None = None, backend: str | Backend = "auto",
-                  flatfield=None, reference: Any = None,
+                  flatfield=None, reference: Any = None, segment_levels: dict | None = None,
+                  valid_shape: tuple[int, int] | None = None,
                   ) -> Generator[Progress, None, FieldResult]:
     """Quantify one field, yielding :class:`Progress`; returns a :class:`FieldResult`.
 
@@ -185,12 +186,23 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
 
     yield Progress("nuclei", 0.05)
     # SegmentParams mirrors segment_nuclei's keyword arguments one to one
-    nuclei, info = segment_nuclei(nuc, **dataclasses.asdict(params.segment), return_info=True)
+    nuclei, info = segment_nuclei(nuc, **dataclasses.asdict(params.segment), return_info=True,
+                                  levels=segment_levels)
 
     yield Progress("cells", 0.45)
     cyto = next(iter(markers.values())) if (params.cells.use_marker and markers) else None
     cells = segment_cells(nuclei, cytoplasm_image=cyto, max_distance=params.cells.max_distance,
                           downsample=float(info.get("downsample", 1)))
+    if valid_shape is not None and tuple(valid_shape) != tuple(nuc.shape):
+        # a padded mosaic window: segmented whole, measured only where it is image
+        h, w = (int(v) for v in valid_shape)
+        xp = bk.xp
+        nuc = xp.ascontiguousarray(nuc[:h, :w])
+        markers = {k: xp.ascontiguousarray(v[:h, :w]) for k, v in markers.items()}
+        nuclei = xp.ascontiguousarray(nuclei[:h, :w])
+        cells = xp.ascontiguousarray(cells[:h, :w])
+        if roi_map is not None:
+            roi_map = roi_map[:h, :w]
 
     yield Progress("measure", 0.6)
     return (yield from _finish_field(bk, nuc, markers, nuclei, cells, info, params, roi_map,
@@ -245,6 +257,8 @@ def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, fl
             "downsample": float(seg_info.get("downsample", 1)), "backend": bk.name,
             "method": seg_info.get("method", "classical")}
     info.update({k: v for k, v in seg_info.items() if k.startswith("montage")})
+    if seg_info.get("levels") is not None:
+        info["levels"] = seg_info["levels"]
     yield Progress("done", start + span)
     return FieldResult(nuclei=nuclei_h.astype(np.uint32, copy=False),
                        cells=cells_h.astype(np.uint32, copy=False), table=table, qc=qc,
@@ -253,7 +267,9 @@ def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, fl
 
 def quantify(field_, *, nuclei_channel: int = 0, marker_channels: Mapping[str, int] | None = None,
              roi=None, params: Params | None = None, backend: str | Backend = "auto",
-             flatfield=None, reference: Any = None) -> FieldResult:
+             flatfield=None, reference: Any = None,
+             segment_levels: dict | None = None,
+             valid_shape: tuple[int, int] | None = None) -> FieldResult:
     """Segment nuclei and cells of one field and measure every marker per cell.
 
     Parameters
@@ -274,6 +290,15 @@ def quantify(field_, *, nuclei_channel: int = 0, marker_channels: Mapping[str, i
         Illumination gain (mean ≈ 1) to divide background-corrected intensities by.
     reference : DataFrame or array, optional
         Vehicle cells (table or values) for relative ER-positivity and classes.
+    segment_levels : dict, optional
+        Image-level segmentation statistics measured once for a whole image (the
+        ``info["levels"]`` of an earlier result; see :func:`erquant.segment.segment_nuclei`):
+        the tiles of a mosaic pass the mosaic's, so they are segmented alike.
+    valid_shape : (h, w), optional
+        Only the top-left ``h`` × ``w`` pixels are image, the rest padding (a mosaic
+        window at the image's border): nuclei and cells are segmented on the whole
+        array, then cut to ``(h, w)`` and measured there (labels, table and QC are
+        of the ``(h, w)`` part).
 
     Returns
     -------
@@ -289,7 +314,8 @@ def quantify(field_, *, nuclei_channel: int = 0, marker_channels: Mapping[str, i
     """
     gen = quantify_iter(field_, nuclei_channel=nuclei_channel, marker_channels=marker_channels,
                         roi=roi, params=params, backend=backend, flatfield=flatfield,
-                        reference=reference)
+                        reference=reference, segment_levels=segment_levels,
+                        valid_shape=valid_shape)
     return _run_to_end(gen)
 
 

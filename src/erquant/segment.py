@@ -194,32 +194,44 @@ def compute_threshold(img, method: str = "otsu", *, mask=None, value: float | No
 
 
 # ---------------------------------------------------------------- helpers
-def _normalise(bk: Backend, img, crop=None):
+def _normalise(bk: Backend, img, crop=None, levels=None):
     """Scale to ~[0, 1] by robust percentiles (so parameters are dtype-free).
 
     Returns ``(normalised image or None when constant, lo, hi)``; with ``crop`` (a
     pair of slices) only that part is returned, scaled by the whole image's levels.
+    With ``levels`` (a dict, see :func:`segment_nuclei`) holding ``image_range`` those
+    levels are used as they are; otherwise the measured ones are stored into it.
     """
     xp = bk.xp
+    if levels is not None and levels.get("image_range") is not None:
+        lo, hi = (float(v) for v in levels["image_range"])
+        if hi <= lo:
+            return None, lo, hi
+        part = img if crop is None else img[crop]
+        return (part - lo) * (1.0 / (hi - lo)), lo, hi
     small = img[:: max(1, -(-img.shape[0] // 256)), :: max(1, -(-img.shape[1] // 256))]
     lo, hi = (float(v) for v in to_numpy(xp.percentile(small, xp.asarray([0.5, 99.9]))))
     # host sync above: two scalars
     if hi <= lo:
         hi = float(img.max())  # host sync
         lo = float(img.min())  # host sync
+    if levels is not None:
+        levels["image_range"] = (lo, hi)
     if hi <= lo:
         return None, lo, hi
     part = img if crop is None else img[crop]
     return (part - lo) * (1.0 / (hi - lo)), lo, hi
 
 
-def background(bk: Backend, img, diameter: float, *, factor: float = 4.0, refine: bool = True):
+def background(bk: Backend, img, diameter: float, *, factor: float = 4.0, refine: bool = True,
+               levels: dict | None = None):
     """Smooth background of a down-sampled copy, in tiles of ``factor`` diameters.
 
     With ``refine`` (default): the median of the non-object pixels per tile (objects
     found by a top-hat of ~1.5 diameters), interpolated bilinearly and extrapolated
     linearly to the borders; otherwise a smoothed grey opening (which lags behind
-    steep ramps at the image edges).
+    steep ramps at the image edges). ``levels``: a dict whose ``background_threshold``
+    (the top-hat threshold of the objects) is used when present, else stored.
     """
     xp = bk.xp
     step = max(1, int(diameter // 4))
@@ -240,7 +252,11 @@ def background(bk: Backend, img, diameter: float, *, factor: float = 4.0, refine
         # objects: a top-hat with a window of ~1.5 diameters (lags little on ramps)
         w2 = max(3, int(round(1.5 * diameter / step)) | 1)
         resid = small - K.maximum_filter(bk, K.minimum_filter(bk, small, w2), w2)
-        t = _foreground_threshold(bk, resid, "otsu", None, True)
+        t = None if levels is None else levels.get("background_threshold")
+        if t is None:
+            t = _foreground_threshold(bk, resid, "otsu", None, True)
+            if levels is not None:
+                levels["background_threshold"] = float(t)
         occupied = K.maximum_filter(bk, (resid > t).view(xp.uint8), 3).view(bool)
         bg = background_map(small, occupied, tile=max(4, win), quantile=0.5).astype(xp.float32)
     return K.resize(bk, xp.ascontiguousarray(bg, dtype=xp.float32), img.shape)
@@ -444,7 +460,8 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
                    seed_hole_fraction: float = 0.08, rim_fraction: float = 0.1,
                    seed_smoothing: float = 0.06, min_snr: float = 4.0,
                    valley_strength: float = 0.07,
-                   downsample: int = 0, return_info: bool = False, _internals: bool = False,
+                   downsample: int = 0, return_info: bool = False,
+                   levels: dict | None = None, _internals: bool = False,
                    _quantum: float | None = None):
     """Segment nuclei in a nuclear-stain image.
 
@@ -509,6 +526,14 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
         across at the working scale; use 1 where such pairs matter.
     return_info : bool
         Also return a dict with the diameter and threshold used.
+    levels : dict, optional
+        Image-level statistics to use instead of measuring them on ``image``, so that
+        the tiles of one mosaic are segmented alike (:mod:`erquant.io.mosaic`): the
+        ``info["levels"]`` of an earlier call (``return_info``) on a sample of the whole
+        image, with ``diameter`` and ``downsample`` fixed as well. Classical:
+        ``image_range`` (normalisation lo, hi), ``threshold`` and
+        ``background_threshold`` (normalised), ``noise_sigma``; learned: see
+        :func:`erquant.models.learned.segment_learned`. Missing keys are measured.
 
     Returns
     -------
@@ -529,7 +554,7 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
 
         return learned.segment_learned(image, diameter=diameter,
                                        min_area_fraction=min_area_fraction,
-                                       return_info=return_info)
+                                       return_info=return_info, levels=levels)
     bk = backend_for(image)
     xp = bk.xp
     img = as_2d_float(image, name="nuclei image", bk=bk)
@@ -560,15 +585,17 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
             seed_distance=seed_distance, **kw, intensity_weight=intensity_weight, seed_contrast=seed_contrast,
             seed_hole_fraction=seed_hole_fraction, rim_fraction=rim_fraction,
             seed_smoothing=seed_smoothing, min_snr=min_snr, valley_strength=valley_strength,
-            _quantum=_quantum)
-    norm, lo, hi = _normalise(bk, img)
+            levels=levels, _quantum=_quantum)
+    stats = dict(levels or {})  # image-level statistics: given, or measured here
+    norm, lo, hi = _normalise(bk, img, levels=stats)
     if threshold == "manual":
         if threshold_value is None:
             raise ValueError("threshold method 'manual' needs a threshold value")
         threshold_value = (float(threshold_value) - lo) / (hi - lo) if hi > lo else 0.0
     if norm is None:  # constant image: nothing to find
         labels = xp.zeros(img.shape, xp.uint32)
-        return ((labels, {"method": "classical", "diameter": diameter, "threshold": None})
+        return ((labels, {"method": "classical", "diameter": diameter, "threshold": None,
+                          "levels": stats})
                 if return_info else labels)
     kw["noise_floor"] = _quantum / (hi - lo)  # one grey level, normalised
     if diameter is None:
@@ -577,8 +604,11 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
     if not diameter > 0:
         raise ValueError(f"diameter must be > 0, got {diameter}")
     mask, smooth, t, peak, bg = _foreground(bk, norm, diameter, threshold, threshold_value,
-                                            **kw)
-    noise = _noise_sigma(bk, norm, kw["noise_floor"]) if min_snr > 0 else 0.0
+                                            **kw, levels=stats)
+    noise = stats.get("noise_sigma")
+    if noise is None:
+        noise = _noise_sigma(bk, norm, kw["noise_floor"]) if min_snr > 0 else 0.0
+        stats["noise_sigma"] = float(noise)
     labels = _split(bk, mask, smooth, t, diameter, seed_distance, min_area_fraction,
                     intensity_weight=intensity_weight, peak=peak, seed_contrast=seed_contrast,
                     seed_hole_fraction=seed_hole_fraction, rim_fraction=rim_fraction,
@@ -587,7 +617,7 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
     if return_info:
         # threshold and noise in the normalised units ((raw - lo) / (hi - lo)) they act in
         info = {"method": "classical", "diameter": diameter, "threshold": t,
-                "noise_sigma": noise, "image_range": (lo, hi)}
+                "noise_sigma": noise, "image_range": (lo, hi), "levels": stats}
         if _internals:  # what _segment_downsampled needs to refine the boundaries
             info.update(_lo=lo, _hi=hi, _background=bg)
         return labels, info
@@ -701,17 +731,22 @@ def _noise_sigma(bk: Backend, norm, floor: float = 0.0) -> float:
 
 def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoothing,
                 background_factor, log_threshold, local_contrast, fill_holes,
-                contrast_window=0.6, noise_floor: float = 0.0):
+                contrast_window=0.6, noise_floor: float = 0.0, levels: dict | None = None):
     """Foreground mask at a given diameter → (mask, smoothed image, threshold, local peak,
-    background map or None)."""
+    background map or None). ``levels``: fixed image-level statistics (``threshold``,
+    ``background_threshold``) used when present, else measured and stored into it."""
     sigma = max(0.0, smoothing * diameter)
     smooth = K.gaussian(bk, norm, sigma) if sigma >= 0.5 else norm
     bg = None
     if background_factor > 0 and threshold != "manual":
-        bg = background(bk, smooth, diameter, factor=background_factor)
+        bg = background(bk, smooth, diameter, factor=background_factor, levels=levels)
         smooth = smooth - bg
-    t = _foreground_threshold(bk, smooth, threshold, threshold_value, log_threshold,
-                              noise_floor)
+    t = None if levels is None else levels.get("threshold")
+    if t is None:
+        t = _foreground_threshold(bk, smooth, threshold, threshold_value, log_threshold,
+                                  noise_floor)
+        if levels is not None:
+            levels["threshold"] = float(t)
     mask = smooth > t
     peak = None
     if local_contrast > 0:  # keep pixels above a fraction of their neighbourhood's peak

@@ -245,13 +245,15 @@ class SyntheticField:
         return img / self.illumination - np.float32(self.background[channel])
 
 
-def _place(rng, n, a, b, theta, shape, cluster_fraction, clump_size=0):
+def _place(rng, n, a, b, theta, shape, cluster_fraction, clump_size=0, centres=None):
     """Centres with no heavy overlap; a fraction placed touching an earlier nucleus.
 
     With ``clump_size`` > 0 the nuclei come in consecutive groups of that many, each
     nucleus after a group's first touching an earlier member of its own group
-    (compact confluent clumps; the default path draws exactly as before).
+    (compact confluent clumps; the default path draws exactly as before). The first
+    ``len(centres)`` nuclei go at the given ``centres`` (y, x), the others avoid them.
     """
+    fixed = np.zeros((0, 2)) if centres is None else np.asarray(centres, float).reshape(-1, 2)
     H, W = shape
     cy = np.empty(n)
     cx = np.empty(n)
@@ -277,6 +279,10 @@ def _place(rng, n, a, b, theta, shape, cluster_fraction, clump_size=0):
 
     touch = rng.random(n) < cluster_fraction
     for i in range(n):
+        if i < len(fixed):
+            cy[i], cx[i] = fixed[i]
+            grid.setdefault((int(cy[i] // cell), int(cx[i] // cell)), []).append(i)
+            continue
         placed = False
         tries = 0
         while not placed and tries < 400:
@@ -453,6 +459,7 @@ def make_field(
     mitotic_fraction: float = 0.03,
     n_debris: int | None = None,
     clump_size: int = 0,
+    centres=None,
 ) -> SyntheticField:
     """Render one two-channel field with its ground truth.
 
@@ -493,6 +500,9 @@ def make_field(
         0 (default): free placement with ``cluster_fraction`` touching. > 0: the
         nuclei form compact clumps of this many touching nuclei (see
         :func:`make_clumped_field`).
+    centres : (k, 2) array of (y, x), optional
+        Put the first k nuclei there (e.g. on tile seams, to test tiling); the others
+        are placed as usual, avoiding them. Default: every nucleus placed at random.
 
     Returns
     -------
@@ -505,6 +515,8 @@ def make_field(
     ((2, 128, 128), 'uint16', 12, 12)
     """
     params = {k: v for k, v in locals().items() if k != "seed"}
+    if centres is not None:
+        params["centres"] = np.asarray(centres, float).reshape(-1, 2).tolist()
     params["seed"] = list(np.atleast_1d(seed).tolist())
     rng = np.random.default_rng(seed)
     H, W = int(shape[0]), int(shape[1])
@@ -529,7 +541,8 @@ def make_field(
     brightness = nuc_intensity * lognormal(nuc_cv, n) * np.where(mitotic, 2.2, 1.0)
     levels = er_level * er_scale * lognormal(er_cv, n)
 
-    cy, cx = _place(rng, n, a, b, theta, (H, W), cluster_fraction, int(clump_size))
+    cy, cx = _place(rng, n, a, b, theta, (H, W), cluster_fraction, int(clump_size),
+                    centres=centres)
     lab, q = _rasterise((H, W), cy, cx, a, b, theta, harm)
     lab = _keep_largest_part(lab)
     q = np.where(lab > 0, q, np.float32(1))

@@ -17,6 +17,14 @@ examples:
   erquant run imgs/ -o out/ --pattern '(?P<well>[A-P]\\d+)_f(?P<field>\\d+)_(?P<channel>\\w+)\\.tif' \\
       --channels DAPI=nuclei,FITC=er
   erquant run plate/ -o results/ --scheduler tcp://10.0.0.5:8786  # an existing dask cluster
+  erquant run slide.ome.tif -o results/ --tile 2048      # one huge image, in tiles
+
+Mosaics (one huge 2-D (C, Y, X) image: TIFF/BigTIFF/OME-TIFF or an OME-Zarr single
+image) are quantified in overlapping tiles, one task per tile: the nucleus diameter,
+thresholds and normalisation are decided once on a sample of the whole image (recorded
+in run.json), every nucleus is counted once (by the tile holding its centre) and whole,
+and cells.parquet has global coordinates and cell numbers. Images over 8192 x 8192 px
+are tiled by 2048 automatically; --tile 0 never tiles.
 
 Layouts (--layout, recognised with auto): metaxpress (A01_s1_w1.tif, TimePoint_<n>/,
 ZStep_<n>/, .HTD), cellvoyager (<plate>_<well>_T0001F001L01A01Z01C01.tif), operetta
@@ -46,7 +54,8 @@ def add_parser(subparsers) -> None:
                     "dose_response.csv and report.html).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="plate folder (MetaXpress, CellVoyager, Operetta, or "
-                   "--pattern), OME-Zarr plate (*.zarr) or OME-TIFF file (*.ome.tif)")
+                   "--pattern), OME-Zarr plate (*.zarr), OME-TIFF file (*.ome.tif), or one "
+                   "huge image (TIFF / OME-Zarr) to tile")
     p.add_argument("-o", "--outdir", required=True, help="output folder")
     p.add_argument("--plate-map", default=None,
                    help="plate map CSV (default: INPUT/plate_map.csv when present)")
@@ -68,7 +77,8 @@ def add_parser(subparsers) -> None:
                    help="discard an earlier run in OUTDIR with other inputs/parameters")
     p.add_argument("--roi", default=None, help="GeoJSON ROIs in pixel coordinates")
     p.add_argument("--save-labels", action="store_true",
-                   help="write nuclei/cell label TIFFs to OUTDIR/labels")
+                   help="write nuclei/cell label TIFFs to OUTDIR/labels (mosaics: also one "
+                        "stitched zarr label image each)")
     p.add_argument("--channels", default=None, metavar="ID=NAME,...",
                    help="channel ids to names; one must be 'nuclei' (default w1=nuclei,w2=er)")
     p.add_argument("--pattern", default=None, metavar="REGEX",
@@ -83,6 +93,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--z", default="max", choices=Z_MODES, dest="z",
                    help="Z stacks: max = maximum projection (default), best = sharpest "
                         "plane per field, all = every plane as its own field")
+    p.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help="quantify one huge image in tiles of PX x PX (plus an overlap decided "
+                        "from the nucleus diameter), one task each; default: tiles of 2048 "
+                        "for images over 8192 x 8192 px; 0 = never tile")
     p.add_argument("--fields-per-task", type=int, default=None,
                    help="fields segmented together per task (default 1; 8 with --gpus)")
     p.add_argument("--no-flatfield", action="store_true",
@@ -112,7 +126,7 @@ def cmd_run(args) -> int:
                         pattern=args.pattern, layout=args.layout, z=args.z,
                         fields_per_task=args.fields_per_task,
                         flatfield=not args.no_flatfield, analysis=not args.no_report,
-                        progress=not args.quiet)
+                        progress=not args.quiet, tile=args.tile)
     except RunUsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

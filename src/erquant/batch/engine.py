@@ -78,18 +78,38 @@ class Plan:
     warnings: list[str]
     z: str = "max"
     layout: str = "auto"
+    mosaic: Any = None  #: the MosaicLayout of a mosaic input (tiles), else None
 
 
 # --------------------------------------------------------------------------- plan
 def plan_run(input_path, *, pattern: str | None = None, channels=None, plate_map=None,
-             roi=None, layout: str = "auto", z: str = "max") -> Plan:
+             roi=None, layout: str = "auto", z: str = "max", tile: int | None = None,
+             params: Params | None = None, isolate: bool = False) -> Plan:
     """Validate the input, channels, plate map and ROIs; list the work items (one per
-    field, or per field and Z plane with ``z="all"``: :mod:`erquant.io.zstack`)."""
+    field, or per field and Z plane with ``z="all"``: :mod:`erquant.io.zstack`; for a
+    mosaic, decide its image-level parameters on a sample first:
+    :meth:`erquant.io.mosaic.MosaicReader.prepare`, with ``isolate`` in a short-lived
+    process, so this one never holds the sample's pixels or the segmenters' buffers)."""
     from erquant.io.zstack import apply_z_mode
 
     warnings: list[str] = []
+    mosaic = None
     try:
-        reader = open_input(input_path, pattern=pattern, channels=channels, layout=layout)
+        reader = open_input(input_path, pattern=pattern, channels=channels, layout=layout,
+                            tile=tile)
+        from erquant.io.mosaic import MosaicReader
+
+        if isinstance(reader, MosaicReader):
+            if roi is not None:
+                raise InputError(f"{input_path}: --roi is not supported on mosaics (tiles)")
+            if z != "max":
+                raise InputError(f"{input_path}: --z applies to Z stacks, not to a mosaic")
+            try:
+                mosaic = _prepare_mosaic(reader, params, isolate)
+            except (OSError, ValueError) as exc:
+                if isinstance(exc, InputError):
+                    raise
+                raise InputError(f"{input_path}: cannot sample the mosaic: {exc}") from exc
         items = apply_z_mode(reader.items(), z)
     except InputError as exc:
         raise RunUsageError(str(exc)) from exc
@@ -125,7 +145,35 @@ def plan_run(input_path, *, pattern: str | None = None, channels=None, plate_map
             raise RunUsageError(str(exc)) from exc
         if not rois:
             raise RunUsageError(f"{roi_path}: holds no ROI polygon")
-    return Plan(items, cmap, pmap, pm_path, rois, roi_path, warnings, z=z, layout=layout)
+    return Plan(items, cmap, pmap, pm_path, rois, roi_path, warnings, z=z, layout=layout,
+                mosaic=mosaic)
+
+
+def _prepare_mosaic(reader, params, isolate: bool):
+    """``reader.prepare(params)``, in a spawned process with ``isolate``."""
+    if not isolate:
+        return reader.prepare(params)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from erquant.io.mosaic import prepare_layout
+
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+            layout = ex.submit(prepare_layout, reader.path, reader.channels, reader.tile,
+                               params).result()
+    except BrokenProcessPool as exc:
+        raise RunUsageError(f"{reader.path}: the process sampling the mosaic died ({exc}); "
+                            "out of memory?") from exc
+    except RuntimeError as exc:  # typically: a script without a __main__ guard
+        raise RunUsageError(
+            f"could not start a process to sample the mosaic: {exc}. Processes re-import "
+            "the calling script: put run_batch under `if __name__ == '__main__':`, or pass "
+            "workers=0 to run in this process") from exc
+    reader.layout = layout
+    return layout
 
 
 def _fingerprint(plan: Plan, params: Params) -> tuple[str, dict]:
@@ -144,6 +192,8 @@ def _fingerprint(plan: Plan, params: Params) -> tuple[str, dict]:
     what = {"erquant": __version__, "params": params.to_dict(),
             "channels": plan.channels.as_dict(), "rois": roi_hash, "z": plan.z,
             "items": sorted(it.id for it in plan.items), "files": files}
+    if plan.mosaic is not None:
+        what["mosaic"] = plan.mosaic.to_dict()
     blob = json.dumps(what, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:32], what
 
@@ -256,7 +306,8 @@ def run_batch(input_path, outdir, *, plate_map=None, params: Params | str | None
               roi=None, save_labels: bool = False, channels=None, pattern: str | None = None,
               layout: str = "auto", z: str = "max", fields_per_task: int | None = None,
               flatfield: bool = True, analysis: bool = True, progress: bool = True,
-              on_result: Callable[[dict], None] | None = None) -> RunResult:
+              on_result: Callable[[dict], None] | None = None,
+              tile: int | None = None) -> RunResult:
     """Quantify every field of a plate / stack into tables in ``outdir`` (see module doc).
 
     Parameters
@@ -304,6 +355,10 @@ def run_batch(input_path, outdir, *, plate_map=None, params: Params | str | None
         Fit dose-response curves and write the report when a plate map is known.
     progress : bool
         Show a progress bar (fields done / total, rate, ETA, failures).
+    tile : int, optional
+        Quantify a single huge image (TIFF / OME-TIFF / OME-Zarr) in tiles of this
+        many px, one task per tile (:mod:`erquant.io.mosaic`); images over 8192² px
+        are tiled by 2048 without it; 0 = never tile.
 
     Returns
     -------
@@ -334,7 +389,8 @@ def run_batch(input_path, outdir, *, plate_map=None, params: Params | str | None
     except InputError as exc:
         raise RunUsageError(str(exc)) from exc
     plan = plan_run(input_path, pattern=pattern, channels=channels, plate_map=plate_map, roi=roi,
-                    layout=layout, z=z)
+                    layout=layout, z=z, tile=tile, params=params,
+                    isolate=bool(workers != 0 or scheduler is not None or gpus is not None))
     _check_outdir(outdir)
     fingerprint, what = _fingerprint(plan, params)
     run_json = outdir / "run.json"
@@ -395,6 +451,7 @@ def _what_changed(old: dict, new: dict) -> str:
                                     ("rois", "ROIs"), ("z", "Z mode (--z)"),
                                     ("items", "fields"),
                                     ("files", "input files (size or modification time)"),
+                                    ("mosaic", "mosaic tiles or sample decisions"),
                                     ("erquant", "erquant version"))
              if old.get(key) != new.get(key)]
     return ", ".join(diffs) or "inputs or parameters"
@@ -447,11 +504,19 @@ def _run(plan: Plan, outdir: Path, params: Params, fingerprint: str, what: dict,
         "argv": sys.argv, "warnings": plan.warnings,
         "input_files": {f: {"size": s, "mtime_ns": m} for f, (s, m) in what["files"].items()},
     }
+    if plan.mosaic is not None:  # every tile runs with the mosaic's decisions
+        info["mosaic"] = plan.mosaic.to_dict()
+        params = plan.mosaic.params(params)
+        info["params_tiles"] = params.to_dict()
+        flatfield = False  # tiles of one image: no camera vignetting to fit per field
     _write_run_json(outdir, info)
     log.info("run %s: %d fields, %d already done", fingerprint, len(items), len(done))
     config = {"outdir": str(outdir.resolve()), "params": params.to_dict(), "backend": backend,
-              "save_labels": save_labels, "rois": plan.rois, "fingerprint": fingerprint}
+              "save_labels": save_labels, "rois": plan.rois, "fingerprint": fingerprint,
+              "mosaic": info.get("mosaic")}
     size = fields_per_task or (8 if gpus else 1)
+    if plan.mosaic is not None:
+        size = 1  # one window per task: a worker's memory stays one tile's
     tasks = _chunks(todo, max(1, size))
     results: list[dict] = []
     interrupted = False
@@ -514,7 +579,8 @@ def _run(plan: Plan, outdir: Path, params: Params, fingerprint: str, what: dict,
 
     red = reduce_run(outdir, summaries, params=params, markers=plan.channels.markers,
                      plate_map=plan.plate_map, flatfield=flatfield, log=log.info,
-                     per_plane=plan.z == "all")
+                     per_plane=plan.z == "all", mosaic=info.get("mosaic"),
+                     save_labels=save_labels)
     failures = [(r["id"], r.get("error", "")) for r in summaries if r.get("status") != "ok"]
     n_ok = sum(r.get("status") == "ok" for r in summaries)
     info.update(status="done", ended=_dt.datetime.now().isoformat(timespec="seconds"),

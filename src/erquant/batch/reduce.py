@@ -161,13 +161,19 @@ def well_table(cells: pd.DataFrame, fields: pd.DataFrame, marker: str = "er",
 
 def reduce_run(outdir: Path, summaries: list[dict], *, params: Params, markers: Sequence[str],
                plate_map: pd.DataFrame | None = None, flatfield: bool = True,
-               log=None, per_plane: bool = False) -> dict:
+               log=None, per_plane: bool = False, mosaic: dict | None = None,
+               save_labels: bool = False) -> dict:
     """Merge the parts in ``outdir`` into cells.parquet, fields.csv and wells.csv.
 
     ``per_plane`` (``--z all``): the parts are Z planes of fields (a ``z`` key): each
     plane is reduced as a plate of its own (flat field and ER reference per plate × plane,
     so a plane's rows equal a run of that plane alone) and ``wells.csv`` has one row per
     well and plane.
+
+    ``mosaic`` (the run's :class:`erquant.io.mosaic.MosaicLayout` as a dict): the parts
+    are tiles of one image; their cells are numbered 1..N across the mosaic (tile by
+    tile) and, with ``save_labels``, the tiles' labels are stitched into
+    ``labels/<plate>_nuclei.zarr`` / ``_cells.zarr``.
     """
     keys = KEYS + (["z"] if per_plane else [])
     split = keys[len(KEYS):]  # --z all: flat field and ER reference per Z plane
@@ -201,6 +207,8 @@ def reduce_run(outdir: Path, summaries: list[dict], *, params: Params, markers: 
     light = light.merge(wellmap, on=["plate", "timepoint", "time_h", "well"], how="left")
     light["_cell_line"] = light["cell_line"].astype(object).fillna("").astype(str)
     notes: dict = {"flatfield": {}, "reference": {}}
+    if mosaic is not None:
+        notes["flatfield"] = "not fitted: tiles of one mosaic"
     gains = {}
     if flatfield and len(light):
         from erquant.illumination import fit_illumination
@@ -236,10 +244,16 @@ def reduce_run(outdir: Path, summaries: list[dict], *, params: Params, markers: 
     dest = outdir / "cells.parquet"
     tmp = dest.with_name(f".tmp-{os.getpid()}-cells.parquet")
     writer, schema, score_rows, well_cells = None, None, {}, []
+    offsets: dict = {}  # mosaic: tile id → the global label of its cell 0
+    next_label = 0
     map_cols = [c for c in wellmap.columns if c not in ("plate", "timepoint", "time_h", "well")]
     try:
         for pid, path in zip(ok["id"], parts):
             t = pd.read_parquet(path)
+            if mosaic is not None:  # global, compact cell numbers, tile by tile
+                offsets[pid] = next_label
+                t["label"] = t["label"].astype(np.int64) + next_label
+                next_label += len(t)
             if not len(t):
                 continue
             t = t.merge(wellmap, on=["plate", "timepoint", "time_h", "well"], how="left")
@@ -274,6 +288,10 @@ def reduce_run(outdir: Path, summaries: list[dict], *, params: Params, markers: 
         pd.DataFrame({c: pd.Series(dtype=float if c == "time_h" else object)
                       for c in KEYS + ["label"]}).to_parquet(tmp, index=False)
     os.replace(tmp, dest)
+    if mosaic is not None and save_labels:
+        from erquant.io.mosaic import stitch_labels
+
+        notes["labels"] = stitch_labels(outdir, ok, offsets, mosaic)
     # ---- fields.csv: summaries with the plate-wide scores
     for pid, sc in score_rows.items():
         for k, v in sc.items():

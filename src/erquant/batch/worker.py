@@ -186,7 +186,8 @@ def process_items(items: Sequence[WorkItem], config: dict) -> list[dict]:
             loaded.append((item, img, names, time.perf_counter() - t0, zinfo))
         except Exception as exc:  # a bad file fails this field only
             rows.append(_failed(item, exc, time.perf_counter() - t0, outdir, config))
-    if len(loaded) > 1 and len({x[1].shape for x in loaded}) == 1 and not config.get("rois"):
+    if len(loaded) > 1 and len({x[1].shape for x in loaded}) == 1 and not config.get("rois") \
+            and not config.get("mosaic"):
         try:
             rows += _batched(loaded, params, config, outdir)
             loaded = []
@@ -209,11 +210,34 @@ def _quantify_kwargs(names: list[str]) -> dict:
 def _one(item, img, names, params, config, outdir, t_load, t0, zinfo=None) -> dict:
     from erquant.pipeline import quantify
 
+    if item.core is not None:
+        return _one_tile(item, img, names, params, config, outdir, t_load, t0)
     roi, roi_names = _roi_for(item, config.get("rois"))
     res = quantify(img, **_quantify_kwargs(names), params=params, backend=config["backend"],
                    roi=roi)
     secs = t_load + time.perf_counter() - t0
     return _write(item, res, names, roi_names, img.shape[-2:], secs, outdir, config, zinfo)
+
+
+def _one_tile(item, img, names, params, config, outdir, t_load, t0) -> dict:
+    """A mosaic tile: its window (padded to whole periods at the image border) with the
+    mosaic's levels, then the objects it owns, in global coordinates."""
+    from erquant.io.mosaic import MosaicLayout, own_tile, pad_window
+    from erquant.pipeline import quantify
+
+    if config.get("rois"):
+        raise ValueError("ROIs are not supported on mosaic tiles")
+    layout = MosaicLayout.from_dict(config["mosaic"])
+    shape = img.shape[-2:]
+    img = pad_window(img, names, layout)
+    res = quantify(img, **_quantify_kwargs(names), params=params, backend=config["backend"],
+                   segment_levels=layout.levels, valid_shape=shape)
+    del img
+    res, extra = own_tile(item, res, layout, params)
+    secs = t_load + time.perf_counter() - t0
+    core = item.core
+    return _write(item, res, names, [], (core[1] - core[0], core[3] - core[2]), secs, outdir,
+                  config, extra=extra)
 
 
 def _batched(loaded, params, config, outdir) -> list[dict]:
@@ -231,8 +255,10 @@ def _batched(loaded, params, config, outdir) -> list[dict]:
             for (item, img, names, t_load, zinfo), res in zip(loaded, results)]
 
 
-def _write(item, res, names, roi_names, shape, secs, outdir, config, zinfo=None) -> dict:
+def _write(item, res, names, roi_names, shape, secs, outdir, config, zinfo=None,
+           extra=None) -> dict:
     summary, table = _finish_row(item, res, names, roi_names, shape, secs, zinfo)
+    summary.update(extra or {})
     if config.get("save_labels"):
         _write_tiff(outdir / LABELS / f"{item.id}_nuclei.tif", res.nuclei)
         _write_tiff(outdir / LABELS / f"{item.id}_cells.tif", res.cells)

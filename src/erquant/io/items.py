@@ -15,6 +15,8 @@ OME-TIFF files of any form in :mod:`erquant.io.ometiff`, OME-Zarr in
 :mod:`erquant.io.omezarr`. A reader describes a field's Z planes in its channel sources
 (``z_paths`` / ``z_pages``); :func:`erquant.io.zstack.apply_z_mode` decides what is
 quantified of them (maximum projection, the sharpest plane, or every plane).
+Mosaics (one huge image, one work item per overlapping tile, with ``tile``/``core`` set
+and each channel's ``region`` the window to read) are in :mod:`erquant.io.mosaic`.
 
 Channel ids
 -----------
@@ -76,6 +78,7 @@ class ChannelSource:
     #: (OME-TIFF; ``plane`` is the first of them) or, with ``array``, the indices along the
     #: axis marked -1 in ``index`` (OME-Zarr); empty: no Z stack inside the file
     z_pages: tuple[int, ...] = ()
+    region: tuple[int, int, int, int] | None = None  #: mosaic window (y0, y1, x0, x1) to read
 
 
 @dataclass(frozen=True)
@@ -98,14 +101,21 @@ class WorkItem:
     z: int | None = None
     image_group: str | None = None  #: OME-Zarr: "<store>::<image group>" (labels go there)
     pixel_size_um: float | None = None  #: from the metadata where the layout records it
+    tile: tuple[int, int] | None = None  #: mosaic tile (row, column), 0-based
+    core: tuple[int, int, int, int] | None = None  #: mosaic: the pixels it owns (y0, y1, x0, x1)
 
     @property
     def id(self) -> str:
         """A file-name-safe unique id, e.g. ``SYN01__T0001__A01__s001`` (``…__s001__z03``
-        for one Z plane of a field, ``--z all``)."""
+        for one Z plane of a field, ``--z all``; mosaic tiles: ``…__s007__t001_002``, tile
+        row 1, column 2)."""
         plate = re.sub(r"[^A-Za-z0-9._-]+", "_", str(self.plate))
-        zs = f"__z{self.z:02d}" if self.z is not None else ""
-        return f"{plate}__T{self.timepoint:04d}__{self.well}__s{self.field:03d}{zs}"
+        out = f"{plate}__T{self.timepoint:04d}__{self.well}__s{self.field:03d}"
+        if self.z is not None:
+            out += f"__z{self.z:02d}"
+        if self.tile is not None:
+            out += f"__t{self.tile[0]:03d}_{self.tile[1]:03d}"
+        return out
 
     @property
     def keys(self) -> dict:
@@ -124,6 +134,9 @@ class WorkItem:
                        for p in (src.path, *src.z_paths)})
 
     def describe(self) -> str:
+        if self.tile is not None:
+            return (f"{self.plate} tile {self.tile[0]},{self.tile[1]} (pixels "
+                    f"y {self.core[0]}-{self.core[1]}, x {self.core[2]}-{self.core[3]})")
         zs = f" plane {self.z}" if self.z is not None else ""
         return f"{self.plate} {self.well} field {self.field}{zs} (timepoint {self.timepoint})"
 
@@ -367,9 +380,12 @@ LAYOUTS = ("auto", "metaxpress", "pattern", "ome-tiff", "ome-zarr", "cellvoyager
 
 
 def open_input(path: str | os.PathLike, *, pattern: str | None = None,
-               channels: ChannelMap | str | Mapping | None = None, layout: str = "auto"):
+               channels: ChannelMap | str | Mapping | None = None, layout: str = "auto",
+               tile: int | None = None):
     """The reader for ``path``: an OME-TIFF file, an OME-Zarr plate or image, a
-    ``--pattern`` folder, a CellVoyager or Opera/Operetta export or a MetaXpress folder.
+    ``--pattern`` folder, a CellVoyager or Opera/Operetta export, a MetaXpress folder,
+    or a mosaic (one huge image in tiles of ``tile`` px: with ``tile``, or automatically
+    above :data:`erquant.io.mosaic.AUTO_TILE_PIXELS`; ``tile=0``: never).
 
     ``layout`` forces one of :data:`LAYOUTS` instead of recognising it; an input that
     does not fit the forced layout is an :class:`InputError` saying why. Raises
@@ -384,16 +400,30 @@ def open_input(path: str | os.PathLike, *, pattern: str | None = None,
     if pattern and layout not in ("auto", "pattern"):
         raise InputError(f"--pattern reads a folder by file names: it does not go with "
                          f"--layout {layout}")
+    if tile is not None and tile < 0:
+        raise InputError(f"--tile must be > 0 (or 0: never tile), got {tile}")
+    if tile and layout != "auto":
+        raise InputError(f"--tile quantifies one huge image in tiles: it does not go with "
+                         f"--layout {layout}")
     if layout != "auto":
         return _forced(path, layout, pattern, cmap)
+    if not pattern and tile != 0:
+        from erquant.io.mosaic import MosaicReader, _ome_zarr_image, is_mosaic
+
+        if (path.is_file() or tile or _ome_zarr_image(path) is not None) and \
+                is_mosaic(path, tile):
+            return MosaicReader(path, cmap, tile=tile)
+        if tile:
+            MosaicReader(path, cmap)._open()  # raises the reason it is not one image
     from erquant.io.ometiff import OmeTiffReader
 
     if path.is_file():
         if path.name.lower().endswith((".ome.tif", ".ome.tiff")):
             return OmeTiffReader(path, cmap)
         raise InputError(f"{path}: a single input file must be an OME-TIFF "
-                         "(*.ome.tif; --layout ome-tiff for other TIFF names); for folders "
-                         "of images give the folder")
+                         "(*.ome.tif; --layout ome-tiff for other TIFF names) or, with "
+                         "--tile, one (C, Y, X) image to tile; for folders of images give "
+                         "the folder")
     if pattern:
         return PatternReader(path, pattern, cmap)
     from erquant.io.omezarr import OmeZarrReader, is_ome_zarr
@@ -471,6 +501,10 @@ def _forced(path: Path, layout: str, pattern: str | None, cmap: ChannelMap):
 # --------------------------------------------------------------------------- loading
 def _read_plane(src: ChannelSource, cache: dict | None = None) -> np.ndarray:
     """One (Y, X) plane of a channel source; the maximum projection of its Z planes."""
+    if src.region is not None:  # a window of a mosaic
+        from erquant.io.mosaic import read_region
+
+        return read_region(src)
     if src.z_paths or (src.z_pages and src.array is None):  # a Z stack: maximum projection
         from erquant.io.zstack import z_count, z_plane
 

@@ -72,11 +72,20 @@ def available(path: Path | str | None = None) -> bool:
     return p.with_suffix(".npz").is_file() and p.with_suffix(".onnx").is_file()
 
 
-def normalise_percentile(img, lo: float = 1.0, hi: float = 99.8, xp=np):
-    """``(img - p_lo) / (p_hi - p_lo)`` (percentiles of a ≤ 1 Mpx subsample), float32."""
-    flat = img.ravel()
-    step = max(1, flat.size // 1_000_000)
-    p0, p1 = (float(v) for v in xp.percentile(flat[::step], [lo, hi]))
+def normalise_percentile(img, lo: float = 1.0, hi: float = 99.8, xp=np, levels=None):
+    """``(img - p_lo) / (p_hi - p_lo)`` (percentiles of a ≤ 1 Mpx subsample), float32.
+
+    ``levels``: a dict whose ``percentiles`` (p_lo, p_hi) are used when present (the
+    tiles of a mosaic share them), else the measured ones are stored into it.
+    """
+    if levels is not None and levels.get("percentiles") is not None:
+        p0, p1 = (float(v) for v in levels["percentiles"])
+    else:
+        flat = img.ravel()
+        step = max(1, flat.size // 1_000_000)
+        p0, p1 = (float(v) for v in xp.percentile(flat[::step], [lo, hi]))
+        if levels is not None:
+            levels["percentiles"] = (p0, p1)
     scale = np.float32(1.0 / (p1 - p0)) if p1 > p0 else np.float32(1.0)
     return ((img.astype(xp.float32) - np.float32(p0)) * scale).astype(xp.float32, copy=False)
 
@@ -224,7 +233,7 @@ def probabilities(bk: Backend, x, *, path: Path | None = None, runtime: str = "a
 def instances(bk: Backend, prob, shape, *, seed_probability: float | None = None,
               foreground_probability: float | None = None,
               min_area: float = 0.0, reach: float = 0.0, image=None, min_snr: float = 0.0,
-              quantum: float = 0.0):
+              quantum: float = 0.0, levels: dict | None = None):
     """Labels (uint32, ``shape``) from working-scale probabilities: connected interior
     pixels are seeds; foreground pixels within ``reach`` (full-scale px) of a seed
     take its id; objects under ``min_area`` full-scale px are dropped, and with
@@ -248,7 +257,7 @@ def instances(bk: Backend, prob, shape, *, seed_probability: float | None = None
     area = xp.bincount(labels.ravel(), minlength=n + 1)
     keep = area >= min_area
     if image is not None and min_snr > 0:
-        keep &= _contrast_ok(bk, image, labels, area, min_snr, quantum)
+        keep &= _contrast_ok(bk, image, labels, area, min_snr, quantum, levels)
     return xp.ascontiguousarray(_relabel(xp, labels, keep))
 
 
@@ -268,22 +277,33 @@ def _seeds(bk: Backend, p_interior, strong: float, weak: float):
     return K.label(bk, xp.ascontiguousarray(hi | ~has_hi[lo_lab]))
 
 
-def _contrast_ok(bk: Backend, img, labels, area, min_snr: float, quantum: float):
+def _contrast_ok(bk: Backend, img, labels, area, min_snr: float, quantum: float,
+                 levels: dict | None = None):
     """Per label: is its mean at least ``min_snr`` pixel-noise sigmas above the median
     background? The noise sigma comes from differences of horizontally adjacent
     background pixels (insensitive to illumination gradients), at least ``quantum``
     (the input's grey-level step); a pure-noise field's network blobs fail it."""
     xp = bk.xp
-    step = max(1, int(img.shape[0]) // 256)  # ≤ ~256 rows: plenty of pixel pairs
-    rows, lrows = img[::step], labels[::step]
-    both_bg = (lrows[:, 1:] == 0) & (lrows[:, :-1] == 0)
-    diffs = (rows[:, 1:] - rows[:, :-1])[both_bg]
-    bg = rows[lrows == 0]
     ok = xp.ones(area.shape, bool)
-    if int(diffs.size) < 100 or int(bg.size) < 100:  # (almost) no background: keep all
-        return ok
-    sigma = max(float(xp.median(xp.abs(diffs))) * 1.4826 / np.sqrt(2), float(quantum), 1e-12)
-    level = float(xp.median(bg))
+    if levels is not None and "contrast" in levels:  # (sigma, level) given, or None: keep all
+        if levels["contrast"] is None:
+            return ok
+        sigma, level = (float(v) for v in levels["contrast"])
+    else:
+        step = max(1, int(img.shape[0]) // 256)  # ≤ ~256 rows: plenty of pixel pairs
+        rows, lrows = img[::step], labels[::step]
+        both_bg = (lrows[:, 1:] == 0) & (lrows[:, :-1] == 0)
+        diffs = (rows[:, 1:] - rows[:, :-1])[both_bg]
+        bg = rows[lrows == 0]
+        if int(diffs.size) < 100 or int(bg.size) < 100:  # (almost) no background: keep all
+            if levels is not None:
+                levels["contrast"] = None
+            return ok
+        sigma = max(float(xp.median(xp.abs(diffs))) * 1.4826 / np.sqrt(2), float(quantum),
+                    1e-12)
+        level = float(xp.median(bg))
+        if levels is not None:
+            levels["contrast"] = (sigma, level)
     sums = xp.bincount(labels.ravel(), weights=img.ravel(), minlength=area.shape[0])
     mean = sums / xp.maximum(area, 1)
     contrast = (mean - level) / sigma
@@ -292,12 +312,12 @@ def _contrast_ok(bk: Backend, img, labels, area, min_snr: float, quantum: float)
     return (contrast >= min_snr) & (contrast * xp.sqrt(area.astype(xp.float64)) >= MIN_Z)
 
 
-def _working(bk: Backend, img, f: float, *, raw: bool = False):
+def _working(bk: Backend, img, f: float, *, raw: bool = False, levels: dict | None = None):
     """img rescaled by f (area-averaged down, bilinear up) and normalised (and, with
     ``raw``, the rescaled image before normalisation)."""
     shape = (max(16, round(img.shape[0] * f)), max(16, round(img.shape[1] * f)))
     small = (K.area_resize(bk, img, shape) if f < 1 else K.resize(bk, img, shape))
-    x = normalise_percentile(small, xp=bk.xp)
+    x = normalise_percentile(small, xp=bk.xp, levels=levels)
     return (x, small) if raw else x
 
 
@@ -387,11 +407,15 @@ def segment_learned(image, *, diameter: float | None = None, check: bool = True,
                     seed_probability: float | None = None,
                     foreground_probability: float | None = None,
                     min_area_fraction: float = 0.12, weights_path=None, runtime: str = "auto",
-                    return_info: bool = False):
+                    return_info: bool = False, levels: dict | None = None):
     """Segment nuclei with the shipped network (see the module docstring).
 
     ``diameter``: typical nucleus diameter (px); estimated by the classical path
     and checked by the network (``check``) when None. A given diameter is used as is.
+    ``levels``: image-level statistics to use instead of measuring them (the tiles of
+    a mosaic share them): ``percentiles`` (the normalisation's, at the working scale)
+    and ``contrast`` (noise sigma and background level of the SNR filter, or None);
+    ``info["levels"]`` returns those used.
     """
     from erquant.segment import as_2d_float, estimate_diameter
 
@@ -399,10 +423,11 @@ def segment_learned(image, *, diameter: float | None = None, check: bool = True,
     xp = bk.xp
     img = as_2d_float(image, name="nuclei image", bk=bk)
     info: dict = {"method": "learned"}
+    stats = dict(levels or {})
     lo, hi = (float(v) for v in (img.min(), img.max()))
     if not hi > lo:
         labels = xp.zeros(img.shape, xp.uint32)
-        info.update(diameter=diameter, threshold=None)
+        info.update(diameter=diameter, threshold=None, levels=stats)
         return (labels, info) if return_info else labels
     if diameter is None:
         # the inscribed-circle estimate: WORK_DIAMETER was calibrated on it (with the
@@ -420,7 +445,7 @@ def segment_learned(image, *, diameter: float | None = None, check: bool = True,
     if not diameter > 0:
         raise ValueError(f"diameter must be > 0, got {diameter}")
     f = WORK_DIAMETER / diameter
-    x = _working(bk, img, f)
+    x = _working(bk, img, f, levels=stats)
     prob = probabilities(bk, x, path=weights_path, runtime=runtime)
     min_area = min_area_fraction * np.pi * (diameter / 2) ** 2
     from erquant.segment import input_quantum
@@ -428,6 +453,6 @@ def segment_learned(image, *, diameter: float | None = None, check: bool = True,
     labels = instances(bk, prob, img.shape, seed_probability=seed_probability,
                        foreground_probability=foreground_probability, min_area=min_area,
                        reach=0.45 * diameter, image=img, min_snr=MIN_SNR,
-                       quantum=input_quantum(image))
-    info.update(diameter=diameter, threshold=None, scale=f)
+                       quantum=input_quantum(image), levels=stats)
+    info.update(diameter=diameter, threshold=None, scale=f, levels=stats)
     return (labels, info) if return_info else labels
