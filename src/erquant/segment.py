@@ -329,7 +329,8 @@ def _diameter_from_mask(bk: Backend, mask, fallback: float, smooth=None, *,
     if equivalent and ELLIPSE_FIT > 0:
         fit = area / np.maximum(np.pi * major * minor, 1e-9)
         aspect = np.clip(major / np.maximum(minor, 1e-9), 1.0, ELLIPSE_MAX_ASPECT)
-        rmax = np.where((fit >= ELLIPSE_FIT) & (minor > 0), rmax * np.sqrt(aspect), rmax)
+        stretch = (fit >= ELLIPSE_FIT) & (minor > 0) & (aspect >= ELLIPSE_MIN_ASPECT)
+        rmax = np.where(stretch, rmax * np.sqrt(aspect), rmax)
     rmax, area = rmax[keep], area[keep]
     if rmax.size == 0:
         return fallback
@@ -351,9 +352,13 @@ CLUMP_SIZE = 2.0
 CLUMP_MIN_REFERENCE = 5
 #: the diameter estimate corrects the inscribed diameter of objects that fill at least
 #: this fraction of their moment ellipse (ellipses: 1; a touching pair of discs: 0.89)
-#: by sqrt(aspect ratio), the aspect ratio capped at ELLIPSE_MAX_ASPECT (0 disables)
+#: by sqrt(aspect ratio), the aspect ratio capped at ELLIPSE_MAX_ASPECT (0 disables),
+#: for visibly elongated objects only (aspect >= ELLIPSE_MIN_ASPECT: below it the
+#: correction is < 10 % and raised the estimate of round synthetic nuclei 4 %, costing
+#: merges: seed 28 -3.0 -> -3.7 %)
 ELLIPSE_FIT = 0.95
 ELLIPSE_MAX_ASPECT = 2.0
+ELLIPSE_MIN_ASPECT = 1.2
 
 
 def _moment_axes(bk: Backend, lab, n: int):
