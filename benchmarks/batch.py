@@ -29,12 +29,12 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _watch import run_watched
 
 
 def make_plate(folder: Path, n_fields: int, size: int, unique: int, seed: int = 0) -> Path:
@@ -65,41 +65,13 @@ def make_plate(folder: Path, n_fields: int, size: int, unique: int, seed: int = 
     return folder
 
 
-def _tree_rss(proc) -> int:
-    import psutil
-
-    total = 0
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def run_once(plate: Path, out: Path, workers: int, extra=()) -> dict:
     """One fresh ``erquant run`` process; wall time and peak RSS of its process tree."""
-    import psutil
-
     shutil.rmtree(out, ignore_errors=True)
     exe = Path(sys.executable).parent / "erquant"
     cmd = [str(exe), "run", str(plate), "-o", str(out), "--workers", str(workers), "-q",
            "--no-report", "--no-flatfield", *extra]
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ps = psutil.Process(p.pid)
-    peak = 0
-    while p.poll() is None:
-        peak = max(peak, _tree_rss(ps))
-        time.sleep(0.1)
-    wall = time.perf_counter() - t0
-    err = p.stderr.read().decode(errors="replace")
-    if p.returncode != 0:
-        raise RuntimeError(f"erquant run failed ({p.returncode}): {err[-2000:]}")
+    wall, peak = run_watched(cmd, poll=0.1, tail=2000)
     run = json.loads((out / "run.json").read_text())
     import pandas as pd
 

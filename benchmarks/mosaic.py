@@ -21,12 +21,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _watch import run_watched
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 2000  #: side of one generated block
@@ -101,43 +101,15 @@ def write_mosaic(path: Path, size: int, seed: int = 0, tile: int = 512) -> dict:
     return {"size": size, "truth_nuclei": truth, "blocks": counts}
 
 
-def _tree_rss(proc) -> int:
-    import psutil
-
-    total = 0
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def run_once(mosaic: Path, out: Path, tile: int, method: str, workers: int = 2) -> dict:
     import pandas as pd
-    import psutil
-
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-c", "import sys; from erquant.cli import main; sys.exit(main())",
            "run", str(mosaic), "-o", str(out), "--workers", str(workers), "-q", "--no-report",
            "--tile", str(tile), "--method", method]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    ps = psutil.Process(p.pid)
-    peak = 0
-    while p.poll() is None:
-        peak = max(peak, _tree_rss(ps))
-        time.sleep(0.2)
-    wall = time.perf_counter() - t0
-    err = p.stderr.read().decode(errors="replace")
-    if p.returncode != 0:
-        raise RuntimeError(f"erquant run failed ({p.returncode}): {err[-3000:]}")
+    wall, peak = run_watched(cmd, env=env, poll=0.2, tail=3000)
     run = json.loads((out / "run.json").read_text())
     fields = pd.read_csv(out / "fields.csv")
     return {"method": method, "workers": workers, "tile": tile, "tiles": int(run["n_fields"]),
