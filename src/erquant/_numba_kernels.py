@@ -283,6 +283,25 @@ def _valleys_impl(g, cluster, sigma2, strength, out):
             out[y, x] = (rel > strength) and (lmin < np.float32(0.3) * lmax)
 
 
+def _band_peaks_impl(sdist, score, mask, edges, filtered, out):
+    """out = mask & (score >= filtered[k]) where edges[k] <= sdist < edges[k + 1]
+    (pixels below edges[0] or above the last edge: False), in one pass."""
+    H, W = sdist.shape
+    nb = edges.shape[0] - 1
+    for y in range(H):
+        for x in range(W):
+            out[y, x] = False
+            if not mask[y, x]:
+                continue
+            d = sdist[y, x]
+            if d < edges[0] or d >= edges[nb]:
+                continue
+            k = 0
+            while d >= edges[k + 1]:
+                k += 1
+            out[y, x] = score[y, x] >= filtered[k][y, x]
+
+
 def _jit(fn):
     """Compile ``fn`` lazily, cached on disk where a cache folder is writable (next to
     this file, else numba's user-wide cache); without one (read-only install and home)
@@ -309,7 +328,9 @@ if numba is not None:
     seed_cores = _jit(_seed_cores_impl)
     _reflect = _jit(_reflect)
     valleys = _jit(_valleys_impl)
+    band_peaks = _jit(_band_peaks_impl)
 else:  # pragma: no cover
+    band_peaks = None
     valleys = None
     _moments = None
     relabel_foreground = None

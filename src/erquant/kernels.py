@@ -524,6 +524,31 @@ def valleys(bk: Backend, g, cluster, sigma: float, strength: float):
     return cluster & (rel > strength) & (lmin < 0.3 * lmax)
 
 
+def band_peaks(bk: Backend, sdist, score, mask, bands):
+    """Seed peaks with windows that scale with the inscribed radius: ``mask`` pixels
+    whose ``score`` is the maximum of the window of their band, ``bands`` a list of
+    (window, lowest radius, highest radius) with consecutive radius ranges; a pixel
+    belongs to the band holding its ``sdist``. One compiled pass with Numba (after one
+    maximum filter per window), whole-array comparisons otherwise (CuPy)."""
+    xp = bk.xp
+    filtered = [maximum_filter(bk, score, win) for win, _, _ in bands]
+    if _numba_ok(bk) and bands:
+        from erquant import _numba_kernels
+
+        edges = np.array([bands[0][1]] + [hi for _, _, hi in bands], np.float32)
+        out = np.empty(score.shape, np.bool_)
+        _numba_kernels.band_peaks(np.ascontiguousarray(sdist, np.float32),
+                                  np.ascontiguousarray(score, np.float32),
+                                  np.ascontiguousarray(mask, np.bool_), edges,
+                                  tuple(np.ascontiguousarray(f, np.float32) for f in filtered),
+                                  out)
+        return out
+    peaks = xp.zeros(mask.shape, bool)
+    for (_, lo, hi), f in zip(bands, filtered):
+        peaks |= (sdist >= lo) & (sdist < hi) & (score >= f)
+    return peaks & mask
+
+
 def hessian(bk: Backend, img):
     """Second derivatives (d²/dy², d²/dx², d²/dydx) of a float32 image by repeated central
     differences (the result of ``numpy.gradient`` applied twice; borders reflected)."""

@@ -834,11 +834,8 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         win = max(3, 2 * int(round(seed_distance * lo)) + 1)
         bands.setdefault(win, [lo, hi])[1] = hi  # consecutive bands share small windows
         lo = hi
-    peaks = xp.zeros(mask.shape, bool)
-    for win, (lo, hi) in bands.items():
-        band = (sdist >= lo) & (sdist < hi)
-        peaks |= band & (score >= K.maximum_filter(bk, score, win))
-    peaks &= mask
+    peaks = K.band_peaks(bk, sdist, score, mask,
+                         [(win, lo, hi) for win, (lo, hi) in bands.items()])
     seeds, nseeds = K.label(bk, peaks)
     # cores: discs of core_fraction × the seed's inscribed radius, so that the
     # partition follows the nuclei's sizes (a power diagram, not a plain Voronoi)
