@@ -38,13 +38,6 @@ def n_nuclei(size: int, diameter: float) -> int:
     return int(round(1500 * (size / 2048) ** 2 * (24.0 / diameter) ** 2 * 0.5))
 
 
-def _f1(truth, pred) -> float:
-    from erquant.backend import to_numpy
-    from erquant.metrics import match_labels
-
-    return float(match_labels(truth, to_numpy(pred)).f1)
-
-
 def run_sweep(backends, *, size: int = 2048, diameters: Sequence[float] = DIAMETERS,
               repeats: int = 3, seed: int = 0, log=print) -> dict:
     """Time erquant (each backend) and the scikit-image recipe per nucleus diameter.
@@ -62,6 +55,7 @@ def run_sweep(backends, *, size: int = 2048, diameters: Sequence[float] = DIAMET
     True
     """
     from erquant._bench_recipes import skimage_recipe
+    from erquant.bench import _f1
     from erquant.params import Params
     from erquant.pipeline import quantify
     from erquant.synthetic import make_field
@@ -98,9 +92,9 @@ def run_sweep(backends, *, size: int = 2048, diameters: Sequence[float] = DIAMET
             out["recipe"] = recipe()
             best["recipe"] = min(best["recipe"], time.perf_counter() - t0)
         row = {"diameter": float(d), "n_nuclei": int(f.n_nuclei),
-               "recipe": {"s_per_field": best["recipe"], "f1": _f1(f.nuclei, out["recipe"])}}
+               "recipe": {"s_per_field": best["recipe"], "f1": _f1([f.nuclei], [out["recipe"]])["f1"]}}
         for bk in backends:
-            row[bk.name] = {"s_per_field": best[bk.name], "f1": _f1(f.nuclei, out[bk.name]),
+            row[bk.name] = {"s_per_field": best[bk.name], "f1": _f1([f.nuclei], [out[bk.name]])["f1"],
                             "ratio": best["recipe"] / best[bk.name],
                             "gpx_per_s": size * size / 1e9 / best[bk.name]}
         rows.append(row)

@@ -194,6 +194,17 @@ def compute_threshold(img, method: str = "otsu", *, mask=None, value: float | No
 
 
 # ---------------------------------------------------------------- helpers
+def _level(levels: dict | None, key: str, measure):
+    """An image-level statistic: ``levels[key]`` when given (the tiles of a mosaic share
+    them), else ``measure()``, stored into ``levels`` (when a dict) for the caller."""
+    if levels is not None and levels.get(key) is not None:
+        return levels[key]
+    value = measure()
+    if levels is not None:
+        levels[key] = value
+    return value
+
+
 def _normalise(bk: Backend, img, crop=None, levels=None):
     """Scale to ~[0, 1] by robust percentiles (so parameters are dtype-free).
 
@@ -252,11 +263,8 @@ def background(bk: Backend, img, diameter: float, *, factor: float = 4.0, refine
         # objects: a top-hat with a window of ~1.5 diameters (lags little on ramps)
         w2 = max(3, int(round(1.5 * diameter / step)) | 1)
         resid = small - K.maximum_filter(bk, K.minimum_filter(bk, small, w2), w2)
-        t = None if levels is None else levels.get("background_threshold")
-        if t is None:
-            t = _foreground_threshold(bk, resid, "otsu", None, True)
-            if levels is not None:
-                levels["background_threshold"] = float(t)
+        t = _level(levels, "background_threshold",
+                   lambda: float(_foreground_threshold(bk, resid, "otsu", None, True)))
         occupied = K.maximum_filter(bk, (resid > t).view(xp.uint8), 3).view(bool)
         bg = background_map(small, occupied, tile=max(4, win), quantile=0.5).astype(xp.float32)
     return K.resize(bk, xp.ascontiguousarray(bg, dtype=xp.float32), img.shape)
@@ -323,10 +331,13 @@ def _diameter_from_mask(bk: Backend, mask, fallback: float, smooth=None, *,
     if smooth is not None and FAINT_OBJECT > 0 and keep.any():
         peak = to_numpy(K.label_max(bk, smooth, lab, n)[1:])  # host sync: small vector
         keep &= peak >= FAINT_OBJECT * np.percentile(peak[keep], 90)
-    major, minor = _moment_axes(bk, lab, n)
-    if CLUMP_SPREAD > 0 and keep.sum() > 2:
+    clump_rule = CLUMP_SPREAD > 0 and keep.sum() > 2
+    ellipse_rule = equivalent and ELLIPSE_FIT > 0
+    if clump_rule or ellipse_rule:
+        major, minor = _moment_axes(bk, lab, n)
+    if clump_rule:
         keep &= ~_clumps(minor, rmax, area, keep)
-    if equivalent and ELLIPSE_FIT > 0:
+    if ellipse_rule:
         fit = area / np.maximum(np.pi * major * minor, 1e-9)
         aspect = np.clip(major / np.maximum(minor, 1e-9), 1.0, ELLIPSE_MAX_ASPECT)
         stretch = (fit >= ELLIPSE_FIT) & (minor > 0) & (aspect >= ELLIPSE_MIN_ASPECT)
@@ -610,10 +621,8 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
         raise ValueError(f"diameter must be > 0, got {diameter}")
     mask, smooth, t, peak, bg = _foreground(bk, norm, diameter, threshold, threshold_value,
                                             **kw, levels=stats)
-    noise = stats.get("noise_sigma")
-    if noise is None:
-        noise = _noise_sigma(bk, norm, kw["noise_floor"]) if min_snr > 0 else 0.0
-        stats["noise_sigma"] = float(noise)
+    noise = _level(stats, "noise_sigma", lambda: float(
+        _noise_sigma(bk, norm, kw["noise_floor"]) if min_snr > 0 else 0.0))
     labels = _split(bk, mask, smooth, t, diameter, seed_distance, min_area_fraction,
                     intensity_weight=intensity_weight, peak=peak, seed_contrast=seed_contrast,
                     seed_hole_fraction=seed_hole_fraction, rim_fraction=rim_fraction,
@@ -746,12 +755,8 @@ def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoo
     if background_factor > 0 and threshold != "manual":
         bg = background(bk, smooth, diameter, factor=background_factor, levels=levels)
         smooth = smooth - bg
-    t = None if levels is None else levels.get("threshold")
-    if t is None:
-        t = _foreground_threshold(bk, smooth, threshold, threshold_value, log_threshold,
-                                  noise_floor)
-        if levels is not None:
-            levels["threshold"] = float(t)
+    t = _level(levels, "threshold", lambda: float(_foreground_threshold(
+        bk, smooth, threshold, threshold_value, log_threshold, noise_floor)))
     mask = smooth > t
     peak = None
     if local_contrast > 0:  # keep pixels above a fraction of their neighbourhood's peak
@@ -883,7 +888,7 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         keep &= total >= min_snr * noise * area
         if FAINT_NUCLEUS > 0 and int(keep.sum()) >= 5:  # host sync: object count
             # ... and out of the field's haze: a mean contrast of at least FAINT_NUCLEUS
-            # of the bright nuclei's (90th percentile of the kept objects' means)
+            # of the field's typical object's (median of the kept objects' means)
             mean = total / xp.maximum(area, 1)
             ref = float(xp.median(mean[keep]))  # host sync
             keep &= mean >= FAINT_NUCLEUS * ref
@@ -891,7 +896,7 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
 
 
 #: objects whose mean contrast (above the background) is below this fraction of the
-#: bright nuclei's (90th percentile over the field's objects) are haze, not nuclei
+#: field's median object's are haze, not nuclei
 FAINT_NUCLEUS = 0.23
 
 

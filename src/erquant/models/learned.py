@@ -78,14 +78,14 @@ def normalise_percentile(img, lo: float = 1.0, hi: float = 99.8, xp=np, levels=N
     ``levels``: a dict whose ``percentiles`` (p_lo, p_hi) are used when present (the
     tiles of a mosaic share them), else the measured ones are stored into it.
     """
-    if levels is not None and levels.get("percentiles") is not None:
-        p0, p1 = (float(v) for v in levels["percentiles"])
-    else:
+    from erquant.segment import _level
+
+    def measure():
         flat = img.ravel()
         step = max(1, flat.size // 1_000_000)
-        p0, p1 = (float(v) for v in xp.percentile(flat[::step], [lo, hi]))
-        if levels is not None:
-            levels["percentiles"] = (p0, p1)
+        return tuple(float(v) for v in xp.percentile(flat[::step], [lo, hi]))
+
+    p0, p1 = (float(v) for v in _level(levels, "percentiles", measure))
     scale = np.float32(1.0 / (p1 - p0)) if p1 > p0 else np.float32(1.0)
     return ((img.astype(xp.float32) - np.float32(p0)) * scale).astype(xp.float32, copy=False)
 
