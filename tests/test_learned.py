@@ -40,6 +40,57 @@ def test_array_module_forward_matches_opencv():
     assert np.abs(a - b).max() < 1e-3 * max(1.0, np.abs(b).max())
 
 
+def test_onnx_runtime_matches_opencv_and_the_array_module():
+    """ONNX Runtime (the default CPU runtime) gives the same logits as OpenCV's DNN
+    module and the array-module forward; the fused softmax equals NumPy's."""
+    pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(2)
+    x = rng.random((112, 144), dtype=np.float32)
+    a = learned.forward_ort(x)
+    b = learned.forward_cv2(x)
+    c = learned.forward_xp(x, learned.weights(), np)
+    tol = 1e-3 * max(1.0, np.abs(b).max())
+    assert a.shape == (3, 112, 144)
+    assert np.abs(a - b).max() < tol and np.abs(a - c).max() < tol
+    p = {rt: learned.probabilities(NP, x, runtime=rt) for rt in ("ort", "cv2", "xp")}
+    ref = learned._softmax(np, c)
+    for rt, v in p.items():
+        assert v.dtype == np.float32 and v.shape == (3, 112, 144), rt
+        assert np.abs(v - ref).max() < 1e-4, rt
+        assert np.abs(v.sum(axis=0) - 1).max() < 1e-5, rt
+    # extreme logits: no overflow, no NaN
+    z = np.zeros((3, 4, 5), np.float32)
+    z[1, 0, 0], z[2, 1, 1], z[0, 2, 2] = 500.0, -500.0, 300.0
+    out = np.empty_like(z)
+    from erquant import _numba_kernels
+
+    _numba_kernels.softmax3(z, 0, 0, out)
+    assert np.isfinite(out).all() and np.abs(out - learned._softmax(np, z)).max() < 1e-6
+    with pytest.raises(ValueError, match="unknown runtime"):
+        learned.probabilities(NP, x, runtime="torch")
+
+
+def test_working_scale_partition_matches_full_resolution():
+    """Below full resolution the seeds partition the working-scale grid (fewer pixels);
+    the objects are the same as partitioning the full-resolution grid."""
+    f = make_field(shape=(768, 768), n_nuclei=200, nucleus_diameter=22, seed=4)
+    img = f.image[0].astype(np.float32)
+    fac = learned.WORK_DIAMETER / 22.0
+    prob = learned.probabilities(NP, learned._working(NP, img, fac))
+    kw = dict(min_area=0.12 * np.pi * 11 ** 2, reach=0.45 * 22, image=img, min_snr=2.0)
+    a = learned.instances(NP, prob, img.shape, **kw)
+    # the reference: probabilities brought to full size first (partition at full res)
+    import cv2
+
+    full = np.stack([cv2.resize(p, img.shape[::-1], interpolation=cv2.INTER_LINEAR)
+                     for p in prob])
+    seeds_ref = learned.instances(NP, full, img.shape, **kw)
+    m = match_labels(seeds_ref, a)
+    assert m.f1 >= 0.98, m
+    assert match_labels(f.nuclei, a).f1 >= 0.95
+    assert abs(int(a.max()) - int(f.nuclei.max())) <= 0.03 * int(f.nuclei.max())
+
+
 def test_tiles_match_one_pass(monkeypatch):
     f = make_field(shape=(640, 704), n_nuclei=220, nucleus_diameter=16, seed=3)
     x = learned.normalise_percentile(f.image[0].astype(np.float32))

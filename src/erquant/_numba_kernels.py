@@ -302,6 +302,34 @@ def _band_peaks_impl(sdist, score, mask, edges, filtered, out):
             out[y, x] = score[y, x] >= filtered[k][y, x]
 
 
+def _softmax3_impl(z, y0, x0, out):
+    # softmax over the 3 class logits of every pixel of z[:, y0:, x0:] (the window out
+    # covers), one pass, two exponentials per pixel (differences clamped: no overflow)
+    for y in range(out.shape[1]):
+        for x in range(out.shape[2]):
+            a = z[0, y0 + y, x0 + x]
+            e1 = np.exp(min(max(z[1, y0 + y, x0 + x] - a, -80.0), 80.0))
+            e2 = np.exp(min(max(z[2, y0 + y, x0 + x] - a, -80.0), 80.0))
+            p0 = 1.0 / (1.0 + e1 + e2)
+            out[0, y, x] = p0
+            out[1, y, x] = e1 * p0
+            out[2, y, x] = e2 * p0
+
+
+def _lut_gather_impl(labels, lut, out):
+    # out = lut[labels] (1-D views)
+    for i in range(labels.size):
+        out[i] = lut[labels[i]]
+
+
+def _label_sums_impl(labels, img, area, sums):
+    # pixel count and intensity sum per label, one pass (1-D views)
+    for i in range(labels.size):
+        lab = labels[i]
+        area[lab] += 1
+        sums[lab] += img[i]
+
+
 def _jit(fn):
     """Compile ``fn`` lazily, cached on disk where a cache folder is writable (next to
     this file, else numba's user-wide cache); without one (read-only install and home)
@@ -329,7 +357,13 @@ if numba is not None:
     _reflect = _jit(_reflect)
     valleys = _jit(_valleys_impl)
     band_peaks = _jit(_band_peaks_impl)
+    softmax3 = _jit(_softmax3_impl)
+    lut_gather = _jit(_lut_gather_impl)
+    label_sums = _jit(_label_sums_impl)
 else:  # pragma: no cover
+    softmax3 = None
+    lut_gather = None
+    label_sums = None
     band_peaks = None
     valleys = None
     _moments = None

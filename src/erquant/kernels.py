@@ -263,7 +263,12 @@ def nearest_resize(bk: Backend, labels, shape):
 
 
 def _numba_ok(bk: Backend) -> bool:
-    if bk.is_gpu or os.environ.get("ERQUANT_NO_NUMBA") == "1":
+    return not bk.is_gpu and _numba_ok_host()
+
+
+def _numba_ok_host() -> bool:
+    """Whether the compiled (Numba) host kernels are in use (not ``ERQUANT_NO_NUMBA=1``)."""
+    if os.environ.get("ERQUANT_NO_NUMBA") == "1":
         return False
     from erquant import _numba_kernels
 

@@ -11,8 +11,9 @@ dropped — one code path for NumPy and CuPy.
 
 Runtimes (same weights, same algorithm):
 
-* NumPy input: OpenCV's DNN module (``cv2.dnn``, already a dependency) runs the
-  ONNX graph — as fast as ONNX Runtime on this model, no extra dependency.
+* NumPy input: ONNX Runtime runs the ONNX graph (16-20 % faster than OpenCV's DNN
+  module on this model, 2048² fields, 2 threads); OpenCV's DNN module (``cv2.dnn``)
+  where ONNX Runtime is not installed. Softmax: one compiled pass (Numba).
 * CuPy input: the network is evaluated on the device by :func:`forward_xp` —
   each 3×3 convolution is 9 matrix products (cuBLAS) of shifted views, pooling
   and upsampling are reshapes; nothing leaves the GPU. The same function on NumPy
@@ -27,6 +28,7 @@ clumps, 5× too large).
 
 from __future__ import annotations
 
+import os
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -57,6 +59,9 @@ MIN_SNR = 2.0
 MIN_Z = 10.0
 #: retry the scale when the predicted median diameter is off by more than this factor
 SCALE_TOLERANCE = 1.3
+#: scale check: a probe chain stops when the scale it implies is within this factor
+#: of one already probed that agreed (saves a probe on most fields)
+SAME_SCALE = 1.15
 #: largest working tile (px per side) run at once; larger images go in tiles
 TILE = 2048
 #: tile overlap on each side, ≥ the network's receptive radius (~107 px: 3×3
@@ -109,6 +114,35 @@ def weights(path: Path | str | None = None) -> dict[str, np.ndarray]:
 
 _cv2_nets: dict = {}
 _cv2_lock = threading.Lock()
+_ort_sessions: dict = {}
+
+
+def ort_available() -> bool:
+    """Whether ONNX Runtime (the fastest CPU runtime of the network) is importable."""
+    try:
+        import onnxruntime  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _ort_session(path: Path):
+    import onnxruntime as ort
+
+    key = str(path)
+    with _cv2_lock:
+        if key not in _ort_sessions:
+            onnx = path.with_suffix(".onnx")
+            if not onnx.is_file():
+                raise FileNotFoundError(f"{onnx}: learned-segmenter network not found")
+            so = ort.SessionOptions()
+            # as many threads as OpenCV's kernels use (erquant.kernels sets them)
+            so.intra_op_num_threads = max(1, os.cpu_count() or 1)
+            so.inter_op_num_threads = 1
+            so.log_severity_level = 3
+            _ort_sessions[key] = ort.InferenceSession(str(onnx), so,
+                                                      providers=["CPUExecutionProvider"])
+        return _ort_sessions[key]
 
 
 def _cv2_net(path: Path):
@@ -189,6 +223,13 @@ def forward_cv2(x: np.ndarray, path: Path = WEIGHTS) -> np.ndarray:
     return out[0]
 
 
+def forward_ort(x: np.ndarray, path: Path = WEIGHTS) -> np.ndarray:
+    """The same logits from ONNX Runtime (CPU; sessions are safe to run concurrently)."""
+    sess = _ort_session(Path(path))
+    return sess.run(None, {sess.get_inputs()[0].name:
+                           np.ascontiguousarray(x, np.float32)[None, None]})[0][0]
+
+
 def _softmax(xp, z):
     z = z - z.max(axis=0, keepdims=True)
     e = xp.exp(z)
@@ -198,10 +239,16 @@ def _softmax(xp, z):
 def probabilities(bk: Backend, x, *, path: Path | None = None, runtime: str = "auto"):
     """(3, H, W) float32 class probabilities of a normalised working-scale image,
     in overlapping tiles when larger than :data:`TILE`; ``runtime``: ``"auto"``
-    (OpenCV on NumPy, the array module on CuPy), ``"cv2"`` or ``"xp"``."""
+    (ONNX Runtime on NumPy, else OpenCV; the array module on CuPy), ``"ort"``,
+    ``"cv2"`` or ``"xp"``."""
     xp = bk.xp
     path = Path(path) if path is not None else WEIGHTS
-    use_cv2 = runtime == "cv2" or (runtime == "auto" and not bk.is_gpu)
+    if runtime == "auto":
+        runtime = "xp" if bk.is_gpu else ("ort" if ort_available() else "cv2")
+    if runtime not in ("ort", "cv2", "xp"):
+        raise ValueError(f"unknown runtime {runtime!r}; choose auto, ort, cv2 or xp")
+    host = runtime != "xp"
+    fused = host and not bk.is_gpu and K._numba_ok(bk)
     m = 2 ** ARCH["levels"]
     H, W = x.shape
     out = xp.empty((3, H, W), xp.float32)
@@ -220,8 +267,20 @@ def probabilities(bk: Backend, x, *, path: Path | None = None, runtime: str = "a
             ph, pw = (-th) % m, (-tw) % m
             if ph or pw:
                 tile = xp.pad(tile, ((0, ph), (0, pw)), mode="reflect")
-            if use_cv2:
-                logits = xp.asarray(forward_cv2(bk.xp.asnumpy(tile) if bk.is_gpu else tile, path))
+            if host:
+                fwd = forward_ort if runtime == "ort" else forward_cv2
+                logits = fwd(bk.xp.asnumpy(tile) if bk.is_gpu else tile, path)
+                if not bk.is_gpu:
+                    if fused:  # one compiled pass straight into the output
+                        from erquant import _numba_kernels
+
+                        _numba_kernels.softmax3(logits, y0 - ry0, x0 - rx0,
+                                                out[:, y0:cy1, x0:cx1])
+                    else:
+                        out[:, y0:cy1, x0:cx1] = _softmax(
+                            xp, logits[:, y0 - ry0:cy1 - ry0, x0 - rx0:cx1 - rx0])
+                    continue
+                logits = xp.asarray(logits)
             else:
                 logits = forward_xp(tile, weights(path), xp)
             p = _softmax(xp, logits[:, :th, :tw])
@@ -250,14 +309,33 @@ def instances(bk: Backend, prob, shape, *, seed_probability: float | None = None
     if n == 0:
         return xp.zeros(shape, xp.uint32)
     fg = K.resize(bk, xp.ascontiguousarray(1.0 - prob[0]), shape) > foreground_probability
-    seeds = K.nearest_resize(bk, seeds, shape)
-    owner, dist = K.nearest_seed(bk, seeds, return_distance=True)
-    keep_px = fg & (dist <= reach) if reach > 0 else fg
-    labels = xp.where(keep_px | (seeds > 0), owner, 0)
-    area = xp.bincount(labels.ravel(), minlength=n + 1)
+    wshape = tuple(int(v) for v in prob.shape[1:])
+    if wshape[0] * wshape[1] < int(shape[0]) * int(shape[1]):
+        # working scale smaller than the image: partition there (the nearest-seed
+        # transform on fewer pixels), boundaries still decided at full resolution
+        owner, dist = K.nearest_seed(bk, seeds, return_distance=True)
+        if reach > 0:
+            owner = xp.where(dist <= reach * wshape[0] / int(shape[0]), owner, 0)
+        labels = xp.where(fg, K.nearest_resize(bk, owner, shape),
+                          K.nearest_resize(bk, seeds, shape))
+    else:
+        seeds = K.nearest_resize(bk, seeds, shape)
+        owner, dist = K.nearest_seed(bk, seeds, return_distance=True)
+        keep_px = fg & (dist <= reach) if reach > 0 else fg
+        labels = xp.where(keep_px | (seeds > 0), owner, 0)
+    sums = None
+    if image is not None and min_snr > 0 and K._numba_ok(bk):  # area and sums, one pass
+        from erquant import _numba_kernels
+
+        area = np.zeros(n + 1, np.int64)
+        sums = np.zeros(n + 1, np.float64)
+        _numba_kernels.label_sums(np.ascontiguousarray(labels).ravel(),
+                                  np.ascontiguousarray(image).ravel(), area, sums)
+    else:
+        area = xp.bincount(labels.ravel(), minlength=n + 1)
     keep = area >= min_area
     if image is not None and min_snr > 0:
-        keep &= _contrast_ok(bk, image, labels, area, min_snr, quantum, levels)
+        keep &= _contrast_ok(bk, image, labels, area, min_snr, quantum, levels, sums=sums)
     return xp.ascontiguousarray(_relabel(xp, labels, keep))
 
 
@@ -278,7 +356,7 @@ def _seeds(bk: Backend, p_interior, strong: float, weak: float):
 
 
 def _contrast_ok(bk: Backend, img, labels, area, min_snr: float, quantum: float,
-                 levels: dict | None = None):
+                 levels: dict | None = None, sums=None):
     """Per label: is its mean at least ``min_snr`` pixel-noise sigmas above the median
     background? The noise sigma comes from differences of horizontally adjacent
     background pixels (insensitive to illumination gradients), at least ``quantum``
@@ -304,7 +382,8 @@ def _contrast_ok(bk: Backend, img, labels, area, min_snr: float, quantum: float,
         level = float(xp.median(bg))
         if levels is not None:
             levels["contrast"] = (sigma, level)
-    sums = xp.bincount(labels.ravel(), weights=img.ravel(), minlength=area.shape[0])
+    if sums is None:
+        sums = xp.bincount(labels.ravel(), weights=img.ravel(), minlength=area.shape[0])
     mean = sums / xp.maximum(area, 1)
     contrast = (mean - level) / sigma
     # ... and the mean significant as a mean of its pixels (a small bright noise blob of
@@ -386,6 +465,11 @@ def check_scale(bk: Backend, img, diameter: float, *, path=None, runtime="auto",
             if agrees(m):
                 break
             d = d / 2 if not np.isfinite(m) else d * m / WORK_DIAMETER
+            # the scale it implies is (nearly) one already probed that agreed: done
+            same = [h for h in history if agrees(h[1]) and abs(np.log(h[0] / d)) <
+                    np.log(SAME_SCALE)]
+            if same:
+                return same[0]
         return next((h for h in history if abs(h[0] - d) < 0.05 * d), None)
 
     def off(h):  # how far the probe's nuclei are from the working diameter (log ratio)
