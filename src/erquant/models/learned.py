@@ -62,6 +62,8 @@ SCALE_TOLERANCE = 1.3
 #: scale check: a probe chain stops when the scale it implies is within this factor
 #: of one already probed that agreed (saves a probe on most fields)
 SAME_SCALE = 1.15
+#: scale check: probes run on a central crop of this many working px per side
+PROBE_CROP = 384
 #: largest working tile (px per side) run at once; larger images go in tiles
 TILE = 2048
 #: tile overlap on each side, ≥ the network's receptive radius (~107 px: 3×3
@@ -140,6 +142,9 @@ def _ort_session(path: Path):
             so.intra_op_num_threads = max(1, os.cpu_count() or 1)
             so.inter_op_num_threads = 1
             so.log_severity_level = 3
+            # no busy-waiting threads: batch workers share the cores (same speed alone:
+            # 0.61 vs 0.60 s on a 1424² working image)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             _ort_sessions[key] = ort.InferenceSession(str(onnx), so,
                                                       providers=["CPUExecutionProvider"])
         return _ort_sessions[key]
@@ -428,7 +433,7 @@ def _probe(bk: Backend, img, d: float, crop: int, path, runtime):
 
 
 def check_scale(bk: Backend, img, diameter: float, *, path=None, runtime="auto",
-                crop: int = 384) -> tuple[float, list]:
+                crop: int | None = None) -> tuple[float, list]:
     """Check a diameter estimate with the network on a central crop.
 
     A probe runs the network at a diameter and measures the median diameter of the
@@ -444,6 +449,7 @@ def check_scale(bk: Backend, img, diameter: float, *, path=None, runtime="auto",
     """
     history = []
     lo, hi = 4.0, max(img.shape) / 2
+    crop = PROBE_CROP if crop is None else crop
 
     def probe(d):
         d = float(min(max(d, lo), hi))
