@@ -213,8 +213,9 @@ def forward_xp(x, w: dict, xp=None):
         h = h.reshape(C, H // 2, 2, W // 2, 2).max(axis=(2, 4))
     h = block(h, "mid")
     for k in reversed(range(levels)):
-        h = xp.repeat(xp.repeat(h, 2, axis=1), 2, axis=2)
+        # 1×1 convolution, then nearest upsampling (the same values as the other order)
         h = _conv(xp, h, ww[f"up{k}.w"], ww[f"up{k}.b"], False)
+        h = xp.repeat(xp.repeat(h, 2, axis=1), 2, axis=2)
         h = block(xp.concatenate([h, skips[k]], axis=0), f"dec{k}")
     return _conv(xp, h, ww["out.w"], ww["out.b"], False)
 
