@@ -304,13 +304,16 @@ def _band_peaks_impl(sdist, score, mask, edges, filtered, out):
 
 def _softmax3_impl(z, y0, x0, out):
     # softmax over the 3 class logits of every pixel of z[:, y0:, x0:] (the window out
-    # covers), one pass, two exponentials per pixel (differences clamped: no overflow)
+    # covers), one pass, two exponentials per pixel in float32 (differences clamped: no
+    # overflow); rows in parallel
+    lim = np.float32(80.0)
+    one = np.float32(1.0)
     for y in range(out.shape[1]):
         for x in range(out.shape[2]):
             a = z[0, y0 + y, x0 + x]
-            e1 = np.exp(min(max(z[1, y0 + y, x0 + x] - a, -80.0), 80.0))
-            e2 = np.exp(min(max(z[2, y0 + y, x0 + x] - a, -80.0), 80.0))
-            p0 = 1.0 / (1.0 + e1 + e2)
+            e1 = np.exp(min(max(z[1, y0 + y, x0 + x] - a, -lim), lim))
+            e2 = np.exp(min(max(z[2, y0 + y, x0 + x] - a, -lim), lim))
+            p0 = one / (one + e1 + e2)
             out[0, y, x] = p0
             out[1, y, x] = e1 * p0
             out[2, y, x] = e2 * p0
@@ -328,6 +331,15 @@ def _label_sums_impl(labels, img, area, sums):
         lab = labels[i]
         area[lab] += 1
         sums[lab] += img[i]
+
+
+def _jit_parallel(fn):
+    """As :func:`_jit`, the ``prange`` loops on numba's thread pool."""
+    opts = dict(nogil=True, boundscheck=False, parallel=True)
+    try:
+        return numba.njit(cache=True, **opts)(fn)
+    except RuntimeError:
+        return numba.njit(cache=False, **opts)(fn)
 
 
 def _jit(fn):
