@@ -305,7 +305,7 @@ def _band_peaks_impl(sdist, score, mask, edges, filtered, out):
 def _softmax3_impl(z, y0, x0, out):
     # softmax over the 3 class logits of every pixel of z[:, y0:, x0:] (the window out
     # covers), one pass, two exponentials per pixel in float32 (differences clamped: no
-    # overflow); rows in parallel
+    # overflow)
     lim = np.float32(80.0)
     one = np.float32(1.0)
     for y in range(out.shape[1]):
@@ -331,15 +331,6 @@ def _label_sums_impl(labels, img, area, sums):
         lab = labels[i]
         area[lab] += 1
         sums[lab] += img[i]
-
-
-def _jit_parallel(fn):
-    """As :func:`_jit`, the ``prange`` loops on numba's thread pool."""
-    opts = dict(nogil=True, boundscheck=False, parallel=True)
-    try:
-        return numba.njit(cache=True, **opts)(fn)
-    except RuntimeError:
-        return numba.njit(cache=False, **opts)(fn)
 
 
 def _jit(fn):

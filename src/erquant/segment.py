@@ -217,18 +217,15 @@ def _normalise(bk: Backend, img, crop=None, levels=None):
     xp = bk.xp
     if levels is not None and levels.get("image_range") is not None:
         lo, hi = (float(v) for v in levels["image_range"])
+    else:
+        small = img[:: max(1, -(-img.shape[0] // 256)), :: max(1, -(-img.shape[1] // 256))]
+        lo, hi = (float(v) for v in to_numpy(xp.percentile(small, xp.asarray([0.5, 99.9]))))
+        # host sync above: two scalars
         if hi <= lo:
-            return None, lo, hi
-        part = img if crop is None else img[crop]
-        return (part - lo) * (1.0 / (hi - lo)), lo, hi
-    small = img[:: max(1, -(-img.shape[0] // 256)), :: max(1, -(-img.shape[1] // 256))]
-    lo, hi = (float(v) for v in to_numpy(xp.percentile(small, xp.asarray([0.5, 99.9]))))
-    # host sync above: two scalars
-    if hi <= lo:
-        hi = float(img.max())  # host sync
-        lo = float(img.min())  # host sync
-    if levels is not None:
-        levels["image_range"] = (lo, hi)
+            hi = float(img.max())  # host sync
+            lo = float(img.min())  # host sync
+        if levels is not None:
+            levels["image_range"] = (lo, hi)
     if hi <= lo:
         return None, lo, hi
     part = img if crop is None else img[crop]

@@ -155,10 +155,9 @@ def _prepare_mosaic(reader, params, isolate: bool):
         return reader.prepare(params)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     from erquant.io.mosaic import prepare_layout
-
-    from concurrent.futures.process import BrokenProcessPool
 
     try:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:

@@ -273,7 +273,8 @@ class FoldedUNet(nn.Module):
         super().__init__()
         self.levels = levels
         self.convs = nn.ModuleDict()
-        for name in sorted({k[:-2] for k in w}):
+        split = {f"dec{k}.0" for k in range(levels)}  # built as two convolutions below
+        for name in sorted({k[:-2] for k in w} - split):
             wt = torch.from_numpy(w[name + ".w"].astype(np.float32))
             conv = nn.Conv2d(wt.shape[1], wt.shape[0], wt.shape[2], padding=wt.shape[2] // 2)
             conv.weight.data.copy_(wt)
