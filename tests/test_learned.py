@@ -193,6 +193,26 @@ def test_scale_check_recovers_a_wrong_estimate(factor):
     assert 24 / 1.3 <= d <= 24 * 1.3, (d, hist)
 
 
+def test_first_probe_read_from_the_whole_run_agrees_with_its_own_run():
+    """The scale check's first probe can read its crop from the whole image's run at
+    the estimate (segment_learned does, saving a network run): it finds the same
+    nuclei size as running the crop alone, and the same scale is picked."""
+    f = make_field(shape=(1280, 1280), n_nuclei=500, nucleus_diameter=20, seed=9)
+    img = f.image[0].astype(np.float32)
+    d0 = 21.0
+    x, small = learned._working(NP, img, learned.WORK_DIAMETER / d0, raw=True)
+    whole = (x, small, learned.probabilities(NP, x))
+    d_own, h_own = learned.check_scale(NP, img, d0)
+    d_whole, h_whole = learned.check_scale(NP, img, d0, whole=whole)
+    assert d_own == d_whole == d0, (h_own, h_whole)
+    (_, m_own, _, n_own), (_, m_whole, _, n_whole) = h_own[0], h_whole[0]
+    assert abs(m_whole / m_own - 1) < 0.03 and abs(n_whole - n_own) <= 0.05 * n_own
+    # and the labels segment_learned returns are those of a run at the picked scale
+    lab, info = learned.segment_learned(img, return_info=True)
+    ref = learned.segment_learned(img, diameter=info["diameter"])
+    assert (lab == ref).all()
+
+
 def test_constant_and_empty_images():
     lab, info = segment_nuclei(np.full((64, 64), 7, np.uint16), method="learned",
                                return_info=True)
