@@ -178,6 +178,27 @@ def test_weak_seeds_give_small_nuclei_their_own_seed():
     assert n_strong == 1
 
 
+def test_pressed_nuclei_bridged_by_their_interiors_get_a_seed_each():
+    """Two cores (p > CORE_PROBABILITY, each at least CORE_AREA_FRACTION of a
+    working-size nucleus) in one seed region are two pressed nuclei: two seeds. A
+    region with one core, or with a second core too small to be a nucleus' (a speck),
+    stays one seed."""
+    min_core = learned.CORE_AREA_FRACTION * np.pi * (learned.WORK_DIAMETER / 2) ** 2
+    side = int(np.ceil(np.sqrt(min_core))) + 1  # a square core just over the minimum
+    p = np.zeros((40, 80), np.float32)
+    p[5:20, 5:35] = 0.5  # one region above SEED_PROBABILITY ...
+    p[8:8 + side, 8:8 + side] = 0.95  # ... holding two cores: pressed pair
+    p[8:8 + side, 30 - side:30] = 0.95
+    p[5:20, 45:75] = 0.5  # a region with one core and a one-pixel speck
+    p[8:8 + side, 48:48 + side] = 0.95
+    p[15, 70] = 0.95
+    seeds, n = learned._seeds(NP, p, learned.SEED_PROBABILITY, learned.WEAK_SEED_PROBABILITY)
+    assert n == 3, n
+    assert seeds[9, 9] != seeds[9, 28] and seeds[9, 9] > 0 and seeds[9, 28] > 0
+    assert seeds[12, 18] == 0  # the bridge goes to the partition, not to a seed
+    assert seeds[9, 49] == seeds[15, 70] == seeds[12, 60] > 0
+
+
 def test_clumped_preset_counts():
     f = make_clumped_field(shape=(768, 768), n_nuclei=220, clump_size=20, seed=7)
     n = int(segment_nuclei(f.image[0], method="learned").max())
@@ -230,15 +251,18 @@ def test_training_code_runs_and_exports(tmp_path):
     torch.set_num_threads(1)
     ex = T.make_synthetic(2, seed=0, size=128)
     lines = []
+    # channels other than the shipped ones: inference reads the widths from the weights
+    ch = [8, 12, 16, 24, 32]
     model = T.train(ex, minutes=10, seed=0, out=tmp_path / "run", max_steps=200, batch=4,
-                    log=lines.append)
+                    log=lines.append, channels=ch)
     first = float(lines[0].split("loss=")[1].split()[0])
     last = float(lines[-1].split("loss=")[1].split()[0])
     assert last < first, lines
     dest = tmp_path / "w" / "nuclei_unet"
     dest.parent.mkdir()
-    T.export(model, dest, {"arch": learned.ARCH})
+    T.export(model, dest, {"arch": {"channels": ch, "levels": 4}})
     w = learned.weights(dest)
+    assert [w[f"enc{k}.1.w"].shape[0] for k in range(4)] + [w["mid.1.w"].shape[0]] == ch
     x = np.random.default_rng(1).random((64, 80), dtype=np.float32)
     a = learned.forward_xp(x, w, np)
     b = learned.forward_cv2(x, dest)

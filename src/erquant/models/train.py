@@ -63,11 +63,13 @@ def _block(i: int, o: int) -> nn.Sequential:
 class UNet(nn.Module):
     """U-Net: ``levels`` encoder blocks (two 3×3 conv+BN+ReLU, 2× max-pool), a middle
     block, nearest 2× upsampling + 1×1 conv, concatenation with the skip, a block;
-    a 1×1 convolution to 3 classes. Channels ``base * 2**k`` at level k."""
+    a 1×1 convolution to 3 classes. ``channels[k]`` channels at level k (the last:
+    the middle block)."""
 
-    def __init__(self, base: int = ARCH["base"], levels: int = ARCH["levels"]):
+    def __init__(self, channels=None):
         super().__init__()
-        ch = [base * 2 ** k for k in range(levels + 1)]
+        ch = [int(c) for c in (channels or ARCH["channels"])]
+        levels = len(ch) - 1
         self.enc = nn.ModuleList(_block(1 if k == 0 else ch[k - 1], ch[k]) for k in range(levels))
         self.mid = _block(ch[levels - 1], ch[levels])
         self.up = nn.ModuleList(nn.Conv2d(ch[k + 1], ch[k], 1) for k in range(levels))
@@ -227,10 +229,10 @@ class Sampler:
 # ------------------------------------------------------------------ training
 def train(examples: list[Example], *, minutes: float, seed: int, out: Path,
           batch: int = 8, lr: float = 3e-3, max_steps: int | None = None,
-          log=print) -> nn.Module:
+          log=print, channels=None) -> nn.Module:
     torch.manual_seed(seed)
     np.random.seed(seed)
-    model = UNet()
+    model = UNet(channels)
     sampler = Sampler(examples, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     weight = torch.tensor([1.0, 1.0, 2.0])
@@ -373,6 +375,10 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic", type=int, default=48, help="generated fields (0: none)")
     ap.add_argument("--limit", type=int, default=None, help="first N images only (tests)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--channels", type=lambda t: [int(v) for v in t.split(",")],
+                    default=list(ARCH["channels"]),
+                    help="channels per level, comma-separated, the last the middle block's "
+                    f"(default {','.join(map(str, ARCH['channels']))})")
     ap.add_argument("--out", type=Path, default=Path("training/runs/seed0"))
     ap.add_argument("--export", type=Path, nargs="?", const=Path(__file__).with_name("nuclei_unet"),
                     default=None, help="write the weights (default: into the package)")
@@ -384,9 +390,10 @@ def main(argv=None) -> int:
         ex += make_synthetic(a.synthetic, a.seed)
     print(f"{len(ex)} training images loaded in {time.perf_counter() - t0:.0f} s", flush=True)
     model = train(ex, minutes=a.minutes, seed=a.seed, out=a.out, max_steps=a.max_steps,
-                  log=lambda s: print(s, flush=True))
+                  log=lambda s: print(s, flush=True), channels=a.channels)
     if a.export:
-        card = {"arch": ARCH, "train_diameter": TRAIN_DIAMETER, "seed": a.seed,
+        card = {"arch": {"channels": a.channels, "levels": len(a.channels) - 1},
+                "train_diameter": TRAIN_DIAMETER, "seed": a.seed,
                 "minutes": a.minutes, "synthetic": a.synthetic, "images": len(ex),
                 "data": str(a.data), "torch": torch.__version__,
                 "command": "python -m erquant.models.train "
