@@ -101,6 +101,18 @@ def test_compiled_passes_match_the_array_path(monkeypatch):
     slow = segment_nuclei(f.image[0], method="learned", diameter=info["diameter"])
     assert fast.dtype == slow.dtype == np.uint32 and fast.max() > 100
     np.testing.assert_array_equal(fast, slow)
+    # the pressed-nucleus seed split on a field where it splits (in-focus, crowded)
+    g = make_field(shape=(1024, 1024), n_nuclei=300, seed=28, in_focus=True)
+    x = learned._working(NP, g.image[0].astype(np.float32), learned.WORK_DIAMETER / 24)
+    p = learned.probabilities(NP, x)[1]
+    monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
+    s_arr, n_arr = learned._seeds(NP, p, learned.SEED_PROBABILITY, learned.WEAK_SEED_PROBABILITY)
+    monkeypatch.delenv("ERQUANT_NO_NUMBA")
+    s_jit, n_jit = learned._seeds(NP, p, learned.SEED_PROBABILITY, learned.WEAK_SEED_PROBABILITY)
+    monkeypatch.setattr(learned, "CORE_AREA_FRACTION", 0.0)
+    _, n_plain = learned._seeds(NP, p, learned.SEED_PROBABILITY, learned.WEAK_SEED_PROBABILITY)
+    assert n_jit == n_arr > n_plain  # it splits here, the same way on both paths
+    np.testing.assert_array_equal(s_jit, s_arr)
 
 
 def test_tiles_match_one_pass(monkeypatch):

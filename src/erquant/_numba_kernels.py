@@ -333,6 +333,31 @@ def _label_sums_impl(labels, img, area, sums):
         sums[lab] += img[i]
 
 
+def _core_split_impl(hi_lab, core_lab, n_hi, n_core, min_area, out):
+    # out (bool, 1-D views): the seed mask hi_lab > 0 with every region that holds two
+    # or more cores of >= min_area px replaced by those cores (learned._seeds)
+    area = np.zeros(n_core + 1, np.int64)
+    region = np.zeros(n_core + 1, np.int64)
+    for i in range(hi_lab.size):
+        c = core_lab[i]
+        if c > 0:
+            area[c] += 1
+            region[c] = hi_lab[i]
+    n_big = np.zeros(n_hi + 1, np.int64)
+    for c in range(1, n_core + 1):
+        if area[c] >= min_area:
+            n_big[region[c]] += 1
+    for i in range(hi_lab.size):
+        r = hi_lab[i]
+        if r == 0:
+            out[i] = False
+        elif n_big[r] >= 2:
+            c = core_lab[i]
+            out[i] = c > 0 and area[c] >= min_area
+        else:
+            out[i] = True
+
+
 def _jit(fn):
     """Compile ``fn`` lazily, cached on disk where a cache folder is writable (next to
     this file, else numba's user-wide cache); without one (read-only install and home)
@@ -363,7 +388,9 @@ if numba is not None:
     softmax3 = _jit(_softmax3_impl)
     lut_gather = _jit(_lut_gather_impl)
     label_sums = _jit(_label_sums_impl)
+    core_split = _jit(_core_split_impl)
 else:  # pragma: no cover
+    core_split = None
     softmax3 = None
     lut_gather = None
     label_sums = None

@@ -73,7 +73,7 @@ def edt(bk: Backend, mask):
     return bk.ndi.distance_transform_edt(mask).astype(bk.xp.float32, copy=False)
 
 
-def label(bk: Backend, mask):
+def label(bk: Backend, mask, *, ordered: bool = True):
     """8-connected components of a boolean mask → (int32 labels, count).
 
     Components are numbered in the raster order of their first pixel on every backend
@@ -81,12 +81,13 @@ def label(bk: Backend, mask):
     another order, which depends on the image's origin): the ids, and every "largest
     id wins" tie that follows, are the same in an image and in any crop holding the
     components whole (mosaic tiles). ``count`` is a Python int: a host sync on the
-    GPU (needed to size what follows).
+    GPU (needed to size what follows). ``ordered=False``: any numbering (for labels
+    that only group pixels; saves two passes on the CPU).
     """
     if _use_cv2(bk):
         n, lab = cv2.connectedComponents(mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
         n = int(n) - 1
-        if n > 1:
+        if n > 1 and ordered:
             if _numba_ok(bk):
                 from erquant import _numba_kernels
 
