@@ -374,9 +374,10 @@ def _seeds(bk: Backend, p_interior, strong: float, weak: float):
     hi = p_interior > strong
     if CORE_PROBABILITY > strong and CORE_AREA_FRACTION > 0:
         # (these labels only group pixels: any numbering)
-        hi_lab, n_hi = K.label(bk, xp.ascontiguousarray(hi), ordered=False)
         core_lab, n_core = K.label(bk, xp.ascontiguousarray(p_interior > CORE_PROBABILITY),
                                    ordered=False)
+        if n_core >= 2:
+            hi_lab, n_hi = K.label(bk, xp.ascontiguousarray(hi), ordered=False)
         area = CORE_AREA_FRACTION * np.pi * (WORK_DIAMETER / 2) ** 2
         if n_core >= 2 and K._numba_ok(bk):  # the array path below, one compiled pass
             from erquant import _numba_kernels
@@ -613,7 +614,7 @@ def segment_learned(image, *, diameter: float | None = None, check: bool = True,
             if diameter == d0:
                 stats.update(lv0)
                 whole = (x0, prob0)
-            del small0
+            del x0, small0, prob0  # not held through a run at another scale
     diameter = float(diameter)
     if not diameter > 0:
         raise ValueError(f"diameter must be > 0, got {diameter}")

@@ -383,6 +383,9 @@ def main(argv=None) -> int:
     ap.add_argument("--export", type=Path, nargs="?", const=Path(__file__).with_name("nuclei_unet"),
                     default=None, help="write the weights (default: into the package)")
     a = ap.parse_args(argv)
+    if len(a.channels) != ARCH["levels"] + 1:  # inference pads and folds for ARCH's levels
+        ap.error(f"--channels needs {ARCH['levels'] + 1} widths ({ARCH['levels']} levels "
+                 f"and the middle block), got {len(a.channels)}")
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     ex = load_dsb(a.data, a.limit)
