@@ -275,6 +275,38 @@ def _client(workers: int | None, scheduler: str | None, gpus: int | None,
         cluster.close()
 
 
+@contextlib.contextmanager
+def _sigint_as_flag():
+    """Ctrl-C sets an event instead of raising inside distributed's ``sync``.
+
+    A KeyboardInterrupt raised while the client waits in ``distributed.utils.sync``
+    can reach its cancel callback before the future exists: tornado then logs a
+    ``NameError`` traceback (distributed 2025.x). The map loop polls this event and
+    stops at a point of its own choosing. A second Ctrl-C raises at once. Off the main
+    thread (napari's batch widget) or under an ignored / foreign SIGINT handler nothing
+    is installed and the event is never set.
+    """
+    import signal
+    import threading
+
+    stop = threading.Event()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _ignore_sigint() -> None:
     import signal
 
@@ -676,17 +708,25 @@ def _map_distributed(client, tasks, config, collect, bar, info, gpus) -> None:
         if not submit_next():
             break
     try:
-        for fut in ac:
-            chunk = futures.pop(fut.key)
-            try:
-                rows = fut.result()
-            except Exception as exc:  # the worker died or the task could not run
-                from erquant.batch.worker import _failed
+        with _sigint_as_flag() as stop:
+            while not ac.is_empty():
+                if stop.is_set():
+                    raise KeyboardInterrupt
+                batch = ac.next_batch(block=False)
+                if not batch:
+                    stop.wait(0.05)
+                    continue
+                for fut in batch:
+                    chunk = futures.pop(fut.key)
+                    try:
+                        rows = fut.result()
+                    except Exception as exc:  # the worker died or the task could not run
+                        from erquant.batch.worker import _failed
 
-                outdir = Path(config["outdir"])
-                rows = [_failed(it, exc, 0.0, outdir, config) for it in chunk]
-            collect(rows)
-            submit_next()
+                        outdir = Path(config["outdir"])
+                        rows = [_failed(it, exc, 0.0, outdir, config) for it in chunk]
+                    collect(rows)
+                    submit_next()
     except KeyboardInterrupt:
         for f in list(ac.futures):
             f.cancel()
