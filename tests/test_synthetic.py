@@ -266,19 +266,31 @@ def test_clumped_field_forms_compact_islands_and_keeps_defaults():
     assert ndi.label(ndi.binary_dilation(free.nuclei > 0, iterations=2))[1] > 20
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 mode 1: every nucleus sits in a clump, so no "
-                   "single nuclei to compare clumps with: the classical estimate locks onto "
-                   "the clumps on most such fields (seed 0 of 30-nucleus clumps: 26 px since "
-                   "the ellipse correction; seeds 1 and 9 of 20-nucleus clumps: 51 and 46 px "
-                   "for 24 px nuclei, counts -56 % and -48 %); not fixed yet")
-def test_clumped_field_diameter_and_count():
-    from erquant.segment import estimate_diameter, segment_nuclei
+CLUMPED_CASES = [(30, 0), (20, 1), (20, 9)]
+
+
+def test_clumped_field_diameter():
+    """Issue 14 mode 1 on fully clumped fields (no single nuclei for the mask estimate
+    to size): the granulometric check brings the estimate back to the nuclei's scale
+    (before it: 20-nucleus clumps of seeds 1 and 9 gave 51 and 46 px for 24 px nuclei,
+    counts -56 % and -48 %)."""
+    from erquant.segment import estimate_diameter
     from erquant.synthetic import make_clumped_field
 
-    for clump_size, seed in [(30, 0), (20, 1), (20, 9)]:
-        f = make_clumped_field(seed=seed, clump_size=clump_size)
-        img = f.image[0]
-        d = estimate_diameter(img)
+    for clump_size, seed in CLUMPED_CASES:
+        d = estimate_diameter(make_clumped_field(seed=seed, clump_size=clump_size).image[0])
         assert 24 / 1.3 <= d <= 24 * 1.3, (clump_size, seed, d)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14: at the right scale the classical split "
+                   "still merges pressed nuclei of mixed brightness inside clumps (seed 0 "
+                   "of 30-nucleus clumps 259 of 300, seed 9 of 20-nucleus clumps 273: "
+                   "-14 % and -9 %, mostly merges; 267 and 276 with the true diameter); the issue asks for 5 %. Not fixed yet")
+def test_clumped_field_count():
+    from erquant.segment import segment_nuclei
+    from erquant.synthetic import make_clumped_field
+
+    for clump_size, seed in CLUMPED_CASES:
+        img = make_clumped_field(seed=seed, clump_size=clump_size).image[0]
         n = int(segment_nuclei(img, method="classical").max())
         assert abs(n - 300) <= 15, (clump_size, seed, n)

@@ -59,6 +59,18 @@ def minimum_filter(bk: Backend, img, size: int):
     return bk.ndi.minimum_filter(img, size=size, mode="reflect")
 
 
+def disc_opening(bk: Backend, img, radius: int):
+    """Grey-level opening by a disc of ``radius`` px (OpenCV's ellipse element on the
+    CPU; ``ndimage.grey_opening`` with the same footprint elsewhere)."""
+    r = max(1, int(radius))
+    if _use_cv2(bk):
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        return cv2.morphologyEx(img, cv2.MORPH_OPEN, k, borderType=cv2.BORDER_REFLECT)
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    fp = bk.xp.asarray((yy * yy + xx * xx) <= r * r + r)  # ~OpenCV's ellipse of 2r+1
+    return bk.ndi.grey_opening(img, footprint=fp, mode="reflect")
+
+
 def uniform_filter(bk: Backend, img, size: int):
     size = max(1, int(size) | 1)
     if _use_cv2(bk):
