@@ -562,3 +562,19 @@ def test_fused_split_kernels_match_the_array_path(monkeypatch, synthetic_field, 
             np.testing.assert_array_equal(a, b)
         else:  # np.gradient's one-sided borders differ from the reflected stencil
             assert np.mean(a[2:-2, 2:-2] != b[2:-2, 2:-2]) == 0
+
+
+@pytest.mark.parametrize("diameter", [9, 24])
+def test_partition_compiled_equals_array_path(monkeypatch, synthetic_field, diameter):
+    """The compiled partition (Numba, CPU) and the generic array path (the CuPy one)
+    give the same labels, at full resolution (9 px) and downsampled (24 px)."""
+    import erquant.segment as S
+
+    f = synthetic_field(shape=(768, 768), n_nuclei=int(300 * (24 / diameter) ** 2 * 0.6),
+                        seed=3, nucleus_diameter=float(diameter))
+    img = f.image[0]
+    fused = to_numpy(segment_nuclei(img))
+    monkeypatch.setattr(S, "_partition_numba",
+                        lambda *a, **k: S._partition_array(*a, **k, weighted=True))
+    plain = to_numpy(segment_nuclei(img))
+    assert int(fused.max()) > 100 and np.array_equal(fused, plain)

@@ -358,6 +358,58 @@ def _core_split_impl(hi_lab, core_lab, n_hi, n_core, min_area, out):
             out[i] = True
 
 
+def _orphan_cores_impl(cc, peaks, mask, cores, nseeds, has_seed, seed_cc):
+    # _split's partition set-up in two passes (1-D views; cores is modified in place):
+    # has_seed[c] for components holding a peak; mask pixels of the other components
+    # become one core each (id c + nseeds); seed_cc[core] = its component
+    for i in range(cc.size):
+        if peaks[i]:
+            has_seed[cc[i]] = True
+    for i in range(cc.size):
+        c = cc[i]
+        if mask[i] and not has_seed[c]:
+            cores[i] = c + nseeds
+        k = cores[i]
+        if k > 0:
+            seed_cc[k] = c
+
+
+def _owned_impl(owner, cc, seed_cc, allowed, mask, has_seed, cores, orphans, smooth,
+                want_peak, peak, out):
+    # out = owner where allowed and the owner's component is the pixel's, else 0; with
+    # ``orphans`` the seedless components' pixels take their core; with ``want_peak``
+    # peak[label] = max(0, max of smooth over the label) (1-D views)
+    for i in range(owner.size):
+        o = owner[i]
+        c = cc[i]
+        v = 0
+        if allowed[i] and seed_cc[o] == c:
+            v = o
+        if orphans and mask[i] and not has_seed[c]:
+            v = cores[i]
+        out[i] = v
+        if want_peak:
+            s = smooth[i]
+            if s > peak[v]:
+                peak[v] = s
+
+
+def _rim_stats_impl(labels, owner, mask, near, smooth, t, contrast, own_peak, do_rim,
+                    area, total):
+    # _split's rim re-admission and per-label pixel count and intensity sum, one pass
+    # (1-D views; labels modified in place; t and contrast float32 like the array path)
+    for i in range(labels.size):
+        v = labels[i]
+        s = smooth[i]
+        if do_rim and near[i] and not mask[i]:
+            o = owner[i]
+            if s > t and s > contrast * own_peak[o]:
+                v = o
+                labels[i] = v
+        area[v] += 1
+        total[v] += s
+
+
 def _jit(fn):
     """Compile ``fn`` lazily, cached on disk where a cache folder is writable (next to
     this file, else numba's user-wide cache); without one (read-only install and home)
@@ -389,7 +441,11 @@ if numba is not None:
     lut_gather = _jit(_lut_gather_impl)
     label_sums = _jit(_label_sums_impl)
     core_split = _jit(_core_split_impl)
+    orphan_cores = _jit(_orphan_cores_impl)
+    owned = _jit(_owned_impl)
+    rim_stats = _jit(_rim_stats_impl)
 else:  # pragma: no cover
+    orphan_cores = owned = rim_stats = None
     core_split = None
     softmax3 = None
     lut_gather = None

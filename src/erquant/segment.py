@@ -926,6 +926,38 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         cores = K.seed_cores(bk, seeds, mask, core_fraction * rad)
     else:
         cores = seeds
+    rim = rim_fraction > 0 and peak is not None
+    grow = 2 * max(1, int(round(rim_fraction * diameter))) + 1
+    if K._numba_ok(bk):  # the same partition in three compiled passes
+        labels, area, total = _partition_numba(bk, cc, ncc, peaks, cores, nseeds, mask,
+                                               seed_mask, smooth, t, rim, grow,
+                                               local_contrast)
+    else:
+        labels, area, total = _partition_array(bk, cc, ncc, peaks, cores, nseeds, mask,
+                                               seed_mask, smooth, t, rim, grow,
+                                               local_contrast, weighted=min_snr > 0)
+    # remove small objects, relabel 1..N
+    min_area = min_area_fraction * math.pi * (diameter / 2) ** 2
+    keep = area >= min_area
+    if min_snr > 0 and noise > 0:
+        # objects must stand out of the pixel noise: mean contrast above background
+        # ≥ min_snr × noise sigma (pure-noise fields give no nuclei, not hundreds)
+        keep &= total >= min_snr * noise * area
+        if FAINT_NUCLEUS > 0 and int(keep.sum()) >= 5:  # host sync: object count
+            # ... and out of the field's haze: a mean contrast of at least FAINT_NUCLEUS
+            # of the field's typical object's (median of the kept objects' means)
+            mean = total / xp.maximum(area, 1)
+            ref = float(xp.median(mean[keep]))  # host sync
+            keep &= mean >= FAINT_NUCLEUS * ref
+    return _relabel(xp, labels, keep)
+
+
+def _partition_array(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask, smooth,
+                     t, rim, grow, local_contrast, weighted=True):
+    """_split's partition (generic array path, CuPy): nearest core within the
+    component, bright interiors first, then the dim rims; per-label pixel count and
+    intensity sum (None unless ``weighted``)."""
+    xp = bk.xp
     # components without a seed (small or thin objects) get one: the whole component
     has_seed = xp.zeros(ncc + 1, bool)
     has_seed[cc[peaks]] = True
@@ -943,31 +975,57 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         inner = xp.where(orphan, cores, inner)
         owner = K.nearest_seed(bk, inner)
     labels = xp.where(mask & (seed_cc[owner] == cc), owner, 0)
-    if rim_fraction > 0 and peak is not None:
+    if rim:
         # the local-contrast rule compares a pixel with the brightest pixel nearby, which
         # trims a dim nucleus next to a bright one; re-admit pixels within a few px that
         # pass the same rule against the peak of their own nucleus
-        grow = 2 * max(1, int(round(rim_fraction * diameter))) + 1
         near = K.maximum_filter(bk, mask.view(xp.uint8), grow).view(bool)
         own_peak = K.label_max(bk, smooth, labels, nseeds + ncc)
-        rim = near & ~mask & (smooth > t) & (smooth > local_contrast * own_peak[owner])
-        labels = xp.where(rim, owner, labels)
-    # remove small objects, relabel 1..N
+        rim_px = near & ~mask & (smooth > t) & (smooth > local_contrast * own_peak[owner])
+        labels = xp.where(rim_px, owner, labels)
     area = xp.bincount(labels.ravel(), minlength=nseeds + ncc + 1)
-    min_area = min_area_fraction * math.pi * (diameter / 2) ** 2
-    keep = area >= min_area
-    if min_snr > 0 and noise > 0:
-        # objects must stand out of the pixel noise: mean contrast above background
-        # ≥ min_snr × noise sigma (pure-noise fields give no nuclei, not hundreds)
-        total = xp.bincount(labels.ravel(), weights=smooth.ravel(), minlength=area.shape[0])
-        keep &= total >= min_snr * noise * area
-        if FAINT_NUCLEUS > 0 and int(keep.sum()) >= 5:  # host sync: object count
-            # ... and out of the field's haze: a mean contrast of at least FAINT_NUCLEUS
-            # of the field's typical object's (median of the kept objects' means)
-            mean = total / xp.maximum(area, 1)
-            ref = float(xp.median(mean[keep]))  # host sync
-            keep &= mean >= FAINT_NUCLEUS * ref
-    return _relabel(xp, labels, keep)
+    total = (xp.bincount(labels.ravel(), weights=smooth.ravel(), minlength=area.shape[0])
+             if weighted else None)
+    return labels, area, total
+
+
+def _partition_numba(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask, smooth,
+                     t, rim, grow, local_contrast):
+    """:func:`_partition_array` on the CPU with the per-pixel steps fused into three
+    compiled passes around the two nearest-seed transforms (equal labels, area and
+    sums: tested)."""
+    from erquant import _numba_kernels as NK
+
+    n_ids = nseeds + ncc + 1
+    ccf = np.ascontiguousarray(cc, dtype=np.int32).ravel()
+    maskf = np.ascontiguousarray(mask).ravel()
+    smooth = np.ascontiguousarray(smooth)
+    smoothf = smooth.ravel()
+    cores = np.array(cores, dtype=np.int32, order="C")  # a copy: filled in place
+    coresf = cores.ravel()
+    has_seed = np.zeros(ncc + 1, np.bool_)
+    seed_cc = np.zeros(n_ids, np.int32)
+    NK.orphan_cores(ccf, np.ascontiguousarray(peaks).ravel(), maskf, coresf, int(nseeds),
+                    has_seed, seed_cc)
+    owner = K.nearest_seed(bk, cores)
+    no_peak = np.zeros(1, smooth.dtype)
+    if seed_mask is not mask:
+        inner = np.empty_like(cores)
+        NK.owned(owner.ravel(), ccf, seed_cc, np.ascontiguousarray(seed_mask).ravel(), maskf,
+                 has_seed, coresf, True, smoothf, False, no_peak, inner.ravel())
+        owner = K.nearest_seed(bk, inner)
+    ownerf = np.ascontiguousarray(owner).ravel()
+    labels = np.empty(mask.shape, np.int32)
+    own_peak = np.zeros(n_ids, smooth.dtype) if rim else no_peak
+    NK.owned(ownerf, ccf, seed_cc, maskf, maskf, has_seed, coresf, False, smoothf, rim,
+             own_peak, labels.ravel())
+    near = (K.maximum_filter(bk, mask.view(np.uint8), grow).view(bool).ravel() if rim
+            else maskf)
+    area = np.zeros(n_ids, np.int64)
+    total = np.zeros(n_ids, np.float64)
+    NK.rim_stats(labels.ravel(), ownerf, maskf, near, smoothf, smooth.dtype.type(t),
+                 smooth.dtype.type(local_contrast), own_peak, rim, area, total)
+    return labels, area, total
 
 
 #: objects whose mean contrast (above the background) is below this fraction of the
