@@ -410,6 +410,31 @@ def _rim_stats_impl(labels, owner, mask, near, smooth, t, contrast, own_peak, do
         total[v] += s
 
 
+def _fill_holes_impl(lab, n, max_area, mask, out):
+    # out = mask | (background region of ``lab`` (2-D, 0..n-1, 0 = the mask) that
+    # touches no image border and, with max_area >= 0, has <= max_area pixels)
+    Y, X = lab.shape
+    keep = np.zeros(n, np.bool_)
+    for x in range(X):
+        keep[lab[0, x]] = True
+        keep[lab[Y - 1, x]] = True
+    for y in range(Y):
+        keep[lab[y, 0]] = True
+        keep[lab[y, X - 1]] = True
+    if max_area >= 0:
+        count = np.zeros(n, np.int64)
+        for y in range(Y):
+            for x in range(X):
+                count[lab[y, x]] += 1
+        for k in range(n):
+            if count[k] > max_area:
+                keep[k] = True
+    keep[0] = True
+    for y in range(Y):
+        for x in range(X):
+            out[y, x] = mask[y, x] or not keep[lab[y, x]]
+
+
 def _jit(fn):
     """Compile ``fn`` lazily, cached on disk where a cache folder is writable (next to
     this file, else numba's user-wide cache); without one (read-only install and home)
@@ -444,8 +469,9 @@ if numba is not None:
     orphan_cores = _jit(_orphan_cores_impl)
     owned = _jit(_owned_impl)
     rim_stats = _jit(_rim_stats_impl)
+    fill_holes = _jit(_fill_holes_impl)
 else:  # pragma: no cover
-    orphan_cores = owned = rim_stats = None
+    orphan_cores = owned = rim_stats = fill_holes = None
     core_split = None
     softmax3 = None
     lut_gather = None

@@ -499,6 +499,13 @@ def fill_holes(bk: Backend, mask, max_area: float | None = None):
     if _use_cv2(bk):
         n, lab = cv2.connectedComponents((~mask).view(np.uint8), connectivity=4,
                                          ltype=cv2.CV_32S)
+        if _numba_ok(bk) and lab.size:  # one compiled pass for the sizes and the fill
+            from erquant import _numba_kernels
+
+            out = np.empty(mask.shape, np.bool_)
+            _numba_kernels.fill_holes(lab, int(n), -1.0 if max_area is None else
+                                      float(max_area), np.ascontiguousarray(mask), out)
+            return out
     else:
         lab, n = bk.ndi.label(~mask)
         n = int(n) + 1  # host sync: number of background regions

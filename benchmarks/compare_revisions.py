@@ -1,0 +1,126 @@
+"""Is erquant slower than it was? Two git revisions timed side by side, interleaved.
+
+Issue 14's bar "no slower than at the issue's start at any nucleus size (±5 %)" needs
+the old code and the new on the same fields in the same run: this script checks the
+old revision out into a temporary worktree, generates the nucleus-size sweep's fields
+once (``erquant._bench_sweep``: 2048², 8 % covered, 8-40 px), then alternates a fresh
+process per revision and round (old, new, old, new, ...), each timing
+:func:`erquant.pipeline.quantify` (classical segmenter, diameter estimated) as the
+minimum of ``--repeats`` after a warm-up. It prints, per diameter, each revision's
+minimum over the rounds and the ratio new / old (< 1: faster now)::
+
+    python benchmarks/compare_revisions.py e902bf1 [--new WORKTREE_OR_REV] [--rounds 3]
+
+The new side is the working tree by default. Both sides run in this interpreter with
+``PYTHONPATH=<side>/src`` (same dependencies); the old side must import with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+TIMER = r"""
+import json, sys, time
+import numpy as np
+from erquant.params import Params
+from erquant.pipeline import quantify
+try:
+    params = Params().replace(**{"segment.method": "classical"})
+except Exception:  # revisions before the learned segmenter: classical is the only one
+    params = Params()
+out = {}
+folder, repeats = sys.argv[1], int(sys.argv[2])
+for d in sys.argv[3].split(","):
+    img = np.load(f"{folder}/f{d}.npy")
+    quantify(img, nuclei_channel=0, marker_channels={"er": 1}, params=params)  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        r = quantify(img, nuclei_channel=0, marker_channels={"er": 1}, params=params)
+        ts.append(time.perf_counter() - t)
+    out[d] = [min(ts), int(r.nuclei.max())]
+print(json.dumps(out))
+"""
+
+
+def _fields(folder: Path, diameters, size: int) -> None:
+    import numpy as np
+
+    from erquant._bench_sweep import n_nuclei
+    from erquant.synthetic import make_field
+
+    for d in diameters:
+        f = make_field(shape=(size, size), n_nuclei=n_nuclei(size, d),
+                       nucleus_diameter=float(d), seed=200 + int(d))
+        np.save(folder / f"f{d}.npy", f.image)
+
+
+def _time(src: Path, folder: Path, repeats: int, diameters) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(src))
+    out = subprocess.run([sys.executable, "-c", TIMER, str(folder), str(repeats),
+                          ",".join(str(d) for d in diameters)],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("old", help="git revision to compare against")
+    ap.add_argument("--new", default=None,
+                    help="git revision for the new side (default: the working tree)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--diameters", default="8,12,16,20,24,32,40")
+    a = ap.parse_args(argv)
+    diameters = [int(d) for d in a.diameters.split(",") if d]
+    with tempfile.TemporaryDirectory(prefix="erquant-ab-") as tmp:
+        tmp = Path(tmp)
+        sides = {}
+        for name, rev in (("old", a.old), ("new", a.new)):
+            if rev is None:
+                sides[name] = REPO / "src"
+                continue
+            wt = tmp / name
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-f",
+                            str(wt), rev], check=True, capture_output=True)
+            sides[name] = wt / "src"
+        try:
+            _fields(tmp, diameters, a.size)
+            best: dict = {"old": {}, "new": {}}
+            for r in range(a.rounds):
+                for name in ("old", "new"):
+                    res = _time(sides[name], tmp, a.repeats, diameters)
+                    for d, (s, n) in res.items():
+                        prev = best[name].get(d)
+                        best[name][d] = (min(s, prev[0]) if prev else s, n)
+                    print(f"round {r + 1} {name}: " + ", ".join(
+                        f"{d} px {s:.3f} s" for d, (s, _) in res.items()), flush=True)
+        finally:
+            for name in ("old", "new"):
+                if sides[name] != REPO / "src":
+                    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "-f",
+                                    str(sides[name].parent)], capture_output=True)
+    print(f"\n| diameter | old s/field ({a.old}) | new s/field ({a.new or 'working tree'}) "
+          "| new / old | nuclei old / new |")
+    print("|---:|---:|---:|---:|---:|")
+    worst = 0.0
+    for d in diameters:
+        (so, no), (sn, nn) = best["old"][str(d)], best["new"][str(d)]
+        worst = max(worst, sn / so)
+        print(f"| {d} px | {so:.3f} | {sn:.3f} | {sn / so:.2f} | {no} / {nn} |")
+    print(f"\nslowest relative to old: {worst:.2f}× (min over {a.rounds} interleaved rounds "
+          f"of {a.repeats} repeats each)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
