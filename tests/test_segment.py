@@ -601,3 +601,28 @@ def test_fill_holes_compiled_equals_array_path(monkeypatch, max_area):
         assert np.array_equal(fused, ref)
     else:
         assert (fused <= ref).all() and fused.sum() < ref.sum()
+
+
+@pytest.mark.parametrize("radius", [3.0, 6.5, 12.0, 20.0])
+def test_nearest_seed_within_is_the_exact_bounded_voronoi(radius):
+    """kernels.nearest_seed_within (cells without a cytoplasm image): pixels within
+    ``radius`` of a seed — exactly scipy's Euclidean region — take the nearest seed's id
+    (ties aside); painted discs (<= PAINT_RADIUS) and the transform (beyond) agree."""
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(1)
+    centres = [(int(y), int(x)) for y, x in rng.integers(10, 290, (40, 2))]
+    seeds = np.zeros((300, 300), np.int32)
+    yy, xx = np.mgrid[:300, :300]
+    for k, (cy, cx) in enumerate(centres, 1):
+        seeds[(yy - cy) ** 2 + (xx - cx) ** 2 <= rng.integers(2, 8) ** 2] = k
+    out = K.nearest_seed_within(bk, seeds, radius)
+    dist, idx = sp_ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    ref = np.where((dist <= radius) | (seeds > 0), seeds[idx[0], idx[1]], 0)
+    if radius <= K.PAINT_RADIUS:  # exact distances: the same region to the pixel
+        assert np.array_equal(out > 0, ref > 0)
+    else:  # OpenCV's 5×5 mask approximates the distance at the region's rim
+        assert np.mean((out > 0) != (ref > 0)) < 0.01
+    assert np.mean(out != ref) < 0.01 and np.array_equal(out[seeds > 0], seeds[seeds > 0])

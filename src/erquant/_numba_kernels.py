@@ -435,6 +435,41 @@ def _fill_holes_impl(lab, n, max_area, mask, out):
             out[y, x] = mask[y, x] or not keep[lab[y, x]]
 
 
+def _nearest_within_impl(seeds, R, out):
+    # out = seeds where > 0; else the id of the nearest seed pixel (exact Euclidean; ties
+    # to the first boundary pixel in scan order) where that distance is <= R; else 0.
+    # Only seed pixels with a non-seed 8-neighbour paint (the nearest seed pixel of an
+    # outside pixel is always one): cost ~ boundary pixels x (2R + 1)^2. 2-D arrays.
+    Y, X = seeds.shape
+    Ri = int(np.floor(R))
+    R2 = R * R
+    best = np.empty((Y, X), np.float32)
+    for y in range(Y):
+        for x in range(X):
+            s = seeds[y, x]
+            out[y, x] = s if s > 0 else 0
+            best[y, x] = 0.0 if s > 0 else np.inf
+    for y in range(Y):
+        for x in range(X):
+            s = seeds[y, x]
+            if s <= 0:
+                continue
+            edge = False
+            for yy in range(max(0, y - 1), min(Y, y + 2)):
+                for xx in range(max(0, x - 1), min(X, x + 2)):
+                    if seeds[yy, xx] <= 0:
+                        edge = True
+            if not edge:
+                continue
+            for yy in range(max(0, y - Ri), min(Y, y + Ri + 1)):
+                dy2 = (yy - y) * (yy - y)
+                for xx in range(max(0, x - Ri), min(X, x + Ri + 1)):
+                    d2 = np.float32(dy2 + (xx - x) * (xx - x))
+                    if d2 <= R2 and d2 < best[yy, xx]:
+                        best[yy, xx] = d2
+                        out[yy, xx] = s
+
+
 def _jit(fn):
     """Compile ``fn`` lazily, cached on disk where a cache folder is writable (next to
     this file, else numba's user-wide cache); without one (read-only install and home)
@@ -470,8 +505,9 @@ if numba is not None:
     owned = _jit(_owned_impl)
     rim_stats = _jit(_rim_stats_impl)
     fill_holes = _jit(_fill_holes_impl)
+    nearest_within = _jit(_nearest_within_impl)
 else:  # pragma: no cover
-    orphan_cores = owned = rim_stats = fill_holes = None
+    orphan_cores = owned = rim_stats = fill_holes = nearest_within = None
     core_split = None
     softmax3 = None
     lut_gather = None

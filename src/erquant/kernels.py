@@ -152,6 +152,32 @@ def nearest_seed(bk: Backend, seeds, *, return_distance: bool = False):
     return seeds[out[0], out[1]]
 
 
+#: nearest_seed_within paints discs up to this radius (px); beyond, the transform
+PAINT_RADIUS = 12.0
+
+
+def nearest_seed_within(bk: Backend, seeds, radius: float):
+    """:func:`nearest_seed` up to ``radius`` px: the id of the nearest seed pixel where
+    it is at most ``radius`` away (seed pixels keep theirs), else 0 (int32).
+
+    With Numba and ``radius`` ≤ :data:`PAINT_RADIUS` each seed-boundary pixel paints its
+    disc (exact Euclidean distances, ties to the first in scan order; cost ~ boundary
+    pixels × (2·radius + 1)²); otherwise the transform and a comparison (CuPy; OpenCV's
+    5×5 L2 mask on the CPU). The choice depends on ``radius`` only, never on the image,
+    so that the tiles of a mosaic and the whole image take the same path."""
+    xp = bk.xp
+    r = float(radius)
+    if _numba_ok(bk) and 0 <= r <= PAINT_RADIUS and seeds.size:
+        from erquant import _numba_kernels
+
+        out = np.empty(seeds.shape, np.int32)
+        _numba_kernels.nearest_within(np.ascontiguousarray(seeds, dtype=np.int32),
+                                      np.float32(r), out)
+        return out
+    owner, dist = nearest_seed(bk, seeds, return_distance=True)
+    return xp.where((dist <= r) | (seeds > 0), owner, 0).astype(xp.int32)
+
+
 def seed_cores(bk: Backend, seeds, mask, radius):
     """Cores around seeds: each ``mask`` pixel takes the id of its nearest seed pixel
     where that distance is ≤ ``radius[id]``; seed pixels keep their id; other pixels

@@ -1188,14 +1188,12 @@ def _grow_cells(bk: Backend, seeds, cyto, max_distance: float, threshold: str,
                 flood_levels: int, sigma: float = 1.5):
     """Cells from int32 seeds: nearest seed within ``max_distance`` (and, with ``cyto``,
     a bright-to-dim flood through its thresholded signal)."""
-    xp = bk.xp
-    owner, dist = K.nearest_seed(bk, seeds, return_distance=True)
-    grow = dist <= max_distance
+    owner = K.nearest_seed_within(bk, seeds, max_distance)  # seeds keep their ids
     if cyto is None:
-        return xp.where(grow | (seeds > 0), owner, 0)
+        return owner
     sm = K.gaussian(bk, cyto, sigma) if sigma >= 0.5 else cyto
     t = compute_threshold(sm, threshold, mask=seeds == 0)
-    allowed = (grow & (sm > t)) | (seeds > 0)
+    allowed = ((owner > 0) & (sm > t)) | (seeds > 0)
     steps = max(1, math.ceil(max_distance / max(1, flood_levels)) + 1)
     return _flood(bk, seeds, allowed, sm, t, flood_levels, steps,
                   finish=int(math.ceil(max_distance)) + 1)
