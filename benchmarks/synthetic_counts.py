@@ -32,7 +32,9 @@ def main(argv=None) -> int:
             err[m].append(int(segment_nuclei(f.image[0], method=m).max()) / f.n_nuclei - 1)
     for m, e in err.items():
         e = np.asarray(e)
-        bad = np.flatnonzero(np.abs(e) > 0.03)
+        # within 3 % as the tests count it: |n - N| <= 0.03 N in whole nuclei (9 of 300
+        # is within; a float comparison of the ratio called -0.0300000000000000027 out)
+        bad = np.flatnonzero(np.abs(e) * a.nuclei > 0.03 * a.nuclei + 1e-9)
         print(f"{m}: within 3 % on {len(e) - len(bad)}/{len(e)} seeds; median {np.median(e):+.3f}, "
               f"worst {e[np.argmax(np.abs(e))]:+.3f} (seed {int(np.argmax(np.abs(e)))})"
               + (f"; outside: seeds {bad.tolist()}" if len(bad) else ""))

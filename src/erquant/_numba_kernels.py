@@ -256,6 +256,38 @@ def _reflect(i, n):
     return i
 
 
+def _cc_area_impl(cc, n, out):
+    # out[k] = number of pixels of label k (0..n) of a 1-D label view
+    for i in range(cc.size):
+        out[cc[i]] += 1
+
+
+def _valleys_cc_impl(g, cc, is_cluster, sigma2, strength, out):
+    """_valleys_impl with the cluster mask read through a per-component table
+    (cluster = is_cluster[cc]), without building it."""
+    H, W = g.shape
+    for y in range(H):
+        ym1, yp1 = _reflect(y - 1, H), _reflect(y + 1, H)
+        ym2, yp2 = _reflect(y - 2, H), _reflect(y + 2, H)
+        for x in range(W):
+            if not is_cluster[cc[y, x]]:
+                out[y, x] = False
+                continue
+            xm1, xp1 = _reflect(x - 1, W), _reflect(x + 1, W)
+            xm2, xp2 = _reflect(x - 2, W), _reflect(x + 2, W)
+            c = g[y, x]
+            gyy = np.float32(0.25) * (g[ym2, x] + g[yp2, x]) - np.float32(0.5) * c
+            gxx = np.float32(0.25) * (g[y, xm2] + g[y, xp2]) - np.float32(0.5) * c
+            gxy = np.float32(0.25) * (g[yp1, xp1] - g[yp1, xm1] - g[ym1, xp1] + g[ym1, xm1])
+            half = (gyy - gxx) / 2
+            root = np.sqrt(half * half + gxy * gxy)
+            mean = (gyy + gxx) / 2
+            lmax = mean + root
+            lmin = mean - root
+            rel = lmax * sigma2 / max(c, np.float32(1e-6))
+            out[y, x] = (rel > strength) and (lmin < np.float32(0.3) * lmax)
+
+
 def _valleys_impl(g, cluster, sigma2, strength, out):
     """out = cluster & (λmax σ² / max(g, 1e-6) > strength) & (λmin < 0.3 λmax), the
     Hessian of ``g`` by repeated central differences (kernels.hessian), computed only
@@ -496,6 +528,8 @@ if numba is not None:
     seed_cores = _jit(_seed_cores_impl)
     _reflect = _jit(_reflect)
     valleys = _jit(_valleys_impl)
+    valleys_cc = _jit(_valleys_cc_impl)
+    cc_area = _jit(_cc_area_impl)
     band_peaks = _jit(_band_peaks_impl)
     softmax3 = _jit(_softmax3_impl)
     lut_gather = _jit(_lut_gather_impl)
@@ -508,6 +542,7 @@ if numba is not None:
     nearest_within = _jit(_nearest_within_impl)
 else:  # pragma: no cover
     orphan_cores = owned = rim_stats = fill_holes = nearest_within = None
+    valleys_cc = cc_area = None
     core_split = None
     softmax3 = None
     lut_gather = None

@@ -1048,9 +1048,22 @@ def _valleys(bk: Backend, smooth, cc, ncc: int, diameter: float, strength: float
     xp = bk.xp
     sigma = max(1.0, 0.06 * diameter)
     g = K.gaussian(bk, smooth, sigma)
+    big = 1.6 * math.pi * (diameter / 2) ** 2
+    if K._numba_ok(bk):  # component areas and the cluster test inside the compiled pass
+        from erquant import _numba_kernels as NK
+
+        cc = np.ascontiguousarray(cc, dtype=np.int32)
+        cc_area = np.zeros(ncc + 1, np.int64)
+        NK.cc_area(cc.ravel(), ncc, cc_area)
+        is_cluster = cc_area > big
+        is_cluster[0] = False  # the background
+        out = np.empty(g.shape, np.bool_)
+        NK.valleys_cc(np.ascontiguousarray(g, np.float32), cc, is_cluster,
+                      np.float32(sigma * sigma), np.float32(strength), out)
+        return out
     cc_area = xp.bincount(cc.ravel(), minlength=ncc + 1)
-    cc_area[0] = 0  # the background is no cluster (its valleys were computed, then unused)
-    cluster = cc_area[cc] > 1.6 * math.pi * (diameter / 2) ** 2
+    cc_area[0] = 0  # the background is no cluster
+    cluster = cc_area[cc] > big
     # curvature across the seam relative to brightness (one pass over the clusters)
     return K.valleys(bk, g, cluster, sigma, strength)
 
