@@ -263,41 +263,16 @@ def _cc_area_impl(cc, n, out):
 
 
 def _valleys_cc_impl(g, cc, is_cluster, sigma2, strength, out):
-    """_valleys_impl with the cluster mask read through a per-component table
-    (cluster = is_cluster[cc]), without building it."""
+    """out = cluster & (λmax σ² / max(g, 1e-6) > strength) & (λmin < 0.3 λmax), where
+    cluster = is_cluster[cc] (a per-component table: no whole-image mask is built);
+    the Hessian of ``g`` by repeated central differences (kernels.hessian), computed
+    only inside the clusters: one pass instead of ~15 whole-image array operations."""
     H, W = g.shape
     for y in range(H):
         ym1, yp1 = _reflect(y - 1, H), _reflect(y + 1, H)
         ym2, yp2 = _reflect(y - 2, H), _reflect(y + 2, H)
         for x in range(W):
             if not is_cluster[cc[y, x]]:
-                out[y, x] = False
-                continue
-            xm1, xp1 = _reflect(x - 1, W), _reflect(x + 1, W)
-            xm2, xp2 = _reflect(x - 2, W), _reflect(x + 2, W)
-            c = g[y, x]
-            gyy = np.float32(0.25) * (g[ym2, x] + g[yp2, x]) - np.float32(0.5) * c
-            gxx = np.float32(0.25) * (g[y, xm2] + g[y, xp2]) - np.float32(0.5) * c
-            gxy = np.float32(0.25) * (g[yp1, xp1] - g[yp1, xm1] - g[ym1, xp1] + g[ym1, xm1])
-            half = (gyy - gxx) / 2
-            root = np.sqrt(half * half + gxy * gxy)
-            mean = (gyy + gxx) / 2
-            lmax = mean + root
-            lmin = mean - root
-            rel = lmax * sigma2 / max(c, np.float32(1e-6))
-            out[y, x] = (rel > strength) and (lmin < np.float32(0.3) * lmax)
-
-
-def _valleys_impl(g, cluster, sigma2, strength, out):
-    """out = cluster & (λmax σ² / max(g, 1e-6) > strength) & (λmin < 0.3 λmax), the
-    Hessian of ``g`` by repeated central differences (kernels.hessian), computed only
-    inside ``cluster``: one pass instead of ~15 whole-image array operations."""
-    H, W = g.shape
-    for y in range(H):
-        ym1, yp1 = _reflect(y - 1, H), _reflect(y + 1, H)
-        ym2, yp2 = _reflect(y - 2, H), _reflect(y + 2, H)
-        for x in range(W):
-            if not cluster[y, x]:
                 out[y, x] = False
                 continue
             xm1, xp1 = _reflect(x - 1, W), _reflect(x + 1, W)
@@ -527,7 +502,6 @@ if numba is not None:
     shape_moments = _jit(_shape_moments_impl)
     seed_cores = _jit(_seed_cores_impl)
     _reflect = _jit(_reflect)
-    valleys = _jit(_valleys_impl)
     valleys_cc = _jit(_valleys_cc_impl)
     cc_area = _jit(_cc_area_impl)
     band_peaks = _jit(_band_peaks_impl)
@@ -548,7 +522,6 @@ else:  # pragma: no cover
     lut_gather = None
     label_sums = None
     band_peaks = None
-    valleys = None
     _moments = None
     relabel_foreground = None
     paste_upsampled = None

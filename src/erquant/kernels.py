@@ -562,9 +562,10 @@ def valleys(bk: Backend, g, cluster, sigma: float, strength: float):
         from erquant import _numba_kernels
 
         out = np.empty(g.shape, np.bool_)
-        _numba_kernels.valleys(np.ascontiguousarray(g, np.float32),
-                               np.ascontiguousarray(cluster, np.bool_),
-                               np.float32(sigma * sigma), np.float32(strength), out)
+        _numba_kernels.valleys_cc(np.ascontiguousarray(g, np.float32),
+                                  np.ascontiguousarray(cluster, np.bool_).view(np.uint8),
+                                  np.array([False, True]), np.float32(sigma * sigma),
+                                  np.float32(strength), out)
         return out
     gyy, gxx, gyx = hessian(bk, g)
     half = (gyy - gxx) / 2
