@@ -553,9 +553,14 @@ def test_fused_split_kernels_match_the_array_path(monkeypatch, synthetic_field, 
     cluster = g > np.percentile(g, 70)
     sdist = K.gaussian(bk, K.edt(bk, cluster), 1.5)
     bands = [(3, 1.0, 1.6), (3, 1.6, 2.56), (5, 2.56, 4.1), (7, 4.1, 6.6), (9, 6.6, 40.0)]
-    fast = K.valleys(bk, g, cluster, 1.5, 0.07), K.band_peaks(bk, sdist, g, cluster, bands)
+    cc, n = K.label(bk, cluster)  # every component a cluster: is_cluster[cc] == cluster
+    is_cluster = np.ones(n + 1, bool)
+    is_cluster[0] = False
+    fast = (K.valleys(bk, g, cc, is_cluster, 1.5, 0.07),
+            K.band_peaks(bk, sdist, g, cluster, bands))
     monkeypatch.setattr(K, "_numba_ok", lambda bk: False)
-    slow = K.valleys(bk, g, cluster, 1.5, 0.07), K.band_peaks(bk, sdist, g, cluster, bands)
+    slow = (K.valleys(bk, g, cc, is_cluster, 1.5, 0.07),
+            K.band_peaks(bk, sdist, g, cluster, bands))
     for a, b in zip(fast, slow):
         assert a.dtype == b.dtype == bool and a.any()
         if opencv:

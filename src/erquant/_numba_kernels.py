@@ -256,10 +256,10 @@ def _reflect(i, n):
     return i
 
 
-def _cc_area_impl(cc, n, out):
-    # out[k] = number of pixels of label k (0..n) of a 1-D label view
-    for i in range(cc.size):
-        out[cc[i]] += 1
+def _label_area_impl(labels, out):
+    # out[k] += number of pixels of label k (1-D label view)
+    for i in range(labels.size):
+        out[labels[i]] += 1
 
 
 def _valleys_cc_impl(g, cc, is_cluster, sigma2, strength, out):
@@ -503,7 +503,7 @@ if numba is not None:
     seed_cores = _jit(_seed_cores_impl)
     _reflect = _jit(_reflect)
     valleys_cc = _jit(_valleys_cc_impl)
-    cc_area = _jit(_cc_area_impl)
+    label_area = _jit(_label_area_impl)
     band_peaks = _jit(_band_peaks_impl)
     softmax3 = _jit(_softmax3_impl)
     lut_gather = _jit(_lut_gather_impl)
@@ -516,7 +516,7 @@ if numba is not None:
     nearest_within = _jit(_nearest_within_impl)
 else:  # pragma: no cover
     orphan_cores = owned = rim_stats = fill_holes = nearest_within = None
-    valleys_cc = cc_area = None
+    valleys_cc = label_area = None
     core_split = None
     softmax3 = None
     lut_gather = None

@@ -478,6 +478,18 @@ def label_present(bk: Backend, labels):
     return xp.bincount(labels.ravel()) > 0
 
 
+def label_area(bk: Backend, labels, n: int):
+    """Pixel count of each label 0..n (int64; one compiled pass on the CPU, else
+    ``bincount``)."""
+    if _numba_ok(bk):
+        from erquant import _numba_kernels
+
+        out = np.zeros(n + 1, np.int64)
+        _numba_kernels.label_area(np.ascontiguousarray(labels).ravel(), out)
+        return out
+    return bk.xp.bincount(labels.ravel(), minlength=n + 1)
+
+
 def label_max(bk: Backend, values, labels, n: int):
     """Per-label maximum of ``values`` for labels 0..n (scatter-max, no sorting)."""
     xp = bk.xp
@@ -551,22 +563,23 @@ def power(bk: Backend, img, p: float):
     return img ** p
 
 
-def valleys(bk: Backend, g, cluster, sigma: float, strength: float):
-    """Line-like dark valleys of ``g`` inside ``cluster`` (bool): pixels where the
+def valleys(bk: Backend, g, cc, is_cluster, sigma: float, strength: float):
+    """Line-like dark valleys of ``g`` inside the clusters — the pixels whose component
+    in the int label image ``cc`` has ``is_cluster[component]`` True: pixels where the
     Hessian's larger eigenvalue, relative to brightness (λmax σ² / g), exceeds
     ``strength`` and the smaller one is below 0.3 λmax. One compiled pass over the
-    cluster pixels with Numba; the same arithmetic as whole-array operations otherwise
-    (CuPy)."""
+    cluster pixels with Numba, reading the per-component table (no whole-image cluster
+    mask); the same arithmetic as whole-array operations otherwise (CuPy)."""
     xp = bk.xp
     if _numba_ok(bk):
         from erquant import _numba_kernels
 
         out = np.empty(g.shape, np.bool_)
         _numba_kernels.valleys_cc(np.ascontiguousarray(g, np.float32),
-                                  np.ascontiguousarray(cluster, np.bool_).view(np.uint8),
-                                  np.array([False, True]), np.float32(sigma * sigma),
-                                  np.float32(strength), out)
+                                  np.ascontiguousarray(cc), np.asarray(is_cluster, np.bool_),
+                                  np.float32(sigma * sigma), np.float32(strength), out)
         return out
+    cluster = is_cluster[cc]
     gyy, gxx, gyx = hessian(bk, g)
     half = (gyy - gxx) / 2
     root = xp.sqrt(half * half + gyx * gyx)

@@ -321,12 +321,11 @@ def _diameter_from_mask(bk: Backend, mask, fallback: float, smooth=None, *,
     area in clump-like objects (moment spread over :data:`CLUMP_SPREAD` × the inscribed
     radius), before the clump rule.
     """
-    xp = bk.xp
     lab, n = K.label(bk, mask)
     if n == 0:
         return fallback
     dist = K.edt(bk, mask)
-    area = xp.bincount(lab.ravel(), minlength=n + 1)[1:]
+    area = K.label_area(bk, lab, n)[1:]
     rmax = to_numpy(K.label_max(bk, dist, lab, n)[1:])
     area = to_numpy(area)  # host sync: per-object radii and areas (small vectors)
     keep = area >= 12
@@ -337,11 +336,11 @@ def _diameter_from_mask(bk: Backend, mask, fallback: float, smooth=None, *,
     ellipse_rule = equivalent and ELLIPSE_FIT > 0
     if clump_rule or ellipse_rule or info is not None:
         major, minor = _moment_axes(bk, lab, n)
+        spread = minor > CLUMP_SPREAD * np.maximum(rmax, 0.5)  # clump-like objects
     if info is not None:
-        spread = minor > CLUMP_SPREAD * np.maximum(rmax, 0.5)
         info["clumped_fraction"] = float(area[keep & spread].sum() / max(area[keep].sum(), 1))
     if clump_rule:
-        keep &= ~_clumps(minor, rmax, area, keep)
+        keep &= ~_clumps(spread, rmax, area, keep)
     if ellipse_rule:
         fit = area / np.maximum(np.pi * major * minor, 1e-9)
         aspect = np.clip(major / np.maximum(minor, 1e-9), 1.0, ELLIPSE_MAX_ASPECT)
@@ -391,13 +390,13 @@ def _moment_axes(bk: Backend, lab, n: int):
     return 2.0 * np.sqrt(half + root), 2.0 * np.sqrt(np.maximum(half - root, 0))
 
 
-def _clumps(minor, rmax, area, keep):
+def _clumps(spread, rmax, area, keep):
     """Objects that look like clumps of several nuclei (host bool vector of n), from
-    their moment minor semi-axes, inscribed radii and areas."""
-    spread = minor > CLUMP_SPREAD * np.maximum(rmax, 0.5)
+    which are clump-like in shape (moment minor semi-axis over CLUMP_SPREAD × the
+    inscribed radius), their inscribed radii and areas."""
     compact = keep & ~spread
     if compact.sum() < CLUMP_MIN_REFERENCE:  # too few single nuclei to compare with
-        return np.zeros(minor.shape, bool)
+        return np.zeros(spread.shape, bool)
     return spread & (rmax > CLUMP_SIZE * _weighted_median(rmax[compact], area[compact]))
 
 
@@ -1045,27 +1044,13 @@ def _valleys(bk: Backend, smooth, cc, ncc: int, diameter: float, strength: float
     it (λmax > 0, λmin ≈ 0); a dark nucleolus curves up both ways and is not a seam.
     Only components larger than ~1.6 nuclei (clusters) are searched.
     """
-    xp = bk.xp
     sigma = max(1.0, 0.06 * diameter)
     g = K.gaussian(bk, smooth, sigma)
-    big = 1.6 * math.pi * (diameter / 2) ** 2
-    if K._numba_ok(bk):  # component areas and the cluster test inside the compiled pass
-        from erquant import _numba_kernels as NK
-
-        cc = np.ascontiguousarray(cc, dtype=np.int32)
-        cc_area = np.zeros(ncc + 1, np.int64)
-        NK.cc_area(cc.ravel(), ncc, cc_area)
-        is_cluster = cc_area > big
-        is_cluster[0] = False  # the background
-        out = np.empty(g.shape, np.bool_)
-        NK.valleys_cc(np.ascontiguousarray(g, np.float32), cc, is_cluster,
-                      np.float32(sigma * sigma), np.float32(strength), out)
-        return out
-    cc_area = xp.bincount(cc.ravel(), minlength=ncc + 1)
-    cc_area[0] = 0  # the background is no cluster
-    cluster = cc_area[cc] > big
+    # clusters: components larger than ~1.6 nuclei (the background, label 0, is none)
+    is_cluster = K.label_area(bk, cc, ncc) > 1.6 * math.pi * (diameter / 2) ** 2
+    is_cluster[0] = False
     # curvature across the seam relative to brightness (one pass over the clusters)
-    return K.valleys(bk, g, cluster, sigma, strength)
+    return K.valleys(bk, g, cc, is_cluster, sigma, strength)
 
 
 def _relabel_lut(xp, keep):
