@@ -10,6 +10,8 @@ seeds, splitting and downsampling); the learned one (the default) has
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from conftest import disc_image
@@ -631,3 +633,43 @@ def test_nearest_seed_within_is_the_exact_bounded_voronoi(radius):
     else:  # OpenCV's 5×5 mask approximates the distance at the region's rim
         assert np.mean((out > 0) != (ref > 0)) < 0.01
     assert np.mean(out != ref) < 0.01 and np.array_equal(out[seeds > 0], seeds[seeds > 0])
+
+
+@pytest.mark.parametrize("f", [1.6, 2.4, 4.0])
+def test_seam_resize_redraws_seams_at_full_size(f):
+    """kernels.seam_resize (downsampled segmentation): the compiled pass equals the
+    array path (CuPy's), only seam pixels change against nearest_resize, and each
+    takes the label of its nearest full-size interior pixel (scipy's exact distance)."""
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(int(f * 10))
+    small = np.zeros((90, 110), np.uint32)
+    yy, xx = np.mgrid[:90, :110]
+    for k in range(1, 60):  # overlapping discs: many touching pairs
+        cy, cx, r = rng.integers(0, 90), rng.integers(0, 110), rng.integers(3, 7)
+        small[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
+    labf = small.astype(np.float32)
+    mx = sp_ndi.maximum_filter(labf, 3, mode="reflect")
+    interior = (small > 0) & (sp_ndi.minimum_filter(labf, 3, mode="reflect") == mx)
+    other = sp_ndi.minimum_filter(np.where(small > 0, labf, 2.0**24), 3, mode="reflect")
+    seams = (small > 0) & (other != mx)
+    shape = K.scaled_shape(small.shape, 1 / f)
+    radius = math.ceil(1.5 * f)
+    out = K.seam_resize(bk, small, interior, shape, radius)
+    assert out.dtype == small.dtype and out.shape == shape
+    assert np.array_equal(out, K._seam_resize_array(bk, small, interior, shape, radius))
+    plain = K.nearest_resize(bk, small, shape)
+    seam_big = K.nearest_resize(bk, seams, shape)
+    changed = out != plain
+    assert changed.any() and not (changed & ~seam_big).any()
+    inner = np.where(K.nearest_resize(bk, interior, shape), plain, 0)
+    dist, idx = sp_ndi.distance_transform_edt(inner == 0, return_indices=True)
+    sel = seam_big & (dist <= radius)
+    # the label taken is at the nearest interior distance (ties aside: compare distances)
+    for lab in np.unique(out[sel]):
+        own = sp_ndi.distance_transform_edt(inner != lab)
+        px = sel & (out == lab)
+        assert np.allclose(own[px], dist[px], atol=1e-4)
+    assert np.array_equal(out[seam_big & ~sel], plain[seam_big & ~sel])

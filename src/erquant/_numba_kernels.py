@@ -477,6 +477,68 @@ def _nearest_within_impl(seeds, R, out):
                         out[yy, xx] = s
 
 
+def _seam_resize_impl(small, interior, ri, ci, y0, y1, x0, x1, R, out):
+    # out = small upsampled by nearest neighbour (out[y, x] = small[ri[y], ci[x]]), except
+    # at seam pixels (small pixel labelled, with another non-zero label among its 8
+    # neighbours): the label of the nearest output pixel whose
+    # small pixel is interior (exact Euclidean; ties to the first in scan order) within
+    # R px, where there is one. The candidates are the interior small pixels' blocks
+    # (rows y0[s]..y1[s]-1, columns x0[s]..x1[s]-1): the nearest pixel of a block is
+    # unique, so ~(2R/f + 2)^2 tests per seam pixel.
+    Y, X = out.shape
+    Ri = int(np.floor(R))
+    R2 = np.float32(R * R)
+    sY, sX = small.shape
+    seams = np.zeros(sX, np.bool_)
+    last = -1
+    for y in range(Y):
+        sy = ri[y]
+        for x in range(X):  # the plain gather (a loop the compiler vectorises)
+            out[y, x] = small[sy, ci[x]]
+        if sy != last:  # this small row's seam pixels
+            last = sy
+            for sx in range(sX):
+                lab = small[sy, sx]
+                seam = False
+                if lab != 0:
+                    for yy in range(max(0, sy - 1), min(sY, sy + 2)):
+                        for xx in range(max(0, sx - 1), min(sX, sx + 2)):
+                            o = small[yy, xx]
+                            if o != 0 and o != lab:
+                                seam = True
+                seams[sx] = seam
+        sa = ri[max(0, y - Ri)]
+        sb = ri[min(Y - 1, y + Ri)]
+        for sx in range(sX):
+            if not seams[sx]:
+                continue
+            for x in range(x0[sx], x1[sx]):
+                v = small[sy, sx]
+                ca = ci[max(0, x - Ri)]
+                cb = ci[min(X - 1, x + Ri)]
+                best = R2 + np.float32(1.0)
+                by = Y
+                bx = X
+                for syy in range(sa, sb + 1):
+                    if y1[syy] <= y0[syy]:
+                        continue
+                    ny = min(max(y, y0[syy]), y1[syy] - 1)
+                    dy = ny - y
+                    for sxx in range(ca, cb + 1):
+                        if not interior[syy, sxx] or x1[sxx] <= x0[sxx]:
+                            continue
+                        nx = min(max(x, x0[sxx]), x1[sxx] - 1)
+                        dx = nx - x
+                        d2 = np.float32(dy * dy + dx * dx)
+                        if d2 <= R2 and (d2 < best or (d2 == best and (
+                                ny < by or (ny == by and nx < bx)))):
+                            best = d2
+                            by = ny
+                            bx = nx
+                            v = small[syy, sxx]
+                out[y, x] = v
+
+
 def _jit(fn):
     """Compile ``fn`` lazily, cached on disk where a cache folder is writable (next to
     this file, else numba's user-wide cache); without one (read-only install and home)
@@ -514,8 +576,9 @@ if numba is not None:
     rim_stats = _jit(_rim_stats_impl)
     fill_holes = _jit(_fill_holes_impl)
     nearest_within = _jit(_nearest_within_impl)
+    seam_resize = _jit(_seam_resize_impl)
 else:  # pragma: no cover
-    orphan_cores = owned = rim_stats = fill_holes = nearest_within = None
+    orphan_cores = owned = rim_stats = fill_holes = nearest_within = seam_resize = None
     valleys_cc = label_area = None
     core_split = None
     softmax3 = None

@@ -15,9 +15,11 @@ OpenCV on the CPU and ``cupyx.scipy.ndimage`` on the GPU):
    area-weighted median, see :data:`CLUMP_SPREAD`);
    **working scale**: by default (``downsample=0``) steps 2–6 run on a copy
    area-averaged ``d / 10`` times smaller when d ≥ 15 px (nuclei ~10 px across),
-   the labels are brought back to full size (nearest) and their boundaries
-   re-decided at full resolution by the same foreground rule (step 3), so
-   nuclear means are not diluted by the pixel staircase;
+   the labels are brought back to full size (nearest; the seams between touching
+   nuclei re-drawn at full size as the Voronoi seam of their interiors, see
+   :data:`SEAM_REFINE`) and their boundaries re-decided at full resolution by the
+   same foreground rule (step 3), so nuclear means are not diluted by the pixel
+   staircase;
 2. denoise (Gaussian, σ = 0.08 d) and subtract a smooth background: grey
    opening of a down-sampled copy, refined by tile medians of the non-object
    pixels (bilinear, extrapolated linearly to the borders);
@@ -748,6 +750,17 @@ def auto_downsample(diameter: float) -> float:
     return 1.0 if d < AUTO_DOWNSAMPLE_FROM * AUTO_DOWNSAMPLE_DIAMETER else d / AUTO_DOWNSAMPLE_DIAMETER
 
 
+#: re-draw the seams between touching nuclei at full resolution after downsampled
+#: segmentation: a seam pixel takes the label of the nearest interior pixel (small
+#: pixels whose 3×3 is one object) within 1.5 f px, instead of the f-px staircase
+#: that mixes the neighbour's stain into a nucleus. Measured (issue 14): classical
+#: nuclear ERα within 5 % on the 4 in-focus 1024² fields 0.949 -> 0.953 of 1,180
+#: cells (full resolution: 0.960); real set pooled 0.859 -> 0.860; counts unchanged;
+#: +2-6 % time per 2048² field at 16-40 px. Intensity watershed seams instead: 0.919
+#: (texture pulls them about)
+SEAM_REFINE = True
+
+
 def _segment_downsampled(bk: Backend, img, f: float, return_info: bool, *, diameter, **kw):
     """Segment an area-averaged copy ``f`` times smaller; labels are brought back to
     full size and their boundaries re-decided at full resolution."""
@@ -761,8 +774,15 @@ def _segment_downsampled(bk: Backend, img, f: float, return_info: bool, *, diame
     # interiors: small pixels whose 3×3 neighbourhood is one object keep their label at
     # full resolution (only the boundary band is re-decided: no holes at dark nucleoli)
     labf = labels.astype(xp.float32)  # ids < 2**24 at any realistic size
-    interior = (labels > 0) & (K.minimum_filter(bk, labf, 3) == K.maximum_filter(bk, labf, 3))
-    labels = K.nearest_resize(bk, labels, (Y, X))
+    mx = K.maximum_filter(bk, labf, 3)
+    interior = (labels > 0) & (K.minimum_filter(bk, labf, 3) == mx)
+    if SEAM_REFINE:
+        # seams between touching nuclei at full resolution: small pixels beside
+        # another nucleus (not the background) take the label of the nearest interior
+        # pixel at full size (a Voronoi seam, not the f-px staircase)
+        labels = K.seam_resize(bk, labels, interior, (Y, X), math.ceil(1.5 * f))
+    else:
+        labels = K.nearest_resize(bk, labels, (Y, X))
     if info.get("threshold") is not None and lo is not None and hi > lo:
         d_full = float(info["diameter"]) * f
         labels = _refine_boundaries(bk, img, labels, f, lo=lo, hi=hi, background=bg,
