@@ -775,8 +775,7 @@ def _segment_downsampled(bk: Backend, img, f: float, return_info: bool, *, diame
     # interiors: small pixels whose 3×3 neighbourhood is one object keep their label at
     # full resolution (only the boundary band is re-decided: no holes at dark nucleoli)
     labf = labels.astype(xp.float32)  # ids < 2**24 at any realistic size
-    mx = K.maximum_filter(bk, labf, 3)
-    interior = (labels > 0) & (K.minimum_filter(bk, labf, 3) == mx)
+    interior = (labels > 0) & (K.minimum_filter(bk, labf, 3) == K.maximum_filter(bk, labf, 3))
     if SEAM_REFINE:
         # seams between touching nuclei at full resolution: small pixels beside
         # another nucleus (not the background) take the label of the nearest interior
