@@ -673,3 +673,53 @@ def test_seam_resize_redraws_seams_at_full_size(f):
         px = sel & (out == lab)
         assert np.allclose(own[px], dist[px], atol=1e-4)
     assert np.array_equal(out[seam_big & ~sel], plain[seam_big & ~sel])
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_split_oversized_cuts_a_merged_clump_between_its_domes(backend, monkeypatch, generic):
+    """Issue 14: an object of three nuclei's area, not ellipse-like, is cut between the
+    maxima of its domes (one piece per nucleus, boundaries near the true seams); a single
+    big elliptic nucleus and the normal nuclei are left whole. Compiled (OpenCV/Numba)
+    and generic (CuPy's) paths alike."""
+    from erquant import kernels as K
+    from erquant.segment import _split_oversized
+
+    if generic:
+        monkeypatch.setenv("ERQUANT_NO_OPENCV", "1")
+        monkeypatch.setattr(K, "_numba_ok", lambda bk: False)
+    r = 10
+    yy, xx = np.mgrid[:160, :200].astype(np.float32)
+    truth = np.zeros(yy.shape, np.int32)
+    img = np.zeros(yy.shape, np.float32)
+    centres = [(30, 30), (30, 80), (30, 130), (30, 175), (80, 30),  # single nuclei
+               (120, 40), (120, 58), (136, 49)]  # a pressed triple: one object below
+    for i, (cy, cx) in enumerate(centres, 1):
+        q = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / r
+        inside = (q < 1) & ((truth == 0) | (q < 0.9))
+        truth[inside] = i
+        img[inside] = np.maximum(img[inside], 100 * (0.7 + 0.3 * np.sqrt(1 - q[inside])))
+    # a big elliptic nucleus (3 nuclei's area, fill ~1): must stay whole
+    q = np.sqrt(((yy - 100) / 14) ** 2 + ((xx - 150) / 21) ** 2)
+    truth[q < 1] = 9
+    img[q < 1] = 100 * (0.7 + 0.3 * np.sqrt(1 - q[q < 1]))
+    labels = truth.copy()
+    labels[np.isin(truth, [6, 7, 8])] = 6  # the seeds missed the triple
+    area = np.bincount(labels.ravel(), minlength=10).astype(np.int64)
+    total = np.bincount(labels.ravel(), weights=img.ravel(), minlength=10)
+    out, area2, total2 = _split_oversized(
+        backend, backend.asarray(labels), backend.asarray(area), backend.asarray(total),
+        backend.asarray(img), 2.0 * r, 10.0)
+    out, area2, total2 = (to_numpy(v) for v in (out, area2, total2))
+    assert area2[6] == 0 and area2.shape[0] == 13  # the triple -> three new ids 10..12
+    pieces = out[np.isin(truth, [6, 7, 8])]
+    assert set(np.unique(pieces)) == {10, 11, 12}
+    for t in (6, 7, 8):  # each piece is one nucleus (IoU > 0.8)
+        ids, n = np.unique(out[truth == t], return_counts=True)
+        best = ids[np.argmax(n)]
+        iou = n.max() / np.count_nonzero((truth == t) | (out == best))
+        assert iou > 0.8, (t, iou)
+    np.testing.assert_array_equal(out[~np.isin(truth, [6, 7, 8])],
+                                  labels[~np.isin(truth, [6, 7, 8])])
+    np.testing.assert_array_equal(area2, np.bincount(out.ravel(), minlength=13))
+    np.testing.assert_allclose(total2, np.bincount(out.ravel(), weights=img.ravel(),
+                                                   minlength=13), rtol=1e-5)

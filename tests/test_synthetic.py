@@ -284,8 +284,9 @@ def test_clumped_field_diameter():
 
 @pytest.mark.xfail(strict=True, reason="issue 14: at the right scale the classical split "
                    "still merges pressed nuclei of mixed brightness inside clumps (seed 0 "
-                   "of 30-nucleus clumps 259 of 300, seed 9 of 20-nucleus clumps 273: "
-                   "-14 % and -9 %, mostly merges; 267 and 276 with the true diameter); the issue asks for 5 %. Not fixed yet")
+                   "of 30-nucleus clumps 269 of 300, seed 9 of 20-nucleus clumps 280 with "
+                   "the clump split, 259 and 273 before: -10 % and -7 %, mostly merges); "
+                   "the issue asks for 5 %. Not fixed yet")
 def test_clumped_field_count():
     from erquant.segment import segment_nuclei
     from erquant.synthetic import make_clumped_field

@@ -74,6 +74,24 @@ def _shape_moments_impl(labels, out):
                 out[k, 5] += y * x
 
 
+def _label_bbox_impl(labels, want, out):
+    """Bounding box (min y, min x, max y + 1, max x + 1) of each label k with
+    ``want[k]`` into out[k] (which starts as (H, W, 0, 0)); 2-D labels."""
+    H, W = labels.shape
+    for y in range(H):
+        for x in range(W):
+            k = labels[y, x]
+            if k and want[k]:
+                if y < out[k, 0]:
+                    out[k, 0] = y
+                if x < out[k, 1]:
+                    out[k, 1] = x
+                if y >= out[k, 2]:
+                    out[k, 2] = y + 1
+                if x >= out[k, 3]:
+                    out[k, 3] = x + 1
+
+
 def _range_count_impl(a, level):
     """(min, max, number of values >= level) of a flat array in one pass."""
     lo = a[0]
@@ -562,6 +580,7 @@ if numba is not None:
     range_count = _jit(_range_count_impl)
     scatter_max = _jit(_scatter_max_impl)
     shape_moments = _jit(_shape_moments_impl)
+    label_bbox = _jit(_label_bbox_impl)
     seed_cores = _jit(_seed_cores_impl)
     _reflect = _jit(_reflect)
     valleys_cc = _jit(_valleys_cc_impl)
@@ -595,6 +614,7 @@ else:  # pragma: no cover
     apply_lut = None
     scatter_max = None
     shape_moments = None
+    label_bbox = None
     range_count = None
     seed_cores = None
 

@@ -568,6 +568,29 @@ def shape_moments(bk: Backend, labels, n: int) -> np.ndarray:
     return out
 
 
+def label_bbox(bk: Backend, labels, want) -> np.ndarray:
+    """Bounding boxes of the labels ``k`` with ``want[k]`` (a bool vector over 0..n):
+    host int64 array (n + 1, 4) of (min y, min x, max y + 1, max x + 1); other rows,
+    and labels with no pixel, are (H, W, 0, 0)."""
+    want = np.asarray(to_numpy(want), dtype=np.bool_)
+    H, W = labels.shape
+    out = np.zeros((want.shape[0], 4), np.int64)
+    out[:, 0], out[:, 1] = H, W
+    if _numba_ok(bk) and labels.dtype.kind in "ui":
+        from erquant import _numba_kernels
+
+        _numba_kernels.label_bbox(np.ascontiguousarray(labels), want, out)
+        return out
+    xp = bk.xp
+    ys, xs = xp.nonzero(xp.asarray(want)[labels])
+    ids = labels[ys, xs].astype(xp.int64)
+    n = want.shape[0] - 1
+    for col, v, size in ((0, ys, H), (1, xs, W)):  # minima as maxima of (size - v)
+        out[:, col] = size - to_numpy(label_max(bk, (size - v).astype(xp.int64), ids, n))
+        out[:, col + 2] = to_numpy(label_max(bk, (v + 1).astype(xp.int64), ids, n))
+    return out
+
+
 def fill_holes(bk: Backend, mask, max_area: float | None = None):
     """Fill holes: background regions (4-connected) that do not touch the image border
     (and, with ``max_area``, are no larger than that many pixels)."""

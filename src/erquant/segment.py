@@ -697,7 +697,8 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
                     intensity_weight=intensity_weight, peak=peak, seed_contrast=seed_contrast,
                     seed_hole_fraction=seed_hole_fraction, rim_fraction=rim_fraction,
                     local_contrast=local_contrast, seed_smoothing=seed_smoothing,
-                    min_snr=min_snr, noise=noise, valley_strength=valley_strength)
+                    min_snr=min_snr, noise=noise, valley_strength=valley_strength,
+                    levels=stats)
     if return_info:
         # threshold and noise in the normalised units ((raw - lo) / (hi - lo)) they act in
         info = {"method": "classical", "diameter": diameter, "threshold": t,
@@ -896,7 +897,7 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
            seed_contrast: float = 0.0, seed_hole_fraction: float = 0.05,
            rim_fraction: float = 0.0, local_contrast: float = 0.4,
            seed_smoothing: float = 0.0, min_snr: float = 0.0, noise: float = 0.0,
-           valley_strength: float = 0.0):
+           valley_strength: float = 0.0, levels: dict | None = None):
     """Split the foreground into nuclei: adaptive-window seeds, disc cores, nearest core."""
     xp = bk.xp
     cc, ncc = K.label(bk, mask)
@@ -962,6 +963,9 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
                                                local_contrast, weighted=min_snr > 0)
     # remove small objects, relabel 1..N
     min_area = min_area_fraction * math.pi * (diameter / 2) ** 2
+    if CLUMP_SPLIT_AREA > 0:
+        labels, area, total = _split_oversized(bk, labels, area, total, smooth, diameter,
+                                               min_area, levels)
     keep = area >= min_area
     if min_snr > 0 and noise > 0:
         # objects must stand out of the pixel noise: mean contrast above background
@@ -1049,6 +1053,101 @@ def _partition_numba(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
     total = np.zeros(n_ids, np.float64)
     NK.rim_stats(labels.ravel(), ownerf, maskf, near, smoothf, smooth.dtype.type(t),
                  smooth.dtype.type(local_contrast), own_peak, rim, area, total)
+    return labels, area, total
+
+
+#: clumps the seeds missed: an object of over CLUMP_SPLIT_AREA × the field's median
+#: object area (0 disables) that fills less than CLUMP_FILL of its moment ellipse (an
+#: ellipse, one nucleus however elongated, fills ~1; two touching discs 0.89) and whose
+#: mean contrast is at least CLUMP_BRIGHT × the median object's (out-of-focus glow is
+#: left whole) is cut between the maxima of its lightly smoothed intensity (the
+#: nuclei's domes; DOME_SIGMA, DOME_WINDOW in diameters), at most
+#: round(area / median) pieces. Real set (classical) 1.4 / 1.6 / 2.0 / off: pooled
+#: 0.859 / 0.859 / 0.861 / 0.860, leave-one-source-out picks 2.0 for 4 of 5 sources;
+#: MCF-7-like clumped presets 259 / 290 / 273 / 286 -> 270 / 290 / 281 / 286 of 300
+CLUMP_SPLIT_AREA = 2.0
+CLUMP_FILL = 0.96
+CLUMP_BRIGHT = 0.8
+DOME_SIGMA = 0.07
+DOME_WINDOW = 0.5
+
+
+def _split_oversized(bk: Backend, labels, area, total, smooth, diameter, min_area,
+                     levels: dict | None = None):
+    """Cut clump-like objects of several nuclei's area between their intensity maxima
+    (see :data:`CLUMP_SPLIT_AREA`); the work is done in each object's bounding box.
+    Returns (labels, area, total) with the pieces appended as new ids. The field's
+    median object area and contrast are image-level statistics (``levels`` keys
+    ``clump_area``, ``clump_contrast``: the tiles of a mosaic cut alike)."""
+    xp = bk.xp
+    ok = area >= min_area
+    ok[0] = False
+    tot = total if total is not None else xp.bincount(
+        labels.ravel(), weights=smooth.ravel(), minlength=area.shape[0])
+    mean = tot / xp.maximum(area, 1)
+
+    def reference(values):  # host sync: too few objects to compare: 0 (no split)
+        return (float(xp.median(values[ok])) if int(ok.sum()) >= CLUMP_MIN_REFERENCE
+                else 0.0)
+
+    med = _level(levels, "clump_area", lambda: reference(area))
+    ref = _level(levels, "clump_contrast", lambda: reference(mean))
+    if not med > 0:
+        return labels, area, total
+    big = ok & (area > CLUMP_SPLIT_AREA * med)
+    if CLUMP_BRIGHT > 0:
+        big &= mean >= CLUMP_BRIGHT * ref
+    if not bool(big.any()):  # host sync
+        return labels, area, total
+    big = to_numpy(big)
+    if CLUMP_FILL > 0:  # ... and not ellipse-like (second moments: one pass)
+        amaj, amin = _moment_axes(bk, labels, area.shape[0] - 1)
+        fill = to_numpy(area[1:]).astype(float) / np.maximum(np.pi * amaj * amin, 1e-9)
+        big &= np.r_[False, fill < CLUMP_FILL]
+    ids = np.flatnonzero(big)
+    if ids.size == 0:
+        return labels, area, total
+    boxes = K.label_bbox(bk, labels, big)
+    kmax = np.maximum(2, np.round(to_numpy(area)[ids] / med)).astype(int)
+    sigma = DOME_SIGMA * diameter
+    win = int(DOME_WINDOW * diameter) | 1
+    pad = win // 2 + int(math.ceil(4 * sigma)) + 1
+    H, W = labels.shape
+    nxt = area.shape[0]
+    new_area, new_total = [], []
+    for k, cap in zip(ids.tolist(), kmax.tolist()):
+        y0, x0, y1, x1 = (int(v) for v in boxes[k])
+        py0, px0, py1, px1 = max(0, y0 - pad), max(0, x0 - pad), min(H, y1 + pad), min(W, x1 + pad)
+        gp = K.gaussian(bk, xp.ascontiguousarray(smooth[py0:py1, px0:px1]), sigma)
+        inner = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
+        g, pmax = gp[inner], K.maximum_filter(bk, gp, win)[inner]
+        crop = labels[y0:y1, x0:x1]
+        obj = crop == k
+        ys, xs = xp.nonzero(obj & (g >= pmax))
+        if ys.shape[0] < 2:  # host sync
+            continue
+        order = xp.argsort(-g[ys, xs])[:cap]  # the brightest maxima, at most cap
+        seeds = xp.zeros(crop.shape, bool)
+        seeds[ys[order], xs[order]] = True
+        seeds, ns = K.label(bk, seeds)  # touching maxima (plateaus) are one seed
+        if ns < 2:
+            continue
+        owner = K.nearest_seed(bk, seeds)
+        crop[obj] = (owner[obj] + (nxt - 1)).astype(crop.dtype)
+        piece = owner[obj].ravel()
+        new_area.append(xp.bincount(piece, minlength=ns + 1)[1:])
+        if total is not None:
+            new_total.append(xp.bincount(piece, weights=smooth[y0:y1, x0:x1][obj].ravel(),
+                                         minlength=ns + 1)[1:])
+        area[k] = 0
+        if total is not None:
+            total[k] = 0
+        nxt += ns
+    if not new_area:
+        return labels, area, total
+    area = xp.concatenate([area] + [a.astype(area.dtype) for a in new_area])
+    if total is not None:
+        total = xp.concatenate([total] + [t.astype(total.dtype) for t in new_total])
     return labels, area, total
 
 
