@@ -723,3 +723,19 @@ def test_split_oversized_cuts_a_merged_clump_between_its_domes(backend, monkeypa
     np.testing.assert_array_equal(area2, np.bincount(out.ravel(), minlength=13))
     np.testing.assert_allclose(total2, np.bincount(out.ravel(), weights=img.ravel(),
                                                    minlength=13), rtol=1e-5)
+
+
+@pytest.mark.parametrize("no_opencv", [False, True])
+def test_erode_within_equals_the_distance_transform(backend, monkeypatch, no_opencv):
+    """kernels.erode_within (the dim-nucleus seeds' core test, GAP_SEED): one erosion by
+    the disc {d² < r²} equals scipy's exact ``edt >= r``, at the radii the rule uses."""
+    from erquant import kernels as K
+
+    if no_opencv:
+        monkeypatch.setenv("ERQUANT_NO_OPENCV", "1")
+    rng = np.random.default_rng(1)
+    m = sp_ndi.binary_opening(rng.random((300, 310)) < 0.6, iterations=1)
+    m[:, :3] = True  # objects on the border: the outside counts as inside
+    for r in (0.8, 1.25, 1.5, 1.875, 2.0, 2.5, 3.2, 5.0):
+        got = to_numpy(K.erode_within(backend, backend.asarray(m), r))
+        np.testing.assert_array_equal(got, sp_ndi.distance_transform_edt(m) >= r)

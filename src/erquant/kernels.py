@@ -14,6 +14,7 @@ times them).
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -69,6 +70,22 @@ def disc_opening(bk: Backend, img, radius: int):
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
     fp = bk.xp.asarray((yy * yy + xx * xx) <= r * r + r)  # ~OpenCV's ellipse of 2r+1
     return bk.ndi.grey_opening(img, footprint=fp, mode="reflect")
+
+
+def erode_within(bk: Backend, mask, radius: float):
+    """Pixels of ``mask`` with no pixel outside it closer than ``radius`` (Euclidean):
+    ``edt(mask) >= radius`` as one erosion by the disc {d² < radius²} (outside the
+    image counts as inside the mask, as for the distance transform)."""
+    r = int(math.ceil(radius)) - 1
+    if r < 1:
+        return mask
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    fp = (yy * yy + xx * xx) < radius * radius
+    if _use_cv2(bk):
+        out = cv2.erode(mask.view(np.uint8), fp.view(np.uint8),
+                        borderType=cv2.BORDER_CONSTANT, borderValue=1)
+        return out.view(bool)
+    return bk.ndi.binary_erosion(mask, structure=bk.xp.asarray(fp), border_value=1)
 
 
 def uniform_filter(bk: Backend, img, size: int):

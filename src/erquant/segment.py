@@ -919,7 +919,7 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
                                  max_area=seed_hole_fraction * math.pi * (diameter / 2) ** 2)
         if GAP_SEED > 0:  # dim nuclei inside clumps: seeds in the seed mask's wide gaps
             gap = mask & ~seed_mask
-            core = K.edt(bk, gap) >= max(GAP_SEED * diameter / 2, 1.25)
+            core = K.erode_within(bk, gap, max(GAP_SEED * diameter / 2, 1.25))  # edt >=
             if bool(core.any()):  # host sync
                 # the partition's interiors: the gap within a radius of a core (local,
                 # so that the tiles of a mosaic agree)
