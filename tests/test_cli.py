@@ -138,6 +138,29 @@ def test_synth_writes_a_plate(tmp_path, capsys):
     assert (out / "truth" / "wells.csv").exists()
 
 
+def test_synth_clumps_writes_an_mcf7_like_plate(tmp_path, capsys):
+    """``--clumps 20``: the fields hold compact islands of touching nuclei (issue 14's
+    preset), the truth counts them exactly; a negative value is a usage error."""
+    from scipy import ndimage as ndi
+
+    out = tmp_path / "plate"
+    rc = main(["synth", str(out), "--size", "384", "--fields", "1", "--doses", "2",
+               "--wells", "A11", "--clumps", "20", "--nuclei", "60", "--no-progress",
+               "--format", "metaxpress"])
+    assert rc == 0
+    img = tifffile.imread(next(out.rglob("A11_s1_w1.tif"))).astype(float)
+    bg = np.median(img)
+    fg = ndi.binary_opening(img > bg + 0.25 * (np.percentile(img, 99) - bg), iterations=2)
+    lab, islands = ndi.label(fg)
+    n = int(pd.read_csv(out / "truth" / "wells.csv").set_index("well").loc["A11", "true_count"])
+    assert 45 <= n <= 75, n  # ~60 vehicle nuclei (the count is sampled)
+    # compact islands: ~n/20 clumps hold most of the stained area (a few nuclei apart)
+    sizes = np.sort(np.bincount(lab.ravel())[1:])[::-1]
+    assert islands <= 12 and sizes[:4].sum() >= 0.8 * sizes.sum(), (islands, sizes)
+    assert main(["synth", str(tmp_path / "p2"), "--clumps", "-1"]) == 2
+    assert "--clumps -1" in capsys.readouterr().err
+
+
 def test_segment_same_names_from_two_folders_keep_both(tmp_path, capsys):
     imgs = []
     for k, folder in enumerate(("a", "b")):

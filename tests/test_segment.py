@@ -739,3 +739,19 @@ def test_erode_within_equals_the_distance_transform(backend, monkeypatch, no_ope
     for r in (0.8, 1.25, 1.5, 1.875, 2.0, 2.5, 3.2, 5.0):
         got = to_numpy(K.erode_within(backend, backend.asarray(m), r))
         np.testing.assert_array_equal(got, sp_ndi.distance_transform_edt(m) >= r)
+
+
+@pytest.mark.parametrize("seed, n", [(1000, 60), (1015, 165)])
+def test_sparse_clumped_field_is_sized_by_its_nuclei(seed, n):
+    """Issue 14 mode 1 on sparse clumped fields (3 and 8 clumps of 20 nuclei, 24 px): the
+    mask's fixed point sized the clumps (62 px and 16 of 60 nuclei; 49 px and 73 of 165);
+    the granulometry check for fields with some clumps (segment.SOME_CLUMPS) sizes the
+    nuclei (23.4 px, 64; 23.9 px, 163)."""
+    from erquant.segment import segment_nuclei
+    from erquant.synthetic import make_clumped_field
+
+    f = make_clumped_field(shape=(768, 768), n_nuclei=n, clump_size=20, seed=seed,
+                           nucleus_diameter=24)
+    lab, info = segment_nuclei(f.image[0], method="classical", return_info=True)
+    assert 24 / 1.3 <= info["diameter"] <= 24 * 1.3, info["diameter"]
+    assert abs(int(lab.max()) - n) <= 0.1 * n, int(lab.max())

@@ -129,6 +129,9 @@ class SyntheticPlate:
             vignetting=s.vignetting,
             offset=s.offset,
             cyto_fraction=s.cyto_fraction,
+            # MCF-7-like clumps: make_clumped_field's settings
+            **(dict(clump_size=int(s.clump_size), nuc_cv=0.45, cluster_fraction=0.0)
+               if s.clump_size else {}),
         )
 
     def fields(
@@ -489,6 +492,9 @@ def add_cli(subparsers) -> None:
         default=["metaxpress", "ome-tiff"],
         choices=["metaxpress", "ome-tiff"],
     )
+    p.add_argument("--clumps", type=int, default=0, metavar="N",
+                   help="MCF-7-like confluent clumps of N touching nuclei of mixed "
+                        "brightness (default 0: scattered nuclei)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="SYN01", help="plate name")
     p.add_argument("--no-progress", action="store_true")
@@ -513,7 +519,10 @@ def _run_cli(args) -> int:
             replicates=args.replicates,
             time_points_h=tuple(args.time),
             seed=args.seed,
+            clump_size=args.clumps,
         )
+        if args.clumps < 0:
+            raise ValueError(f"--clumps {args.clumps}: must be >= 0")
         plan = make_plate(spec).plan
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

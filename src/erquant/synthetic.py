@@ -192,6 +192,9 @@ class PlateSpec:
     plate_format: int = 96
     cell_line: str = "MCF7"
     seed: int = 0
+    #: > 0: MCF-7-like confluent clumps of this many touching nuclei of mixed brightness
+    #: in every field (:func:`make_clumped_field`'s look); 0: the default scattered field
+    clump_size: int = 0
 
     def vehicle_nuclei(self, time_h: float) -> float:
         """Expected vehicle nuclei per field at ``time_h``."""
