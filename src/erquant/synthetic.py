@@ -463,6 +463,8 @@ def make_field(
     n_debris: int | None = None,
     clump_size: int = 0,
     centres=None,
+    dim_fraction: float = 0.0,
+    dim_factor: float = 0.3,
 ) -> SyntheticField:
     """Render one two-channel field with its ground truth.
 
@@ -497,6 +499,9 @@ def make_field(
         Cell radius beyond the nucleus (px); default ``nucleus_diameter / 2``.
     cluster_fraction, mitotic_fraction : float
         Fraction of nuclei placed touching an earlier one; fraction mitotic.
+    dim_fraction, dim_factor : float
+        A bimodal stain: this fraction of the nuclei is ``dim_factor`` times as bright
+        (0, the default: one population).
     n_debris : int, optional
         Bright specks outside cells (not in the truth); default ``n // 40 + 2``.
     clump_size : int
@@ -542,6 +547,8 @@ def make_field(
     )
     harm[:, :2] = np.clip(harm[:, :2], -0.08, 0.08)
     brightness = nuc_intensity * lognormal(nuc_cv, n) * np.where(mitotic, 2.2, 1.0)
+    if dim_fraction > 0:  # a second, dimmer population (drawn only then: defaults unchanged)
+        brightness = np.where(rng.random(n) < dim_fraction, dim_factor, 1.0) * brightness
     levels = er_level * er_scale * lognormal(er_cv, n)
 
     cy, cx = _place(rng, n, a, b, theta, (H, W), cluster_fraction, int(clump_size),
