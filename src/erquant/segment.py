@@ -1089,7 +1089,8 @@ def _partition_numba(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
 #: nuclei's domes; DOME_SIGMA, DOME_WINDOW in diameters), at most
 #: round(area / median) pieces. Real set (classical) 1.4 / 1.6 / 2.0 / off: pooled
 #: 0.859 / 0.859 / 0.861 / 0.860, leave-one-source-out picks 2.0 for 4 of 5 sources;
-#: MCF-7-like clumped presets 259 / 290 / 273 / 286 -> 270 / 290 / 281 / 286 of 300
+#: MCF-7-like clumped presets 259 / 290 / 273 / 286 -> 269 / 290 / 280 / 286 of 300
+#: (288 / 305 / 293 / 302 with GAP_SEED)
 CLUMP_SPLIT_AREA = 2.0
 CLUMP_FILL = 0.96
 CLUMP_BRIGHT = 0.8
@@ -1183,7 +1184,7 @@ FAINT_NUCLEUS = 0.23
 #: leave a hole in it, so they had no seed and a neighbour absorbed them: where that
 #: gap (foreground, not seed mask) is wider than GAP_SEED × the radius (at least
 #: sqrt(2) px, so that a ring of gap pixels keeps it apart), its core joins the seed
-#: mask and the whole gap region the partition's interiors (0 disables). MCF-7-like
+#: mask and the gap within a radius of it the partition's interiors (0 disables). MCF-7-like
 #: clumped presets 269 / 290 / 280 / 286 -> 288 / 305 / 293 / 302 of 300; real set
 #: unchanged (0.860 pooled, mean per image 0.838); leave-one-source-out picks 0.25 for
 #: 4 of 5 sources (of 0, 0.25, 0.35, 0.5); 0.35 or more gives 275 on seed 0
