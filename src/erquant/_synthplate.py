@@ -17,6 +17,7 @@ import pandas as pd
 from erquant.synthetic import (
     CHANNEL_NAMES,
     CHANNELS,
+    CLUMPED_LOOK,
     CompoundSpec,
     PlateSpec,
     SyntheticField,
@@ -129,9 +130,8 @@ class SyntheticPlate:
             vignetting=s.vignetting,
             offset=s.offset,
             cyto_fraction=s.cyto_fraction,
-            # MCF-7-like clumps: make_clumped_field's settings
-            **(dict(clump_size=int(s.clump_size), nuc_cv=0.45, cluster_fraction=0.0)
-               if s.clump_size else {}),
+            # MCF-7-like clumps: make_clumped_field's look
+            **(dict(CLUMPED_LOOK, clump_size=int(s.clump_size)) if s.clump_size else {}),
         )
 
     def fields(

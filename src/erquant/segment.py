@@ -980,15 +980,15 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         cores = seeds
     rim = rim_fraction > 0 and peak is not None
     grow = 2 * max(1, int(round(rim_fraction * diameter))) + 1
+    if part_mask is None:  # the partition's interiors: the seed mask (and wide gaps)
+        part_mask = seed_mask
     if K._numba_ok(bk):  # the same partition in three compiled passes
         labels, area, total = _partition_numba(bk, cc, ncc, peaks, cores, nseeds, mask,
-                                               seed_mask if part_mask is None else part_mask,
-                                               smooth, t, rim, grow,
+                                               part_mask, smooth, t, rim, grow,
                                                local_contrast)
     else:
         labels, area, total = _partition_array(bk, cc, ncc, peaks, cores, nseeds, mask,
-                                               seed_mask if part_mask is None else part_mask,
-                                               smooth, t, rim, grow,
+                                               part_mask, smooth, t, rim, grow,
                                                local_contrast, weighted=min_snr > 0)
     # remove small objects, relabel 1..N
     min_area = min_area_fraction * math.pi * (diameter / 2) ** 2

@@ -666,6 +666,11 @@ def make_field(
     )
 
 
+#: the MCF-7-like look of :func:`make_clumped_field` (its defaults for
+#: :func:`make_field`, also used by ``PlateSpec(clump_size=...)``): mixed brightness,
+#: no loose touching pairs besides the clumps
+CLUMPED_LOOK = {"nuc_cv": 0.45, "cluster_fraction": 0.0}
+
 # the plate layer (planning, lazy rendering, writing, CLI) builds on the above
 from erquant._synthplate import (
     SyntheticPlate,
@@ -692,6 +697,5 @@ def make_clumped_field(*, shape: tuple[int, int] = (1024, 1024), n_nuclei: int =
     >>> int(f.nuclei.max()), len(f.truth)
     (40, 40)
     """
-    kw.setdefault("nuc_cv", 0.45)
-    kw.setdefault("cluster_fraction", 0.0)
+    kw = {**CLUMPED_LOOK, **kw}
     return make_field(shape=shape, n_nuclei=n_nuclei, seed=seed, clump_size=clump_size, **kw)
