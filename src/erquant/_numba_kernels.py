@@ -557,6 +557,92 @@ def _seam_resize_impl(small, interior, ri, ci, y0, y1, x0, x1, R, out):
                 out[y, x] = v
 
 
+def _nearest_in_impl(seeds, roi, oy, ox, out, idx, unres):
+    # out = for each ``roi`` pixel the id of the nearest seed pixel (exact Euclidean)
+    # found by walking the offsets (oy, ox), sorted by squared length, until the first
+    # seed pixel (ties: the first offset in that order); seed pixels keep theirs; 0
+    # outside roi or where no seed lies within the offsets. idx = the flat index of that
+    # seed pixel (-1 where none). The flat indices of the roi pixels left without one
+    # go to unres (raster order); returns their count.
+    Y, X = seeds.shape
+    n = oy.size
+    nun = 0
+    for y in range(Y):
+        for x in range(X):
+            if not roi[y, x]:
+                out[y, x] = 0
+                idx[y, x] = -1
+                continue
+            s = seeds[y, x]
+            if s > 0:
+                out[y, x] = s
+                idx[y, x] = y * X + x
+                continue
+            v = 0
+            j = -1
+            for k in range(n):
+                yy = y + oy[k]
+                xx = x + ox[k]
+                if yy >= 0 and yy < Y and xx >= 0 and xx < X:
+                    s2 = seeds[yy, xx]
+                    if s2 > 0:
+                        v = s2
+                        j = yy * X + xx
+                        break
+            out[y, x] = v
+            idx[y, x] = j
+            if j < 0:
+                unres[nun] = y * X + x
+                nun += 1
+    return nun
+
+
+def _propagate_in_impl(seeds, roi, out, idx, unres, max_iter):
+    # the roi pixels the ring search left without a seed (unres: flat indices in
+    # raster order) take the nearest of the seed pixels their 8-neighbours point to,
+    # in forward and backward sweeps over them until nothing changes (vector
+    # propagation inside roi: near-exact Euclidean); all other pixels are final
+    Y, X = seeds.shape
+    m = unres.size
+    for _ in range(max_iter):
+        changed = False
+        for sweep in range(2):
+            for t in range(m):
+                i = unres[t] if sweep == 0 else unres[m - 1 - t]
+                y = i // X
+                x = i - y * X
+                j = idx[y, x]
+                best = 1 << 62
+                if j >= 0:
+                    jy = j // X
+                    jx = j - jy * X
+                    best = (y - jy) * (y - jy) + (x - jx) * (x - jx)
+                bj = j
+                for dy in range(-1, 2):
+                    yy = y + dy
+                    if yy < 0 or yy >= Y:
+                        continue
+                    for dx in range(-1, 2):
+                        xx = x + dx
+                        if xx < 0 or xx >= X or (dy == 0 and dx == 0) or not roi[yy, xx]:
+                            continue
+                        c = idx[yy, xx]
+                        if c < 0 or c == bj:
+                            continue
+                        cy = c // X
+                        cx = c - cy * X
+                        d2 = (y - cy) * (y - cy) + (x - cx) * (x - cx)
+                        if d2 < best:
+                            best = d2
+                            bj = c
+                if bj != j:
+                    idx[y, x] = bj
+                    by = bj // X
+                    out[y, x] = seeds[by, bj - by * X]
+                    changed = True
+        if not changed:
+            break
+
 def _jit(fn):
     """Compile ``fn`` lazily, cached on disk where a cache folder is writable (next to
     this file, else numba's user-wide cache); without one (read-only install and home)
@@ -595,9 +681,12 @@ if numba is not None:
     rim_stats = _jit(_rim_stats_impl)
     fill_holes = _jit(_fill_holes_impl)
     nearest_within = _jit(_nearest_within_impl)
+    nearest_in = _jit(_nearest_in_impl)
+    propagate_in = _jit(_propagate_in_impl)
     seam_resize = _jit(_seam_resize_impl)
 else:  # pragma: no cover
     orphan_cores = owned = rim_stats = fill_holes = nearest_within = seam_resize = None
+    nearest_in = propagate_in = None
     valleys_cc = label_area = None
     core_split = None
     softmax3 = None

@@ -14,6 +14,7 @@ times them).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -167,6 +168,49 @@ def nearest_seed(bk: Backend, seeds, *, return_distance: bool = False):
         dist, idx = out
         return seeds[idx[0], idx[1]], dist.astype(bk.xp.float32, copy=False)
     return seeds[out[0], out[1]]
+
+
+@functools.lru_cache(maxsize=16)
+def _ring_offsets(reach: int):
+    """Offsets (dy, dx) of length ≤ ``reach``, sorted by squared length, then dy, dx."""
+    r = np.arange(-reach, reach + 1)
+    dy, dx = (a.ravel() for a in np.meshgrid(r, r, indexing="ij"))
+    d2 = dy * dy + dx * dx
+    keep = (d2 > 0) & (d2 <= reach * reach)
+    dy, dx, d2 = dy[keep], dx[keep], d2[keep]
+    order = np.lexsort((dx, dy, d2))
+    return (np.ascontiguousarray(dy[order], np.int64),
+            np.ascontiguousarray(dx[order], np.int64))
+
+
+def nearest_seed_in(bk: Backend, seeds, roi, reach: float):
+    """:func:`nearest_seed` where only the pixels of ``roi`` (bool) are wanted: the id
+    of the nearest non-zero pixel of ``seeds`` (exact Euclidean) for ``roi`` pixels,
+    0 elsewhere (int32).
+
+    With Numba each ``roi`` pixel walks the offsets of length ≤ ``reach`` px in order
+    of distance until it meets a seed pixel (cost ~ roi pixels × their distance²;
+    most of a partition's pixels are seeds or a pixel or two from one); the few
+    farther away take the nearest seed pixel of their neighbours', in raster sweeps
+    inside ``roi``, so they only reach seeds connected to them within ``roi`` (0 if
+    none). Otherwise (CuPy) the exact transform of the whole image, masked."""
+    xp = bk.xp
+    if _numba_ok(bk):
+        from erquant import _numba_kernels
+
+        seeds = np.ascontiguousarray(seeds, dtype=np.int32)
+        roi = np.ascontiguousarray(roi, dtype=np.bool_)
+        reach = max(1, int(math.ceil(float(reach))))
+        oy, ox = _ring_offsets(reach)
+        out = np.empty(seeds.shape, np.int32)
+        idx = np.empty(seeds.shape, np.int32)
+        unres = np.empty(seeds.size, np.int32)  # lazily paged: only what is written
+        nun = _numba_kernels.nearest_in(seeds, roi, oy, ox, out, idx, unres)
+        if nun:
+            _numba_kernels.propagate_in(seeds, roi, out, idx, unres[:nun], 64)
+        return out
+    owner = nearest_seed(bk, seeds)
+    return xp.where(roi, owner, 0).astype(xp.int32)
 
 
 #: nearest_seed_within paints discs up to this radius (px); beyond, the transform

@@ -982,14 +982,16 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
     grow = 2 * max(1, int(round(rim_fraction * diameter))) + 1
     if part_mask is None:  # the partition's interiors: the seed mask (and wide gaps)
         part_mask = seed_mask
+    # nearest-core searches are exact up to this distance (px), propagated beyond
+    reach = max(2.0, NEAREST_REACH * diameter)
     if K._numba_ok(bk):  # the same partition in three compiled passes
         labels, area, total = _partition_numba(bk, cc, ncc, peaks, cores, nseeds, mask,
                                                part_mask, smooth, t, rim, grow,
-                                               local_contrast)
+                                               local_contrast, reach)
     else:
         labels, area, total = _partition_array(bk, cc, ncc, peaks, cores, nseeds, mask,
                                                part_mask, smooth, t, rim, grow,
-                                               local_contrast, weighted=min_snr > 0)
+                                               local_contrast, reach, weighted=min_snr > 0)
     # remove small objects, relabel 1..N
     min_area = min_area_fraction * math.pi * (diameter / 2) ** 2
     if CLUMP_SPLIT_AREA > 0:
@@ -1012,7 +1014,7 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
 
 
 def _partition_array(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask, smooth,
-                     t, rim, grow, local_contrast, weighted=True):
+                     t, rim, grow, local_contrast, reach, weighted=True):
     """_split's partition (generic array path, CuPy): nearest core within the
     component, bright interiors first, then the dim rims; per-label pixel count and
     intensity sum (None unless ``weighted``)."""
@@ -1026,19 +1028,20 @@ def _partition_array(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
     seed_cc = xp.zeros(nseeds + ncc + 1, xp.int32)
     on = cores > 0
     seed_cc[cores[on]] = cc[on]
-    owner = K.nearest_seed(bk, cores)
+    # the owners are only read inside the mask (and the rim band around it)
+    near = K.maximum_filter(bk, mask.view(xp.uint8), grow).view(bool) if rim else mask
+    owner = K.nearest_seed_in(bk, cores, mask, reach)
     if seed_mask is not mask:
         # partition the bright interiors first, then give the dim rims and seams to
         # the nearest interior: boundaries follow the seams between touching nuclei
         inner = xp.where(seed_mask & (seed_cc[owner] == cc), owner, 0).astype(xp.int32)
         inner = xp.where(orphan, cores, inner)
-        owner = K.nearest_seed(bk, inner)
+        owner = K.nearest_seed_in(bk, inner, near, reach)
     labels = xp.where(mask & (seed_cc[owner] == cc), owner, 0)
     if rim:
         # the local-contrast rule compares a pixel with the brightest pixel nearby, which
         # trims a dim nucleus next to a bright one; re-admit pixels within a few px that
         # pass the same rule against the peak of their own nucleus
-        near = K.maximum_filter(bk, mask.view(xp.uint8), grow).view(bool)
         own_peak = K.label_max(bk, smooth, labels, nseeds + ncc)
         rim_px = near & ~mask & (smooth > t) & (smooth > local_contrast * own_peak[owner])
         labels = xp.where(rim_px, owner, labels)
@@ -1049,7 +1052,7 @@ def _partition_array(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
 
 
 def _partition_numba(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask, smooth,
-                     t, rim, grow, local_contrast):
+                     t, rim, grow, local_contrast, reach):
     """:func:`_partition_array` on the CPU with the per-pixel steps fused into three
     compiled passes around the two nearest-seed transforms (equal labels, area and
     sums: tested)."""
@@ -1066,20 +1069,20 @@ def _partition_numba(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
     seed_cc = np.zeros(n_ids, np.int32)
     NK.orphan_cores(ccf, np.ascontiguousarray(peaks).ravel(), maskf, coresf, int(nseeds),
                     has_seed, seed_cc)
-    owner = K.nearest_seed(bk, cores)
+    near = K.maximum_filter(bk, mask.view(np.uint8), grow).view(bool) if rim else mask
+    owner = K.nearest_seed_in(bk, cores, mask, reach)
     no_peak = np.zeros(1, smooth.dtype)
     if seed_mask is not mask:
         inner = np.empty_like(cores)
         NK.owned(owner.ravel(), ccf, seed_cc, np.ascontiguousarray(seed_mask).ravel(), maskf,
                  has_seed, coresf, True, smoothf, False, no_peak, inner.ravel())
-        owner = K.nearest_seed(bk, inner)
+        owner = K.nearest_seed_in(bk, inner, near, reach)
     ownerf = np.ascontiguousarray(owner).ravel()
     labels = np.empty(mask.shape, np.int32)
     own_peak = np.zeros(n_ids, smooth.dtype) if rim else no_peak
     NK.owned(ownerf, ccf, seed_cc, maskf, maskf, has_seed, coresf, False, smoothf, rim,
              own_peak, labels.ravel())
-    near = (K.maximum_filter(bk, mask.view(np.uint8), grow).view(bool).ravel() if rim
-            else maskf)
+    near = np.ascontiguousarray(near).ravel()
     area = np.zeros(n_ids, np.int64)
     total = np.zeros(n_ids, np.float64)
     NK.rim_stats(labels.ravel(), ownerf, maskf, near, smoothf, smooth.dtype.type(t),
@@ -1182,6 +1185,11 @@ def _split_oversized(bk: Backend, labels, area, total, smooth, diameter, min_are
         total = xp.concatenate([total] + [t.astype(total.dtype) for t in new_total])
     return labels, area, total
 
+
+#: _split's two nearest-core partitions search each wanted pixel's neighbourhood up to
+#: NEAREST_REACH × the diameter (exact Euclidean; `kernels.nearest_seed_in`); the rare
+#: pixels farther from every core take their neighbours' nearest core inside the mask
+NEAREST_REACH = 0.5
 
 #: objects whose mean contrast (above the background) is below this fraction of the
 #: field's median object's are haze, not nuclei
