@@ -635,6 +635,27 @@ def test_nearest_seed_within_is_the_exact_bounded_voronoi(radius):
     assert np.mean(out != ref) < 0.01 and np.array_equal(out[seeds > 0], seeds[seeds > 0])
 
 
+def test_edt_compiled_equals_opencv_and_scipy():
+    """kernels.edt: the compiled exact transform gives OpenCV's (DIST_MASK_PRECISE) and
+    SciPy's float32 distances to the bit, on blobs, on noise and with objects on the
+    border (beyond the border counts as foreground)."""
+    import cv2
+
+    from erquant import _numba_kernels as NK
+
+    rng = np.random.default_rng(0)
+    blobs = cv2.GaussianBlur(rng.random((300, 410)).astype(np.float32), (0, 0), 3) > 0.5
+    big = np.zeros((120, 130), bool)
+    big[5:118, :100] = True  # a 100-px-wide object on the left border
+    for m in (blobs, rng.random((200, 210)) < 0.9, big):
+        out = np.empty(m.shape, np.float32)
+        NK.edt(m, out)
+        cv = cv2.distanceTransform(m.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        np.testing.assert_array_equal(out, cv)
+        np.testing.assert_array_equal(out, sp_ndi.distance_transform_edt(m).astype(np.float32))
+        assert out.max() > 2
+
+
 @pytest.mark.parametrize("path", ["numba", "opencv", "scipy"])
 @pytest.mark.parametrize("reach", [1.0, 3.0, 40.0])
 def test_nearest_seed_in_is_the_exact_nearest_seed_inside_the_roi(monkeypatch, path,
