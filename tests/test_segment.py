@@ -635,6 +635,73 @@ def test_nearest_seed_within_is_the_exact_bounded_voronoi(radius):
     assert np.mean(out != ref) < 0.01 and np.array_equal(out[seeds > 0], seeds[seeds > 0])
 
 
+def test_parallel_kernels_run_on_tbb_where_it_is_installed():
+    """With the ``tbb`` wheel (a dependency on x86-64) the prange kernels are compiled
+    parallel and run on Numba's TBB layer (not workqueue, not GNU OpenMP), and a child
+    forked after they ran can run them again."""
+    import importlib.metadata
+    import os
+
+    import numba
+
+    from erquant import _numba_kernels as NK
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    try:
+        importlib.metadata.version("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the tbb wheel is not installed (not x86-64)")
+    if os.environ.get("ERQUANT_NO_PARALLEL") == "1" or os.environ.get("NUMBA_THREADING_LAYER"):
+        pytest.skip("threading configured by the environment")
+    bk = get_backend("numpy")
+    m = np.random.default_rng(0).random((300, 300)) < 0.9
+    ref = K.edt(bk, m)
+    assert NK.PARALLEL and numba.threading_layer() == "tbb"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0 if np.array_equal(K.edt(bk, m), ref) else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_parallel_kernels_do_not_depend_on_threads_or_strips(monkeypatch):
+    """The prange kernels (edt, nearest_seed_in, nearest_seed_within, seed_cores) give
+    the same output on one thread as on all, and for any number of painting strips."""
+    import numba
+
+    from erquant import _numba_kernels as NK
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[:301, :277]
+    seeds = np.zeros((301, 277), np.int32)
+    for k, (cy, cx) in enumerate(rng.integers(5, 296, (60, 2)), 1):
+        seeds[(yy - cy) ** 2 + (xx - cx) ** 2 <= rng.integers(1, 5) ** 2] = k
+    mask = sp_ndi.binary_dilation(seeds > 0, iterations=4)
+    radius = rng.uniform(2, 7, 61).astype(np.float32)
+
+    def run():
+        return (K.edt(bk, mask), K.nearest_seed_in(bk, seeds, mask, 3),
+                K.nearest_seed_within(bk, seeds, 6.5), K.seed_cores(bk, seeds, mask, radius))
+
+    ref = run()
+    assert ref[0].max() > 3 and (ref[2] > 0).sum() > (seeds > 0).sum()
+    for n_strips in (1, 3, 16):
+        monkeypatch.setattr(NK, "strips", lambda n=n_strips: n)
+        for a, b in zip(run(), ref):
+            np.testing.assert_array_equal(a, b)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        for a, b in zip(run(), ref):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        numba.set_num_threads(threads)
+
+
 def test_edt_compiled_equals_opencv_and_scipy():
     """kernels.edt: the compiled exact transform gives OpenCV's (DIST_MASK_PRECISE) and
     SciPy's float32 distances to the bit, on blobs, on noise and with objects on the

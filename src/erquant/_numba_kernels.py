@@ -1,18 +1,80 @@
-"""Single-pass per-label reductions compiled with Numba (CPU path only).
+"""Single-pass per-pixel and per-label kernels compiled with Numba (CPU path only).
 
 :func:`erquant.kernels.label_moments` calls these where Numba is installed; the
 same sums come from ``bincount`` otherwise (and always on the GPU). One pass over
 the pixels replaces ~10 ``bincount`` passes and the float64 copies they need.
+
+A few kernels (those whose rows or strips are independent: ``edt``, ``nearest_in``,
+``nearest_within``, ``seed_cores``) run their outer loop with ``prange`` on all cores
+where Numba's TBB threading layer loads (the ``tbb`` wheel, a dependency on x86-64):
+:data:`PARALLEL`. Their results do not depend on the thread count (tested).
+``ERQUANT_NO_PARALLEL=1`` or ``NUMBA_NUM_THREADS=1``: one thread. Numba's "workqueue"
+layer is never used (it aborts the process when two threads, say dask's, launch
+kernels at once), nor GNU OpenMP unless asked for (it kills children forked after it).
 """
 
 from __future__ import annotations
+
+import importlib
+import os
 
 import numpy as np
 
 try:
     import numba
+    from numba import prange
 except Exception:  # pragma: no cover - numba is a core dependency, but stay importable
     numba = None
+    prange = range
+
+
+def _load_tbb() -> bool:
+    """Whether Numba's TBB threading layer loads. The ``tbb`` wheel puts libtbb in
+    ``<prefix>/lib``, off the loader's path: preload it from there when needed."""
+    try:
+        importlib.import_module("numba.np.ufunc.tbbpool")
+        return True
+    except Exception:  # noqa: S110 - libtbb not on the loader's path (pip's wheel)
+        pass
+    import ctypes
+    import sys
+
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        lib = os.path.join(prefix, "lib", "libtbb.so.12")
+        if not os.path.exists(lib):
+            continue
+        try:
+            ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+            importlib.import_module("numba.np.ufunc.tbbpool")
+            return True
+        except Exception:  # noqa: S112 - an unusable copy: try the next
+            continue
+    return False
+
+
+def _parallel_layer() -> bool:
+    """Whether the prange kernels may run threaded: TBB loads (thread- and fork-safe),
+    or the user asked for OpenMP by ``NUMBA_THREADING_LAYER=omp`` (GNU OpenMP kills a
+    child forked after it ran, so erquant never picks it by itself)."""
+    if numba is None or os.environ.get("ERQUANT_NO_PARALLEL") == "1":
+        return False
+    layer = os.environ.get("NUMBA_THREADING_LAYER", "")
+    if layer == "omp":
+        return True
+    if layer not in ("", "tbb", "safe", "threadsafe") or not _load_tbb():
+        return False  # workqueue (or "default"), or no TBB: serial
+    if not layer:
+        numba.config.THREADING_LAYER = "tbb"
+    return True
+
+
+#: the prange kernels are compiled parallel (see the module docstring)
+PARALLEL = _parallel_layer()
+
+
+def strips() -> int:
+    """Horizontal strips for the painting kernels: 4 per thread when parallel, else 1."""
+    return 4 * numba.get_num_threads() if PARALLEL else 1
 
 
 def _moments_impl(nuc, cyt, K, images, squared, shifts, maps, nmaps, c0, c1, cw, out):
@@ -234,27 +296,33 @@ def _gather2d_impl(src, ri, ci, out):
             out[y, x] = src[r, ci[x]]
 
 
-def _seed_cores_impl(seeds, mask, radius, reach, best, out):
+def _seed_cores_impl(seeds, mask, radius, reach, best, out, nstrips):
     """out = the seed id where seeds > 0; else, on ``mask``, the id of the nearest seed
     pixel (exact Euclidean; ties to the first in scan order) where that distance is
     ≤ radius[id]; else 0. Seed pixels paint their disc of ``reach`` px (the largest
-    radius) into ``best`` (squared distances, preset to +inf) and ``out``."""
+    radius) into ``best`` (squared distances, preset to +inf) and ``out``. The rows are
+    painted in ``nstrips`` horizontal strips (in parallel where compiled so), each by
+    the seeds within reach of it in scan order: the same result for any count."""
     Y, X = seeds.shape
     R = reach
     R2 = R * R
-    for y in range(Y):
-        for x in range(X):
-            s = seeds[y, x]
-            if s <= 0:
-                continue
-            for yy in range(max(0, y - R), min(Y, y + R + 1)):
-                dy2 = (yy - y) * (yy - y)
-                for xx in range(max(0, x - R), min(X, x + R + 1)):
-                    d2 = dy2 + (xx - x) * (xx - x)
-                    if d2 <= R2 and d2 < best[yy, xx]:
-                        best[yy, xx] = d2
-                        out[yy, xx] = s
-    for y in range(Y):
+    h = (Y + nstrips - 1) // nstrips
+    for k in prange(nstrips):
+        a = k * h
+        b = min(Y, a + h)
+        for y in range(max(0, a - R), min(Y, b + R)):
+            for x in range(X):
+                s = seeds[y, x]
+                if s <= 0:
+                    continue
+                for yy in range(max(a, y - R), min(b, y + R + 1)):
+                    dy2 = (yy - y) * (yy - y)
+                    for xx in range(max(0, x - R), min(X, x + R + 1)):
+                        d2 = dy2 + (xx - x) * (xx - x)
+                        if d2 <= R2 and d2 < best[yy, xx]:
+                            best[yy, xx] = d2
+                            out[yy, xx] = s
+    for y in prange(Y):
         for x in range(X):
             s = out[y, x]
             if s <= 0:
@@ -460,39 +528,45 @@ def _fill_holes_impl(lab, n, max_area, mask, out):
             out[y, x] = mask[y, x] or not keep[lab[y, x]]
 
 
-def _nearest_within_impl(seeds, R, out):
+def _nearest_within_impl(seeds, R, out, nstrips):
     # out = seeds where > 0; else the id of the nearest seed pixel (exact Euclidean; ties
     # to the first boundary pixel in scan order) where that distance is <= R; else 0.
     # Only seed pixels with a non-seed 8-neighbour paint (the nearest seed pixel of an
     # outside pixel is always one): cost ~ boundary pixels x (2R + 1)^2. 2-D arrays.
+    # Painted in ``nstrips`` horizontal strips (parallel where compiled so), each by the
+    # boundary pixels within R of it in scan order: the same result for any count.
     Y, X = seeds.shape
     Ri = int(np.floor(R))
     R2 = R * R
     best = np.empty((Y, X), np.float32)
-    for y in range(Y):
-        for x in range(X):
-            s = seeds[y, x]
-            out[y, x] = s if s > 0 else 0
-            best[y, x] = 0.0 if s > 0 else np.inf
-    for y in range(Y):
-        for x in range(X):
-            s = seeds[y, x]
-            if s <= 0:
-                continue
-            edge = False
-            for yy in range(max(0, y - 1), min(Y, y + 2)):
-                for xx in range(max(0, x - 1), min(X, x + 2)):
-                    if seeds[yy, xx] <= 0:
-                        edge = True
-            if not edge:
-                continue
-            for yy in range(max(0, y - Ri), min(Y, y + Ri + 1)):
-                dy2 = (yy - y) * (yy - y)
-                for xx in range(max(0, x - Ri), min(X, x + Ri + 1)):
-                    d2 = np.float32(dy2 + (xx - x) * (xx - x))
-                    if d2 <= R2 and d2 < best[yy, xx]:
-                        best[yy, xx] = d2
-                        out[yy, xx] = s
+    h = (Y + nstrips - 1) // nstrips
+    for k in prange(nstrips):
+        a = k * h
+        b = min(Y, a + h)
+        for y in range(a, b):
+            for x in range(X):
+                s = seeds[y, x]
+                out[y, x] = s if s > 0 else 0
+                best[y, x] = 0.0 if s > 0 else np.inf
+        for y in range(max(0, a - Ri), min(Y, b + Ri)):
+            for x in range(X):
+                s = seeds[y, x]
+                if s <= 0:
+                    continue
+                edge = False
+                for yy in range(max(0, y - 1), min(Y, y + 2)):
+                    for xx in range(max(0, x - 1), min(X, x + 2)):
+                        if seeds[yy, xx] <= 0:
+                            edge = True
+                if not edge:
+                    continue
+                for yy in range(max(a, y - Ri), min(b, y + Ri + 1)):
+                    dy2 = (yy - y) * (yy - y)
+                    for xx in range(max(0, x - Ri), min(X, x + Ri + 1)):
+                        d2 = np.float32(dy2 + (xx - x) * (xx - x))
+                        if d2 <= R2 and d2 < best[yy, xx]:
+                            best[yy, xx] = d2
+                            out[yy, xx] = s
 
 
 def _seam_resize_impl(small, interior, ri, ci, y0, y1, x0, x1, R, out):
@@ -563,11 +637,12 @@ def _nearest_in_impl(seeds, roi, oy, ox, out, idx, unres):
     # seed pixel (ties: the first offset in that order); seed pixels keep theirs; 0
     # outside roi or where no seed lies within the offsets. idx = the flat index of that
     # seed pixel (-1 where none). The flat indices of the roi pixels left without one
-    # go to unres (raster order); returns their count.
+    # go to unres (raster order); returns their count. Rows run in parallel where
+    # compiled so.
     Y, X = seeds.shape
     n = oy.size
-    nun = 0
-    for y in range(Y):
+    left = np.zeros(Y, np.int64)
+    for y in prange(Y):
         for x in range(X):
             if not roi[y, x]:
                 out[y, x] = 0
@@ -592,6 +667,13 @@ def _nearest_in_impl(seeds, roi, oy, ox, out, idx, unres):
             out[y, x] = v
             idx[y, x] = j
             if j < 0:
+                left[y] += 1
+    nun = 0
+    for y in range(Y):
+        if left[y] == 0:
+            continue
+        for x in range(X):
+            if roi[y, x] and idx[y, x] < 0:
                 unres[nun] = y * X + x
                 nun += 1
     return nun
@@ -652,17 +734,21 @@ def _edt_impl(mask, out):
     Y, X = mask.shape
     big = Y + X + 1
     g = np.empty((Y, X), np.int32)
-    for x in range(X):
-        g[0, x] = big if mask[0, x] else 0
-    for y in range(1, Y):
-        for x in range(X):
-            g[y, x] = min(g[y - 1, x] + 1, big) if mask[y, x] else 0
-    for y in range(Y - 2, -1, -1):
-        for x in range(X):
-            if g[y, x] > g[y + 1, x] + 1:
-                g[y, x] = g[y + 1, x] + 1
+    w = 256  # column chunks (parallel where compiled so)
+    for c in prange((X + w - 1) // w):
+        x0 = c * w
+        x1 = min(X, x0 + w)
+        for x in range(x0, x1):
+            g[0, x] = big if mask[0, x] else 0
+        for y in range(1, Y):
+            for x in range(x0, x1):
+                g[y, x] = min(g[y - 1, x] + 1, big) if mask[y, x] else 0
+        for y in range(Y - 2, -1, -1):
+            for x in range(x0, x1):
+                if g[y, x] > g[y + 1, x] + 1:
+                    g[y, x] = g[y + 1, x] + 1
     inf = np.int64(1) << 40
-    for y in range(Y):
+    for y in prange(Y):
         row = g[y]
         for x in range(X):
             gx = row[x]
@@ -690,11 +776,14 @@ def _edt_impl(mask, out):
             out[y, x] = np.float32(np.sqrt(np.float64(best))) if best < inf else np.float32(2.0 ** 64)
 
 
-def _jit(fn):
+def _jit(fn, parallel: bool = False):
     """Compile ``fn`` lazily, cached on disk where a cache folder is writable (next to
     this file, else numba's user-wide cache); without one (read-only install and home)
-    it is compiled once per process instead of failing."""
+    it is compiled once per process instead of failing. ``parallel``: its ``prange``
+    loops run threaded where :data:`PARALLEL` (serial loops otherwise)."""
     opts = dict(nogil=True, boundscheck=False)
+    if parallel and PARALLEL:
+        opts["parallel"] = True
     try:
         return numba.njit(cache=True, **opts)(fn)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
@@ -714,7 +803,7 @@ if numba is not None:
     scatter_max = _jit(_scatter_max_impl)
     shape_moments = _jit(_shape_moments_impl)
     label_bbox = _jit(_label_bbox_impl)
-    seed_cores = _jit(_seed_cores_impl)
+    seed_cores = _jit(_seed_cores_impl, parallel=True)
     _reflect = _jit(_reflect)
     valleys_cc = _jit(_valleys_cc_impl)
     label_area = _jit(_label_area_impl)
@@ -727,9 +816,9 @@ if numba is not None:
     owned = _jit(_owned_impl)
     rim_stats = _jit(_rim_stats_impl)
     fill_holes = _jit(_fill_holes_impl)
-    nearest_within = _jit(_nearest_within_impl)
-    nearest_in = _jit(_nearest_in_impl)
-    edt = _jit(_edt_impl)
+    nearest_within = _jit(_nearest_within_impl, parallel=True)
+    nearest_in = _jit(_nearest_in_impl, parallel=True)
+    edt = _jit(_edt_impl, parallel=True)
     propagate_in = _jit(_propagate_in_impl)
     seam_resize = _jit(_seam_resize_impl)
 else:  # pragma: no cover

@@ -241,7 +241,7 @@ def nearest_seed_within(bk: Backend, seeds, radius: float):
 
         out = np.empty(seeds.shape, np.int32)
         _numba_kernels.nearest_within(np.ascontiguousarray(seeds, dtype=np.int32),
-                                      np.float32(r), out)
+                                      np.float32(r), out, _numba_kernels.strips())
         return out
     owner, dist = nearest_seed(bk, seeds, return_distance=True)
     return xp.where((dist <= r) | (seeds > 0), owner, 0).astype(xp.int32)
@@ -269,7 +269,7 @@ def seed_cores(bk: Backend, seeds, mask, radius):
             _numba_kernels.seed_cores(np.ascontiguousarray(seeds, dtype=np.int32),
                                       np.ascontiguousarray(mask, dtype=np.bool_),
                                       np.ascontiguousarray(radius, dtype=np.float32),
-                                      reach, best, out)
+                                      reach, best, out, _numba_kernels.strips())
             return out
     owner, dseed = nearest_seed(bk, seeds, return_distance=True)
     cores = xp.where(mask & (dseed <= radius.astype(xp.float32)[owner]), owner, 0)
