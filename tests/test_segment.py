@@ -667,7 +667,9 @@ def test_parallel_kernels_run_on_tbb_where_it_is_installed():
 
 def test_parallel_kernels_do_not_depend_on_threads_or_strips(monkeypatch):
     """The prange kernels (edt, nearest_seed_in, nearest_seed_within, seed_cores) give
-    the same output on one thread as on all, and for any number of painting strips."""
+    the same output on one thread as on all, and for any number of painting strips;
+    the classical segmenter (all its compiled kernels, the chunked sums too) the same
+    labels on one thread as on all."""
     import numba
 
     from erquant import _numba_kernels as NK
@@ -693,13 +695,19 @@ def test_parallel_kernels_do_not_depend_on_threads_or_strips(monkeypatch):
         monkeypatch.setattr(NK, "strips", lambda n=n_strips: n)
         for a, b in zip(run(), ref):
             np.testing.assert_array_equal(a, b)
+    from erquant.synthetic import make_field
+
+    img = make_field(shape=(512, 512), n_nuclei=500, nucleus_diameter=10.0, seed=5).image[0]
+    lab = to_numpy(segment_nuclei(img, method="classical"))  # every compiled kernel
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
         for a, b in zip(run(), ref):
             np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(to_numpy(segment_nuclei(img, method="classical")), lab)
     finally:
         numba.set_num_threads(threads)
+    assert int(lab.max()) > 400
 
 
 def test_edt_compiled_equals_opencv_and_scipy():

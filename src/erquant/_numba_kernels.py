@@ -4,8 +4,9 @@
 same sums come from ``bincount`` otherwise (and always on the GPU). One pass over
 the pixels replaces ~10 ``bincount`` passes and the float64 copies they need.
 
-A few kernels (those whose rows or strips are independent: ``edt``, ``nearest_in``,
-``nearest_within``, ``seed_cores``) run their outer loop with ``prange`` on all cores
+Kernels whose rows, strips or chunks are independent (``edt``, ``nearest_in``,
+``nearest_within``, ``seed_cores``, ``band_peaks``, ``valleys_cc``, ``orphan_cores``,
+``owned``, ``rim_stats``) run their outer loop with ``prange`` on all cores
 where Numba's TBB threading layer loads (the ``tbb`` wheel, a dependency on x86-64):
 :data:`PARALLEL`. Their results do not depend on the thread count (tested).
 ``ERQUANT_NO_PARALLEL=1`` or ``NUMBA_NUM_THREADS=1``: one thread. Numba's "workqueue"
@@ -70,6 +71,9 @@ def _parallel_layer() -> bool:
 
 #: the prange kernels are compiled parallel (see the module docstring)
 PARALLEL = _parallel_layer()
+#: reductions over the pixels run in this many chunks whatever the thread count (each
+#: with its own sums, added in order): results do not depend on the threads
+CHUNKS = 16
 
 
 def strips() -> int:
@@ -354,7 +358,7 @@ def _valleys_cc_impl(g, cc, is_cluster, sigma2, strength, out):
     the Hessian of ``g`` by repeated central differences (kernels.hessian), computed
     only inside the clusters: one pass instead of ~15 whole-image array operations."""
     H, W = g.shape
-    for y in range(H):
+    for y in prange(H):
         ym1, yp1 = _reflect(y - 1, H), _reflect(y + 1, H)
         ym2, yp2 = _reflect(y - 2, H), _reflect(y + 2, H)
         for x in range(W):
@@ -381,7 +385,7 @@ def _band_peaks_impl(sdist, score, mask, edges, filtered, out):
     (pixels below edges[0] or above the last edge: False), in one pass."""
     H, W = sdist.shape
     nb = edges.shape[0] - 1
-    for y in range(H):
+    for y in prange(H):
         for x in range(W):
             out[y, x] = False
             if not mask[y, x]:
@@ -455,10 +459,12 @@ def _orphan_cores_impl(cc, peaks, mask, cores, nseeds, has_seed, seed_cc):
     # _split's partition set-up in two passes (1-D views; cores is modified in place):
     # has_seed[c] for components holding a peak; mask pixels of the other components
     # become one core each (id c + nseeds); seed_cc[core] = its component
-    for i in range(cc.size):
+    # (parallel where compiled so: concurrent writes to has_seed and seed_cc store
+    # the same value)
+    for i in prange(cc.size):
         if peaks[i]:
             has_seed[cc[i]] = True
-    for i in range(cc.size):
+    for i in prange(cc.size):
         c = cc[i]
         if mask[i] and not has_seed[c]:
             cores[i] = c + nseeds
@@ -471,36 +477,57 @@ def _owned_impl(owner, cc, seed_cc, allowed, mask, has_seed, cores, orphans, smo
                 want_peak, peak, out):
     # out = owner where allowed and the owner's component is the pixel's, else 0; with
     # ``orphans`` the seedless components' pixels take their core; with ``want_peak``
-    # peak[label] = max(0, max of smooth over the label) (1-D views)
-    for i in range(owner.size):
-        o = owner[i]
-        c = cc[i]
-        v = 0
-        if allowed[i] and seed_cc[o] == c:
-            v = o
-        if orphans and mask[i] and not has_seed[c]:
-            v = cores[i]
-        out[i] = v
-        if want_peak:
-            s = smooth[i]
-            if s > peak[v]:
-                peak[v] = s
+    # peak[label] = max(0, max of smooth over the label) (1-D views). CHUNKS chunks
+    # (parallel where compiled so), each with its own peaks, then their maximum.
+    n = owner.size
+    h = (n + CHUNKS - 1) // CHUNKS
+    part = np.zeros((CHUNKS if want_peak else 1, peak.size), peak.dtype)
+    for k in prange(CHUNKS):
+        for i in range(k * h, min(n, (k + 1) * h)):
+            o = owner[i]
+            c = cc[i]
+            v = 0
+            if allowed[i] and seed_cc[o] == c:
+                v = o
+            if orphans and mask[i] and not has_seed[c]:
+                v = cores[i]
+            out[i] = v
+            if want_peak:
+                s = smooth[i]
+                if s > part[k, v]:
+                    part[k, v] = s
+    if want_peak:
+        for k in range(CHUNKS):
+            for j in range(peak.size):
+                if part[k, j] > peak[j]:
+                    peak[j] = part[k, j]
 
 
 def _rim_stats_impl(labels, owner, mask, near, smooth, t, contrast, own_peak, do_rim,
                     area, total):
     # _split's rim re-admission and per-label pixel count and intensity sum, one pass
-    # (1-D views; labels modified in place; t and contrast float32 like the array path)
-    for i in range(labels.size):
-        v = labels[i]
-        s = smooth[i]
-        if do_rim and near[i] and not mask[i]:
-            o = owner[i]
-            if s > t and s > contrast * own_peak[o]:
-                v = o
-                labels[i] = v
-        area[v] += 1
-        total[v] += s
+    # (1-D views; labels modified in place; t and contrast float32 like the array path).
+    # CHUNKS chunks (parallel where compiled so), each with its own sums, then added in
+    # chunk order: the same sums for any thread count.
+    n = labels.size
+    h = (n + CHUNKS - 1) // CHUNKS
+    pa = np.zeros((CHUNKS, area.size), area.dtype)
+    pt = np.zeros((CHUNKS, total.size), total.dtype)
+    for k in prange(CHUNKS):
+        for i in range(k * h, min(n, (k + 1) * h)):
+            v = labels[i]
+            s = smooth[i]
+            if do_rim and near[i] and not mask[i]:
+                o = owner[i]
+                if s > t and s > contrast * own_peak[o]:
+                    v = o
+                    labels[i] = v
+            pa[k, v] += 1
+            pt[k, v] += s
+    for k in range(CHUNKS):
+        for j in range(area.size):
+            area[j] += pa[k, j]
+            total[j] += pt[k, j]
 
 
 def _fill_holes_impl(lab, n, max_area, mask, out):
@@ -805,16 +832,16 @@ if numba is not None:
     label_bbox = _jit(_label_bbox_impl)
     seed_cores = _jit(_seed_cores_impl, parallel=True)
     _reflect = _jit(_reflect)
-    valleys_cc = _jit(_valleys_cc_impl)
+    valleys_cc = _jit(_valleys_cc_impl, parallel=True)
     label_area = _jit(_label_area_impl)
-    band_peaks = _jit(_band_peaks_impl)
+    band_peaks = _jit(_band_peaks_impl, parallel=True)
     softmax3 = _jit(_softmax3_impl)
     lut_gather = _jit(_lut_gather_impl)
     label_sums = _jit(_label_sums_impl)
     core_split = _jit(_core_split_impl)
-    orphan_cores = _jit(_orphan_cores_impl)
-    owned = _jit(_owned_impl)
-    rim_stats = _jit(_rim_stats_impl)
+    orphan_cores = _jit(_orphan_cores_impl, parallel=True)
+    owned = _jit(_owned_impl, parallel=True)
+    rim_stats = _jit(_rim_stats_impl, parallel=True)
     fill_holes = _jit(_fill_holes_impl)
     nearest_within = _jit(_nearest_within_impl, parallel=True)
     nearest_in = _jit(_nearest_in_impl, parallel=True)
