@@ -710,6 +710,22 @@ def test_parallel_kernels_do_not_depend_on_threads_or_strips(monkeypatch):
     assert int(lab.max()) > 400
 
 
+def test_mask_above_compiled_equals_the_expression(monkeypatch):
+    """kernels.mask_above (seed mask, local-contrast rule): the compiled pass gives
+    NumPy's float32 ``mask & (a > frac * b)`` to the pixel."""
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(6)
+    a, b = (rng.random((257, 300), dtype=np.float32) for _ in range(2))
+    mask = rng.random((257, 300)) < 0.7
+    fused = K.mask_above(bk, mask, a, 0.55, b)
+    assert np.array_equal(fused, mask & (a > 0.55 * b)) and 0 < fused.sum() < mask.sum()
+    monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
+    assert np.array_equal(K.mask_above(bk, mask, a, 0.55, b), fused)
+
+
 def test_edt_compiled_equals_opencv_and_scipy():
     """kernels.edt: the compiled exact transform gives OpenCV's (DIST_MASK_PRECISE) and
     SciPy's float32 distances to the bit, on blobs, on noise and with objects on the

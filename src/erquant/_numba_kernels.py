@@ -803,6 +803,14 @@ def _edt_impl(mask, out):
             out[y, x] = np.float32(np.sqrt(np.float64(best))) if best < inf else np.float32(2.0 ** 64)
 
 
+def _mask_above_impl(mask, a, frac, b, out):
+    # out = mask & (a > frac * b), float32 products as NumPy's (rows in parallel)
+    Y, X = mask.shape
+    for y in prange(Y):
+        for x in range(X):
+            out[y, x] = mask[y, x] and a[y, x] > frac * b[y, x]
+
+
 def _jit(fn, parallel: bool = False):
     """Compile ``fn`` lazily, cached on disk where a cache folder is writable (next to
     this file, else numba's user-wide cache); without one (read-only install and home)
@@ -846,11 +854,12 @@ if numba is not None:
     nearest_within = _jit(_nearest_within_impl, parallel=True)
     nearest_in = _jit(_nearest_in_impl, parallel=True)
     edt = _jit(_edt_impl, parallel=True)
+    mask_above = _jit(_mask_above_impl, parallel=True)
     propagate_in = _jit(_propagate_in_impl)
     seam_resize = _jit(_seam_resize_impl)
 else:  # pragma: no cover
     orphan_cores = owned = rim_stats = fill_holes = nearest_within = seam_resize = None
-    nearest_in = propagate_in = edt = None
+    nearest_in = propagate_in = edt = mask_above = None
     valleys_cc = label_area = None
     core_split = None
     softmax3 = None

@@ -45,6 +45,20 @@ def gaussian(bk: Backend, img, sigma: float):
     return bk.ndi.gaussian_filter(img, sigma, mode="reflect", truncate=4.0)
 
 
+def mask_above(bk: Backend, mask, a, frac: float, b):
+    """``mask & (a > frac · b)`` for float32 2-D images (one compiled pass on the CPU,
+    parallel rows; the same expression in float32 on the array path)."""
+    if _numba_ok(bk) and a.dtype == b.dtype == np.float32:
+        from erquant import _numba_kernels
+
+        out = np.empty(mask.shape, np.bool_)
+        _numba_kernels.mask_above(np.ascontiguousarray(mask, dtype=np.bool_),
+                                  np.ascontiguousarray(a), np.float32(frac),
+                                  np.ascontiguousarray(b), out)
+        return out
+    return mask & (a > bk.xp.float32(frac) * b)
+
+
 def maximum_filter(bk: Backend, img, size: int):
     """Square maximum filter of odd ``size``."""
     size = max(1, int(size) | 1)

@@ -877,7 +877,7 @@ def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoo
     peak = None
     if local_contrast > 0:  # keep pixels above a fraction of their neighbourhood's peak
         peak = K.maximum_filter(bk, smooth, int(contrast_window * diameter) | 1)
-        mask &= smooth > local_contrast * peak
+        mask = K.mask_above(bk, mask, smooth, local_contrast, peak)
     if fill_holes:
         mask = K.fill_holes(bk, mask)
     return mask, smooth, t, peak, bg
@@ -928,7 +928,7 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         # nucleus do not cut it into pieces
         s2 = K.gaussian(bk, smooth, seed_smoothing * diameter) if seed_smoothing > 0 else smooth
         p2 = K.maximum_filter(bk, s2, int(0.5 * diameter) | 1) if seed_smoothing > 0 else peak
-        strict = mask & (s2 > seed_contrast * p2)
+        strict = K.mask_above(bk, mask, s2, seed_contrast, p2)  # mask & (s2 > c · p2)
         if valley_strength > 0:
             strict &= ~_valleys(bk, smooth, cc, ncc, diameter, valley_strength)
         seed_mask = K.fill_holes(bk, strict,
@@ -946,7 +946,8 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
     dist = K.edt(bk, seed_mask)
     sdist = K.gaussian(bk, dist, max(1.0, diameter / 16))
     # seed map: distance to the edge, slightly modulated by intensity above threshold
-    inten = xp.clip(smooth - t, 0, None)
+    inten = smooth - np.float32(t)
+    xp.maximum(inten, 0, out=inten)  # (np.clip with no upper bound: 3x slower)
     if intensity_weight >= 1:
         score = K.gaussian(bk, inten, diameter / 8)
     elif intensity_weight > 0:
