@@ -380,9 +380,13 @@ def _valleys_cc_impl(g, cc, is_cluster, sigma2, strength, out):
             out[y, x] = (rel > strength) and (lmin < np.float32(0.3) * lmax)
 
 
-def _band_peaks_impl(sdist, score, mask, edges, filtered, out):
-    """out = mask & (score >= filtered[k]) where edges[k] <= sdist < edges[k + 1]
-    (pixels below edges[0] or above the last edge: False), in one pass."""
+def _band_peaks_impl(sdist, score, mask, edges, halfs, out):
+    """out = mask & (score >= the maximum of score over the (2 halfs[k] + 1)² window)
+    where edges[k] <= sdist < edges[k + 1] (pixels below edges[0] or above the last
+    edge: False), in one pass that reads each candidate's window (stopping at the first
+    greater score) instead of one maximum filter per band. Windows are cut at the image
+    border: the same as a maximum filter with reflected borders (a reflected pixel lies
+    inside the window). Rows in parallel where compiled so."""
     H, W = sdist.shape
     nb = edges.shape[0] - 1
     for y in prange(H):
@@ -396,7 +400,17 @@ def _band_peaks_impl(sdist, score, mask, edges, filtered, out):
             k = 0
             while d >= edges[k + 1]:
                 k += 1
-            out[y, x] = score[y, x] >= filtered[k][y, x]
+            h = halfs[k]
+            v = score[y, x]
+            ok = True
+            for yy in range(max(0, y - h), min(H, y + h + 1)):
+                for xx in range(max(0, x - h), min(W, x + h + 1)):
+                    if score[yy, xx] > v:
+                        ok = False
+                        break
+                if not ok:
+                    break
+            out[y, x] = ok
 
 
 def _softmax3_impl(z, y0, x0, out):

@@ -739,23 +739,23 @@ def band_peaks(bk: Backend, sdist, score, mask, bands):
     """Seed peaks with windows that scale with the inscribed radius: ``mask`` pixels
     whose ``score`` is the maximum of the window of their band, ``bands`` a list of
     (window, lowest radius, highest radius) with consecutive radius ranges; a pixel
-    belongs to the band holding its ``sdist``. One compiled pass with Numba (after one
-    maximum filter per window), whole-array comparisons otherwise (CuPy)."""
+    belongs to the band holding its ``sdist``. With Numba one compiled pass reads each
+    candidate's window (no whole-image maximum filters); otherwise (CuPy) one maximum
+    filter per window and whole-array comparisons. The same peaks (tested)."""
     xp = bk.xp
-    filtered = [maximum_filter(bk, score, win) for win, _, _ in bands]
     if _numba_ok(bk) and bands:
         from erquant import _numba_kernels
 
         edges = np.array([bands[0][1]] + [hi for _, _, hi in bands], np.float32)
+        halfs = np.array([int(win) // 2 for win, _, _ in bands], np.int64)
         out = np.empty(score.shape, np.bool_)
         _numba_kernels.band_peaks(np.ascontiguousarray(sdist, np.float32),
                                   np.ascontiguousarray(score, np.float32),
-                                  np.ascontiguousarray(mask, np.bool_), edges,
-                                  tuple(np.ascontiguousarray(f, np.float32) for f in filtered),
-                                  out)
+                                  np.ascontiguousarray(mask, np.bool_), edges, halfs, out)
         return out
     peaks = xp.zeros(mask.shape, bool)
-    for (_, lo, hi), f in zip(bands, filtered):
+    for win, lo, hi in bands:
+        f = maximum_filter(bk, score, win)
         peaks |= (sdist >= lo) & (sdist < hi) & (score >= f)
     return peaks & mask
 
