@@ -636,7 +636,7 @@ def test_nearest_seed_within_is_the_exact_bounded_voronoi(radius):
 
 
 def test_parallel_kernels_run_on_tbb_where_it_is_installed():
-    """With the ``tbb`` wheel (a dependency on x86-64) the prange kernels are compiled
+    """With the ``tbb`` wheel (a dependency on Linux x86-64) the prange kernels are compiled
     parallel and run on Numba's TBB layer (not workqueue, not GNU OpenMP), and a child
     forked after they ran can run them again."""
     import importlib.metadata
@@ -651,7 +651,7 @@ def test_parallel_kernels_run_on_tbb_where_it_is_installed():
     try:
         importlib.metadata.version("tbb")
     except importlib.metadata.PackageNotFoundError:
-        pytest.skip("the tbb wheel is not installed (not x86-64)")
+        pytest.skip("the tbb wheel is not installed (not Linux x86-64)")
     if os.environ.get("ERQUANT_NO_PARALLEL") == "1" or os.environ.get("NUMBA_THREADING_LAYER"):
         pytest.skip("threading configured by the environment")
     bk = get_backend("numpy")
