@@ -981,17 +981,20 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         cores = seeds
     rim = rim_fraction > 0 and peak is not None
     grow = 2 * max(1, int(round(rim_fraction * diameter))) + 1
+    # the partition's owners are only read inside the mask and, with the rim rule, the
+    # band of a few px around it
+    read = K.maximum_filter(bk, mask.view(xp.uint8), grow).view(bool) if rim else mask
     if part_mask is None:  # the partition's interiors: the seed mask (and wide gaps)
         part_mask = seed_mask
     # nearest-core searches are exact up to this distance (px), propagated beyond
     reach = max(2.0, NEAREST_REACH * diameter)
     if K._numba_ok(bk):  # the same partition in three compiled passes
         labels, area, total = _partition_numba(bk, cc, ncc, peaks, cores, nseeds, mask,
-                                               part_mask, smooth, t, rim, grow,
+                                               part_mask, smooth, t, rim, read,
                                                local_contrast, reach)
     else:
         labels, area, total = _partition_array(bk, cc, ncc, peaks, cores, nseeds, mask,
-                                               part_mask, smooth, t, rim, grow,
+                                               part_mask, smooth, t, rim, read,
                                                local_contrast, reach, weighted=min_snr > 0)
     # remove small objects, relabel 1..N
     min_area = min_area_fraction * math.pi * (diameter / 2) ** 2
@@ -1015,10 +1018,11 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
 
 
 def _partition_array(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask, smooth,
-                     t, rim, grow, local_contrast, reach, weighted=True):
+                     t, rim, near, local_contrast, reach, weighted=True):
     """_split's partition (generic array path, CuPy): nearest core within the
     component, bright interiors first, then the dim rims; per-label pixel count and
-    intensity sum (None unless ``weighted``)."""
+    intensity sum (None unless ``weighted``). ``near``: the pixels whose owner is read
+    (the mask, and with ``rim`` the band around it)."""
     xp = bk.xp
     # components without a seed (small or thin objects) get one: the whole component
     has_seed = xp.zeros(ncc + 1, bool)
@@ -1029,8 +1033,6 @@ def _partition_array(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
     seed_cc = xp.zeros(nseeds + ncc + 1, xp.int32)
     on = cores > 0
     seed_cc[cores[on]] = cc[on]
-    # the owners are only read inside the mask (and the rim band around it)
-    near = K.maximum_filter(bk, mask.view(xp.uint8), grow).view(bool) if rim else mask
     owner = K.nearest_seed_in(bk, cores, mask, reach)
     if seed_mask is not mask:
         # partition the bright interiors first, then give the dim rims and seams to
@@ -1053,7 +1055,7 @@ def _partition_array(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
 
 
 def _partition_numba(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask, smooth,
-                     t, rim, grow, local_contrast, reach):
+                     t, rim, near, local_contrast, reach):
     """:func:`_partition_array` on the CPU with the per-pixel steps fused into three
     compiled passes around the two nearest-seed transforms (equal labels, area and
     sums: tested)."""
@@ -1070,7 +1072,6 @@ def _partition_numba(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
     seed_cc = np.zeros(n_ids, np.int32)
     NK.orphan_cores(ccf, np.ascontiguousarray(peaks).ravel(), maskf, coresf, int(nseeds),
                     has_seed, seed_cc)
-    near = K.maximum_filter(bk, mask.view(np.uint8), grow).view(bool) if rim else mask
     owner = K.nearest_seed_in(bk, cores, mask, reach)
     no_peak = np.zeros(1, smooth.dtype)
     if seed_mask is not mask:
