@@ -143,10 +143,10 @@ def label(bk: Backend, mask, *, ordered: bool = True):
             if _numba_ok(bk):
                 from erquant import _numba_kernels
 
-                lut, identity = _numba_kernels.raster_order(lab.ravel(), n)
-                if not identity:
-                    _numba_kernels.apply_lut(lab.ravel(), lut)  # lab is contiguous: in place
-                    identity = True
+                # one pass, in place (lab is contiguous): renumber as first met
+                flat = lab.ravel()
+                _numba_kernels.raster_relabel(flat, _words(flat, 2), n)
+                identity = True
             else:
                 ids, first = np.unique(lab.ravel(), return_index=True)
                 order = np.argsort(first[ids > 0], kind="stable")
@@ -424,6 +424,12 @@ def _seam_resize_array(bk: Backend, labels, interior, shape, radius: float):
     return xp.where(band, owner, big).astype(labels.dtype)
 
 
+def _words(flat, per: int):
+    """The first ``flat.size // per`` groups of ``per`` elements of a contiguous flat
+    array viewed as uint64 (for kernels that skip zero runs a word at a time)."""
+    return flat[: (flat.size // per) * per].view(np.uint64)
+
+
 def _numba_ok(bk: Backend) -> bool:
     return not bk.is_gpu and _numba_ok_host()
 
@@ -674,10 +680,25 @@ def label_bbox(bk: Backend, labels, want) -> np.ndarray:
     return out
 
 
-def fill_holes(bk: Backend, mask, max_area: float | None = None):
+def fill_holes(bk: Backend, mask, max_area: float | None = None, *, within=None):
     """Fill holes: background regions (4-connected) that do not touch the image border
-    (and, with ``max_area``, are no larger than that many pixels)."""
+    (and, with ``max_area``, are no larger than that many pixels).
+
+    ``within``: a mask that contains ``mask`` and has no holes of its own (a foreground
+    filled by this function): every hole then lies inside it, and on the CPU only its
+    pixels are flooded instead of the whole background being labelled (the same
+    result, tested; ~2 ms instead of ~20 at 2048²)."""
     xp = bk.xp
+    if within is not None and _numba_ok(bk):
+        from erquant import _numba_kernels
+
+        mask = np.ascontiguousarray(mask, dtype=np.bool_)
+        out = mask.copy()
+        within = np.ascontiguousarray(within, dtype=np.bool_)
+        _numba_kernels.fill_gaps(mask, within, _words(mask.ravel(), 8),
+                                 _words(within.ravel(), 8),
+                                 -1.0 if max_area is None else float(max_area), out)
+        return out
     if max_area is None and not _use_cv2(bk):
         return bk.ndi.binary_fill_holes(mask)
     if _use_cv2(bk):
@@ -700,6 +721,35 @@ def fill_holes(bk: Backend, mask, max_area: float | None = None):
         keep |= xp.bincount(lab.ravel(), minlength=n) > max_area
     keep[0] = True  # label 0 = the mask itself
     return mask | ~keep[lab]
+
+
+def label_filled(bk: Backend, mask):
+    """``fill_holes(mask)`` and its components: ``(filled, labels, n)`` with ``labels,
+    n = label(filled)`` (8-connected, raster order of the first pixel).
+
+    On the CPU the components of ``mask`` are labelled once and each one's holes are
+    found by a flood inside its own bounding box (cost ~ the objects' boxes, not the
+    background: one labelling instead of two); a hole that held another object (nested
+    objects, merged by the fill) makes it label the filled mask again. The same
+    result on every path (tested)."""
+    if _numba_ok(bk) and _use_cv2(bk):
+        from erquant import _numba_kernels
+
+        mask = np.ascontiguousarray(mask, dtype=np.bool_)
+        n, lab = cv2.connectedComponents(mask.view(np.uint8), connectivity=8,
+                                         ltype=cv2.CV_32S)
+        n = int(n) - 1
+        bb = np.empty((n + 1, 4), np.int64)
+        area = np.zeros(n + 1, np.int64)
+        # raster order, boxes and sizes in one pass; then each box's holes
+        _numba_kernels.raster_relabel_stats(lab, n, bb, area)
+        out = mask.copy()
+        if not _numba_kernels.fill_labelled(lab, n, bb, area, mask, out):
+            lab, n = label(bk, out)  # nested objects merged by the fill
+        return out, lab, n
+    filled = fill_holes(bk, mask)
+    lab, n = label(bk, filled)
+    return filled, lab, n
 
 
 def power(bk: Backend, img, p: float):

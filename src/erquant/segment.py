@@ -306,7 +306,8 @@ def estimate_diameter(image, *, threshold: str = "otsu", equivalent: bool = True
 
 
 def _diameter_from_mask(bk: Backend, mask, fallback: float, smooth=None, *,
-                        equivalent: bool = True, info: dict | None = None) -> float:
+                        equivalent: bool = True, info: dict | None = None,
+                        labelled=None) -> float:
     """Area-weighted median over objects of their equivalent diameter, measured as
     twice the largest inscribed radius (robust to touching pairs) times, for objects
     that fill their second-moment ellipse (an ellipse fills it, a touching pair of
@@ -322,8 +323,9 @@ def _diameter_from_mask(bk: Backend, mask, fallback: float, smooth=None, *,
     ``info`` (a dict) receives ``clumped_fraction``: the share of the sized objects'
     area in clump-like objects (moment spread over :data:`CLUMP_SPREAD` × the inscribed
     radius), before the clump rule; and ``n_sized``: how many objects were sized.
+    ``labelled``: the mask's components ``(labels, n)`` where already known.
     """
-    lab, n = K.label(bk, mask)
+    lab, n = labelled if labelled is not None else K.label(bk, mask)
     if n == 0:
         return fallback
     dist = K.edt(bk, mask)
@@ -430,10 +432,10 @@ def _estimate_diameter(bk: Backend, norm, threshold: str, threshold_value=None, 
         w = int(min(1024, max(384, CROP_DIAMETERS * d)) // g)
         oy, ox = (max(0, (n - w) // 2) for n in work.shape)
         work = work[oy:oy + w, ox:ox + w]
-        mask, smooth = _foreground(bk, work, d / g, threshold, threshold_value, **kw)[:2]
+        mask, smooth, *_, cc = _foreground(bk, work, d / g, threshold, threshold_value, **kw)
         info.clear()
         d_new = g * _diameter_from_mask(bk, mask, d / g, smooth, equivalent=equivalent,
-                                        info=info)
+                                        info=info, labelled=cc)
         d_new = min(max(d_new, 4.0), max(norm.shape) / 2)
         if abs(d_new - d) < 0.08 * d:
             d = d_new
@@ -705,8 +707,8 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
     diameter = float(diameter)
     if not diameter > 0:
         raise ValueError(f"diameter must be > 0, got {diameter}")
-    mask, smooth, t, peak, bg = _foreground(bk, norm, diameter, threshold, threshold_value,
-                                            **kw, levels=stats)
+    mask, smooth, t, peak, bg, cc = _foreground(bk, norm, diameter, threshold,
+                                                threshold_value, **kw, levels=stats)
     noise = _level(stats, "noise_sigma", lambda: float(
         _noise_sigma(bk, norm, kw["noise_floor"]) if min_snr > 0 else 0.0))
     labels = _split(bk, mask, smooth, t, diameter, seed_distance, min_area_fraction,
@@ -714,7 +716,7 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
                     seed_hole_fraction=seed_hole_fraction, rim_fraction=rim_fraction,
                     local_contrast=local_contrast, seed_smoothing=seed_smoothing,
                     min_snr=min_snr, noise=noise, valley_strength=valley_strength,
-                    levels=stats)
+                    levels=stats, labelled=cc)
     if return_info:
         # threshold and noise in the normalised units ((raw - lo) / (hi - lo)) they act in
         info = {"method": "classical", "diameter": diameter, "threshold": t,
@@ -863,8 +865,10 @@ def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoo
                 background_factor, log_threshold, local_contrast, fill_holes,
                 contrast_window=0.6, noise_floor: float = 0.0, levels: dict | None = None):
     """Foreground mask at a given diameter → (mask, smoothed image, threshold, local peak,
-    background map or None). ``levels``: fixed image-level statistics (``threshold``,
-    ``background_threshold``) used when present, else measured and stored into it."""
+    background map or None, components or None). ``levels``: fixed image-level
+    statistics (``threshold``, ``background_threshold``) used when present, else measured
+    and stored into it. With ``fill_holes`` the mask's components ``(labels, n)``
+    (:func:`erquant.kernels.label_filled`: found with the holes, for free) come along."""
     sigma = max(0.0, smoothing * diameter)
     smooth = K.gaussian(bk, norm, sigma) if sigma >= 0.5 else norm
     bg = None
@@ -878,9 +882,11 @@ def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoo
     if local_contrast > 0:  # keep pixels above a fraction of their neighbourhood's peak
         peak = K.maximum_filter(bk, smooth, int(contrast_window * diameter) | 1)
         mask = K.mask_above(bk, mask, smooth, local_contrast, peak)
+    cc = None
     if fill_holes:
-        mask = K.fill_holes(bk, mask)
-    return mask, smooth, t, peak, bg
+        mask, lab, n = K.label_filled(bk, mask)
+        cc = (lab, n)
+    return mask, smooth, t, peak, bg, cc
 
 
 def _foreground_threshold(bk: Backend, smooth, method, value, log_threshold,
@@ -913,10 +919,12 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
            seed_contrast: float = 0.0, seed_hole_fraction: float = 0.05,
            rim_fraction: float = 0.0, local_contrast: float = 0.4,
            seed_smoothing: float = 0.0, min_snr: float = 0.0, noise: float = 0.0,
-           valley_strength: float = 0.0, levels: dict | None = None):
-    """Split the foreground into nuclei: adaptive-window seeds, disc cores, nearest core."""
+           valley_strength: float = 0.0, levels: dict | None = None, labelled=None):
+    """Split the foreground into nuclei: adaptive-window seeds, disc cores, nearest core.
+    ``labelled``: the components ``(labels, n)`` of ``mask`` where its holes were filled
+    (:func:`_foreground`), else None (labelled here)."""
     xp = bk.xp
-    cc, ncc = K.label(bk, mask)
+    cc, ncc = labelled if labelled is not None else K.label(bk, mask)
     if ncc == 0:
         return xp.zeros(mask.shape, xp.uint32)
     # seeds come from the distance map of a stricter mask (pixels brighter than
@@ -931,8 +939,10 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         strict = K.mask_above(bk, mask, s2, seed_contrast, p2)  # mask & (s2 > c · p2)
         if valley_strength > 0:
             strict &= ~_valleys(bk, smooth, cc, ncc, diameter, valley_strength)
+        # (a hole-free mask holds every hole of the stricter one: only its gaps searched)
         seed_mask = K.fill_holes(bk, strict,
-                                 max_area=seed_hole_fraction * math.pi * (diameter / 2) ** 2)
+                                 max_area=seed_hole_fraction * math.pi * (diameter / 2) ** 2,
+                                 within=mask if labelled is not None else None)
         if GAP_SEED > 0:  # dim nuclei inside clumps: seeds in the seed mask's wide gaps
             gap = mask & ~seed_mask
             core = K.erode_within(bk, gap, max(GAP_SEED * diameter / 2, 1.25))  # edt >=
