@@ -985,26 +985,31 @@ def _blob_masks(rng, count):
         yield m
 
 
-def test_label_filled_equals_fill_then_label():
-    """kernels.label_filled (holes found per object's bounding box, one labelling):
-    the same filled mask as scipy's binary_fill_holes and the same raster-ordered
-    components as labelling it, nested objects (merged by the fill) included."""
+@pytest.mark.parametrize("compiled", [True, False])
+def test_label_filled_equals_fill_then_label(monkeypatch, compiled):
+    """kernels.label_filled (holes found per object's bounding box, one labelling; the
+    array path fills, then labels): the same filled mask as scipy's binary_fill_holes
+    and the same raster-ordered components as labelling it, nested objects (merged by
+    the fill) included."""
     from erquant import kernels as K
     from erquant.backend import get_backend
 
+    if not compiled:
+        monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
     bk = get_backend("numpy")
     rng = np.random.default_rng(3)
     nested = 0
     for m in _blob_masks(rng, 200):
         ref = sp_ndi.binary_fill_holes(m)
         rl, rn = sp_ndi.label(ref, structure=np.ones((3, 3)))
-        filled, lab, n = K.label_filled(bk, m)
+        filled, lab, n, area = K.label_filled(bk, m)
         assert np.array_equal(filled, ref) and n == rn and np.array_equal(lab, rl)
+        assert area[0] == 0 and np.array_equal(area[1:], np.bincount(rl.ravel(), minlength=n + 1)[1:])
         nested += sp_ndi.label(m, structure=np.ones((3, 3)))[1] > rn
     assert nested >= 5  # the fallback (relabel after merging) was exercised
     empty = np.zeros((7, 9), bool)
-    filled, lab, n = K.label_filled(bk, empty)
-    assert n == 0 and not filled.any() and not lab.any()
+    filled, lab, n, area = K.label_filled(bk, empty)
+    assert n == 0 and not filled.any() and not lab.any() and area.tolist() == [0]
 
 
 @pytest.mark.parametrize("max_area", [None, 4.0, 30.0])

@@ -724,14 +724,16 @@ def fill_holes(bk: Backend, mask, max_area: float | None = None, *, within=None)
 
 
 def label_filled(bk: Backend, mask):
-    """``fill_holes(mask)`` and its components: ``(filled, labels, n)`` with ``labels,
-    n = label(filled)`` (8-connected, raster order of the first pixel).
+    """``fill_holes(mask)`` and its components: ``(filled, labels, n, area)`` with
+    ``labels, n = label(filled)`` (8-connected, raster order of the first pixel) and
+    ``area`` each component's pixel count (int64, n + 1; ``area[0]`` not counted: 0).
 
     On the CPU the components of ``mask`` are labelled once and each one's holes are
     found by a flood inside its own bounding box (cost ~ the objects' boxes, not the
     background: one labelling instead of two); a hole that held another object (nested
     objects, merged by the fill) makes it label the filled mask again. The same
-    result on every path (tested)."""
+    result on every path (tested).
+    """
     if _numba_ok(bk) and _use_cv2(bk):
         from erquant import _numba_kernels
 
@@ -746,10 +748,14 @@ def label_filled(bk: Backend, mask):
         out = mask.copy()
         if not _numba_kernels.fill_labelled(lab, n, bb, area, mask, out):
             lab, n = label(bk, out)  # nested objects merged by the fill
-        return out, lab, n
+            area = label_area(bk, lab, n)
+        area[0] = 0
+        return out, lab, n, area
     filled = fill_holes(bk, mask)
     lab, n = label(bk, filled)
-    return filled, lab, n
+    area = label_area(bk, lab, n)
+    area[0] = 0
+    return filled, lab, n, area
 
 
 def power(bk: Backend, img, p: float):

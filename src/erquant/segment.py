@@ -323,13 +323,13 @@ def _diameter_from_mask(bk: Backend, mask, fallback: float, smooth=None, *,
     ``info`` (a dict) receives ``clumped_fraction``: the share of the sized objects'
     area in clump-like objects (moment spread over :data:`CLUMP_SPREAD` × the inscribed
     radius), before the clump rule; and ``n_sized``: how many objects were sized.
-    ``labelled``: the mask's components ``(labels, n)`` where already known.
+    ``labelled``: the mask's components ``(labels, n, area)`` where already known.
     """
-    lab, n = labelled if labelled is not None else K.label(bk, mask)
+    lab, n, area = labelled if labelled is not None else (*K.label(bk, mask), None)
     if n == 0:
         return fallback
     dist = K.edt(bk, mask)
-    area = K.label_area(bk, lab, n)[1:]
+    area = (K.label_area(bk, lab, n) if area is None else area)[1:]
     rmax = to_numpy(K.label_max(bk, dist, lab, n)[1:])
     area = to_numpy(area)  # host sync: per-object radii and areas (small vectors)
     keep = area >= 12
@@ -867,7 +867,7 @@ def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoo
     """Foreground mask at a given diameter → (mask, smoothed image, threshold, local peak,
     background map or None, components or None). ``levels``: fixed image-level
     statistics (``threshold``, ``background_threshold``) used when present, else measured
-    and stored into it. With ``fill_holes`` the mask's components ``(labels, n)``
+    and stored into it. With ``fill_holes`` the mask's components ``(labels, n, area)``
     (:func:`erquant.kernels.label_filled`: found with the holes, for free) come along."""
     sigma = max(0.0, smoothing * diameter)
     smooth = K.gaussian(bk, norm, sigma) if sigma >= 0.5 else norm
@@ -884,8 +884,7 @@ def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoo
         mask = K.mask_above(bk, mask, smooth, local_contrast, peak)
     cc = None
     if fill_holes:
-        mask, lab, n = K.label_filled(bk, mask)
-        cc = (lab, n)
+        mask, *cc = K.label_filled(bk, mask)
     return mask, smooth, t, peak, bg, cc
 
 
@@ -921,10 +920,10 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
            seed_smoothing: float = 0.0, min_snr: float = 0.0, noise: float = 0.0,
            valley_strength: float = 0.0, levels: dict | None = None, labelled=None):
     """Split the foreground into nuclei: adaptive-window seeds, disc cores, nearest core.
-    ``labelled``: the components ``(labels, n)`` of ``mask`` where its holes were filled
-    (:func:`_foreground`), else None (labelled here)."""
+    ``labelled``: the components ``(labels, n, area)`` of ``mask`` where its holes were
+    filled (:func:`_foreground`), else None (labelled here)."""
     xp = bk.xp
-    cc, ncc = labelled if labelled is not None else K.label(bk, mask)
+    cc, ncc, cc_area = labelled if labelled is not None else (*K.label(bk, mask), None)
     if ncc == 0:
         return xp.zeros(mask.shape, xp.uint32)
     # seeds come from the distance map of a stricter mask (pixels brighter than
@@ -938,7 +937,7 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         p2 = K.maximum_filter(bk, s2, int(0.5 * diameter) | 1) if seed_smoothing > 0 else peak
         strict = K.mask_above(bk, mask, s2, seed_contrast, p2)  # mask & (s2 > c · p2)
         if valley_strength > 0:
-            strict &= ~_valleys(bk, smooth, cc, ncc, diameter, valley_strength)
+            strict &= ~_valleys(bk, smooth, cc, ncc, diameter, valley_strength, cc_area)
         # (a hole-free mask holds every hole of the stricter one: only its gaps searched)
         seed_mask = K.fill_holes(bk, strict,
                                  max_area=seed_hole_fraction * math.pi * (diameter / 2) ** 2,
@@ -1217,7 +1216,8 @@ FAINT_NUCLEUS = 0.23
 GAP_SEED = 0.25
 
 
-def _valleys(bk: Backend, smooth, cc, ncc: int, diameter: float, strength: float):
+def _valleys(bk: Backend, smooth, cc, ncc: int, diameter: float, strength: float,
+             area=None):
     """Dark line-like seams inside clusters of nuclei (Hessian valley detector).
 
     A seam between two pressed nuclei curves up strongly across it and hardly along
@@ -1227,7 +1227,9 @@ def _valleys(bk: Backend, smooth, cc, ncc: int, diameter: float, strength: float
     sigma = max(1.0, 0.06 * diameter)
     g = K.gaussian(bk, smooth, sigma)
     # clusters: components larger than ~1.6 nuclei (the background, label 0, is none)
-    is_cluster = K.label_area(bk, cc, ncc) > 1.6 * math.pi * (diameter / 2) ** 2
+    if area is None:  # (the components' sizes, where not known already)
+        area = K.label_area(bk, cc, ncc)
+    is_cluster = area > 1.6 * math.pi * (diameter / 2) ** 2
     is_cluster[0] = False
     # curvature across the seam relative to brightness (one pass over the clusters)
     return K.valleys(bk, g, cc, is_cluster, sigma, strength)
