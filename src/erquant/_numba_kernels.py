@@ -363,13 +363,79 @@ def _gather2d_impl(src, ri, ci, out):
             out[y, x] = src[r, ci[x]]
 
 
-def _seed_cores_impl(seeds, mask, radius, reach, best, out, nstrips):
+def _nonzero_impl(flat, words, per, out):
+    """Indices of the non-zero elements of a flat array, ascending, written to ``out``;
+    returns their count. ``words``: the array's first ``size // per`` groups of ``per``
+    elements viewed as uint64 (runs of zeros skipped a word at a time)."""
+    n = 0
+    nw = words.size
+    zero = np.uint64(0)
+    for j in range(nw + 1):
+        if j < nw:
+            if words[j] == zero:
+                continue
+            i0 = per * j
+            i1 = i0 + per
+        else:
+            i0 = per * nw
+            i1 = flat.size
+        for i in range(i0, i1):
+            if flat[i] != 0:
+                out[n] = i
+                n += 1
+    return n
+
+
+def _seed_edges_impl(seeds, words, out, counts, nstrips):
+    """Flat indices (ascending) of the pixels of ``seeds`` (2-D int32, > 0) with an
+    8-neighbour inside the image that is not a seed (<= 0). Rows in ``nstrips``
+    horizontal strips (parallel where compiled so): strip k writes its indices to
+    ``out`` from its first pixel's index on, and its count to ``counts[k]``.
+    ``words``: the flat array's pairs viewed as uint64 (background skipped by pairs)."""
+    Y, X = seeds.shape
+    flat = seeds.ravel()
+    nw = words.size
+    zero = np.uint64(0)
+    h = (Y + nstrips - 1) // nstrips
+    for k in prange(nstrips):
+        a = min(Y, k * h)
+        b = min(Y, a + h)
+        n = a * X
+        i = a * X
+        end = b * X
+        while i < end:
+            j = i >> 1
+            if (i & 1) == 0 and j < nw and i + 1 < end and words[j] == zero:
+                i += 2
+                continue
+            if flat[i] > 0:
+                y = i // X
+                x = i - y * X
+                if 0 < y < Y - 1 and 0 < x < X - 1:
+                    edge = (flat[i - X - 1] <= 0 or flat[i - X] <= 0 or flat[i - X + 1] <= 0
+                            or flat[i - 1] <= 0 or flat[i + 1] <= 0 or flat[i + X - 1] <= 0
+                            or flat[i + X] <= 0 or flat[i + X + 1] <= 0)
+                else:
+                    edge = False
+                    for yy in range(max(0, y - 1), min(Y, y + 2)):
+                        for xx in range(max(0, x - 1), min(X, x + 2)):
+                            if seeds[yy, xx] <= 0:
+                                edge = True
+                if edge:
+                    out[n] = i
+                    n += 1
+            i += 1
+        counts[k] = n - a * X
+
+
+def _seed_cores_impl(seeds, mask, radius, reach, idx, out, nstrips):
     """out = the seed id where seeds > 0; else, on ``mask``, the id of the nearest seed
     pixel (exact Euclidean; ties to the first in scan order) where that distance is
-    ≤ radius[id]; else 0. Seed pixels paint their disc of ``reach`` px (the largest
-    radius) into ``best`` (squared distances, preset to +inf) and ``out``. The rows are
-    painted in ``nstrips`` horizontal strips (in parallel where compiled so), each by
-    the seeds within reach of it in scan order: the same result for any count."""
+    ≤ radius[id]; else 0. The seed pixels (``idx``: their flat indices, ascending) paint
+    their disc of ``reach`` px (the largest radius). The rows are done in ``nstrips``
+    horizontal strips (in parallel where compiled so), each cleared, painted by the
+    seeds within reach of it in scan order and decided on its own: the same result for
+    any count; nothing but the seed pixels and the strips' rows is read."""
     Y, X = seeds.shape
     R = reach
     R2 = R * R
@@ -377,27 +443,36 @@ def _seed_cores_impl(seeds, mask, radius, reach, best, out, nstrips):
     for k in prange(nstrips):
         a = k * h
         b = min(Y, a + h)
-        for y in range(max(0, a - R), min(Y, b + R)):
+        if a >= b:
+            continue
+        best = np.empty((b - a, X), np.int32)  # squared distance of the painted seed
+        for y in range(a, b):
             for x in range(X):
-                s = seeds[y, x]
+                best[y - a, x] = 2147483647
+                out[y, x] = 0
+        j0 = np.searchsorted(idx, max(0, a - R) * X)
+        j1 = np.searchsorted(idx, min(Y, b + R) * X)
+        for j in range(j0, j1):
+            p = idx[j]
+            y = p // X
+            x = p - y * X
+            s = seeds[y, x]
+            for yy in range(max(a, y - R), min(b, y + R + 1)):
+                dy2 = (yy - y) * (yy - y)
+                for xx in range(max(0, x - R), min(X, x + R + 1)):
+                    d2 = dy2 + (xx - x) * (xx - x)
+                    if d2 <= R2 and d2 < best[yy - a, xx]:
+                        best[yy - a, xx] = d2
+                        out[yy, xx] = s
+        for y in range(a, b):
+            for x in range(X):
+                s = out[y, x]
                 if s <= 0:
                     continue
-                for yy in range(max(a, y - R), min(b, y + R + 1)):
-                    dy2 = (yy - y) * (yy - y)
-                    for xx in range(max(0, x - R), min(X, x + R + 1)):
-                        d2 = dy2 + (xx - x) * (xx - x)
-                        if d2 <= R2 and d2 < best[yy, xx]:
-                            best[yy, xx] = d2
-                            out[yy, xx] = s
-    for y in prange(Y):
-        for x in range(X):
-            s = out[y, x]
-            if s <= 0:
-                continue
-            if seeds[y, x] > 0:
-                out[y, x] = seeds[y, x]
-            elif not mask[y, x] or best[y, x] > radius[s] * radius[s]:
-                out[y, x] = 0
+                if seeds[y, x] > 0:
+                    out[y, x] = seeds[y, x]
+                elif not mask[y, x] or best[y - a, x] > radius[s] * radius[s]:
+                    out[y, x] = 0
 
 
 def _reflect(i, n):
@@ -754,45 +829,56 @@ def _fill_labelled_impl(lab, n, bb, area, mask, out):
     return ok
 
 
-def _nearest_within_impl(seeds, R, out, nstrips):
+def _nearest_within_impl(seeds, R, edges, out, nstrips):
     # out = seeds where > 0; else the id of the nearest seed pixel (exact Euclidean; ties
     # to the first boundary pixel in scan order) where that distance is <= R; else 0.
     # Only seed pixels with a non-seed 8-neighbour paint (the nearest seed pixel of an
-    # outside pixel is always one): cost ~ boundary pixels x (2R + 1)^2. 2-D arrays.
-    # Painted in ``nstrips`` horizontal strips (parallel where compiled so), each by the
-    # boundary pixels within R of it in scan order: the same result for any count.
+    # outside pixel is always one; ``edges``: their flat indices, ascending,
+    # _seed_edges_impl): cost ~ boundary pixels x (2R + 1)^2. 2-D arrays. Painted in
+    # ``nstrips`` horizontal strips (parallel where compiled so), each cleared and painted
+    # by the boundary pixels within R of it in scan order: the same result for any count.
     Y, X = seeds.shape
     Ri = int(np.floor(R))
     R2 = R * R
-    best = np.empty((Y, X), np.float32)
+    R2i = 0  # integer squared distances: d2 <= R2 exactly when d2 <= R2i
+    while R2i + 1 <= R2:
+        R2i += 1
+    span = np.empty(Ri + 1, np.int64)  # the disc's half-width at each |dy|
+    for dy in range(Ri + 1):
+        w = 0
+        while dy * dy + (w + 1) * (w + 1) <= R2i:
+            w += 1
+        span[dy] = w
     h = (Y + nstrips - 1) // nstrips
     for k in prange(nstrips):
         a = k * h
         b = min(Y, a + h)
+        if a >= b:
+            continue
+        best = np.empty((b - a, X), np.int32)  # squared distance of the painted pixel
         for y in range(a, b):
             for x in range(X):
                 s = seeds[y, x]
                 out[y, x] = s if s > 0 else 0
-                best[y, x] = 0.0 if s > 0 else np.inf
-        for y in range(max(0, a - Ri), min(Y, b + Ri)):
-            for x in range(X):
-                s = seeds[y, x]
-                if s <= 0:
-                    continue
-                edge = False
-                for yy in range(max(0, y - 1), min(Y, y + 2)):
-                    for xx in range(max(0, x - 1), min(X, x + 2)):
-                        if seeds[yy, xx] <= 0:
-                            edge = True
-                if not edge:
-                    continue
-                for yy in range(max(a, y - Ri), min(b, y + Ri + 1)):
-                    dy2 = (yy - y) * (yy - y)
-                    for xx in range(max(0, x - Ri), min(X, x + Ri + 1)):
-                        d2 = np.float32(dy2 + (xx - x) * (xx - x))
-                        if d2 <= R2 and d2 < best[yy, xx]:
-                            best[yy, xx] = d2
-                            out[yy, xx] = s
+                best[y - a, x] = 0 if s > 0 else 2147483647
+        j0 = np.searchsorted(edges, max(0, a - Ri) * X)
+        j1 = np.searchsorted(edges, min(Y, b + Ri) * X)
+        for j in range(j0, j1):
+            p = edges[j]
+            y = p // X
+            x = p - y * X
+            s = seeds[y, x]
+            for yy in range(max(a, y - Ri), min(b, y + Ri + 1)):
+                dy = yy - y
+                dy2 = dy * dy
+                w = span[dy if dy >= 0 else -dy]
+                brow = best[yy - a]
+                orow = out[yy]
+                for xx in range(max(0, x - w), min(X, x + w + 1)):
+                    d2 = dy2 + (xx - x) * (xx - x)
+                    if d2 < brow[xx]:
+                        brow[xx] = d2
+                        orow[xx] = s
 
 
 def _seam_resize_impl(small, interior, ri, ci, y0, y1, x0, x1, R, out):
@@ -1040,6 +1126,8 @@ if numba is not None:
     shape_moments = _jit(_shape_moments_impl)
     label_bbox = _jit(_label_bbox_impl)
     seed_cores = _jit(_seed_cores_impl, parallel=True)
+    nonzero = _jit(_nonzero_impl)
+    seed_edges = _jit(_seed_edges_impl, parallel=True)
     _reflect = _jit(_reflect)
     valleys_cc = _jit(_valleys_cc_impl, parallel=True)
     label_area = _jit(_label_area_impl)
@@ -1083,7 +1171,7 @@ else:  # pragma: no cover
     shape_moments = None
     label_bbox = None
     range_count = None
-    seed_cores = None
+    seed_cores = nonzero = seed_edges = None
 
 
 def moments(nuc: np.ndarray, cyt: np.ndarray, K: int, images: tuple,

@@ -253,9 +253,16 @@ def nearest_seed_within(bk: Backend, seeds, radius: float):
     if _numba_ok(bk) and 0 <= r <= PAINT_RADIUS and seeds.size:
         from erquant import _numba_kernels
 
+        seeds = np.ascontiguousarray(seeds, dtype=np.int32)
+        flat = seeds.ravel()
+        edges = np.empty(flat.size, np.int64)  # (pages touched only as filled)
+        nstrips = _numba_kernels.strips()
+        counts = np.zeros(nstrips, np.int64)
+        _numba_kernels.seed_edges(seeds, _words(flat, 2), edges, counts, nstrips)
+        h = -(-seeds.shape[0] // nstrips) * seeds.shape[1]  # strip k's indices from k * h
+        edges = np.concatenate([edges[k * h:k * h + c] for k, c in enumerate(counts.tolist())])
         out = np.empty(seeds.shape, np.int32)
-        _numba_kernels.nearest_within(np.ascontiguousarray(seeds, dtype=np.int32),
-                                      np.float32(r), out, _numba_kernels.strips())
+        _numba_kernels.nearest_within(seeds, np.float32(r), edges, out, nstrips)
         return out
     owner, dist = nearest_seed(bk, seeds, return_distance=True)
     return xp.where((dist <= r) | (seeds > 0), owner, 0).astype(xp.int32)
@@ -274,16 +281,17 @@ def seed_cores(bk: Backend, seeds, mask, radius):
     xp = bk.xp
     reach = int(np.ceil(float(radius.max()))) if radius.size else 0  # host sync (CuPy)
     if _numba_ok(bk):
-        nseed_px = int(np.count_nonzero(seeds))
-        if nseed_px * (2 * reach + 1) ** 2 <= 4 * seeds.size:  # else the transform is cheaper
-            from erquant import _numba_kernels
+        from erquant import _numba_kernels
 
-            best = np.full(seeds.shape, np.inf, np.float32)
-            out = np.zeros(seeds.shape, np.int32)
-            _numba_kernels.seed_cores(np.ascontiguousarray(seeds, dtype=np.int32),
-                                      np.ascontiguousarray(mask, dtype=np.bool_),
+        seeds = np.ascontiguousarray(seeds, dtype=np.int32)
+        flat = seeds.ravel()
+        idx = np.empty(flat.size, np.int64)  # (pages touched only as filled)
+        nseed_px = _numba_kernels.nonzero(flat, _words(flat, 2), 2, idx)
+        if nseed_px * (2 * reach + 1) ** 2 <= 4 * seeds.size:  # else the transform is cheaper
+            out = np.empty(seeds.shape, np.int32)
+            _numba_kernels.seed_cores(seeds, np.ascontiguousarray(mask, dtype=np.bool_),
                                       np.ascontiguousarray(radius, dtype=np.float32),
-                                      reach, best, out, _numba_kernels.strips())
+                                      reach, idx[:nseed_px], out, _numba_kernels.strips())
             return out
     owner, dseed = nearest_seed(bk, seeds, return_distance=True)
     cores = xp.where(mask & (dseed <= radius.astype(xp.float32)[owner]), owner, 0)
