@@ -62,3 +62,24 @@ def test_roundtrip_on_each_backend(backend):
 
     np.testing.assert_allclose(blurred, ndi.uniform_filter(src.astype(np.float32), 3), rtol=1e-6)
     backend.synchronize()
+
+
+def test_allocator_tuning_once_per_process_and_opt_out():
+    """erquant._malloc.tune raises glibc's mmap/trim thresholds once per process (so
+    freed 16 MB image buffers are reused instead of re-faulted); ERQUANT_NO_MALLOC_TUNING=1
+    or the user's own MALLOC_* settings leave the allocator alone."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    code = "from erquant import _malloc; print(_malloc.tune(), _malloc.tune())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.pop("ERQUANT_NO_MALLOC_TUNING", None)
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert on.stdout.split() == ([str(glibc)] * 2), on.stderr
+    for extra in ({"ERQUANT_NO_MALLOC_TUNING": "1"}, {"MALLOC_TRIM_THRESHOLD_": "1000000"}):
+        off = subprocess.run([sys.executable, "-c", code], env=env | extra,
+                             capture_output=True, text=True)
+        assert off.stdout.split() == ["False", "False"], off.stderr

@@ -174,8 +174,10 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
         except StopIteration as stop:
             result = stop.value
     """
+    from erquant import _malloc
     from erquant.segment import segment_cells, segment_nuclei
 
+    _malloc.tune()  # freed image-sized buffers reused, not re-faulted (once per process)
     params = params or Params()
     if marker_channels is None:
         marker_channels = {"er": 1} if getattr(field_, "ndim", 0) == 3 else {}

@@ -661,6 +661,10 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
                                        return_info=return_info, levels=levels)
     bk = backend_for(image)
     xp = bk.xp
+    if not bk.is_gpu:
+        from erquant import _malloc
+
+        _malloc.tune()  # freed image-sized buffers reused, not re-faulted (once per process)
     img = as_2d_float(image, name="nuclei image", bk=bk)
     if _quantum is None:  # the input's grey-level step (integer images), in raw units
         _quantum = input_quantum(image)
