@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -486,3 +488,30 @@ def test_area_resize_and_upsample_labels_cpu_and_generic_agree(monkeypatch, shap
         np.testing.assert_allclose(fast[0], img.reshape(48, 2, 32, 2).mean(axis=(1, 3)),
                                    rtol=1e-6)
         assert np.array_equal(fast[1], np.repeat(np.repeat(lab, 2, 0), 2, 1))
+
+
+def test_label_moments_chunks_give_the_same_sums_on_any_thread_count():
+    """kernels.label_moments sums row chunks in parallel (fixed chunks, added in order):
+    the table is the same bit for bit on 1 thread and on all, and equals the bincount
+    path (the GPU's) to rounding (its background map is evaluated in float32)."""
+    numba = pytest.importorskip("numba")
+    from erquant.synthetic import make_field
+
+    f = make_field(shape=(512, 512), n_nuclei=300, nucleus_diameter=14.0, seed=9)
+    cells = np.where(f.cells > 0, f.cells, 0).astype(np.int32)
+    chans = {"nuclei": f.image[0], "er": f.image[1]}
+    ref = measure_cells(f.nuclei, cells, chans)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        one = measure_cells(f.nuclei, cells, chans)
+    finally:
+        numba.set_num_threads(threads)
+    pd.testing.assert_frame_equal(one, ref, check_exact=True)
+    os.environ["ERQUANT_NO_NUMBA"] = "1"
+    try:
+        plain = measure_cells(f.nuclei, cells, chans)
+    finally:
+        del os.environ["ERQUANT_NO_NUMBA"]
+    assert len(ref) > 250
+    pd.testing.assert_frame_equal(plain, ref, rtol=1e-6)  # (float32 background maps)

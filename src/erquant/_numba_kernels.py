@@ -74,6 +74,9 @@ PARALLEL = _parallel_layer()
 #: reductions over the pixels run in this many chunks whatever the thread count (each
 #: with its own sums, added in order): results do not depend on the threads
 CHUNKS = 16
+#: label_moments sums its rows in this many chunks (fewer where the chunks' tables
+#: would hold over 128 MB in all)
+MOMENT_CHUNKS = 4
 
 
 def strips() -> int:
@@ -85,35 +88,42 @@ def _moments_impl(nuc, cyt, K, images, squared, shifts, maps, nmaps, c0, c1, cw,
     """out[0] count, out[1] Σy, out[2] Σx, then per image Σv (and Σ(v - shift)² where
     ``squared``), then per separable map ``m`` (the first ``nmaps`` of ``maps``)
     Σ (m[y, c0[x]] (1 - cw[x]) + m[y, c1[x]] cw[x]), over slots: nucleus id where
-    nuc > 0, else K + cell id where cyt > 0."""
+    nuc > 0, else K + cell id where cyt > 0. ``out`` is (chunks, slots, rows): the
+    rows of the image in that many horizontal chunks (in parallel where compiled so),
+    each summed into its own table; the caller adds them in order (the same sums on any
+    thread count)."""
     Y, X = nuc.shape
     C = len(images)
-    for y in range(Y):
-        for x in range(X):
-            s = nuc[y, x]
-            if s <= 0:
-                c = cyt[y, x]
-                if c <= 0:
-                    continue
-                s = c + K
-            out[s, 0] += 1.0
-            out[s, 1] += y
-            out[s, 2] += x
-            row = 3
-            for i in range(C):
-                v = images[i][y, x]
-                out[s, row] += v
-                row += 1
-                if squared[i]:
-                    d = v - shifts[i]
-                    out[s, row] += d * d
+    nch = out.shape[0]
+    h = (Y + nch - 1) // nch
+    for k in prange(nch):
+        o = out[k]
+        for y in range(k * h, min(Y, k * h + h)):
+            for x in range(X):
+                s = nuc[y, x]
+                if s <= 0:
+                    c = cyt[y, x]
+                    if c <= 0:
+                        continue
+                    s = c + K
+                o[s, 0] += 1.0
+                o[s, 1] += y
+                o[s, 2] += x
+                row = 3
+                for i in range(C):
+                    v = images[i][y, x]
+                    o[s, row] += v
                     row += 1
-            if nmaps > 0:
-                a, b, w = c0[x], c1[x], cw[x]
-                for j in range(nmaps):
-                    m = maps[j]
-                    out[s, row] += m[y, a] * (1.0 - w) + m[y, b] * w
-                    row += 1
+                    if squared[i]:
+                        d = v - shifts[i]
+                        o[s, row] += d * d
+                        row += 1
+                if nmaps > 0:
+                    a, b, w = c0[x], c1[x], cw[x]
+                    for j in range(nmaps):
+                        m = maps[j]
+                        o[s, row] += m[y, a] * (1.0 - w) + m[y, b] * w
+                        row += 1
 
 
 def _scatter_max_impl(out, labels, values):
@@ -1111,7 +1121,7 @@ def _jit(fn, parallel: bool = False):
 
 
 if numba is not None:
-    _moments = _jit(_moments_impl)
+    _moments = _jit(_moments_impl, parallel=True)
     relabel_foreground = _jit(_relabel_foreground_impl)
     paste_upsampled = _jit(_paste_upsampled_impl)
     gather2d = _jit(_gather2d_impl)
@@ -1181,7 +1191,9 @@ def moments(nuc: np.ndarray, cyt: np.ndarray, K: int, images: tuple,
     a tuple of float32 (Y, nx) row factors sharing the column factors c0, c1, cw."""
     nmaps = len(maps)
     rows = 3 + len(images) + int(np.count_nonzero(squared)) + nmaps
-    out = np.zeros((nbins, rows), dtype=np.float64)
+    # row chunks (fixed: 4, or fewer for tall tables), each with its own sums table
+    nch = max(1, min(MOMENT_CHUNKS, nuc.shape[0] // 64, (1 << 24) // max(1, nbins * rows)))
+    out = np.zeros((nch, nbins, rows), dtype=np.float64)
     if nmaps == 0:  # Numba cannot type an empty tuple: a dummy that is never read
         maps = (np.zeros((1, 1), np.float32),)
         c0 = c1 = np.zeros(nuc.shape[1], np.int64)
@@ -1189,4 +1201,7 @@ def moments(nuc: np.ndarray, cyt: np.ndarray, K: int, images: tuple,
     _moments(nuc, cyt, K, images, squared, shifts, maps, nmaps,
              np.asarray(c0, np.int64), np.asarray(c1, np.int64),
              np.asarray(cw, np.float32), out)
-    return np.ascontiguousarray(out.T)
+    total = out[0]
+    for k in range(1, out.shape[0]):  # in order: the same sums on any thread count
+        total += out[k]
+    return np.ascontiguousarray(total.T)
