@@ -254,17 +254,34 @@ def _raster_relabel_impl(labels, words, n):
     return changed
 
 
-def _raster_relabel_stats_impl(labels, n, bb, area):
+def _raster_relabel_stats_impl(labels, words, n, bb, area):
     """:func:`_raster_relabel_impl` on a 2-D array, also giving each new label's pixel
-    count ``area`` and bounding box ``bb`` (y0, x0, y1, x1 inclusive; -1 filled)."""
+    count ``area`` and bounding box ``bb`` (y0, x0, y1, x1 inclusive)."""
     Y, X = labels.shape
+    flat = labels.ravel()
     lut = np.zeros(n + 1, dtype=labels.dtype)
     k = 0
-    for y in range(Y):
-        for x in range(X):
-            v = labels[y, x]
+    nw = words.size
+    zero = np.uint64(0)
+    y = 0
+    row_end = X  # (rows followed without a division per pixel)
+    for j in range(nw + 1):
+        if j < nw:
+            if words[j] == zero:
+                continue
+            i0 = 2 * j
+            i1 = i0 + 2
+        else:
+            i0 = 2 * nw
+            i1 = flat.size
+        for i in range(i0, i1):
+            v = flat[i]
             if v == 0:
                 continue
+            while i >= row_end:
+                y += 1
+                row_end += X
+            x = i - (row_end - X)
             w = lut[v]
             if w == 0:
                 k += 1
@@ -274,7 +291,7 @@ def _raster_relabel_stats_impl(labels, n, bb, area):
                 bb[w, 1] = x
                 bb[w, 2] = y
                 bb[w, 3] = x
-            labels[y, x] = w
+            flat[i] = w
             area[w] += 1
             if x < bb[w, 1]:
                 bb[w, 1] = x
@@ -798,21 +815,22 @@ def _fill_labelled_impl(lab, n, bb, area, mask, out):
         if others == 0:
             continue
         seen = np.zeros(h * w, np.bool_)
-        buf = np.empty(others, np.int64)
+        by = np.empty(others, np.int32)  # the flood's queue (box coordinates)
+        bx = np.empty(others, np.int32)
         tail = 0
         for yy in range(h):  # the box's border pixels that are not the component
             step = 1 if (yy == 0 or yy == h - 1) else w - 1
             for xx in range(0, w, step):
                 if lab[y0 + yy, x0 + xx] != k:
                     seen[yy * w + xx] = True
-                    buf[tail] = yy * w + xx
+                    by[tail] = yy
+                    bx[tail] = xx
                     tail += 1
         head = 0
         while head < tail:
-            p = buf[head]
+            py = by[head]
+            px = bx[head]
             head += 1
-            py = p // w
-            px = p - py * w
             for d in range(4):
                 qy = py + (-1 if d == 0 else (1 if d == 1 else 0))
                 qx = px + (-1 if d == 2 else (1 if d == 3 else 0))
@@ -822,7 +840,8 @@ def _fill_labelled_impl(lab, n, bb, area, mask, out):
                 if seen[q] or lab[y0 + qy, x0 + qx] == k:
                     continue
                 seen[q] = True
-                buf[tail] = q
+                by[tail] = qy
+                bx[tail] = qx
                 tail += 1
         if tail == others:  # every other pixel reached: no hole
             continue

@@ -752,7 +752,7 @@ def label_filled(bk: Backend, mask):
         bb = np.empty((n + 1, 4), np.int64)
         area = np.zeros(n + 1, np.int64)
         # raster order, boxes and sizes in one pass; then each box's holes
-        _numba_kernels.raster_relabel_stats(lab, n, bb, area)
+        _numba_kernels.raster_relabel_stats(lab, _words(lab.ravel(), 2), n, bb, area)
         out = mask.copy()
         if not _numba_kernels.fill_labelled(lab, n, bb, area, mask, out):
             lab, n = label(bk, out)  # nested objects merged by the fill
