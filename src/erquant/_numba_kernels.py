@@ -1117,6 +1117,22 @@ def _edt_impl(mask, out):
             out[y, x] = np.float32(np.sqrt(np.float64(best))) if best < inf else np.float32(2.0 ** 64)
 
 
+def _to_float32_impl(img, out):
+    # out = img cast to float32 (2-D; img may be a strided view)
+    Y, X = img.shape
+    for y in prange(Y):
+        for x in range(X):
+            out[y, x] = np.float32(img[y, x])
+
+
+def _affine_impl(img, offset, scale, out):
+    # out = (img - offset) * scale in float32 (2-D; img may be a strided view)
+    Y, X = img.shape
+    for y in prange(Y):
+        for x in range(X):
+            out[y, x] = (img[y, x] - offset) * scale
+
+
 def _mask_above_impl(mask, a, frac, b, out):
     # out = mask & (a > frac * b), float32 products as NumPy's (rows in parallel)
     Y, X = mask.shape
@@ -1175,12 +1191,14 @@ if numba is not None:
     nearest_in = _jit(_nearest_in_impl, parallel=True)
     edt = _jit(_edt_impl, parallel=True)
     mask_above = _jit(_mask_above_impl, parallel=True)
+    affine = _jit(_affine_impl, parallel=True)
+    to_float32 = _jit(_to_float32_impl, parallel=True)
     propagate_in = _jit(_propagate_in_impl)
     seam_resize = _jit(_seam_resize_impl)
 else:  # pragma: no cover
     orphan_cores = owned = rim_stats = fill_holes = nearest_within = seam_resize = None
     fill_gaps = fill_labelled = None
-    nearest_in = propagate_in = edt = mask_above = None
+    nearest_in = propagate_in = edt = mask_above = affine = to_float32 = None
     valleys_cc = label_area = None
     core_split = None
     softmax3 = None

@@ -45,6 +45,33 @@ def gaussian(bk: Backend, img, sigma: float):
     return bk.ndi.gaussian_filter(img, sigma, mode="reflect", truncate=4.0)
 
 
+def as_float32(bk: Backend, image):
+    """``image`` as a float32 array on ``bk`` (itself when it is one already); host
+    integer or float64 images are converted in one compiled pass over parallel rows
+    (the same values as NumPy's cast)."""
+    if (_numba_ok(bk) and isinstance(image, np.ndarray) and image.ndim == 2
+            and image.dtype != np.float32 and image.dtype.kind in "uif" and image.size >= 1 << 16):
+        from erquant import _numba_kernels
+
+        out = np.empty(image.shape, np.float32)
+        _numba_kernels.to_float32(image, out)
+        return out
+    return bk.xp.asarray(image, dtype=bk.xp.float32)
+
+
+def affine(bk: Backend, img, offset: float, scale: float):
+    """``(img - offset) * scale`` of a float32 2-D image in float32 (one compiled pass on
+    the CPU, parallel rows, no temporary; the same float32 arithmetic on the array
+    path)."""
+    if _numba_ok(bk) and img.dtype == np.float32:
+        from erquant import _numba_kernels
+
+        out = np.empty(img.shape, np.float32)
+        _numba_kernels.affine(img, np.float32(offset), np.float32(scale), out)
+        return out
+    return (img - offset) * scale
+
+
 def mask_above(bk: Backend, mask, a, frac: float, b):
     """``mask & (a > frac · b)`` for float32 2-D images (one compiled pass on the CPU,
     parallel rows; the same expression in float32 on the array path)."""

@@ -82,7 +82,7 @@ def as_2d_float(image, *, name: str = "image", bk: Backend | None = None):
         raise ValueError(f"{name} must be numeric, got dtype {dt}")
     if np.issubdtype(dt, np.complexfloating):
         raise ValueError(f"{name} must be real-valued, got dtype {dt}")
-    img = xp.asarray(image, dtype=xp.float32)
+    img = K.as_float32(bk, image)
     if np.issubdtype(dt, np.floating):
         if bool(xp.isnan(img).any()):  # host sync: validation
             raise ValueError(f"{name} contains NaN values")
@@ -231,7 +231,7 @@ def _normalise(bk: Backend, img, crop=None, levels=None):
     if hi <= lo:
         return None, lo, hi
     part = img if crop is None else img[crop]
-    return (part - lo) * (1.0 / (hi - lo)), lo, hi
+    return K.affine(bk, part, lo, 1.0 / (hi - lo)), lo, hi
 
 
 def background(bk: Backend, img, diameter: float, *, factor: float = 4.0, refine: bool = True,
