@@ -1035,3 +1035,21 @@ def test_fill_holes_within_a_filled_mask_equals_the_whole_search(max_area):
         assert np.array_equal(fast, slow)
         filled_some += int(fast.sum() > strict.sum())
     assert filled_some > 30
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float64, np.float32])
+def test_compiled_cast_and_normalisation_equal_numpy(dtype):
+    """kernels.as_float32 and kernels.affine (compiled parallel passes) give NumPy's
+    float32 cast and (x - lo) * s bit for bit, on whole images and strided crops."""
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(11)
+    img = (rng.random((300, 517)) * 250).astype(dtype)
+    f = K.as_float32(bk, img)
+    assert f.dtype == np.float32 and np.array_equal(f, img.astype(np.float32))
+    lo, hi = 3.21, 247.9
+    for part in (f, f[7:290:2, 11:500]):
+        np.testing.assert_array_equal(K.affine(bk, part, lo, 1.0 / (hi - lo)),
+                                      (part - lo) * (1.0 / (hi - lo)))
