@@ -1039,8 +1039,9 @@ def test_fill_holes_within_a_filled_mask_equals_the_whole_search(max_area):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float64, np.float32])
 def test_compiled_cast_and_normalisation_equal_numpy(dtype):
-    """kernels.as_float32 and kernels.affine (compiled parallel passes) give NumPy's
-    float32 cast and (x - lo) * s bit for bit, on whole images and strided crops."""
+    """kernels.as_float32, kernels.affine and kernels.sub_scaled (compiled parallel
+    passes) give NumPy's float32 cast, (x - lo) * s and x - s · bg - lo bit for bit, on
+    whole images and strided crops."""
     from erquant import kernels as K
     from erquant.backend import get_backend
 
@@ -1053,3 +1054,10 @@ def test_compiled_cast_and_normalisation_equal_numpy(dtype):
     for part in (f, f[7:290:2, 11:500]):
         np.testing.assert_array_equal(K.affine(bk, part, lo, 1.0 / (hi - lo)),
                                       (part - lo) * (1.0 / (hi - lo)))
+    bg = rng.random(f.shape).astype(np.float32)
+    ref = f.copy()
+    ref -= np.float32(hi - lo) * bg
+    ref -= np.float32(lo)
+    out = f.copy()
+    K.sub_scaled(bk, out, bg, np.float32(hi - lo), lo)
+    np.testing.assert_array_equal(out, ref)

@@ -324,35 +324,37 @@ def _relabel_foreground_impl(labels, smooth, peak, thr, contrast, radius, keep, 
     SENT = labels.dtype.type(-1)  # max of the unsigned type: "search here", never an id
     ZERO = labels.dtype.type(0)
     use_peak = contrast > 0
-    kcol = np.zeros(X, np.bool_)
-    last = -1
-    for y in range(Y):
-        if use_keep and ri[y] != last:  # the interior flags of this row, once per source row
-            last = ri[y]
-            krow = keep[last]
-            for x in range(X):
-                kcol[x] = krow[ci[x]]
-        lrow = labels[y]
-        srow = smooth[y]
-        prow = peak[y]
-        orow = out[y]
-        if use_grown:
-            grow = grown[y]
-            for x in range(X):  # branch-free selects: vectorised
-                v = srow[x]
-                fg = (v > thr) & ((not use_peak) | (v > contrast * prow[x]))
-                lab = lrow[x]
-                inside = lab if (fg | kcol[x]) else ZERO
-                outside = labels.dtype.type(grow[x]) if fg else ZERO
-                orow[x] = inside if lab > ZERO else outside
-        else:
-            for x in range(X):
-                v = srow[x]
-                fg = (v > thr) & ((not use_peak) | (v > contrast * prow[x]))
-                lab = lrow[x]
-                inside = lab if (fg | kcol[x]) else ZERO
-                outside = SENT if fg else ZERO
-                orow[x] = inside if lab > ZERO else outside
+    h = (Y + CHUNKS - 1) // CHUNKS
+    for k in prange(CHUNKS):  # row chunks (parallel where compiled so): per-pixel rule
+        kcol = np.zeros(X, np.bool_)
+        last = -1
+        for y in range(k * h, min(Y, k * h + h)):
+            if use_keep and ri[y] != last:  # this row's interior flags, once per source row
+                last = ri[y]
+                krow = keep[last]
+                for x in range(X):
+                    kcol[x] = krow[ci[x]]
+            lrow = labels[y]
+            srow = smooth[y]
+            prow = peak[y]
+            orow = out[y]
+            if use_grown:
+                grow = grown[y]
+                for x in range(X):  # branch-free selects: vectorised
+                    v = srow[x]
+                    fg = (v > thr) & ((not use_peak) | (v > contrast * prow[x]))
+                    lab = lrow[x]
+                    inside = lab if (fg | kcol[x]) else ZERO
+                    outside = labels.dtype.type(grow[x]) if fg else ZERO
+                    orow[x] = inside if lab > ZERO else outside
+            else:
+                for x in range(X):
+                    v = srow[x]
+                    fg = (v > thr) & ((not use_peak) | (v > contrast * prow[x]))
+                    lab = lrow[x]
+                    inside = lab if (fg | kcol[x]) else ZERO
+                    outside = SENT if fg else ZERO
+                    orow[x] = inside if lab > ZERO else outside
     if use_grown:
         return
     for y in range(Y):  # the largest label within radius, for the unlabelled foreground
@@ -1125,6 +1127,14 @@ def _to_float32_impl(img, out):
             out[y, x] = np.float32(img[y, x])
 
 
+def _sub_scaled_impl(img, bg, scale, offset):
+    # img = (img - scale * bg) - offset, in place, in float32 (2-D, rows in parallel)
+    Y, X = img.shape
+    for y in prange(Y):
+        for x in range(X):
+            img[y, x] = (img[y, x] - scale * bg[y, x]) - offset
+
+
 def _affine_impl(img, offset, scale, out):
     # out = (img - offset) * scale in float32 (2-D; img may be a strided view)
     Y, X = img.shape
@@ -1157,7 +1167,7 @@ def _jit(fn, parallel: bool = False):
 
 if numba is not None:
     _moments = _jit(_moments_impl, parallel=True)
-    relabel_foreground = _jit(_relabel_foreground_impl)
+    relabel_foreground = _jit(_relabel_foreground_impl, parallel=True)
     paste_upsampled = _jit(_paste_upsampled_impl)
     gather2d = _jit(_gather2d_impl)
     scan_order_map = _jit(_scan_order_map_impl)
@@ -1192,13 +1202,14 @@ if numba is not None:
     edt = _jit(_edt_impl, parallel=True)
     mask_above = _jit(_mask_above_impl, parallel=True)
     affine = _jit(_affine_impl, parallel=True)
+    sub_scaled = _jit(_sub_scaled_impl, parallel=True)
     to_float32 = _jit(_to_float32_impl, parallel=True)
     propagate_in = _jit(_propagate_in_impl)
     seam_resize = _jit(_seam_resize_impl)
 else:  # pragma: no cover
     orphan_cores = owned = rim_stats = fill_holes = nearest_within = seam_resize = None
     fill_gaps = fill_labelled = None
-    nearest_in = propagate_in = edt = mask_above = affine = to_float32 = None
+    nearest_in = propagate_in = edt = mask_above = affine = to_float32 = sub_scaled = None
     valleys_cc = label_area = None
     core_split = None
     softmax3 = None

@@ -59,6 +59,19 @@ def as_float32(bk: Backend, image):
     return bk.xp.asarray(image, dtype=bk.xp.float32)
 
 
+def sub_scaled(bk: Backend, img, bg, scale: float, offset: float) -> None:
+    """In place: ``img = (img - scale · bg) - offset`` (float32 2-D images; one compiled
+    parallel pass on the CPU, the same float32 arithmetic as the array expression)."""
+    if (_numba_ok(bk) and img.dtype == bg.dtype == np.float32 and img.flags.c_contiguous
+            and bg.flags.c_contiguous):
+        from erquant import _numba_kernels
+
+        _numba_kernels.sub_scaled(img, bg, np.float32(scale), np.float32(offset))
+        return
+    img -= np.float32(scale) * bg
+    img -= np.float32(offset)
+
+
 def affine(bk: Backend, img, offset: float, scale: float):
     """``(img - offset) * scale`` of a float32 2-D image in float32 (one compiled pass on
     the CPU, parallel rows, no temporary; the same float32 arithmetic on the array

@@ -843,8 +843,9 @@ def _refine_boundaries(bk: Backend, img, labels, f: float, *, lo, hi, background
         smooth = src.copy()
     if background is not None:
         bg = K.resize(bk, xp.ascontiguousarray(background, dtype=xp.float32), smooth.shape)
-        smooth -= scale * bg
-    smooth -= np.float32(lo)
+        K.sub_scaled(bk, smooth, bg, scale, lo)  # smooth = smooth - scale · bg - lo
+    else:
+        smooth -= np.float32(lo)
     peak = None
     if local_contrast > 0:
         peak = K.maximum_filter(bk, smooth, int(window) | 1)
