@@ -636,75 +636,153 @@ def _core_split_impl(hi_lab, core_lab, n_hi, n_core, min_area, out):
             out[i] = True
 
 
-def _orphan_cores_impl(cc, peaks, mask, cores, nseeds, has_seed, seed_cc):
-    # _split's partition set-up in two passes (1-D views; cores is modified in place):
-    # has_seed[c] for components holding a peak; mask pixels of the other components
-    # become one core each (id c + nseeds); seed_cc[core] = its component
-    # (parallel where compiled so: concurrent writes to has_seed and seed_cc store
-    # the same value)
-    for i in prange(cc.size):
-        if peaks[i]:
-            has_seed[cc[i]] = True
-    for i in prange(cc.size):
-        c = cc[i]
-        if mask[i] and not has_seed[c]:
-            cores[i] = c + nseeds
-        k = cores[i]
-        if k > 0:
-            seed_cc[k] = c
+def _orphan_cores_impl(cc, peaks, wpeaks, mask, wmask, cores, nseeds, has_seed, seed_cc):
+    # _split's partition set-up (1-D views; cores is modified in place): has_seed[c] for
+    # components holding a peak; mask pixels of the other components become one core
+    # each (id c + nseeds); seed_cc[core] = its component. Peaks and cores lie in the
+    # mask: only the set pixels of ``peaks`` and ``mask`` are visited (``w*``: the masks
+    # as uint64 words, zero words skipped). Parallel where compiled so (concurrent
+    # writes to has_seed and seed_cc store the same value).
+    n = cc.size
+    h = (((n + CHUNKS - 1) // CHUNKS) + 7) // 8 * 8  # chunks of whole words
+    zero = np.uint64(0)
+    for k in prange(CHUNKS):
+        i = k * h
+        end = min(n, i + h)
+        while i < end:
+            if (i & 7) == 0 and i + 8 <= end and wpeaks[i >> 3] == zero:
+                i += 8
+                continue
+            if peaks[i]:
+                has_seed[cc[i]] = True
+            i += 1
+    for k in prange(CHUNKS):
+        i = k * h
+        end = min(n, i + h)
+        while i < end:
+            if (i & 7) == 0 and i + 8 <= end and wmask[i >> 3] == zero:
+                i += 8
+                continue
+            if mask[i]:
+                c = cc[i]
+                if not has_seed[c]:
+                    cores[i] = c + nseeds
+                j = cores[i]
+                if j > 0:
+                    seed_cc[j] = c
+            i += 1
 
 
-def _owned_impl(owner, cc, seed_cc, allowed, mask, has_seed, cores, orphans, smooth,
-                want_peak, peak, out):
+def _owned_impl(owner, cc, seed_cc, allowed, mask, wmask, has_seed, cores, orphans,
+                smooth, want_peak, peak, out):
     # out = owner where allowed and the owner's component is the pixel's, else 0; with
     # ``orphans`` the seedless components' pixels take their core; with ``want_peak``
-    # peak[label] = max(0, max of smooth over the label) (1-D views). CHUNKS chunks
-    # (parallel where compiled so), each with its own peaks, then their maximum.
+    # peak[label] = max(0, max of smooth over the label) for labels > 0 (1-D views).
+    # ``allowed`` lies in ``mask``: only mask pixels are visited (``wmask``: the mask as
+    # uint64 words); ``out`` must hold zeros. CHUNKS chunks (parallel where compiled
+    # so), each with its own peaks, then their maximum.
     n = owner.size
-    h = (n + CHUNKS - 1) // CHUNKS
+    h = (((n + CHUNKS - 1) // CHUNKS) + 7) // 8 * 8  # chunks of whole words
     part = np.zeros((CHUNKS if want_peak else 1, peak.size), peak.dtype)
+    zero = np.uint64(0)
     for k in prange(CHUNKS):
-        for i in range(k * h, min(n, (k + 1) * h)):
-            o = owner[i]
-            c = cc[i]
-            v = 0
-            if allowed[i] and seed_cc[o] == c:
-                v = o
-            if orphans and mask[i] and not has_seed[c]:
-                v = cores[i]
-            out[i] = v
-            if want_peak:
-                s = smooth[i]
-                if s > part[k, v]:
-                    part[k, v] = s
+        i = k * h
+        end = min(n, i + h)
+        while i < end:
+            if (i & 7) == 0 and i + 8 <= end and wmask[i >> 3] == zero:
+                i += 8
+                continue
+            if mask[i]:
+                o = owner[i]
+                c = cc[i]
+                v = 0
+                if allowed[i] and seed_cc[o] == c:
+                    v = o
+                if orphans and not has_seed[c]:
+                    v = cores[i]
+                out[i] = v
+                if want_peak and v > 0:
+                    s = smooth[i]
+                    if s > part[k, v]:
+                        part[k, v] = s
+            i += 1
     if want_peak:
         for k in range(CHUNKS):
-            for j in range(peak.size):
+            for j in range(1, peak.size):
                 if part[k, j] > peak[j]:
                     peak[j] = part[k, j]
 
 
-def _rim_stats_impl(labels, owner, mask, near, smooth, t, contrast, own_peak, do_rim,
-                    area, total):
-    # _split's rim re-admission and per-label pixel count and intensity sum, one pass
-    # (1-D views; labels modified in place; t and contrast float32 like the array path).
-    # CHUNKS chunks (parallel where compiled so), each with its own sums, then added in
-    # chunk order: the same sums for any thread count.
+def _background_peak_impl(labels, smooth):
+    # max(0, max of smooth over the pixels whose label is 0) (1-D views; CHUNKS chunks)
     n = labels.size
     h = (n + CHUNKS - 1) // CHUNKS
+    part = np.zeros(CHUNKS, smooth.dtype)
+    for k in prange(CHUNKS):
+        m = part[k]
+        for i in range(k * h, min(n, (k + 1) * h)):
+            if labels[i] == 0 and smooth[i] > m:
+                m = smooth[i]
+        part[k] = m
+    return part.max()
+
+
+def _rim_needs_background_impl(owner, mask, near, wnear, smooth, t):
+    # whether a rim candidate (near, not mask, smooth > t) has no owner (0): only then is
+    # the background's peak read by the rim rule
+    n = owner.size
+    zero = np.uint64(0)
+    i = 0
+    while i < n:
+        if (i & 7) == 0 and i + 8 <= n and wnear[i >> 3] == zero:
+            i += 8
+            continue
+        if near[i] and not mask[i] and owner[i] == 0 and smooth[i] > t:
+            return True
+        i += 1
+    return False
+
+
+def _rim_stats_impl(labels, owner, mask, near, wnear, smooth, t, contrast, own_peak,
+                    do_rim, area, total):
+    # _split's rim re-admission and per-label pixel count and intensity sum (1-D views;
+    # labels modified in place; t and contrast float32 like the array path). Labels lie
+    # in ``near``: its set pixels (``wnear``: uint64 words) are visited for the rim rule
+    # and the objects' sums, then every pixel for label 0's. CHUNKS chunks (parallel
+    # where compiled so), each with its own sums (each label's in pixel order), then
+    # added in chunk order: the same sums for any thread count.
+    n = labels.size
+    h = (((n + CHUNKS - 1) // CHUNKS) + 7) // 8 * 8  # chunks of whole words
     pa = np.zeros((CHUNKS, area.size), area.dtype)
     pt = np.zeros((CHUNKS, total.size), total.dtype)
+    zero = np.uint64(0)
     for k in prange(CHUNKS):
-        for i in range(k * h, min(n, (k + 1) * h)):
-            v = labels[i]
-            s = smooth[i]
-            if do_rim and near[i] and not mask[i]:
-                o = owner[i]
-                if s > t and s > contrast * own_peak[o]:
-                    v = o
-                    labels[i] = v
-            pa[k, v] += 1
-            pt[k, v] += s
+        i = k * h
+        end = min(n, i + h)
+        while i < end:
+            if (i & 7) == 0 and i + 8 <= end and wnear[i >> 3] == zero:
+                i += 8
+                continue
+            if near[i]:
+                v = labels[i]
+                s = smooth[i]
+                if do_rim and not mask[i]:
+                    o = owner[i]
+                    if s > t and s > contrast * own_peak[o]:
+                        v = o
+                        labels[i] = v
+                if v > 0:
+                    pa[k, v] += 1
+                    pt[k, v] += s
+            i += 1
+        a0 = 0
+        t0 = 0.0
+        for i in range(k * h, end):  # label 0 (background), in pixel order
+            if labels[i] == 0:
+                a0 += 1
+                t0 += smooth[i]
+        pa[k, 0] = a0
+        pt[k, 0] = t0
     for k in range(CHUNKS):
         for j in range(area.size):
             area[j] += pa[k, j]
@@ -974,27 +1052,35 @@ def _seam_resize_impl(small, interior, ri, ci, y0, y1, x0, x1, R, out):
                 out[y, x] = v
 
 
-def _nearest_in_impl(seeds, roi, oy, ox, out, idx, unres):
+def _nearest_in_impl(seeds, roi, wroi, oy, ox, out, idx, unres):
     # out = for each ``roi`` pixel the id of the nearest seed pixel (exact Euclidean)
     # found by walking the offsets (oy, ox), sorted by squared length, until the first
     # seed pixel (ties: the first offset in that order); seed pixels keep theirs; 0
-    # outside roi or where no seed lies within the offsets. idx = the flat index of that
-    # seed pixel (-1 where none). The flat indices of the roi pixels left without one
-    # go to unres (raster order); returns their count. Rows run in parallel where
-    # compiled so.
+    # where no seed lies within the offsets (``out`` holds zeros on entry; only roi
+    # pixels are written: ``wroi``, roi's flat bytes as uint64 words, skips the rest
+    # eight pixels at a time). idx = the flat index of that seed pixel (-1 where none;
+    # written on roi only). The flat indices of the roi pixels left without one go to
+    # unres (raster order); returns their count. Rows run in parallel where compiled so.
     Y, X = seeds.shape
     n = oy.size
     left = np.zeros(Y, np.int64)
+    zero = np.uint64(0)
     for y in prange(Y):
-        for x in range(X):
+        r = y * X
+        x = 0
+        while x < X:
+            i = r + x
+            if (i & 7) == 0 and x + 8 <= X and wroi[i >> 3] == zero:
+                x += 8
+                continue
             if not roi[y, x]:
-                out[y, x] = 0
-                idx[y, x] = -1
+                x += 1
                 continue
             s = seeds[y, x]
             if s > 0:
                 out[y, x] = s
                 idx[y, x] = y * X + x
+                x += 1
                 continue
             v = 0
             j = -1
@@ -1011,6 +1097,7 @@ def _nearest_in_impl(seeds, roi, oy, ox, out, idx, unres):
             idx[y, x] = j
             if j < 0:
                 left[y] += 1
+            x += 1
     nun = 0
     for y in range(Y):
         if left[y] == 0:
@@ -1192,6 +1279,8 @@ if numba is not None:
     label_sums = _jit(_label_sums_impl)
     core_split = _jit(_core_split_impl)
     orphan_cores = _jit(_orphan_cores_impl, parallel=True)
+    background_peak = _jit(_background_peak_impl, parallel=True)
+    rim_needs_background = _jit(_rim_needs_background_impl)
     owned = _jit(_owned_impl, parallel=True)
     rim_stats = _jit(_rim_stats_impl, parallel=True)
     fill_holes = _jit(_fill_holes_impl)
@@ -1208,6 +1297,7 @@ if numba is not None:
     seam_resize = _jit(_seam_resize_impl)
 else:  # pragma: no cover
     orphan_cores = owned = rim_stats = fill_holes = nearest_within = seam_resize = None
+    background_peak = rim_needs_background = None
     fill_gaps = fill_labelled = None
     nearest_in = propagate_in = edt = mask_above = affine = to_float32 = sub_scaled = None
     valleys_cc = label_area = None

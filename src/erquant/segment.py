@@ -1077,31 +1077,40 @@ def _partition_numba(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
 
     n_ids = nseeds + ncc + 1
     ccf = np.ascontiguousarray(cc, dtype=np.int32).ravel()
-    maskf = np.ascontiguousarray(mask).ravel()
+    mask = np.ascontiguousarray(mask, dtype=np.bool_)
+    maskf = mask.ravel()
+    wmask = K._words(maskf, 8)  # the kernels visit only the mask's (the band's) pixels
     smooth = np.ascontiguousarray(smooth)
     smoothf = smooth.ravel()
-    cores = np.array(cores, dtype=np.int32, order="C")  # a copy: filled in place
+    # (cores: _split's own fresh array, filled in place)
+    cores = np.ascontiguousarray(cores, dtype=np.int32)
     coresf = cores.ravel()
     has_seed = np.zeros(ncc + 1, np.bool_)
     seed_cc = np.zeros(n_ids, np.int32)
-    NK.orphan_cores(ccf, np.ascontiguousarray(peaks).ravel(), maskf, coresf, int(nseeds),
+    peaksf = np.ascontiguousarray(peaks, dtype=np.bool_).ravel()
+    NK.orphan_cores(ccf, peaksf, K._words(peaksf, 8), maskf, wmask, coresf, int(nseeds),
                     has_seed, seed_cc)
     owner = K.nearest_seed_in(bk, cores, mask, reach)
     no_peak = np.zeros(1, smooth.dtype)
     if seed_mask is not mask:
-        inner = np.empty_like(cores)
+        inner = np.zeros_like(cores)
         NK.owned(owner.ravel(), ccf, seed_cc, np.ascontiguousarray(seed_mask).ravel(), maskf,
-                 has_seed, coresf, True, smoothf, False, no_peak, inner.ravel())
+                 wmask, has_seed, coresf, True, smoothf, False, no_peak, inner.ravel())
         owner = K.nearest_seed_in(bk, inner, near, reach)
     ownerf = np.ascontiguousarray(owner).ravel()
-    labels = np.empty(mask.shape, np.int32)
+    labels = np.zeros(mask.shape, np.int32)
     own_peak = np.zeros(n_ids, smooth.dtype) if rim else no_peak
-    NK.owned(ownerf, ccf, seed_cc, maskf, maskf, has_seed, coresf, False, smoothf, rim,
-             own_peak, labels.ravel())
-    near = np.ascontiguousarray(near).ravel()
+    NK.owned(ownerf, ccf, seed_cc, maskf, maskf, wmask, has_seed, coresf, False, smoothf,
+             rim, own_peak, labels.ravel())
+    near = np.ascontiguousarray(near, dtype=np.bool_).ravel()
+    wnear = K._words(near, 8)
+    t = smooth.dtype.type(t)
+    if rim and NK.rim_needs_background(ownerf, maskf, near, wnear, smoothf, t):
+        # a rim candidate without an owner compares with the background's peak
+        own_peak[0] = NK.background_peak(labels.ravel(), smoothf)
     area = np.zeros(n_ids, np.int64)
     total = np.zeros(n_ids, np.float64)
-    NK.rim_stats(labels.ravel(), ownerf, maskf, near, smoothf, smooth.dtype.type(t),
+    NK.rim_stats(labels.ravel(), ownerf, maskf, near, wnear, smoothf, t,
                  smooth.dtype.type(local_contrast), own_peak, rim, area, total)
     return labels, area, total
 
