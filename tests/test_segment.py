@@ -1039,9 +1039,9 @@ def test_fill_holes_within_a_filled_mask_equals_the_whole_search(max_area):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float64, np.float32])
 def test_compiled_cast_and_normalisation_equal_numpy(dtype):
-    """kernels.as_float32, kernels.affine and kernels.sub_scaled (compiled parallel
-    passes) give NumPy's float32 cast, (x - lo) * s and x - s · bg - lo bit for bit, on
-    whole images and strided crops."""
+    """kernels.as_float32, affine, sub_scaled, excess, add_scalar and multiply (compiled
+    parallel passes) give NumPy's float32 cast, (x - lo) * s, x - s · bg - lo,
+    max(x - t, 0), x + c and x · y bit for bit, on whole images and strided crops."""
     from erquant import kernels as K
     from erquant.backend import get_backend
 
@@ -1061,3 +1061,6 @@ def test_compiled_cast_and_normalisation_equal_numpy(dtype):
     out = f.copy()
     K.sub_scaled(bk, out, bg, np.float32(hi - lo), lo)
     np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(K.excess(bk, f, 100.5), np.maximum(f - np.float32(100.5), 0))
+    np.testing.assert_array_equal(K.add_scalar(bk, f.copy(), 1e-6), f + np.float32(1e-6))
+    np.testing.assert_array_equal(K.multiply(bk, f, bg), f * bg)

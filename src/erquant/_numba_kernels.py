@@ -1222,6 +1222,31 @@ def _sub_scaled_impl(img, bg, scale, offset):
             img[y, x] = (img[y, x] - scale * bg[y, x]) - offset
 
 
+def _excess_impl(img, t, out):
+    # out = max(img - t, 0) in float32 (2-D, rows in parallel)
+    Y, X = img.shape
+    for y in prange(Y):
+        for x in range(X):
+            v = img[y, x] - t
+            out[y, x] = v if v > 0 else np.float32(0.0)
+
+
+def _add_scalar_impl(img, c):
+    # img += c in place, float32 (2-D, rows in parallel)
+    Y, X = img.shape
+    for y in prange(Y):
+        for x in range(X):
+            img[y, x] += c
+
+
+def _multiply_impl(a, b, out):
+    # out = a * b (2-D float32, rows in parallel)
+    Y, X = a.shape
+    for y in prange(Y):
+        for x in range(X):
+            out[y, x] = a[y, x] * b[y, x]
+
+
 def _affine_impl(img, offset, scale, out):
     # out = (img - offset) * scale in float32 (2-D; img may be a strided view)
     Y, X = img.shape
@@ -1292,6 +1317,9 @@ if numba is not None:
     mask_above = _jit(_mask_above_impl, parallel=True)
     affine = _jit(_affine_impl, parallel=True)
     sub_scaled = _jit(_sub_scaled_impl, parallel=True)
+    excess = _jit(_excess_impl, parallel=True)
+    add_scalar = _jit(_add_scalar_impl, parallel=True)
+    multiply = _jit(_multiply_impl, parallel=True)
     to_float32 = _jit(_to_float32_impl, parallel=True)
     propagate_in = _jit(_propagate_in_impl)
     seam_resize = _jit(_seam_resize_impl)
@@ -1300,6 +1328,7 @@ else:  # pragma: no cover
     background_peak = rim_needs_background = None
     fill_gaps = fill_labelled = None
     nearest_in = propagate_in = edt = mask_above = affine = to_float32 = sub_scaled = None
+    excess = add_scalar = multiply = None
     valleys_cc = label_area = None
     core_split = None
     softmax3 = None

@@ -72,6 +72,47 @@ def sub_scaled(bk: Backend, img, bg, scale: float, offset: float) -> None:
     img -= np.float32(offset)
 
 
+def _f32_2d(*arrays) -> bool:
+    return all(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 2
+               and a.flags.c_contiguous for a in arrays)
+
+
+def excess(bk: Backend, img, t: float):
+    """``max(img - t, 0)`` of a float32 image, in float32 (one compiled parallel pass on
+    the CPU; the same values as the array expression)."""
+    if _numba_ok(bk) and _f32_2d(img):
+        from erquant import _numba_kernels
+
+        out = np.empty(img.shape, np.float32)
+        _numba_kernels.excess(img, np.float32(t), out)
+        return out
+    out = img - np.float32(t)
+    bk.xp.maximum(out, 0, out=out)
+    return out
+
+
+def add_scalar(bk: Backend, img, c: float):
+    """``img + c`` (float32), in place where the CPU's compiled pass runs (a new array
+    otherwise); returns the result."""
+    if _numba_ok(bk) and _f32_2d(img):
+        from erquant import _numba_kernels
+
+        _numba_kernels.add_scalar(img, np.float32(c))
+        return img
+    return img + np.float32(c)
+
+
+def multiply(bk: Backend, a, b):
+    """``a * b`` of float32 images (one compiled parallel pass on the CPU)."""
+    if _numba_ok(bk) and _f32_2d(a, b) and a.shape == b.shape:
+        from erquant import _numba_kernels
+
+        out = np.empty(a.shape, np.float32)
+        _numba_kernels.multiply(a, b, out)
+        return out
+    return a * b
+
+
 def affine(bk: Backend, img, offset: float, scale: float):
     """``(img - offset) * scale`` of a float32 2-D image in float32 (one compiled pass on
     the CPU, parallel rows, no temporary; the same float32 arithmetic on the array

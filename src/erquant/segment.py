@@ -960,15 +960,14 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
     dist = K.edt(bk, seed_mask)
     sdist = K.gaussian(bk, dist, max(1.0, diameter / 16))
     # seed map: distance to the edge, slightly modulated by intensity above threshold
-    inten = smooth - np.float32(t)
-    xp.maximum(inten, 0, out=inten)  # (np.clip with no upper bound: 3x slower)
+    inten = K.excess(bk, smooth, t)  # max(smooth - t, 0)
     if intensity_weight >= 1:
         score = K.gaussian(bk, inten, diameter / 8)
     elif intensity_weight > 0:
         inten = K.gaussian(bk, inten, diameter / 8)
         # sdist^(1-w) · inten^w, raised to 1/(1-w) (same maxima, one power instead of two)
-        score = sdist * K.power(bk, inten + np.float32(1e-6),
-                                intensity_weight / (1 - intensity_weight))
+        score = K.multiply(bk, sdist, K.power(bk, K.add_scalar(bk, inten, 1e-6),
+                                              intensity_weight / (1 - intensity_weight)))
     else:
         score = sdist
     # a seed is the maximum of a window that scales with its own inscribed radius:
