@@ -560,6 +560,9 @@ def test_fused_split_kernels_match_the_array_path(monkeypatch, synthetic_field, 
     is_cluster[0] = False
     fast = (K.valleys(bk, g, cc, is_cluster, 1.5, 0.07),
             K.band_peaks(bk, sdist, g, cluster, bands))
+    # visiting only the foreground's pixels (within=) gives the same valleys
+    np.testing.assert_array_equal(K.valleys(bk, g, cc, is_cluster, 1.5, 0.07, within=cluster),
+                                  fast[0])
     monkeypatch.setattr(K, "_numba_ok", lambda bk: False)
     slow = (K.valleys(bk, g, cc, is_cluster, 1.5, 0.07),
             K.band_peaks(bk, sdist, g, cluster, bands))

@@ -855,21 +855,30 @@ def power(bk: Backend, img, p: float):
     return img ** p
 
 
-def valleys(bk: Backend, g, cc, is_cluster, sigma: float, strength: float):
+def valleys(bk: Backend, g, cc, is_cluster, sigma: float, strength: float, within=None):
     """Line-like dark valleys of ``g`` inside the clusters — the pixels whose component
     in the int label image ``cc`` has ``is_cluster[component]`` True: pixels where the
     Hessian's larger eigenvalue, relative to brightness (λmax σ² / g), exceeds
     ``strength`` and the smaller one is below 0.3 λmax. One compiled pass over the
     cluster pixels with Numba, reading the per-component table (no whole-image cluster
-    mask); the same arithmetic as whole-array operations otherwise (CuPy)."""
+    mask); the same arithmetic as whole-array operations otherwise (CuPy). ``within``:
+    a boolean image holding every cluster pixel (the foreground): the compiled pass
+    then visits only its pixels, eight at a time past the rest (the same result)."""
     xp = bk.xp
     if _numba_ok(bk):
         from erquant import _numba_kernels
 
-        out = np.empty(g.shape, np.bool_)
+        sparse = within is not None and not bool(is_cluster[0])
+        if sparse:
+            within = np.ascontiguousarray(within, dtype=np.bool_)
+            out = np.zeros(g.shape, np.bool_)
+        else:
+            within = np.zeros((1, 1), np.bool_)
+            out = np.empty(g.shape, np.bool_)
         _numba_kernels.valleys_cc(np.ascontiguousarray(g, np.float32),
                                   np.ascontiguousarray(cc), np.asarray(is_cluster, np.bool_),
-                                  np.float32(sigma * sigma), np.float32(strength), out)
+                                  np.float32(sigma * sigma), np.float32(strength), within,
+                                  _words(within.ravel(), 8), sparse, out)
         return out
     cluster = is_cluster[cc]
     gyy, gxx, gyx = hessian(bk, g)

@@ -942,7 +942,8 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         p2 = K.maximum_filter(bk, s2, int(0.5 * diameter) | 1) if seed_smoothing > 0 else peak
         strict = K.mask_above(bk, mask, s2, seed_contrast, p2)  # mask & (s2 > c · p2)
         if valley_strength > 0:
-            strict &= ~_valleys(bk, smooth, cc, ncc, diameter, valley_strength, cc_area)
+            strict &= ~_valleys(bk, smooth, cc, ncc, diameter, valley_strength, cc_area,
+                                mask=mask)
         # (a hole-free mask holds every hole of the stricter one: only its gaps searched)
         seed_mask = K.fill_holes(bk, strict,
                                  max_area=seed_hole_fraction * math.pi * (diameter / 2) ** 2,
@@ -1230,12 +1231,13 @@ GAP_SEED = 0.25
 
 
 def _valleys(bk: Backend, smooth, cc, ncc: int, diameter: float, strength: float,
-             area=None):
+             area=None, mask=None):
     """Dark line-like seams inside clusters of nuclei (Hessian valley detector).
 
     A seam between two pressed nuclei curves up strongly across it and hardly along
     it (λmax > 0, λmin ≈ 0); a dark nucleolus curves up both ways and is not a seam.
-    Only components larger than ~1.6 nuclei (clusters) are searched.
+    Only components larger than ~1.6 nuclei (clusters) are searched. ``area``: the
+    components' sizes where known; ``mask``: the foreground (``cc > 0``), if at hand.
     """
     sigma = max(1.0, 0.06 * diameter)
     g = K.gaussian(bk, smooth, sigma)
@@ -1245,7 +1247,7 @@ def _valleys(bk: Backend, smooth, cc, ncc: int, diameter: float, strength: float
     is_cluster = area > 1.6 * math.pi * (diameter / 2) ** 2
     is_cluster[0] = False
     # curvature across the seam relative to brightness (one pass over the clusters)
-    return K.valleys(bk, g, cc, is_cluster, sigma, strength)
+    return K.valleys(bk, g, cc, is_cluster, sigma, strength, within=mask)
 
 
 def _relabel_lut(xp, keep):
