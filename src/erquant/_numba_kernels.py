@@ -371,9 +371,10 @@ def _relabel_foreground_impl(labels, smooth, peak, thr, contrast, radius, keep, 
 
 
 def _paste_upsampled_impl(seeds, small, ri, ci, out):
-    """out = seeds where > 0, else small[ri[y], ci[x]]."""
+    """out = seeds where > 0, else small[ri[y], ci[x]] (rows in parallel where compiled
+    so)."""
     Y, X = seeds.shape
-    for y in range(Y):
+    for y in prange(Y):
         r = ri[y]
         for x in range(X):
             s = seeds[y, x]
@@ -1236,6 +1237,32 @@ def _sub_scaled_impl(img, bg, scale, offset):
             img[y, x] = (img[y, x] - scale * bg[y, x]) - offset
 
 
+def _band_energies_impl(g1, g2, g4):
+    # (Σ (g1 - g2)², Σ (g2 - g4)²): float32 differences and squares, float64 sums, over
+    # CHUNKS row chunks in parallel where compiled so, added in order
+    Y, X = g1.shape
+    h = (Y + CHUNKS - 1) // CHUNKS
+    fine = np.zeros(CHUNKS, np.float64)
+    coarse = np.zeros(CHUNKS, np.float64)
+    for k in prange(CHUNKS):
+        a = 0.0
+        b = 0.0
+        for y in range(k * h, min(Y, k * h + h)):
+            for x in range(X):
+                d1 = g1[y, x] - g2[y, x]
+                d2 = g2[y, x] - g4[y, x]
+                a += d1 * d1
+                b += d2 * d2
+        fine[k] = a
+        coarse[k] = b
+    sa = 0.0
+    sb = 0.0
+    for k in range(CHUNKS):
+        sa += fine[k]
+        sb += coarse[k]
+    return sa, sb
+
+
 def _excess_impl(img, t, out):
     # out = max(img - t, 0) in float32 (2-D, rows in parallel)
     Y, X = img.shape
@@ -1294,7 +1321,7 @@ def _jit(fn, parallel: bool = False):
 if numba is not None:
     _moments = _jit(_moments_impl, parallel=True)
     relabel_foreground = _jit(_relabel_foreground_impl, parallel=True)
-    paste_upsampled = _jit(_paste_upsampled_impl)
+    paste_upsampled = _jit(_paste_upsampled_impl, parallel=True)
     gather2d = _jit(_gather2d_impl)
     scan_order_map = _jit(_scan_order_map_impl)
     present = _jit(_present_impl)
@@ -1332,6 +1359,7 @@ if numba is not None:
     affine = _jit(_affine_impl, parallel=True)
     sub_scaled = _jit(_sub_scaled_impl, parallel=True)
     excess = _jit(_excess_impl, parallel=True)
+    band_energies = _jit(_band_energies_impl, parallel=True)
     add_scalar = _jit(_add_scalar_impl, parallel=True)
     multiply = _jit(_multiply_impl, parallel=True)
     to_float32 = _jit(_to_float32_impl, parallel=True)
@@ -1342,7 +1370,7 @@ else:  # pragma: no cover
     background_peak = rim_needs_background = None
     fill_gaps = fill_labelled = None
     nearest_in = propagate_in = edt = mask_above = affine = to_float32 = sub_scaled = None
-    excess = add_scalar = multiply = None
+    excess = add_scalar = multiply = band_energies = None
     valleys_cc = label_area = None
     core_split = None
     softmax3 = None
