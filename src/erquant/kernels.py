@@ -436,6 +436,8 @@ def area_resize(bk: Backend, img, shape):
     if (Ys, Xs) == (Y, X):
         return xp.ascontiguousarray(img, dtype=xp.float32)
     if _use_cv2(bk):
+        if img.dtype != np.float32:  # (integer images: cast in one parallel pass)
+            img = as_float32(bk, img)
         return cv2.resize(np.ascontiguousarray(img, dtype=np.float32), (Xs, Ys),
                           interpolation=cv2.INTER_AREA)
     fy, fx = Y // Ys, X // Xs
