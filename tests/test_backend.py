@@ -83,3 +83,14 @@ def test_allocator_tuning_once_per_process_and_opt_out():
         off = subprocess.run([sys.executable, "-c", code], env=env | extra,
                              capture_output=True, text=True)
         assert off.stdout.split() == ["False", "False"], off.stderr
+    # dask's workers (MALLOC_TRIM_THRESHOLD_=65536 in their environment) force it
+    forced = ("from erquant import _malloc; from erquant.batch.worker import tune_malloc; "
+              "print(_malloc.tune(), tune_malloc(), _malloc.tune())")
+    run = subprocess.run([sys.executable, "-c", forced],
+                         env=env | {"MALLOC_TRIM_THRESHOLD_": "65536"}, capture_output=True,
+                         text=True)
+    assert run.stdout.split() == ["False", str(glibc), str(glibc)], run.stderr
+    run = subprocess.run([sys.executable, "-c", forced],
+                         env=env | {"ERQUANT_NO_MALLOC_TUNING": "1"}, capture_output=True,
+                         text=True)
+    assert run.stdout.split() == ["False", "False", "False"], run.stderr

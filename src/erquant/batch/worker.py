@@ -135,31 +135,20 @@ def _finish_row(item: WorkItem, res, names: list[str], roi_names: list[str], sha
     return summary, table
 
 
-_MALLOC_TUNED = False
-
-
 def tune_malloc(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20) -> bool:
     """Let glibc reuse freed image buffers instead of mapping fresh, page-faulting ones.
 
     dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also turns off glibc's
     adaptive mmap threshold: every image-sized temporary then becomes a new ``mmap`` whose
     pages fault in, and a 2048² field took 0.39 s in a worker instead of 0.20 s. Fixed
-    thresholds set here (once per process, glibc only) keep buffers below 256 MiB on the
-    heap, whatever the worker's environment. Returns True when applied.
+    thresholds set here (once per process, glibc only; :func:`erquant._malloc.tune` with
+    ``force``) keep buffers below 256 MiB on the heap, whatever the worker's environment.
+    Returns True when applied.
     """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return True
-    try:
-        import ctypes
+    from erquant import _malloc
 
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(-3, int(mmap_threshold)) == 1  # M_MMAP_THRESHOLD
-        ok &= libc.mallopt(-1, int(trim_threshold)) == 1  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        return False
-    _MALLOC_TUNED = bool(ok)
-    return _MALLOC_TUNED
+    return _malloc.tune(force=True, mmap_threshold=mmap_threshold,
+                        trim_threshold=trim_threshold)
 
 
 def process_items(items: Sequence[WorkItem], config: dict) -> list[dict]:
