@@ -1013,58 +1013,62 @@ def _seam_resize_impl(small, interior, ri, ci, y0, y1, x0, x1, R, out):
     # R px, where there is one. The candidates are the interior small pixels' blocks
     # (rows y0[s]..y1[s]-1, columns x0[s]..x1[s]-1): the nearest pixel of a block is
     # unique, so ~(2R/f + 2)^2 tests per seam pixel.
+    # Output rows are independent: CHUNKS row chunks (parallel where compiled so), each
+    # with its own small-row seam cache.
     Y, X = out.shape
     Ri = int(np.floor(R))
     R2 = np.float32(R * R)
     sY, sX = small.shape
-    seams = np.zeros(sX, np.bool_)
-    last = -1
-    for y in range(Y):
-        sy = ri[y]
-        for x in range(X):  # the plain gather (a loop the compiler vectorises)
-            out[y, x] = small[sy, ci[x]]
-        if sy != last:  # this small row's seam pixels
-            last = sy
+    h = (Y + CHUNKS - 1) // CHUNKS
+    for k in prange(CHUNKS):
+        seams = np.zeros(sX, np.bool_)
+        last = -1
+        for y in range(k * h, min(Y, k * h + h)):
+            sy = ri[y]
+            for x in range(X):  # the plain gather (a loop the compiler vectorises)
+                out[y, x] = small[sy, ci[x]]
+            if sy != last:  # this small row's seam pixels
+                last = sy
+                for sx in range(sX):
+                    lab = small[sy, sx]
+                    seam = False
+                    if lab != 0:
+                        for yy in range(max(0, sy - 1), min(sY, sy + 2)):
+                            for xx in range(max(0, sx - 1), min(sX, sx + 2)):
+                                o = small[yy, xx]
+                                if o != 0 and o != lab:
+                                    seam = True
+                    seams[sx] = seam
+            sa = ri[max(0, y - Ri)]
+            sb = ri[min(Y - 1, y + Ri)]
             for sx in range(sX):
-                lab = small[sy, sx]
-                seam = False
-                if lab != 0:
-                    for yy in range(max(0, sy - 1), min(sY, sy + 2)):
-                        for xx in range(max(0, sx - 1), min(sX, sx + 2)):
-                            o = small[yy, xx]
-                            if o != 0 and o != lab:
-                                seam = True
-                seams[sx] = seam
-        sa = ri[max(0, y - Ri)]
-        sb = ri[min(Y - 1, y + Ri)]
-        for sx in range(sX):
-            if not seams[sx]:
-                continue
-            for x in range(x0[sx], x1[sx]):
-                v = small[sy, sx]
-                ca = ci[max(0, x - Ri)]
-                cb = ci[min(X - 1, x + Ri)]
-                best = R2 + np.float32(1.0)
-                by = Y
-                bx = X
-                for syy in range(sa, sb + 1):
-                    if y1[syy] <= y0[syy]:
-                        continue
-                    ny = min(max(y, y0[syy]), y1[syy] - 1)
-                    dy = ny - y
-                    for sxx in range(ca, cb + 1):
-                        if not interior[syy, sxx] or x1[sxx] <= x0[sxx]:
+                if not seams[sx]:
+                    continue
+                for x in range(x0[sx], x1[sx]):
+                    v = small[sy, sx]
+                    ca = ci[max(0, x - Ri)]
+                    cb = ci[min(X - 1, x + Ri)]
+                    best = R2 + np.float32(1.0)
+                    by = Y
+                    bx = X
+                    for syy in range(sa, sb + 1):
+                        if y1[syy] <= y0[syy]:
                             continue
-                        nx = min(max(x, x0[sxx]), x1[sxx] - 1)
-                        dx = nx - x
-                        d2 = np.float32(dy * dy + dx * dx)
-                        if d2 <= R2 and (d2 < best or (d2 == best and (
-                                ny < by or (ny == by and nx < bx)))):
-                            best = d2
-                            by = ny
-                            bx = nx
-                            v = small[syy, sxx]
-                out[y, x] = v
+                        ny = min(max(y, y0[syy]), y1[syy] - 1)
+                        dy = ny - y
+                        for sxx in range(ca, cb + 1):
+                            if not interior[syy, sxx] or x1[sxx] <= x0[sxx]:
+                                continue
+                            nx = min(max(x, x0[sxx]), x1[sxx] - 1)
+                            dx = nx - x
+                            d2 = np.float32(dy * dy + dx * dx)
+                            if d2 <= R2 and (d2 < best or (d2 == best and (
+                                    ny < by or (ny == by and nx < bx)))):
+                                best = d2
+                                by = ny
+                                bx = nx
+                                v = small[syy, sxx]
+                    out[y, x] = v
 
 
 def _nearest_in_impl(seeds, roi, wroi, oy, ox, out, idx, unres):
@@ -1364,7 +1368,7 @@ if numba is not None:
     multiply = _jit(_multiply_impl, parallel=True)
     to_float32 = _jit(_to_float32_impl, parallel=True)
     propagate_in = _jit(_propagate_in_impl)
-    seam_resize = _jit(_seam_resize_impl)
+    seam_resize = _jit(_seam_resize_impl, parallel=True)
 else:  # pragma: no cover
     orphan_cores = owned = rim_stats = fill_holes = nearest_within = seam_resize = None
     background_peak = rim_needs_background = None
