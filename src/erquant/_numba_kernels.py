@@ -200,24 +200,24 @@ def _scan_order_map_impl(seeds, cc, out):
         out[i] = lut[cc[i]]
 
 
-def _raster_order_impl(labels, n):
-    """Lookup table renumbering the labels 1..n of a flat array in the raster order of
-    their first pixels (0 stays 0), and whether it is the identity."""
-    lut = np.zeros(n + 1, dtype=labels.dtype)
-    k = 0
-    for i in range(labels.size):
-        v = labels[i]
-        if v != 0 and lut[v] == 0:
-            k += 1
-            lut[v] = k
-            if k == n:
-                break
-    identity = True
-    for v in range(n + 1):
-        if lut[v] != v:
-            identity = False
-            break
-    return lut, identity
+def _word_span(words, j, per, start, end):
+    """Flat index range [i0, i1) of word ``j`` of ``words`` (a flat array's groups of
+    ``per`` elements viewed as uint64; past the last whole word, the array's tail)
+    clipped to [start, end): empty where the word is all zeros. The loop::
+
+        for j in range(start // per, (end + per - 1) // per):
+            i0, i1 = _word_span(words, j, per, start, end)
+            for i in range(i0, i1):
+                ...
+
+    visits, in order, every element of [start, end) but the runs of zeros a word long
+    (the sparse kernels' way past the background)."""
+    i0 = max(start, per * j)
+    if j < words.size:
+        if words[j] == np.uint64(0):
+            return i0, i0
+        return i0, min(end, per * j + per)
+    return i0, end
 
 
 def _raster_relabel_impl(labels, words, n):
@@ -229,17 +229,9 @@ def _raster_relabel_impl(labels, words, n):
     lut = np.zeros(n + 1, dtype=labels.dtype)
     k = 0
     changed = False
-    nw = words.size
-    zero = np.uint64(0)
-    for j in range(nw + 1):
-        if j < nw:
-            if words[j] == zero:
-                continue
-            i0 = 2 * j
-            i1 = i0 + 2
-        else:
-            i0 = 2 * nw
-            i1 = labels.size
+    size = labels.size
+    for j in range((size + 1) // 2):
+        i0, i1 = _word_span(words, j, 2, 0, size)
         for i in range(i0, i1):
             v = labels[i]
             if v != 0:
@@ -261,19 +253,10 @@ def _raster_relabel_stats_impl(labels, words, n, bb, area):
     flat = labels.ravel()
     lut = np.zeros(n + 1, dtype=labels.dtype)
     k = 0
-    nw = words.size
-    zero = np.uint64(0)
     y = 0
     row_end = X  # (rows followed without a division per pixel)
-    for j in range(nw + 1):
-        if j < nw:
-            if words[j] == zero:
-                continue
-            i0 = 2 * j
-            i1 = i0 + 2
-        else:
-            i0 = 2 * nw
-            i1 = flat.size
+    for j in range((flat.size + 1) // 2):
+        i0, i1 = _word_span(words, j, 2, 0, flat.size)
         for i in range(i0, i1):
             v = flat[i]
             if v == 0:
@@ -298,12 +281,6 @@ def _raster_relabel_stats_impl(labels, words, n, bb, area):
             if x > bb[w, 3]:
                 bb[w, 3] = x
             bb[w, 2] = y
-
-
-def _apply_lut_impl(labels, lut):
-    """labels[i] = lut[labels[i]], in place (flat array)."""
-    for i in range(labels.size):
-        labels[i] = lut[labels[i]]
 
 
 def _present_impl(labels, n):
@@ -398,17 +375,8 @@ def _nonzero_impl(flat, words, per, out):
     returns their count. ``words``: the array's first ``size // per`` groups of ``per``
     elements viewed as uint64 (runs of zeros skipped a word at a time)."""
     n = 0
-    nw = words.size
-    zero = np.uint64(0)
-    for j in range(nw + 1):
-        if j < nw:
-            if words[j] == zero:
-                continue
-            i0 = per * j
-            i1 = i0 + per
-        else:
-            i0 = per * nw
-            i1 = flat.size
+    for j in range((flat.size + per - 1) // per):
+        i0, i1 = _word_span(words, j, per, 0, flat.size)
         for i in range(i0, i1):
             if flat[i] != 0:
                 out[n] = i
@@ -424,21 +392,18 @@ def _seed_edges_impl(seeds, words, out, counts, nstrips):
     ``words``: the flat array's pairs viewed as uint64 (background skipped by pairs)."""
     Y, X = seeds.shape
     flat = seeds.ravel()
-    nw = words.size
-    zero = np.uint64(0)
     h = (Y + nstrips - 1) // nstrips
     for k in prange(nstrips):
         a = min(Y, k * h)
         b = min(Y, a + h)
         n = a * X
-        i = a * X
+        start = a * X
         end = b * X
-        while i < end:
-            j = i >> 1
-            if (i & 1) == 0 and j < nw and i + 1 < end and words[j] == zero:
-                i += 2
-                continue
-            if flat[i] > 0:
+        for j in range(start // 2, (end + 1) // 2):
+            i0, i1 = _word_span(words, j, 2, start, end)
+            for i in range(i0, i1):
+                if flat[i] <= 0:
+                    continue
                 y = i // X
                 x = i - y * X
                 if 0 < y < Y - 1 and 0 < x < X - 1:
@@ -454,7 +419,6 @@ def _seed_edges_impl(seeds, words, out, counts, nstrips):
                 if edge:
                     out[n] = i
                     n += 1
-            i += 1
         counts[k] = n - a * X
 
 
@@ -660,32 +624,27 @@ def _orphan_cores_impl(cc, peaks, wpeaks, mask, wmask, cores, nseeds, has_seed, 
     # writes to has_seed and seed_cc store the same value).
     n = cc.size
     h = (((n + CHUNKS - 1) // CHUNKS) + 7) // 8 * 8  # chunks of whole words
-    zero = np.uint64(0)
     for k in prange(CHUNKS):
-        i = k * h
-        end = min(n, i + h)
-        while i < end:
-            if (i & 7) == 0 and i + 8 <= end and wpeaks[i >> 3] == zero:
-                i += 8
-                continue
-            if peaks[i]:
-                has_seed[cc[i]] = True
-            i += 1
+        start = min(n, k * h)
+        end = min(n, start + h)
+        for j in range(start // 8, (end + 7) // 8):
+            i0, i1 = _word_span(wpeaks, j, 8, start, end)
+            for i in range(i0, i1):
+                if peaks[i]:
+                    has_seed[cc[i]] = True
     for k in prange(CHUNKS):
-        i = k * h
-        end = min(n, i + h)
-        while i < end:
-            if (i & 7) == 0 and i + 8 <= end and wmask[i >> 3] == zero:
-                i += 8
-                continue
-            if mask[i]:
-                c = cc[i]
-                if not has_seed[c]:
-                    cores[i] = c + nseeds
-                j = cores[i]
-                if j > 0:
-                    seed_cc[j] = c
-            i += 1
+        start = min(n, k * h)
+        end = min(n, start + h)
+        for j in range(start // 8, (end + 7) // 8):
+            i0, i1 = _word_span(wmask, j, 8, start, end)
+            for i in range(i0, i1):
+                if mask[i]:
+                    c = cc[i]
+                    if not has_seed[c]:
+                        cores[i] = c + nseeds
+                    q = cores[i]
+                    if q > 0:
+                        seed_cc[q] = c
 
 
 def _owned_impl(owner, cc, seed_cc, allowed, mask, wmask, has_seed, cores, orphans,
@@ -699,15 +658,14 @@ def _owned_impl(owner, cc, seed_cc, allowed, mask, wmask, has_seed, cores, orpha
     n = owner.size
     h = (((n + CHUNKS - 1) // CHUNKS) + 7) // 8 * 8  # chunks of whole words
     part = np.zeros((CHUNKS if want_peak else 1, peak.size), peak.dtype)
-    zero = np.uint64(0)
     for k in prange(CHUNKS):
-        i = k * h
-        end = min(n, i + h)
-        while i < end:
-            if (i & 7) == 0 and i + 8 <= end and wmask[i >> 3] == zero:
-                i += 8
-                continue
-            if mask[i]:
+        start = min(n, k * h)
+        end = min(n, start + h)
+        for j in range(start // 8, (end + 7) // 8):
+            i0, i1 = _word_span(wmask, j, 8, start, end)
+            for i in range(i0, i1):
+                if not mask[i]:
+                    continue
                 o = owner[i]
                 c = cc[i]
                 v = 0
@@ -720,7 +678,6 @@ def _owned_impl(owner, cc, seed_cc, allowed, mask, wmask, has_seed, cores, orpha
                     s = smooth[i]
                     if s > part[k, v]:
                         part[k, v] = s
-            i += 1
     if want_peak:
         for k in range(CHUNKS):
             for j in range(1, peak.size):
@@ -746,15 +703,11 @@ def _rim_needs_background_impl(owner, mask, near, wnear, smooth, t):
     # whether a rim candidate (near, not mask, smooth > t) has no owner (0): only then is
     # the background's peak read by the rim rule
     n = owner.size
-    zero = np.uint64(0)
-    i = 0
-    while i < n:
-        if (i & 7) == 0 and i + 8 <= n and wnear[i >> 3] == zero:
-            i += 8
-            continue
-        if near[i] and not mask[i] and owner[i] == 0 and smooth[i] > t:
-            return True
-        i += 1
+    for j in range((n + 7) // 8):
+        i0, i1 = _word_span(wnear, j, 8, 0, n)
+        for i in range(i0, i1):
+            if near[i] and not mask[i] and owner[i] == 0 and smooth[i] > t:
+                return True
     return False
 
 
@@ -770,15 +723,14 @@ def _rim_stats_impl(labels, owner, mask, near, wnear, smooth, t, contrast, own_p
     h = (((n + CHUNKS - 1) // CHUNKS) + 7) // 8 * 8  # chunks of whole words
     pa = np.zeros((CHUNKS, area.size), area.dtype)
     pt = np.zeros((CHUNKS, total.size), total.dtype)
-    zero = np.uint64(0)
     for k in prange(CHUNKS):
-        i = k * h
-        end = min(n, i + h)
-        while i < end:
-            if (i & 7) == 0 and i + 8 <= end and wnear[i >> 3] == zero:
-                i += 8
-                continue
-            if near[i]:
+        start = min(n, k * h)
+        end = min(n, start + h)
+        for j in range(start // 8, (end + 7) // 8):
+            i0, i1 = _word_span(wnear, j, 8, start, end)
+            for i in range(i0, i1):
+                if not near[i]:
+                    continue
                 v = labels[i]
                 s = smooth[i]
                 if do_rim and not mask[i]:
@@ -789,10 +741,9 @@ def _rim_stats_impl(labels, owner, mask, near, wnear, smooth, t, contrast, own_p
                 if v > 0:
                     pa[k, v] += 1
                     pt[k, v] += s
-            i += 1
         a0 = 0
         t0 = 0.0
-        for i in range(k * h, end):  # label 0 (background), in pixel order
+        for i in range(start, end):  # label 0 (background), in pixel order
             if labels[i] == 0:
                 a0 += 1
                 t0 += smooth[i]
@@ -829,13 +780,13 @@ def _fill_holes_impl(lab, n, max_area, mask, out):
             out[y, x] = mask[y, x] or not keep[lab[y, x]]
 
 
-def _fill_gaps_impl(strict, within, words_s, words_w, max_area, out):
+def _fill_gaps_impl(strict, within, words_w, max_area, out):
     # out = strict | the 4-connected regions of (within & ~strict) that touch neither the
     # image border nor a pixel outside ``within``, of at most max_area pixels (any size
     # when max_area < 0): where ``within`` contains ``strict`` and has no holes, exactly
-    # the holes of ``strict`` (kernels.fill_holes). Cost ~ the image read 8 pixels at a
-    # time (``words_*``: the first size // 8 bytes of each mask viewed as uint64) plus
-    # the gap pixels flooded, instead of labelling the whole background.
+    # the holes of ``strict`` (kernels.fill_holes). Cost ~ ``within`` read 8 pixels at a
+    # time (``words_w``: its first size // 8 bytes viewed as uint64) plus the gap pixels
+    # flooded, instead of labelling the whole background.
     # (``out`` holds a copy of ``strict`` on entry)
     Y, X = strict.shape
     st = strict.ravel()
@@ -843,17 +794,8 @@ def _fill_gaps_impl(strict, within, words_s, words_w, max_area, out):
     of = out.ravel()
     seen = np.zeros(Y * X, np.bool_)
     buf = np.empty(Y * X, np.int64)  # the flood's queue, then its region (pages touched as used)
-    nw = words_s.size
-    zero = np.uint64(0)
-    for j in range(nw + 1):
-        if j < nw:
-            if (words_w[j] & ~words_s[j]) == zero:
-                continue
-            i0 = 8 * j
-            i1 = i0 + 8
-        else:
-            i0 = 8 * nw
-            i1 = Y * X
+    for j in range((Y * X + 7) // 8):
+        i0, i1 = _word_span(words_w, j, 8, 0, Y * X)
         for i in range(i0, i1):
             if not wi[i] or st[i] or seen[i]:
                 continue
@@ -1083,40 +1025,33 @@ def _nearest_in_impl(seeds, roi, wroi, oy, ox, out, idx, unres):
     Y, X = seeds.shape
     n = oy.size
     left = np.zeros(Y, np.int64)
-    zero = np.uint64(0)
     for y in prange(Y):
         r = y * X
-        x = 0
-        while x < X:
-            i = r + x
-            if (i & 7) == 0 and x + 8 <= X and wroi[i >> 3] == zero:
-                x += 8
-                continue
-            if not roi[y, x]:
-                x += 1
-                continue
-            s = seeds[y, x]
-            if s > 0:
-                out[y, x] = s
-                idx[y, x] = y * X + x
-                x += 1
-                continue
-            v = 0
-            j = -1
-            for k in range(n):
-                yy = y + oy[k]
-                xx = x + ox[k]
-                if yy >= 0 and yy < Y and xx >= 0 and xx < X:
-                    s2 = seeds[yy, xx]
-                    if s2 > 0:
-                        v = s2
-                        j = yy * X + xx
-                        break
-            out[y, x] = v
-            idx[y, x] = j
-            if j < 0:
-                left[y] += 1
-            x += 1
+        for w in range(r // 8, (r + X + 7) // 8):
+            i0, i1 = _word_span(wroi, w, 8, r, r + X)
+            for x in range(i0 - r, i1 - r):
+                if not roi[y, x]:
+                    continue
+                s = seeds[y, x]
+                if s > 0:
+                    out[y, x] = s
+                    idx[y, x] = y * X + x
+                    continue
+                v = 0
+                j = -1
+                for k in range(n):
+                    yy = y + oy[k]
+                    xx = x + ox[k]
+                    if yy >= 0 and yy < Y and xx >= 0 and xx < X:
+                        s2 = seeds[yy, xx]
+                        if s2 > 0:
+                            v = s2
+                            j = yy * X + xx
+                            break
+                out[y, x] = v
+                idx[y, x] = j
+                if j < 0:
+                    left[y] += 1
     nun = 0
     for y in range(Y):
         if left[y] == 0:
@@ -1329,8 +1264,7 @@ if numba is not None:
     gather2d = _jit(_gather2d_impl)
     scan_order_map = _jit(_scan_order_map_impl)
     present = _jit(_present_impl)
-    raster_order = _jit(_raster_order_impl)
-    apply_lut = _jit(_apply_lut_impl)
+    _word_span = _jit(_word_span)
     raster_relabel = _jit(_raster_relabel_impl)
     raster_relabel_stats = _jit(_raster_relabel_stats_impl)
     range_count = _jit(_range_count_impl)
@@ -1387,8 +1321,6 @@ else:  # pragma: no cover
     gather2d = None
     scan_order_map = None
     present = None
-    raster_order = None
-    apply_lut = None
     raster_relabel = raster_relabel_stats = None
     scatter_max = None
     shape_moments = None

@@ -62,8 +62,7 @@ def as_float32(bk: Backend, image):
 def sub_scaled(bk: Backend, img, bg, scale: float, offset: float) -> None:
     """In place: ``img = (img - scale · bg) - offset`` (float32 2-D images; one compiled
     parallel pass on the CPU, the same float32 arithmetic as the array expression)."""
-    if (_numba_ok(bk) and img.dtype == bg.dtype == np.float32 and img.flags.c_contiguous
-            and bg.flags.c_contiguous):
+    if _numba_ok(bk) and _f32_2d(img, bg):
         from erquant import _numba_kernels
 
         _numba_kernels.sub_scaled(img, bg, np.float32(scale), np.float32(offset))
@@ -787,8 +786,7 @@ def fill_holes(bk: Backend, mask, max_area: float | None = None, *, within=None)
         mask = np.ascontiguousarray(mask, dtype=np.bool_)
         out = mask.copy()
         within = np.ascontiguousarray(within, dtype=np.bool_)
-        _numba_kernels.fill_gaps(mask, within, _words(mask.ravel(), 8),
-                                 _words(within.ravel(), 8),
+        _numba_kernels.fill_gaps(mask, within, _words(within.ravel(), 8),
                                  -1.0 if max_area is None else float(max_area), out)
         return out
     if max_area is None and not _use_cv2(bk):
