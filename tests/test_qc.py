@@ -145,20 +145,30 @@ def test_flatten_qc():
     assert row["qc_flags"] == ""
 
 
-def test_fused_focus_terms_equal_the_array_path():
-    """qc._focus_terms_fused (band energies summed in one compiled pass) gives the array
-    path's energies to rounding, so focus scores and flags do not move."""
+def test_fused_focus_terms_equal_the_array_path(monkeypatch):
+    """qc._focus_terms on the CPU sums the band energies in one compiled pass: the same
+    energies as the array path (ERQUANT_NO_NUMBA=1, the GPU's code) to rounding, so
+    focus scores and flags do not move."""
     pytest.importorskip("numba")
     from erquant import qc as Q
     from erquant.backend import get_backend
     from erquant.synthetic import make_field
 
+    from erquant import _numba_kernels as NK
+
+    calls = []
+    compiled = NK.band_energies
+    monkeypatch.setattr(NK, "band_energies", lambda *a: calls.append(1) or compiled(*a))
     bk = get_backend("numpy")
     img = make_field(shape=(512, 512), n_nuclei=150, nucleus_diameter=14.0,
                      seed=3).image[0].astype(np.float32)
-    assert Q._fused(bk, img)
     for arr in (img, img[::2, ::2] * 3 + 50):
-        a = [float(v) for v in Q._focus_terms(bk, arr, (1.0, 2.0, 4.0))]
-        b = [float(v) for v in Q._focus_terms_fused(bk, arr, (1.0, 2.0, 4.0))]
-        np.testing.assert_allclose(b, a, rtol=1e-12)
-        assert a[0] > 0 and a[1] > 0
+        fused = [float(v) for v in Q._focus_terms(bk, arr, (1.0, 2.0, 4.0))]
+        assert calls, "the compiled pass was not taken"
+        calls.clear()
+        monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
+        plain = [float(v) for v in Q._focus_terms(bk, arr, (1.0, 2.0, 4.0))]
+        monkeypatch.delenv("ERQUANT_NO_NUMBA")
+        assert not calls
+        np.testing.assert_allclose(fused, plain, rtol=1e-12)
+        assert plain[0] > 0 and plain[1] > 0

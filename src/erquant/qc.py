@@ -143,11 +143,22 @@ def is_constant(image: Any) -> bool:
 
 
 def _focus_terms(bk, f, sigmas):
-    from erquant.kernels import gaussian  # OpenCV on the CPU, cupyx on the GPU
+    """Band energies E(G₁ − G₂)² and E(G₂ − G₄)² of a float32 image (0-d float64 on its
+    backend). On the CPU with Numba they are summed in one compiled parallel pass over
+    the three blurs (the same float32 differences and squares, float64 sums in another
+    order: equal to ~1e-15); otherwise by whole-array operations."""
+    from erquant.kernels import _numba_ok, gaussian  # OpenCV on the CPU, cupyx on the GPU
 
     xp = bk.xp
     s1, s2, s4 = sigmas
     f = f - f.mean()  # offset-free: float32 band-passes keep their precision
+    if _numba_ok(bk) and f.dtype == np.float32 and f.ndim == 2 and f.size > 0:
+        from erquant import _numba_kernels
+
+        g1, g2, g4 = (np.ascontiguousarray(gaussian(bk, f, s), dtype=np.float32)
+                      for s in (s1, s2, s4))
+        fine, coarse = _numba_kernels.band_energies(g1, g2, g4)
+        return np.float64(fine / f.size), np.float64(coarse / f.size)
     g1 = gaussian(bk, f, s1)
     g2 = gaussian(bk, f, s2)
     fine = g1 - g2
@@ -155,28 +166,6 @@ def _focus_terms(bk, f, sigmas):
     g4 = gaussian(bk, f, s4)
     coarse = g2 - g4
     return xp.mean(fine * fine, dtype=np.float64), xp.mean(coarse * coarse, dtype=np.float64)
-
-
-def _focus_terms_fused(bk, f, sigmas):
-    """:func:`_focus_terms` with the band energies summed in one compiled parallel pass
-    over the three blurs (CPU; the same float32 differences and squares, summed in
-    float64 in another order: equal to ~1e-15)."""
-    from erquant import _numba_kernels
-    from erquant.kernels import gaussian  # OpenCV on the CPU
-
-    s1, s2, s4 = sigmas
-    f = np.ascontiguousarray(f - f.mean())
-    g1, g2, g4 = (np.ascontiguousarray(gaussian(bk, f, s), dtype=np.float32)
-                  for s in (s1, s2, s4))
-    fine, coarse = _numba_kernels.band_energies(g1, g2, g4)
-    return np.float64(fine / f.size), np.float64(coarse / f.size)
-
-
-def _fused(bk, arr) -> bool:
-    """Whether the compiled focus pass applies (a host float32 image, Numba in use)."""
-    from erquant.kernels import _numba_ok
-
-    return _numba_ok(bk) and arr.dtype == np.float32 and arr.ndim == 2 and arr.size > 0
 
 
 def _ratio(fine: float, coarse: float) -> float:
@@ -361,8 +350,7 @@ def field_qc(
         w = 1024 if name == focus_channel else 512
         cy, cx = (max(0, (n - w) // 2) for n in arr.shape)
         crop = arr[cy:cy + w, cx:cx + w].astype(np.float32)
-        fine, coarse = (_focus_terms_fused if _fused(bk, crop) else _focus_terms)(
-            bk, crop, focus_sigmas)
+        fine, coarse = _focus_terms(bk, crop, focus_sigmas)
         terms = [fine, coarse, bg, mad, xp.percentile(fs, 99.9)]
         # host sync: 5 scalars per channel
         fine, coarse, bg, mad, p999 = stack_to_host(xp, terms).tolist()
