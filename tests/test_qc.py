@@ -170,5 +170,7 @@ def test_fused_focus_terms_equal_the_array_path(monkeypatch):
         plain = [float(v) for v in Q._focus_terms(bk, arr, (1.0, 2.0, 4.0))]
         monkeypatch.delenv("ERQUANT_NO_NUMBA")
         assert not calls
-        np.testing.assert_allclose(fused, plain, rtol=1e-12)
+        # the blurs differ in their last float32 bits (the compiled Gaussian against
+        # OpenCV's): energies equal to 1e-6
+        np.testing.assert_allclose(fused, plain, rtol=1e-6)
         assert plain[0] > 0 and plain[1] > 0

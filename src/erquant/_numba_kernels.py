@@ -1243,6 +1243,66 @@ def _mask_above_impl(mask, a, frac, b, out):
             out[y, x] = mask[y, x] and a[y, x] > frac * b[y, x]
 
 
+def _pre(v, pre, c0, c1):
+    # the Gaussian's input transform: 0 none, 1 (v - c0) · c1 (normalisation), 2
+    # max(v - c0, 0) (excess over a threshold); float32 arithmetic as the array code's
+    f = np.float32(v)
+    if pre == 1:
+        return (f - c0) * c1
+    if pre == 2:
+        return max(f - c0, np.float32(0.0))
+    return f
+
+
+def _gaussian_impl(a, w, pre, c0, c1, post, sd, p, out):
+    """out = the Gaussian blur of ``_pre(a)`` by the symmetric separable kernel ``w``
+    (odd length 2r + 1, r <= min(a.shape)), borders reflected: per row, the column pass
+    into a padded row buffer, then the row pass, each as w[r] · centre + Σ w[r + k] ·
+    (left + right) over whole rows (SIMD). ``post`` 1 (the seed map): out = sd ·
+    (blur + 1e-6) ** p where sd > 0, else 0 (the power only where it is needed). Rows
+    in fixed chunks: the same result on any thread count."""
+    Y, X = a.shape
+    r = (w.size - 1) // 2
+    wc = w[r]
+    eps = np.float32(1e-6)
+    h = (Y + GAUSS_CHUNKS - 1) // GAUSS_CHUNKS
+    for c in prange(GAUSS_CHUNKS):
+        tmp = np.empty(X + 2 * r, np.float32)
+        acc = tmp[r:r + X]
+        for y in range(c * h, min(Y, c * h + h)):
+            row = a[y]
+            for x in range(X):
+                acc[x] = wc * _pre(row[x], pre, c0, c1)
+            for k in range(1, r + 1):
+                ra = a[_reflect(y - k, Y)]
+                rb = a[_reflect(y + k, Y)]
+                wk = w[r + k]
+                for x in range(X):
+                    acc[x] += wk * (_pre(ra[x], pre, c0, c1) + _pre(rb[x], pre, c0, c1))
+            for x in range(r):
+                tmp[r - 1 - x] = tmp[r + x]
+                tmp[X + r + x] = tmp[X + r - 1 - x]
+            orow = out[y]
+            for x in range(X):
+                orow[x] = wc * acc[x]
+            for k in range(1, r + 1):
+                wk = w[r + k]
+                ta = tmp[r - k:r - k + X]
+                tb = tmp[r + k:r + k + X]
+                for x in range(X):
+                    orow[x] += wk * (ta[x] + tb[x])
+            if post == 1:
+                srow = sd[y]
+                for x in range(X):
+                    v = srow[x]
+                    orow[x] = v * (orow[x] + eps) ** p if v > 0 else np.float32(0.0)
+
+
+#: row chunks of the compiled Gaussian (more than threads: balanced; fixed: the same
+#: result on any thread count)
+GAUSS_CHUNKS = 64
+
+
 def _jit(fn, parallel: bool = False):
     """Compile ``fn`` lazily, cached on disk where a cache folder is writable (next to
     this file, else numba's user-wide cache); without one (read-only install and home)
@@ -1265,6 +1325,7 @@ if numba is not None:
     scan_order_map = _jit(_scan_order_map_impl)
     present = _jit(_present_impl)
     _word_span = _jit(_word_span)
+    _pre = _jit(_pre)
     raster_relabel = _jit(_raster_relabel_impl)
     raster_relabel_stats = _jit(_raster_relabel_stats_impl)
     range_count = _jit(_range_count_impl)
@@ -1294,6 +1355,7 @@ if numba is not None:
     nearest_in = _jit(_nearest_in_impl, parallel=True)
     edt = _jit(_edt_impl, parallel=True)
     mask_above = _jit(_mask_above_impl, parallel=True)
+    gaussian = _jit(_gaussian_impl, parallel=True)
     affine = _jit(_affine_impl, parallel=True)
     sub_scaled = _jit(_sub_scaled_impl, parallel=True)
     excess = _jit(_excess_impl, parallel=True)
@@ -1307,7 +1369,7 @@ else:  # pragma: no cover
     orphan_cores = owned = rim_stats = fill_holes = nearest_within = seam_resize = None
     background_peak = rim_needs_background = None
     fill_gaps = fill_labelled = None
-    nearest_in = propagate_in = edt = mask_above = affine = to_float32 = sub_scaled = None
+    nearest_in = propagate_in = edt = mask_above = gaussian = affine = to_float32 = sub_scaled = None
     excess = add_scalar = multiply = band_energies = None
     valleys_cc = label_area = None
     core_split = None

@@ -969,14 +969,12 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
     dist = K.edt(bk, seed_mask)
     sdist = K.gaussian(bk, dist, max(1.0, diameter / 16))
     # seed map: distance to the edge, slightly modulated by intensity above threshold
-    inten = K.excess(bk, smooth, t)  # max(smooth - t, 0)
     if intensity_weight >= 1:
-        score = K.gaussian(bk, inten, diameter / 8)
+        score = K.gaussian(bk, K.excess(bk, smooth, t), diameter / 8)  # max(smooth - t, 0)
     elif intensity_weight > 0:
-        inten = K.gaussian(bk, inten, diameter / 8)
         # sdist^(1-w) · inten^w, raised to 1/(1-w) (same maxima, one power instead of two)
-        score = K.multiply(bk, sdist, K.power(bk, K.add_scalar(bk, inten, 1e-6),
-                                              intensity_weight / (1 - intensity_weight)))
+        score = K.seed_score(bk, smooth, t, diameter / 8, sdist,
+                             intensity_weight / (1 - intensity_weight))
     else:
         score = sdist
     # a seed is the maximum of a window that scales with its own inscribed radius:
