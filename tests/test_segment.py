@@ -1132,3 +1132,35 @@ def test_seed_score_equals_its_expression(monkeypatch):
     monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
     np.testing.assert_allclose(K.seed_score(bk, smooth, t, sigma, sdist, p), ref,
                                rtol=2e-6, atol=1e-7)
+
+
+def test_compiled_maximum_filter_and_contrast_rule_are_exact(monkeypatch):
+    """kernels.maximum_filter (compiled up to COMPILED_MAX_RADIUS) equals OpenCV's dilate
+    and SciPy's maximum_filter (reflected borders) exactly, and mask_above_peak (the
+    local-contrast rule without the filter written out) equals mask & (a > f · filter),
+    on odd shapes and windows on both sides of the compiled limit, on the compiled and
+    the array path."""
+    import cv2
+    from scipy import ndimage as ndi
+
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(8)
+    for shape in [(9, 9), (30, 17), (257, 300)]:
+        a = rng.random(shape).astype(np.float32)
+        mask = rng.random(shape) < 0.4
+        for size in (3, 7, 13, 15, 25):
+            if size // 2 > min(shape):
+                continue
+            ref = ndi.maximum_filter(a, size=size, mode="reflect")
+            np.testing.assert_array_equal(
+                cv2.dilate(a, np.ones((size, size), np.uint8), borderType=cv2.BORDER_REFLECT),
+                ref)
+            np.testing.assert_array_equal(K.maximum_filter(bk, a, size), ref)
+            rule = mask & (a > np.float32(0.55) * ref)
+            np.testing.assert_array_equal(K.mask_above_peak(bk, mask, a, 0.55, size), rule)
+            monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
+            np.testing.assert_array_equal(K.mask_above_peak(bk, mask, a, 0.55, size), rule)
+            monkeypatch.delenv("ERQUANT_NO_NUMBA")

@@ -1298,6 +1298,45 @@ def _gaussian_impl(a, w, pre, c0, c1, post, sd, p, out):
                     orow[x] = v * (orow[x] + eps) ** p if v > 0 else np.float32(0.0)
 
 
+def _max_filter_impl(a, r, mode, mask, frac, out, out_mask):
+    """The square maximum filter of half-width ``r`` (r <= min(a.shape)), borders
+    reflected: per row, the column window's maximum into a padded row buffer, then the
+    row window's, both as maxima of whole shifted rows (SIMD). ``mode`` 0: out = the
+    filter; 1 (the local-contrast rule): out_mask = mask & (a > frac · filter), the
+    filter never written. Rows in fixed chunks (any thread count: the same result)."""
+    Y, X = a.shape
+    h = (Y + GAUSS_CHUNKS - 1) // GAUSS_CHUNKS
+    for c in prange(GAUSS_CHUNKS):
+        tmp = np.empty(X + 2 * r, a.dtype)
+        acc = tmp[r:r + X]
+        res = np.empty(X, a.dtype)
+        for y in range(c * h, min(Y, c * h + h)):
+            row = a[y]
+            for x in range(X):
+                acc[x] = row[x]
+            for k in range(1, r + 1):
+                ra = a[_reflect(y - k, Y)]
+                rb = a[_reflect(y + k, Y)]
+                for x in range(X):
+                    acc[x] = max(acc[x], max(ra[x], rb[x]))
+            for x in range(r):
+                tmp[r - 1 - x] = tmp[r + x]
+                tmp[X + r + x] = tmp[X + r - 1 - x]
+            dst = out[y] if mode == 0 else res
+            for x in range(X):
+                dst[x] = acc[x]
+            for k in range(1, r + 1):
+                ta = tmp[r - k:r - k + X]
+                tb = tmp[r + k:r + k + X]
+                for x in range(X):
+                    dst[x] = max(dst[x], max(ta[x], tb[x]))
+            if mode == 1:
+                mrow = mask[y]
+                orow = out_mask[y]
+                for x in range(X):
+                    orow[x] = mrow[x] and row[x] > frac * res[x]
+
+
 #: row chunks of the compiled Gaussian (more than threads: balanced; fixed: the same
 #: result on any thread count)
 GAUSS_CHUNKS = 64
@@ -1356,6 +1395,7 @@ if numba is not None:
     edt = _jit(_edt_impl, parallel=True)
     mask_above = _jit(_mask_above_impl, parallel=True)
     gaussian = _jit(_gaussian_impl, parallel=True)
+    max_filter = _jit(_max_filter_impl, parallel=True)
     affine = _jit(_affine_impl, parallel=True)
     sub_scaled = _jit(_sub_scaled_impl, parallel=True)
     excess = _jit(_excess_impl, parallel=True)
@@ -1369,7 +1409,7 @@ else:  # pragma: no cover
     orphan_cores = owned = rim_stats = fill_holes = nearest_within = seam_resize = None
     background_peak = rim_needs_background = None
     fill_gaps = fill_labelled = None
-    nearest_in = propagate_in = edt = mask_above = gaussian = affine = to_float32 = sub_scaled = None
+    nearest_in = propagate_in = edt = mask_above = gaussian = max_filter = affine = to_float32 = sub_scaled = None
     excess = add_scalar = multiply = band_energies = None
     valleys_cc = label_area = None
     core_split = None

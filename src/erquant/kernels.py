@@ -62,6 +62,7 @@ def gaussian(bk: Backend, img, sigma: float):
 
 _F0 = np.float32(0.0)
 _NO_IMAGE = np.zeros((1, 1), np.float32)
+_NO_MASK = np.zeros((1, 1), np.bool_)
 
 
 def seed_score(bk: Backend, smooth, t: float, sigma: float, sdist, p: float):
@@ -189,9 +190,44 @@ def mask_above(bk: Backend, mask, a, frac: float, b):
     return mask & (a > bk.xp.float32(frac) * b)
 
 
-def maximum_filter(bk: Backend, img, size: int):
-    """Square maximum filter of odd ``size``."""
+#: the compiled maximum filter (and local-contrast rule) is used up to this half-width:
+#: 2048² float32, alone, 3.6 vs OpenCV's 5.4 ms at 7 px, 5.3 vs 6.1 at 13, 9.2 vs 8.5 at 25
+#: (OpenCV's running maxima win on wide windows)
+COMPILED_MAX_RADIUS = 6
+
+
+def _compiled_max(bk: Backend, img, size: int) -> bool:
+    return (_numba_ok(bk) and _f32_2d(img) and size // 2 <= COMPILED_MAX_RADIUS
+            and size // 2 <= min(img.shape))
+
+
+def mask_above_peak(bk: Backend, mask, a, frac: float, size: int):
+    """The local-contrast rule ``mask & (a > frac · maximum_filter(a, size))`` (float32
+    ``a``). On the CPU, for windows up to 2 · :data:`COMPILED_MAX_RADIUS` + 1, one compiled
+    pass: each row's window maximum is compared as it is made, never written out
+    (2048², 7 px: 4.3 against 6.8 ms for the filter and the rule apart). Exactly the
+    expression's result (tested)."""
     size = max(1, int(size) | 1)
+    if _compiled_max(bk, a, size) and tuple(mask.shape) == tuple(a.shape):
+        from erquant import _numba_kernels
+
+        out = np.empty(a.shape, np.bool_)
+        _numba_kernels.max_filter(a, size // 2, 1, np.ascontiguousarray(mask, dtype=np.bool_),
+                                  np.float32(frac), _NO_IMAGE, out)
+        return out
+    return mask_above(bk, mask, a, frac, maximum_filter(bk, a, size))
+
+
+def maximum_filter(bk: Backend, img, size: int):
+    """Square maximum filter of odd ``size`` (reflected borders): compiled for float32
+    images up to a half-width of :data:`COMPILED_MAX_RADIUS`, else OpenCV's (SciPy's)."""
+    size = max(1, int(size) | 1)
+    if size > 1 and _compiled_max(bk, img, size):
+        from erquant import _numba_kernels
+
+        out = np.empty(img.shape, np.float32)
+        _numba_kernels.max_filter(img, size // 2, 0, _NO_MASK, _F0, out, _NO_MASK)
+        return out
     if _use_cv2(bk):
         return cv2.dilate(img, np.ones((size, size), np.uint8), borderType=cv2.BORDER_REFLECT)
     return bk.ndi.maximum_filter(img, size=size, mode="reflect")

@@ -719,12 +719,13 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
     diameter = float(diameter)
     if not diameter > 0:
         raise ValueError(f"diameter must be > 0, got {diameter}")
-    mask, smooth, t, peak, bg, cc = _foreground(bk, norm, diameter, threshold,
+    mask, smooth, t, window, bg, cc = _foreground(bk, norm, diameter, threshold,
                                                 threshold_value, **kw, levels=stats)
     noise = _level(stats, "noise_sigma", lambda: float(
         _noise_sigma(bk, norm, kw["noise_floor"]) if min_snr > 0 else 0.0))
     labels = _split(bk, mask, smooth, t, diameter, seed_distance, min_area_fraction,
-                    intensity_weight=intensity_weight, peak=peak, seed_contrast=seed_contrast,
+                    intensity_weight=intensity_weight, peak_window=window,
+                    seed_contrast=seed_contrast,
                     seed_hole_fraction=seed_hole_fraction, rim_fraction=rim_fraction,
                     local_contrast=local_contrast, seed_smoothing=seed_smoothing,
                     min_snr=min_snr, noise=noise, valley_strength=valley_strength,
@@ -877,8 +878,9 @@ def _noise_sigma(bk: Backend, norm, floor: float = 0.0) -> float:
 def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoothing,
                 background_factor, log_threshold, local_contrast, fill_holes,
                 contrast_window=0.6, noise_floor: float = 0.0, levels: dict | None = None):
-    """Foreground mask at a given diameter → (mask, smoothed image, threshold, local peak,
-    background map or None, components or None). ``levels``: fixed image-level
+    """Foreground mask at a given diameter → (mask, smoothed image, threshold, the local
+    peak's window (px; None without the local-contrast rule), background map or None,
+    components or None). ``levels``: fixed image-level
     statistics (``threshold``, ``background_threshold``) used when present, else measured
     and stored into it. With ``fill_holes`` the mask's components ``(labels, n, area)``
     (:func:`erquant.kernels.label_filled`: found with the holes, for free) come along."""
@@ -891,14 +893,14 @@ def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoo
     t = _level(levels, "threshold", lambda: float(_foreground_threshold(
         bk, smooth, threshold, threshold_value, log_threshold, noise_floor)))
     mask = smooth > t
-    peak = None
+    window = None
     if local_contrast > 0:  # keep pixels above a fraction of their neighbourhood's peak
-        peak = K.maximum_filter(bk, smooth, int(contrast_window * diameter) | 1)
-        mask = K.mask_above(bk, mask, smooth, local_contrast, peak)
+        window = int(contrast_window * diameter) | 1
+        mask = K.mask_above_peak(bk, mask, smooth, local_contrast, window)
     cc = None
     if fill_holes:
         mask, *cc = K.label_filled(bk, mask)
-    return mask, smooth, t, peak, bg, cc
+    return mask, smooth, t, window, bg, cc
 
 
 def _foreground_threshold(bk: Backend, smooth, method, value, log_threshold,
@@ -927,7 +929,7 @@ def _foreground_threshold(bk: Backend, smooth, method, value, log_threshold,
 
 
 def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fraction,
-           core_fraction: float = 1.15, intensity_weight: float = 0.3, peak=None,
+           core_fraction: float = 1.15, intensity_weight: float = 0.3, peak_window=None,
            seed_contrast: float = 0.0, seed_hole_fraction: float = 0.05,
            rim_fraction: float = 0.0, local_contrast: float = 0.4,
            seed_smoothing: float = 0.0, min_snr: float = 0.0, noise: float = 0.0,
@@ -943,12 +945,14 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
     # seed_contrast × their local peak), where the dim seams between pressed nuclei open
     seed_mask = mask
     part_mask = None
-    if peak is not None and seed_contrast > 0:
+    if peak_window is not None and seed_contrast > 0:
         # compare on a smoother copy, so that bright chromocentres or nucleoli inside a
         # nucleus do not cut it into pieces
-        s2 = K.gaussian(bk, smooth, seed_smoothing * diameter) if seed_smoothing > 0 else smooth
-        p2 = K.maximum_filter(bk, s2, int(0.5 * diameter) | 1) if seed_smoothing > 0 else peak
-        strict = K.mask_above(bk, mask, s2, seed_contrast, p2)  # mask & (s2 > c · p2)
+        if seed_smoothing > 0:
+            s2, w2 = K.gaussian(bk, smooth, seed_smoothing * diameter), int(0.5 * diameter) | 1
+        else:  # the foreground's own peak
+            s2, w2 = smooth, peak_window
+        strict = K.mask_above_peak(bk, mask, s2, seed_contrast, w2)  # mask & (s2 > c · peak)
         if valley_strength > 0:
             strict &= ~_valleys(bk, smooth, cc, ncc, diameter, valley_strength, cc_area,
                                 mask=mask)
@@ -999,7 +1003,7 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         cores = K.seed_cores(bk, seeds, mask, core_fraction * rad)
     else:
         cores = seeds
-    rim = rim_fraction > 0 and peak is not None
+    rim = rim_fraction > 0 and peak_window is not None
     grow = 2 * max(1, int(round(rim_fraction * diameter))) + 1
     # the partition's owners are only read inside the mask and, with the rim rule, the
     # band of a few px around it
