@@ -216,6 +216,15 @@ def _normalise(bk: Backend, img, crop=None, levels=None):
     With ``levels`` (a dict, see :func:`segment_nuclei`) holding ``image_range`` those
     levels are used as they are; otherwise the measured ones are stored into it.
     """
+    lo, hi = _image_range(bk, img, levels)
+    if hi <= lo:
+        return None, lo, hi
+    part = img if crop is None else img[crop]
+    return K.affine(bk, part, lo, 1.0 / (hi - lo)), lo, hi
+
+
+def _image_range(bk: Backend, img, levels=None) -> tuple[float, float]:
+    """The normalisation's ``(lo, hi)`` (see :func:`_normalise`)."""
     xp = bk.xp
     if levels is not None and levels.get("image_range") is not None:
         lo, hi = (float(v) for v in levels["image_range"])
@@ -228,10 +237,7 @@ def _normalise(bk: Backend, img, crop=None, levels=None):
             lo = float(img.min())  # host sync
         if levels is not None:
             levels["image_range"] = (lo, hi)
-    if hi <= lo:
-        return None, lo, hi
-    part = img if crop is None else img[crop]
-    return K.affine(bk, part, lo, 1.0 / (hi - lo)), lo, hi
+    return lo, hi
 
 
 def background(bk: Backend, img, diameter: float, *, factor: float = 4.0, refine: bool = True,
@@ -703,7 +709,16 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
             seed_smoothing=seed_smoothing, min_snr=min_snr, valley_strength=valley_strength,
             levels=levels, _quantum=_quantum)
     stats = dict(levels or {})  # image-level statistics: given, or measured here
-    norm, lo, hi = _normalise(bk, img, levels=stats)
+    # the levels only: the whole image is normalised as the foreground's blur reads it
+    # (K.gaussian's offset and scale), central crops where the statistics need them
+    lo, hi = _image_range(bk, img, stats)
+    norm = None if hi <= lo else (img, lo, 1.0 / (hi - lo))
+
+    def central(n):  # the image's central ≤ n² normalised
+        cy, cx = (max(0, (m - n) // 2) for m in img.shape)
+        return _normalise(bk, img, crop=(slice(cy, cy + n), slice(cx, cx + n)),
+                          levels=stats)[0]
+
     if threshold == "manual":
         if threshold_value is None:
             raise ValueError("threshold method 'manual' needs a threshold value")
@@ -714,15 +729,15 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
                           "levels": stats})
                 if return_info else labels)
     kw["noise_floor"] = _quantum / (hi - lo)  # one grey level, normalised
-    if diameter is None:
-        diameter = _estimate_diameter(bk, norm, threshold, threshold_value, **kw)
+    if diameter is None:  # (the estimate reads a central ≤ 1024²)
+        diameter = _estimate_diameter(bk, central(1024), threshold, threshold_value, **kw)
     diameter = float(diameter)
     if not diameter > 0:
         raise ValueError(f"diameter must be > 0, got {diameter}")
     mask, smooth, t, window, bg, cc = _foreground(bk, norm, diameter, threshold,
                                                 threshold_value, **kw, levels=stats)
     noise = _level(stats, "noise_sigma", lambda: float(
-        _noise_sigma(bk, norm, kw["noise_floor"]) if min_snr > 0 else 0.0))
+        _noise_sigma(bk, central(512), kw["noise_floor"]) if min_snr > 0 else 0.0))
     labels = _split(bk, mask, smooth, t, diameter, seed_distance, min_area_fraction,
                     intensity_weight=intensity_weight, peak_window=window,
                     seed_contrast=seed_contrast,
@@ -883,9 +898,16 @@ def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoo
     components or None). ``levels``: fixed image-level
     statistics (``threshold``, ``background_threshold``) used when present, else measured
     and stored into it. With ``fill_holes`` the mask's components ``(labels, n, area)``
-    (:func:`erquant.kernels.label_filled`: found with the holes, for free) come along."""
+    (:func:`erquant.kernels.label_filled`: found with the holes, for free) come along.
+    ``norm``: the normalised image, or ``(image, lo, scale)`` for ``(image - lo) · scale``
+    normalised as the blur reads it (no normalised copy of its own)."""
     sigma = max(0.0, smoothing * diameter)
-    smooth = K.gaussian(bk, norm, sigma) if sigma >= 0.5 else norm
+    if isinstance(norm, tuple):
+        src, lo, scale = norm
+        smooth = (K.gaussian(bk, src, sigma, offset=lo, scale=scale) if sigma >= 0.5
+                  else K.affine(bk, src, lo, scale))
+    else:
+        smooth = K.gaussian(bk, norm, sigma) if sigma >= 0.5 else norm
     bg = None
     if background_factor > 0 and threshold != "manual":
         bg = background(bk, smooth, diameter, factor=background_factor, levels=levels)
