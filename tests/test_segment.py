@@ -1164,3 +1164,31 @@ def test_compiled_maximum_filter_and_contrast_rule_are_exact(monkeypatch):
             monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
             np.testing.assert_array_equal(K.mask_above_peak(bk, mask, a, 0.55, size), rule)
             monkeypatch.delenv("ERQUANT_NO_NUMBA")
+
+
+def test_label_sparse_equals_label():
+    """kernels.label_sparse (union-find over the listed pixels) numbers the components of
+    sparse and dense masks exactly as kernels.label and SciPy (8-connected, raster order
+    of their first pixel), lists the pixels in raster order, and seed_cores given that
+    list paints the same cores as when it lists them itself."""
+    from scipy import ndimage as ndi
+
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1), (1, 7), (7, 1), (2, 2), (5, 9), (64, 33), (300, 517)]:
+        for p in (0.0, 0.01, 0.1, 0.5, 0.9):
+            m = rng.random(shape) < p
+            lab, n, idx = K.label_sparse(bk, m)
+            ref, nr = ndi.label(m, structure=np.ones((3, 3)))
+            assert n == nr and np.array_equal(lab, ref), (shape, p)
+            assert np.array_equal(lab, K.label(bk, m)[0])
+            np.testing.assert_array_equal(idx, np.flatnonzero(m))
+    peaks = rng.random((300, 517)) < 0.003
+    mask = rng.random(peaks.shape) < 0.7
+    seeds, n, idx = K.label_sparse(bk, peaks)
+    rad = rng.uniform(1, 6, n + 1).astype(np.float32)
+    np.testing.assert_array_equal(K.seed_cores(bk, seeds, mask, rad, idx=idx),
+                                  K.seed_cores(bk, seeds, mask, rad))

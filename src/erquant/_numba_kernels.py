@@ -384,6 +384,50 @@ def _nonzero_impl(flat, words, per, out):
     return n
 
 
+def _label_sparse_impl(idx, n, X, out):
+    """8-connected components of the ``n`` pixels at flat indices ``idx`` (ascending) of
+    an image ``X`` wide, written into ``out`` (flat int32, all 0 on entry), numbered in
+    the raster order of each component's first pixel (as :func:`label`); returns their
+    count. Union-find over the pixels: each joins its already visited W, NW, N and NE
+    neighbours (``out`` holds a visited pixel's position + 1 meanwhile)."""
+    parent = np.arange(n, dtype=np.int64)
+    for k in range(n):
+        p = idx[k]
+        y = p // X
+        x = p - y * X
+        for d in range(4):  # W, NW, N, NE
+            yy = y if d == 0 else y - 1
+            xx = x - 1 if d < 2 else (x if d == 2 else x + 1)
+            if yy >= 0 and 0 <= xx < X:
+                j = out[yy * X + xx]
+                if j > 0:
+                    # union of the roots (the smaller position, the earlier pixel, wins)
+                    a = j - 1
+                    while parent[a] != a:
+                        parent[a] = parent[parent[a]]
+                        a = parent[a]
+                    b = k
+                    while parent[b] != b:
+                        parent[b] = parent[parent[b]]
+                        b = parent[b]
+                    if a < b:
+                        parent[b] = a
+                    elif b < a:
+                        parent[a] = b
+        out[p] = k + 1
+    ids = np.zeros(n, np.int32)
+    m = 0
+    for k in range(n):
+        a = k
+        while parent[a] != a:
+            a = parent[a]
+        if a == k:  # a root: its component's first pixel (the earliest joins win)
+            m += 1
+            ids[k] = m
+        out[idx[k]] = ids[a]
+    return m
+
+
 def _seed_edges_impl(seeds, words, out, counts, nstrips):
     """Flat indices (ascending) of the pixels of ``seeds`` (2-D int32, > 0) with an
     8-neighbour inside the image that is not a seed (<= 0). Rows in ``nstrips``
@@ -1373,6 +1417,7 @@ if numba is not None:
     label_bbox = _jit(_label_bbox_impl)
     seed_cores = _jit(_seed_cores_impl, parallel=True)
     nonzero = _jit(_nonzero_impl)
+    label_sparse = _jit(_label_sparse_impl)
     seed_edges = _jit(_seed_edges_impl, parallel=True)
     _reflect = _jit(_reflect)
     valleys_cc = _jit(_valleys_cc_impl, parallel=True)

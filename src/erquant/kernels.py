@@ -443,13 +443,36 @@ def nearest_seed_within(bk: Backend, seeds, radius: float):
     return xp.where((dist <= r) | (seeds > 0), owner, 0).astype(xp.int32)
 
 
-def seed_cores(bk: Backend, seeds, mask, radius):
+def label_sparse(bk: Backend, mask):
+    """:func:`label` of a sparse boolean mask (seed peaks: a few pixels in a thousand)
+    → ``(labels, count, idx)``, ``idx`` the flat indices of the mask's pixels in raster
+    order (None on the array path). With Numba the pixels are listed (eight at a time
+    past the zeros) and joined by union-find, nothing else of the image visited but
+    the zeroed output: the same labels as :func:`label` (tested)."""
+    if _numba_ok(bk):
+        from erquant import _numba_kernels
+
+        mask = np.ascontiguousarray(mask, dtype=np.bool_)
+        flat = mask.ravel()
+        idx = np.empty(flat.size, np.int64)  # (pages touched only as filled)
+        n_px = _numba_kernels.nonzero(flat.view(np.uint8), _words(flat.view(np.uint8), 8),
+                                      8, idx)
+        idx = idx[:n_px].copy()
+        out = np.zeros(mask.shape, np.int32)
+        n = _numba_kernels.label_sparse(idx, n_px, mask.shape[1], out.ravel())
+        return out, int(n), idx
+    lab, n = label(bk, mask)
+    return lab, n, None
+
+
+def seed_cores(bk: Backend, seeds, mask, radius, idx=None):
     """Cores around seeds: each ``mask`` pixel takes the id of its nearest seed pixel
     where that distance is ≤ ``radius[id]``; seed pixels keep their id; other pixels
     0 (int32).
 
     ``seeds`` is an int32 label image (0 = none), ``radius`` a float array indexed by
-    seed id. With Numba each seed pixel paints its disc (exact Euclidean distances;
+    seed id; ``idx``: the flat indices of the seed pixels in raster order, where known
+    (:func:`label_sparse`). With Numba each seed pixel paints its disc (exact Euclidean distances;
     cost ∝ seed pixels × largest radius², a few times less than a nearest-seed
     transform); otherwise :func:`nearest_seed` and a comparison (CuPy).
     """
@@ -459,9 +482,12 @@ def seed_cores(bk: Backend, seeds, mask, radius):
         from erquant import _numba_kernels
 
         seeds = np.ascontiguousarray(seeds, dtype=np.int32)
-        flat = seeds.ravel()
-        idx = np.empty(flat.size, np.int64)  # (pages touched only as filled)
-        nseed_px = _numba_kernels.nonzero(flat, _words(flat, 2), 2, idx)
+        if idx is None:
+            flat = seeds.ravel()
+            idx = np.empty(flat.size, np.int64)  # (pages touched only as filled)
+            nseed_px = _numba_kernels.nonzero(flat, _words(flat, 2), 2, idx)
+        else:
+            nseed_px = idx.size
         if nseed_px * (2 * reach + 1) ** 2 <= 4 * seeds.size:  # else the transform is cheaper
             out = np.empty(seeds.shape, np.int32)
             _numba_kernels.seed_cores(seeds, np.ascontiguousarray(mask, dtype=np.bool_),

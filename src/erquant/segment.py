@@ -1015,14 +1015,17 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         lo = hi
     peaks = K.band_peaks(bk, sdist, score, mask,
                          [(win, lo, hi) for win, (lo, hi) in bands.items()])
-    seeds, nseeds = K.label(bk, peaks)
+    seeds, nseeds, idx = K.label_sparse(bk, peaks)  # (idx: the seed pixels, where listed)
     # cores: discs of core_fraction × the seed's inscribed radius, so that the
     # partition follows the nuclei's sizes (a power diagram, not a plain Voronoi)
     if nseeds:
         rad = xp.zeros(nseeds + 1, xp.float32)
-        on = seeds > 0
-        rad[seeds[on]] = sdist[on]  # plateau: any of its values
-        cores = K.seed_cores(bk, seeds, mask, core_fraction * rad)
+        if idx is None:
+            on = seeds > 0
+            rad[seeds[on]] = sdist[on]  # plateau: any of its values (the last, raster order)
+        else:
+            rad[seeds.ravel()[idx]] = sdist.ravel()[idx]
+        cores = K.seed_cores(bk, seeds, mask, core_fraction * rad, idx=idx)
     else:
         cores = seeds
     rim = rim_fraction > 0 and peak_window is not None
