@@ -1192,3 +1192,31 @@ def test_label_sparse_equals_label():
     rad = rng.uniform(1, 6, n + 1).astype(np.float32)
     np.testing.assert_array_equal(K.seed_cores(bk, seeds, mask, rad, idx=idx),
                                   K.seed_cores(bk, seeds, mask, rad))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.uint32, np.int64])
+def test_label_bbox_and_box_moments_equal_whole_image_passes(dtype):
+    """kernels.label_bbox (background skipped a 64-bit word at a time, any id width)
+    gives SciPy's find_objects boxes for the wanted labels, and box_moments (each
+    label's moments summed inside its box) equals shape_moments to the bit."""
+    from scipy import ndimage as ndi
+
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(2)
+    for shape in [(1, 1), (3, 5), (64, 33), (300, 517)]:
+        lab, n = ndi.label(rng.random(shape) < 0.3)
+        if n >= np.iinfo(dtype).max:
+            continue
+        lab = lab.astype(dtype)
+        want = rng.random(n + 1) < 0.5
+        boxes = K.label_bbox(bk, lab, want)
+        for k, sl in enumerate(ndi.find_objects(lab.astype(np.int64)), start=1):
+            expect = ((sl[0].start, sl[1].start, sl[0].stop, sl[1].stop) if want[k]
+                      else (shape[0], shape[1], 0, 0))
+            assert tuple(boxes[k]) == expect
+        ids = np.flatnonzero(want[1:]) + 1
+        np.testing.assert_array_equal(K.box_moments(bk, lab, ids, boxes),
+                                      K.shape_moments(bk, lab, n)[ids])

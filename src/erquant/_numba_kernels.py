@@ -150,14 +150,37 @@ def _shape_moments_impl(labels, out):
                 out[k, 5] += y * x
 
 
-def _label_bbox_impl(labels, want, out):
+def _box_moments_impl(labels, ids, boxes, out):
+    """out[j] = (1, y, x, y², x², xy) summed over the pixels of label ids[j] inside its
+    box boxes[ids[j]] (min y, min x, max y + 1, max x + 1) in raster order: the sums of
+    :func:`_shape_moments_impl` to the bit where the box holds the label whole."""
+    for j in range(ids.size):
+        k = ids[j]
+        for y in range(boxes[k, 0], boxes[k, 2]):
+            for x in range(boxes[k, 1], boxes[k, 3]):
+                if labels[y, x] == k:
+                    out[j, 0] += 1.0
+                    out[j, 1] += y
+                    out[j, 2] += x
+                    out[j, 3] += y * y
+                    out[j, 4] += x * x
+                    out[j, 5] += y * x
+
+
+def _label_bbox_impl(labels, words, per, want, out):
     """Bounding box (min y, min x, max y + 1, max x + 1) of each label k with
-    ``want[k]`` into out[k] (which starts as (H, W, 0, 0)); 2-D labels."""
+    ``want[k]`` into out[k] (which starts as (H, W, 0, 0)); 2-D labels, background
+    skipped ``per`` pixels at a time (``words``: the flat labels' groups of ``per`` as
+    uint64)."""
     H, W = labels.shape
-    for y in range(H):
-        for x in range(W):
-            k = labels[y, x]
+    flat = labels.ravel()
+    for j in range((flat.size + per - 1) // per):
+        i0, i1 = _word_span(words, j, per, 0, flat.size)
+        for i in range(i0, i1):
+            k = flat[i]
             if k and want[k]:
+                y = i // W
+                x = i - y * W
                 if y < out[k, 0]:
                     out[k, 0] = y
                 if x < out[k, 1]:
@@ -1415,6 +1438,7 @@ if numba is not None:
     scatter_max = _jit(_scatter_max_impl)
     shape_moments = _jit(_shape_moments_impl)
     label_bbox = _jit(_label_bbox_impl)
+    box_moments = _jit(_box_moments_impl)
     seed_cores = _jit(_seed_cores_impl, parallel=True)
     nonzero = _jit(_nonzero_impl)
     label_sparse = _jit(_label_sparse_impl)

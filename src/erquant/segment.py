@@ -387,10 +387,11 @@ ELLIPSE_MAX_ASPECT = 2.0
 ELLIPSE_MIN_ASPECT = 1.2
 
 
-def _moment_axes(bk: Backend, lab, n: int):
+def _moment_axes(bk: Backend, lab, n: int, moments=None):
     """Major and minor semi-axes of each object's second-moment ellipse (host float
-    vectors of n; R, R for a disc of radius R)."""
-    m = K.shape_moments(bk, lab, n)[1:]
+    vectors of n; R, R for a disc of radius R). ``moments``: the objects' rows of
+    :func:`erquant.kernels.shape_moments` where known (``lab`` and ``n`` then unused)."""
+    m = K.shape_moments(bk, lab, n)[1:] if moments is None else moments
     a = np.maximum(m[:, 0], 1)
     my, mx = m[:, 1] / a, m[:, 2] / a
     vyy = np.maximum(m[:, 3] / a - my * my, 0)
@@ -1195,14 +1196,15 @@ def _split_oversized(bk: Backend, labels, area, total, smooth, diameter, min_are
     if not bool(big.any()):  # host sync
         return labels, area, total
     big = to_numpy(big)
-    if CLUMP_FILL > 0:  # ... and not ellipse-like (second moments: one pass)
-        amaj, amin = _moment_axes(bk, labels, area.shape[0] - 1)
-        fill = to_numpy(area[1:]).astype(float) / np.maximum(np.pi * amaj * amin, 1e-9)
-        big &= np.r_[False, fill < CLUMP_FILL]
+    boxes = K.label_bbox(bk, labels, big)
+    if CLUMP_FILL > 0:  # ... and not ellipse-like (second moments, in their boxes)
+        cand = np.flatnonzero(big)
+        amaj, amin = _moment_axes(bk, labels, 0, moments=K.box_moments(bk, labels, cand, boxes))
+        fill = to_numpy(area[cand]).astype(float) / np.maximum(np.pi * amaj * amin, 1e-9)
+        big[cand[fill >= CLUMP_FILL]] = False
     ids = np.flatnonzero(big)
     if ids.size == 0:
         return labels, area, total
-    boxes = K.label_bbox(bk, labels, big)
     kmax = np.maximum(2, np.round(to_numpy(area)[ids] / med)).astype(int)
     sigma = DOME_SIGMA * diameter
     win = int(DOME_WINDOW * diameter) | 1
