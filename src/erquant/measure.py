@@ -510,9 +510,13 @@ def _region_slots(bk: Backend, nuclei, cells):
     the combined index.
     """
     xp = bk.xp
-    ranges = [nuclei.min().astype(np.int64), nuclei.max().astype(np.int64)]
+
+    def lowest(lab):  # unsigned ids are never negative: no pass over the image
+        return xp.zeros((), np.int64) if lab.dtype.kind == "u" else lab.min().astype(np.int64)
+
+    ranges = [lowest(nuclei), nuclei.max().astype(np.int64)]
     if cells is not None:
-        ranges += [cells.min().astype(np.int64), cells.max().astype(np.int64)]
+        ranges += [lowest(cells), cells.max().astype(np.int64)]
     # host sync: label range (2-4 integers) picks direct vs compressed indexing
     r = to_numpy(xp.stack(ranges))
     if r[0] < 0 or (cells is not None and r[2] < 0):
