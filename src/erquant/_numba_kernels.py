@@ -551,6 +551,15 @@ def _label_area_impl(labels, out):
         out[labels[i]] += 1
 
 
+def _label_area_2d_impl(labels, out):
+    # out[k] += number of pixels of label k (a 2-D view, strided or not: no copy)
+    H, W = labels.shape
+    for y in range(H):
+        row = labels[y]
+        for x in range(W):
+            out[row[x]] += 1
+
+
 def _valleys_cc_impl(g, cc, is_cluster, sigma2, strength, within, wwithin, sparse, out):
     """out = cluster & (λmax σ² / max(g, 1e-6) > strength) & (λmin < 0.3 λmax), where
     cluster = is_cluster[cc] (a per-component table: no whole-image mask is built);
@@ -1446,6 +1455,7 @@ if numba is not None:
     _reflect = _jit(_reflect)
     valleys_cc = _jit(_valleys_cc_impl, parallel=True)
     label_area = _jit(_label_area_impl)
+    label_area_2d = _jit(_label_area_2d_impl)
     band_peaks = _jit(_band_peaks_impl, parallel=True)
     softmax3 = _jit(_softmax3_impl)
     lut_gather = _jit(_lut_gather_impl)

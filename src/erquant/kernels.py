@@ -557,8 +557,9 @@ def area_resize(bk: Backend, img, shape):
     if _use_cv2(bk):
         if img.dtype != np.float32:  # (integer images: cast in one parallel pass)
             img = as_float32(bk, img)
-        return cv2.resize(np.ascontiguousarray(img, dtype=np.float32), (Xs, Ys),
-                          interpolation=cv2.INTER_AREA)
+        if img.ndim != 2 or img.strides[1] != 4 or img.strides[0] < 4 * X:
+            img = np.ascontiguousarray(img)  # (OpenCV reads row-strided views as they are)
+        return cv2.resize(img, (Xs, Ys), interpolation=cv2.INTER_AREA)
     fy, fx = Y // Ys, X // Xs
     if fy == fx and (Ys * fy, Xs * fx) == (Y, X):  # whole f × f blocks
         out = img.astype(xp.float32, copy=False).reshape(Ys, fy, Xs, fx).mean(axis=(1, 3))
@@ -825,7 +826,10 @@ def label_area(bk: Backend, labels, n: int):
         from erquant import _numba_kernels
 
         out = np.zeros(n + 1, np.int64)
-        _numba_kernels.label_area(np.ascontiguousarray(labels).ravel(), out)
+        if labels.ndim == 2 and not labels.flags.c_contiguous:  # a strided view: no copy
+            _numba_kernels.label_area_2d(labels, out)
+        else:
+            _numba_kernels.label_area(np.ascontiguousarray(labels).ravel(), out)
         return out
     return bk.xp.bincount(labels.ravel(), minlength=n + 1)
 
