@@ -1220,3 +1220,38 @@ def test_label_bbox_and_box_moments_equal_whole_image_passes(dtype):
         ids = np.flatnonzero(want[1:]) + 1
         np.testing.assert_array_equal(K.box_moments(bk, lab, ids, boxes),
                                       K.shape_moments(bk, lab, n)[ids])
+
+
+def test_median_and_histogram_equal_numpy():
+    """kernels.median (one partition and the lower half's maximum) and kernels.histogram
+    (NumPy's equal-bin arithmetic in one compiled pass) give np.median's value and dtype
+    and np.histogram's counts exactly: odd and even sizes, ties, strided 2-D samples,
+    values on the bin edges and at the range's ends."""
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(2, 5000))
+        kind = trial % 4
+        if kind == 0:
+            v = rng.normal(0, 1, n)
+        elif kind == 1:  # ties
+            v = np.round(rng.normal(0, 1, n) * 3) / 3
+        elif kind == 2:  # a log sample with a floor (as the threshold's)
+            v = np.log(np.maximum(rng.random(n), 0.3))
+        else:  # few values, many on the bin edges
+            v = rng.integers(0, 7, n) * 0.1
+        v = v.astype(np.float32)
+        m = K.median(bk, v)
+        assert m.dtype == np.median(v).dtype and m == np.median(v)
+        v2 = v[: (n // 2) * 2].reshape(2, -1)[:, ::2]
+        assert K.median(bk, v2) == np.median(v2)
+        assert K.median(bk, v.astype(np.float64)) == np.median(v.astype(np.float64))
+        lo, hi = float(v.min()), float(v.max())
+        if hi > lo:
+            for nb in (7, 256, 512):
+                for arr in (v, v2):
+                    np.testing.assert_array_equal(K.histogram(bk, arr, nb, lo, hi),
+                                                  np.histogram(arr, bins=nb, range=(lo, hi))[0])

@@ -545,6 +545,34 @@ def _reflect(i, n):
     return i
 
 
+def _histogram_impl(vals, first, last, edges, counts):
+    """np.histogram(vals, bins=len(counts), range=(first, last)) of float32 ``vals`` (any
+    2-D layout) into ``counts``, with NumPy 2's arithmetic for equal bins step by step:
+    values outside the range dropped (compared in float32), the index from the float32
+    difference to the first edge, divided in float64 by (last - first) and scaled by
+    the bin count, then moved by one where it disagrees with the float32 ``edges``
+    (``np.linspace(first, last, n + 1, dtype=float32)``), the last bin closed."""
+    nb = counts.size
+    f32 = np.float32(first)
+    l32 = np.float32(last)
+    denom = last - first
+    H, W = vals.shape
+    for y in range(H):
+        for x in range(W):
+            v = vals[y, x]
+            if not (v >= f32 and v <= l32):
+                continue
+            d = np.float64(np.float32(v - f32))
+            i = int((d / denom) * nb)
+            if i == nb:
+                i -= 1
+            if v < edges[i]:
+                i -= 1
+            if v >= edges[i + 1] and i != nb - 1:
+                i += 1
+            counts[i] += 1
+
+
 def _label_area_impl(labels, out):
     # out[k] += number of pixels of label k (1-D label view)
     for i in range(labels.size):
@@ -1455,6 +1483,7 @@ if numba is not None:
     _reflect = _jit(_reflect)
     valleys_cc = _jit(_valleys_cc_impl, parallel=True)
     label_area = _jit(_label_area_impl)
+    histogram = _jit(_histogram_impl)
     label_area_2d = _jit(_label_area_2d_impl)
     band_peaks = _jit(_band_peaks_impl, parallel=True)
     softmax3 = _jit(_softmax3_impl)

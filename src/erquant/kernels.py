@@ -819,6 +819,39 @@ def label_present(bk: Backend, labels):
     return xp.bincount(labels.ravel()) > 0
 
 
+def median(bk: Backend, values):
+    """``xp.median(values)`` of a finite float array, the same value (a 0-d array of its
+    dtype). On the CPU one partition around the middle element and the maximum of the
+    lower half, instead of NumPy's partition around the two middle elements (65,536
+    float32: 0.15 against 0.7 ms); the two middle values averaged as NumPy's
+    ``mean`` does."""
+    xp = bk.xp
+    if bk.is_gpu or values.dtype.kind != "f" or values.size < 2:
+        return xp.median(values)
+    a = np.array(values, copy=True).ravel()  # (the partition's own copy, as np.median's)
+    k = a.size // 2
+    a.partition(k)
+    if a.size % 2:
+        return np.mean(a[k:k + 1])
+    return np.mean(np.array([a[:k].max(), a[k]], a.dtype))
+
+
+def histogram(bk: Backend, values, nbins: int, lo: float, hi: float):
+    """``xp.histogram(values, bins=nbins, range=(lo, hi))`` counts (int64) of a float32
+    array: on the CPU one compiled pass with NumPy's own equal-bin arithmetic (the same
+    counts, tested; 65,536 values: ~0.1 against 0.9 ms)."""
+    xp = bk.xp
+    if _numba_ok(bk) and values.dtype == np.float32 and values.ndim in (1, 2) and hi > lo:
+        from erquant import _numba_kernels
+
+        counts = np.zeros(int(nbins), np.int64)
+        edges = np.linspace(lo, hi, int(nbins) + 1, dtype=np.float32)
+        v2 = values if values.ndim == 2 else values.reshape(1, -1)
+        _numba_kernels.histogram(v2, float(lo), float(hi), edges, counts)
+        return counts
+    return xp.histogram(values, bins=nbins, range=(lo, hi))[0]
+
+
 def label_area(bk: Backend, labels, n: int):
     """Pixel count of each label 0..n (int64; one compiled pass on the CPU, else
     ``bincount``)."""

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from erquant.backend import backend_for, stack_to_host, to_numpy
-from erquant.kernels import range_and_count
+from erquant.kernels import median, range_and_count
 
 __all__ = [
     "FLAGS",
@@ -342,8 +342,8 @@ def field_qc(
         bgpix = fs[labels_img[::step, ::step] == 0] if labels_img is not None else fs.ravel()
         if bgpix.size == 0:  # host sync on CuPy (size)
             bgpix = fs.ravel()
-        bg = xp.median(bgpix)
-        mad = xp.median(xp.abs(bgpix - bg))
+        bg = median(bk, bgpix)
+        mad = median(bk, xp.abs(bgpix - bg))
         # focus on a central crop of ≤ 1024² (band-pass energies need whole pixels;
         # a quarter of a 2048² field holds hundreds of nuclei); the channels that do
         # not drive the flags (reported only) on ≤ 512²

@@ -94,13 +94,12 @@ def as_2d_float(image, *, name: str = "image", bk: Backend | None = None):
 # ---------------------------------------------------------------- thresholds
 def _histogram(bk: Backend, img, mask=None, nbins: int = 512):
     """Histogram on the device; returns host (counts, bin centres)."""
-    xp = bk.xp
     vals = img if mask is None else img[mask]
     lo, hi = float(vals.min()), float(vals.max())  # host sync: histogram range
     if hi <= lo:
         return None, (lo, hi)
-    counts, edges = xp.histogram(vals, bins=nbins, range=(lo, hi))
-    counts, edges = to_numpy(counts).astype(np.float64), to_numpy(edges)
+    counts = to_numpy(K.histogram(bk, vals, nbins, lo, hi)).astype(np.float64)
+    edges = np.linspace(lo, hi, nbins + 1, dtype=np.result_type(lo, hi, vals.dtype))
     return (counts, (edges[:-1] + edges[1:]) / 2), (lo, hi)
 
 
@@ -887,7 +886,7 @@ def _noise_sigma(bk: Backend, norm, floor: float = 0.0) -> float:
     cy, cx = (max(0, (n - 512) // 2) for n in norm.shape)
     crop = xp.ascontiguousarray(norm[cy:cy + 512, cx:cx + 512])
     hp = (crop - K.gaussian(bk, crop, 1.0))[::2, ::2]  # a quarter of the pixels: same MAD
-    mad = float(xp.median(xp.abs(hp - xp.median(hp)))) * 1.4826 * 1.25  # host sync
+    mad = float(K.median(bk, xp.abs(hp - K.median(bk, hp)))) * 1.4826 * 1.25  # host sync
     return max(mad, NOISE_FLOOR_SNR * floor)
 
 
@@ -940,8 +939,8 @@ def _foreground_threshold(bk: Backend, smooth, method, value, log_threshold,
     # statistics on a strided sample (≤ 256² pixels): the same threshold, less work
     step = max(1, -(-max(smooth.shape) // 256))
     sub = smooth[::step, ::step]
-    med = float(xp.median(sub))  # host sync
-    noise = float(xp.median(xp.abs(sub - med))) * 1.4826  # host sync: MAD noise estimate
+    med = float(K.median(bk, sub))  # host sync
+    noise = float(K.median(bk, xp.abs(sub - med))) * 1.4826  # host sync: MAD noise estimate
     # quantised inputs (8-bit, JPEG) with a flat background have a MAD of ~0: the
     # noise is at least a fraction of one grey level, and the threshold at least
     # MIN_THRESHOLD_SNR noise units above the background
