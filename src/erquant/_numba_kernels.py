@@ -374,14 +374,22 @@ def _paste_upsampled_impl(seeds, small, ri, ci, out):
     """out = seeds where > 0, else small[ri[y], ci[x]] (rows in parallel where compiled
     so)."""
     Y, X = seeds.shape
-    for y in prange(Y):
-        r = ri[y]
-        for x in range(X):
-            s = seeds[y, x]
-            if s > 0:
-                out[y, x] = s
-            else:
-                out[y, x] = small[r, ci[x]]
+    h = (Y + CHUNKS - 1) // CHUNKS
+    for k in prange(CHUNKS):  # row chunks: each source row expanded once, then selects
+        row = np.empty(X, out.dtype)
+        last = -1
+        for y in range(k * h, min(Y, k * h + h)):
+            r = ri[y]
+            if r != last:
+                last = r
+                srow = small[r]
+                for x in range(X):
+                    row[x] = srow[ci[x]]
+            srow_seeds = seeds[y]
+            orow = out[y]
+            for x in range(X):  # branch-free: vectorised
+                s = srow_seeds[x]
+                orow[x] = s if s > 0 else row[x]
 
 
 def _gather2d_impl(src, ri, ci, out):
