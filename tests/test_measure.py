@@ -515,3 +515,36 @@ def test_label_moments_chunks_give_the_same_sums_on_any_thread_count():
         del os.environ["ERQUANT_NO_NUMBA"]
     assert len(ref) > 250
     pd.testing.assert_frame_equal(plain, ref, rtol=1e-6)  # (float32 background maps)
+
+
+def test_background_map_products_run_on_one_blas_thread(monkeypatch):
+    """The background map's interpolation products run inside erquant._blas.one_thread
+    (OpenBLAS's woken pool would spin on and take a core from the kernels that follow),
+    which limits every BLAS library to one thread, and the map is the same as with
+    BLAS's own threads."""
+    import contextlib
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from erquant import _blas
+    from erquant import measure as M
+
+    if _blas._controller() is None:
+        pytest.skip("no BLAS library found by threadpoolctl")
+    with _blas.one_thread():
+        inside = [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                  if i["user_api"] == "blas"]
+    assert inside and all(n == 1 for n in inside)
+    rng = np.random.default_rng(4)
+    img = (100 + rng.normal(0, 3, (300, 420)) + np.linspace(0, 50, 420)).astype(np.float32)
+    occ = rng.random(img.shape) < 0.2
+    entered = []
+
+    def counted(bk):
+        entered.append(1)
+        return _blas.one_thread()
+
+    monkeypatch.setattr(M, "_blas_one_thread", counted)
+    one = M.background_map(img, occ, tile=32)
+    assert len(entered) == 2  # both products
+    monkeypatch.setattr(M, "_blas_one_thread", lambda bk: contextlib.nullcontext())
+    np.testing.assert_array_equal(M.background_map(img, occ, tile=32), one)

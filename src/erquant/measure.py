@@ -67,6 +67,7 @@ CellProfiler intensities are usually rescaled to 0–1 (divided by 65535 for
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -478,13 +479,25 @@ def background_map(
     cy = np.array([(i * t + min((i + 1) * t, Y) - 1) / 2.0 for i in range(ny)])
     cx = np.array([(j * t + min((j + 1) * t, X) - 1) / 2.0 for j in range(nx)])
     # as two small matrix products (BLAS; C-ordered float32 output): Wy @ grid @ Wx
+    # (on one BLAS thread: a woken OpenBLAS pool spins on after the product, taking a
+    # core from the kernels that follow; see erquant._blas)
     wy = _interp_matrix(xp, Y, cy)  # (Y, ny)
-    rows = xp.ascontiguousarray((wy @ grid.astype(np.float64)).astype(np.float32))  # (Y, nx)
-    if separable:
+    with _blas_one_thread(bk):
+        rows = xp.ascontiguousarray((wy @ grid.astype(np.float64)).astype(np.float32))
+    if separable:  # rows: (Y, nx)
         c0, c1, cw = _interp_weights(xp, X, cx)
         return rows, c0, c1, cw.astype(np.float32)
     wx = _interp_matrix(xp, X, cx)  # (X, nx)
-    return xp.ascontiguousarray(rows @ wx.T.astype(np.float32))
+    with _blas_one_thread(bk):
+        return xp.ascontiguousarray(rows @ wx.T.astype(np.float32))
+
+
+def _blas_one_thread(bk: Backend):
+    if bk.is_gpu:
+        return contextlib.nullcontext()
+    from erquant import _blas
+
+    return _blas.one_thread()
 
 
 def _interp_matrix(xp, n: int, centres: np.ndarray):
