@@ -15,6 +15,7 @@ from conftest import ACCURACY_SEEDS
 
 from erquant.illumination import fit_illumination
 from erquant.metrics import match_labels
+from erquant.params import Params
 from erquant.pipeline import STAGES, FieldResult, Progress, quantify, quantify_iter
 
 COLUMNS = ["label", "nucleus_area_px", "centroid_y", "centroid_x", "nucleus_er_mean",
@@ -225,17 +226,22 @@ def test_er_with_estimated_illumination(accuracy_results):
         assert abs(measured / true - 1) <= 0.02, (seed, measured, true)
 
 
-def test_generic_array_paths_agree_with_the_fast_cpu_path(synthetic_field, monkeypatch):
+@pytest.mark.parametrize("method", ["auto", "classical"])
+def test_generic_array_paths_agree_with_the_fast_cpu_path(synthetic_field, monkeypatch,
+                                                          method):
     """With OpenCV and Numba switched off every kernel takes the array-API branch that
     the CuPy backend runs (SciPy ndimage ≙ cupyx.scipy.ndimage, bincount, reshape-mean,
-    repeat): the whole pipeline must give the same nuclei and per-cell ERα."""
+    repeat): the whole pipeline must give the same nuclei and per-cell ERα, with the
+    default (learned) and the classical segmenter (whose fused compiled kernels, e.g.
+    the seed score and the contrast rule, have their array twins here)."""
     from erquant.metrics import match_labels
 
     f = synthetic_field((768, 768), 170, 7, in_focus=True)
-    fast = quantify(f.image, backend="numpy")
+    params = Params().replace(**{"segment.method": method})
+    fast = quantify(f.image, backend="numpy", params=params)
     monkeypatch.setenv("ERQUANT_NO_OPENCV", "1")
     monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
-    generic = quantify(f.image, backend="numpy")
+    generic = quantify(f.image, backend="numpy", params=params)
     assert fast.info["diameter"] == pytest.approx(generic.info["diameter"], rel=0.05)
     assert abs(fast.n_nuclei - generic.n_nuclei) <= 0.01 * fast.n_nuclei + 1
     assert match_labels(fast.nuclei, generic.nuclei).f1 >= 0.97
