@@ -1249,6 +1249,11 @@ def test_median_and_histogram_equal_numpy():
         v2 = v[: (n // 2) * 2].reshape(2, -1)[:, ::2]
         assert K.median(bk, v2) == np.median(v2)
         assert K.median(bk, v.astype(np.float64)) == np.median(v.astype(np.float64))
+        if trial % 50 == 0:  # a NaN makes the median NaN, as NumPy's
+            with_nan = v.copy()
+            with_nan[n // 3] = np.nan
+            m = K.median(bk, with_nan)
+            assert np.isnan(m) and m.dtype == np.float32
         lo, hi = float(v.min()), float(v.max())
         if hi > lo:
             for nb in (7, 256, 512):
