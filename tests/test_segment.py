@@ -1137,7 +1137,8 @@ def test_seed_score_equals_its_expression(monkeypatch):
 def test_compiled_maximum_filter_and_contrast_rule_are_exact(monkeypatch):
     """kernels.maximum_filter (compiled up to COMPILED_MAX_RADIUS) equals OpenCV's dilate
     and SciPy's maximum_filter (reflected borders) exactly, and mask_above_peak (the
-    local-contrast rule without the filter written out) equals mask & (a > f · filter),
+    local-contrast rule without the filter written out) equals mask & (a > f · filter)
+    (and, with ``above``, (a > t) & (a > f · filter), t compared as NumPy does),
     on odd shapes and windows on both sides of the compiled limit, on the compiled and
     the array path."""
     import cv2
@@ -1160,9 +1161,15 @@ def test_compiled_maximum_filter_and_contrast_rule_are_exact(monkeypatch):
                 ref)
             np.testing.assert_array_equal(K.maximum_filter(bk, a, size), ref)
             rule = mask & (a > np.float32(0.55) * ref)
+            t = float(np.quantile(a, 0.4)) + 1e-9  # a Python float, compared in float32
+            ruled = (a > t) & (a > np.float32(0.55) * ref)
             np.testing.assert_array_equal(K.mask_above_peak(bk, mask, a, 0.55, size), rule)
+            np.testing.assert_array_equal(
+                K.mask_above_peak(bk, None, a, 0.55, size, above=t), ruled)
             monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
             np.testing.assert_array_equal(K.mask_above_peak(bk, mask, a, 0.55, size), rule)
+            np.testing.assert_array_equal(
+                K.mask_above_peak(bk, None, a, 0.55, size, above=t), ruled)
             monkeypatch.delenv("ERQUANT_NO_NUMBA")
 
 

@@ -1410,12 +1410,13 @@ def _gaussian_impl(a, w, pre, c0, c1, post, sd, p, out):
                     orow[x] = v * (orow[x] + eps) ** p if v > 0 else np.float32(0.0)
 
 
-def _max_filter_impl(a, r, mode, mask, frac, out, out_mask):
+def _max_filter_impl(a, r, mode, mask, frac, out, out_mask, thr):
     """The square maximum filter of half-width ``r`` (r <= min(a.shape)), borders
     reflected: per row, the column window's maximum into a padded row buffer, then the
     row window's, both as maxima of whole shifted rows (SIMD). ``mode`` 0: out = the
-    filter; 1 (the local-contrast rule): out_mask = mask & (a > frac · filter), the
-    filter never written. Rows in fixed chunks (any thread count: the same result)."""
+    filter; 1 (the local-contrast rule): out_mask = mask & (a > frac · filter); 2: the
+    same with the mask a > thr taken as it goes; the filter never written in 1 and 2.
+    Rows in fixed chunks (any thread count: the same result)."""
     Y, X = a.shape
     h = (Y + GAUSS_CHUNKS - 1) // GAUSS_CHUNKS
     for c in prange(GAUSS_CHUNKS):
@@ -1447,6 +1448,11 @@ def _max_filter_impl(a, r, mode, mask, frac, out, out_mask):
                 orow = out_mask[y]
                 for x in range(X):
                     orow[x] = mrow[x] and row[x] > frac * res[x]
+            elif mode == 2:
+                orow = out_mask[y]
+                for x in range(X):
+                    v = row[x]
+                    orow[x] = (v > thr) & (v > frac * res[x])
 
 
 #: row chunks of the compiled Gaussian (more than threads: balanced; fixed: the same

@@ -908,17 +908,20 @@ def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoo
                   else K.affine(bk, src, lo, scale))
     else:
         smooth = K.gaussian(bk, norm, sigma) if sigma >= 0.5 else norm
+    owned = isinstance(norm, tuple) or sigma >= 0.5  # smooth is a new array, not norm
     bg = None
     if background_factor > 0 and threshold != "manual":
         bg = background(bk, smooth, diameter, factor=background_factor, levels=levels)
-        smooth = smooth - bg
+        smooth = bk.xp.subtract(smooth, bg, out=smooth) if owned else smooth - bg
     t = _level(levels, "threshold", lambda: float(_foreground_threshold(
         bk, smooth, threshold, threshold_value, log_threshold, noise_floor)))
-    mask = smooth > t
     window = None
     if local_contrast > 0:  # keep pixels above a fraction of their neighbourhood's peak
         window = int(contrast_window * diameter) | 1
-        mask = K.mask_above_peak(bk, mask, smooth, local_contrast, window)
+        # (smooth > t) & (smooth > c · peak), the threshold taken in the same pass
+        mask = K.mask_above_peak(bk, None, smooth, local_contrast, window, above=t)
+    else:
+        mask = smooth > t
     cc = None
     if fill_holes:
         mask, *cc = K.label_filled(bk, mask)
