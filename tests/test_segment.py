@@ -1267,3 +1267,16 @@ def test_median_and_histogram_equal_numpy():
                 for arr in (v, v2):
                     np.testing.assert_array_equal(K.histogram(bk, arr, nb, lo, hi),
                                                   np.histogram(arr, bins=nb, range=(lo, hi))[0])
+
+
+def test_label_area_counts_any_layout():
+    """kernels.label_area (one compiled pass over 2-D views, strided or not; other
+    shapes as one row) gives bincount's counts."""
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    lab = np.random.default_rng(0).integers(0, 50, (300, 517)).astype(np.int32)
+    for arr in (lab, lab[::2, ::3], lab.ravel(), lab.reshape(3, 100, 517)):
+        np.testing.assert_array_equal(K.label_area(bk, arr, 49),
+                                      np.bincount(arr.ravel(), minlength=50))

@@ -243,6 +243,15 @@ def _word_span(words, j, per, start, end):
     return i0, end
 
 
+def _word_chunk(n, k):
+    """Flat range [start, end) of chunk ``k`` of :data:`CHUNKS` over ``n`` elements, each
+    chunk a whole number of 8-element words long (so no two chunks share a word of the
+    sparse kernels' masks)."""
+    h = (((n + CHUNKS - 1) // CHUNKS) + 7) // 8 * 8
+    start = min(n, k * h)
+    return start, min(n, start + h)
+
+
 def _raster_relabel_impl(labels, words, n):
     """Renumber the labels 1..n of a flat int32 array, in place, in the raster order of
     their first pixels (0 stays 0): one pass (each label's first pixel is met before any
@@ -582,12 +591,6 @@ def _histogram_impl(vals, first, last, edges, counts):
 
 
 def _label_area_impl(labels, out):
-    # out[k] += number of pixels of label k (1-D label view)
-    for i in range(labels.size):
-        out[labels[i]] += 1
-
-
-def _label_area_2d_impl(labels, out):
     # out[k] += number of pixels of label k (a 2-D view, strided or not: no copy)
     H, W = labels.shape
     for y in range(H):
@@ -735,18 +738,15 @@ def _orphan_cores_impl(cc, peaks, wpeaks, mask, wmask, cores, nseeds, has_seed, 
     # as uint64 words, zero words skipped). Parallel where compiled so (concurrent
     # writes to has_seed and seed_cc store the same value).
     n = cc.size
-    h = (((n + CHUNKS - 1) // CHUNKS) + 7) // 8 * 8  # chunks of whole words
     for k in prange(CHUNKS):
-        start = min(n, k * h)
-        end = min(n, start + h)
+        start, end = _word_chunk(n, k)
         for j in range(start // 8, (end + 7) // 8):
             i0, i1 = _word_span(wpeaks, j, 8, start, end)
             for i in range(i0, i1):
                 if peaks[i]:
                     has_seed[cc[i]] = True
     for k in prange(CHUNKS):
-        start = min(n, k * h)
-        end = min(n, start + h)
+        start, end = _word_chunk(n, k)
         for j in range(start // 8, (end + 7) // 8):
             i0, i1 = _word_span(wmask, j, 8, start, end)
             for i in range(i0, i1):
@@ -768,11 +768,9 @@ def _owned_impl(owner, cc, seed_cc, allowed, mask, wmask, has_seed, cores, orpha
     # uint64 words); ``out`` must hold zeros. CHUNKS chunks (parallel where compiled
     # so), each with its own peaks, then their maximum.
     n = owner.size
-    h = (((n + CHUNKS - 1) // CHUNKS) + 7) // 8 * 8  # chunks of whole words
     part = np.zeros((CHUNKS if want_peak else 1, peak.size), peak.dtype)
     for k in prange(CHUNKS):
-        start = min(n, k * h)
-        end = min(n, start + h)
+        start, end = _word_chunk(n, k)
         for j in range(start // 8, (end + 7) // 8):
             i0, i1 = _word_span(wmask, j, 8, start, end)
             for i in range(i0, i1):
@@ -832,12 +830,10 @@ def _rim_stats_impl(labels, owner, mask, near, wnear, smooth, t, contrast, own_p
     # where compiled so), each with its own sums (each label's in pixel order), then
     # added in chunk order: the same sums for any thread count.
     n = labels.size
-    h = (((n + CHUNKS - 1) // CHUNKS) + 7) // 8 * 8  # chunks of whole words
     pa = np.zeros((CHUNKS, area.size), area.dtype)
     pt = np.zeros((CHUNKS, total.size), total.dtype)
     for k in prange(CHUNKS):
-        start = min(n, k * h)
-        end = min(n, start + h)
+        start, end = _word_chunk(n, k)
         for j in range(start // 8, (end + 7) // 8):
             i0, i1 = _word_span(wnear, j, 8, start, end)
             for i in range(i0, i1):
@@ -1355,6 +1351,13 @@ def _mask_above_impl(mask, a, frac, b, out):
             out[y, x] = mask[y, x] and a[y, x] > frac * b[y, x]
 
 
+def _pad_reflect(row, r, X):
+    # the r cells either side of row[r:r + X] filled as OpenCV's BORDER_REFLECT (r <= X)
+    for x in range(r):
+        row[r - 1 - x] = row[r + x]
+        row[X + r + x] = row[X + r - 1 - x]
+
+
 def _pre(v, pre, c0, c1):
     # the Gaussian's input transform: 0 none, 1 (v - c0) · c1 (normalisation), 2
     # max(v - c0, 0) (excess over a threshold); float32 arithmetic as the array code's
@@ -1391,9 +1394,7 @@ def _gaussian_impl(a, w, pre, c0, c1, post, sd, p, out):
                 wk = w[r + k]
                 for x in range(X):
                     acc[x] += wk * (_pre(ra[x], pre, c0, c1) + _pre(rb[x], pre, c0, c1))
-            for x in range(r):
-                tmp[r - 1 - x] = tmp[r + x]
-                tmp[X + r + x] = tmp[X + r - 1 - x]
+            _pad_reflect(tmp, r, X)
             orow = out[y]
             for x in range(X):
                 orow[x] = wc * acc[x]
@@ -1432,9 +1433,7 @@ def _max_filter_impl(a, r, mode, mask, frac, out, out_mask, thr):
                 rb = a[_reflect(y + k, Y)]
                 for x in range(X):
                     acc[x] = max(acc[x], max(ra[x], rb[x]))
-            for x in range(r):
-                tmp[r - 1 - x] = tmp[r + x]
-                tmp[X + r + x] = tmp[X + r - 1 - x]
+            _pad_reflect(tmp, r, X)
             dst = out[y] if mode == 0 else res
             for x in range(X):
                 dst[x] = acc[x]
@@ -1482,7 +1481,9 @@ if numba is not None:
     scan_order_map = _jit(_scan_order_map_impl)
     present = _jit(_present_impl)
     _word_span = _jit(_word_span)
+    _word_chunk = _jit(_word_chunk)
     _pre = _jit(_pre)
+    _pad_reflect = _jit(_pad_reflect)
     raster_relabel = _jit(_raster_relabel_impl)
     raster_relabel_stats = _jit(_raster_relabel_stats_impl)
     range_count = _jit(_range_count_impl)
@@ -1498,7 +1499,6 @@ if numba is not None:
     valleys_cc = _jit(_valleys_cc_impl, parallel=True)
     label_area = _jit(_label_area_impl)
     histogram = _jit(_histogram_impl)
-    label_area_2d = _jit(_label_area_2d_impl)
     band_peaks = _jit(_band_peaks_impl, parallel=True)
     softmax3 = _jit(_softmax3_impl)
     lut_gather = _jit(_lut_gather_impl)

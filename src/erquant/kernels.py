@@ -872,10 +872,9 @@ def label_area(bk: Backend, labels, n: int):
         from erquant import _numba_kernels
 
         out = np.zeros(n + 1, np.int64)
-        if labels.ndim == 2 and not labels.flags.c_contiguous:  # a strided view: no copy
-            _numba_kernels.label_area_2d(labels, out)
-        else:
-            _numba_kernels.label_area(np.ascontiguousarray(labels).ravel(), out)
+        # 2-D views as they are (strided samples: no copy), other shapes as one row
+        lab2 = labels if labels.ndim == 2 else np.ascontiguousarray(labels).reshape(1, -1)
+        _numba_kernels.label_area(lab2, out)
         return out
     return bk.xp.bincount(labels.ravel(), minlength=n + 1)
 
