@@ -1280,3 +1280,60 @@ def test_label_area_counts_any_layout():
     for arr in (lab, lab[::2, ::3], lab.ravel(), lab.reshape(3, 100, 517)):
         np.testing.assert_array_equal(K.label_area(bk, arr, 49),
                                       np.bincount(arr.ravel(), minlength=50))
+
+
+def test_chunked_reductions_match_numpy():
+    """The compiled reductions that run in chunks on both cores from 65,536 pixels up
+    (issue 15, session 16: range/count, histogram, per-label area / maximum / box, the
+    relabelling gather, the cleared buffers, the uint8 maximum filter) give NumPy's
+    results exactly, below and above that size."""
+    from scipy import ndimage
+
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+    from erquant.segment import _relabel
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(3)
+    for shape in ((37, 41), (300, 517)):
+        raw = rng.integers(0, 4096, shape).astype(np.uint16)
+        lo, hi, n = K.range_and_count(bk, raw, 4000)
+        assert (lo, hi, n) == (raw.min(), raw.max(), int((raw >= 4000).sum()))
+        f = rng.normal(size=shape).astype(np.float32)
+        f[5, 7] = np.nan  # NaNs past the first value are skipped, as one serial scan
+        lo, hi, n = K.range_and_count(bk, f, 1.0)
+        ok = ~np.isnan(f)
+        assert (lo, hi, n) == (f[ok].min(), f[ok].max(), int((f[ok] >= 1.0).sum()))
+        f[0, 0] = np.nan  # ... and a NaN first stays the answer
+        lo, hi, _ = K.range_and_count(bk, f, 1.0)
+        assert np.isnan(lo) and np.isnan(hi)
+        v = rng.random(shape).astype(np.float32)
+        np.testing.assert_array_equal(K.histogram(bk, v, 97, 0.1, 0.9),
+                                      np.histogram(v, bins=97, range=(0.1, 0.9))[0])
+        lab = rng.integers(0, 60, shape).astype(np.int32)
+        lab[lab > 50] = 0
+        np.testing.assert_array_equal(K.label_area(bk, lab, 59),
+                                      np.bincount(lab.ravel(), minlength=60))
+        ref = np.zeros(60, np.float32)
+        np.maximum.at(ref, lab.ravel(), v.ravel())
+        np.testing.assert_array_equal(K.label_max(bk, v, lab, 59), ref)
+        want = np.arange(60) % 3 != 0
+        boxes = K.label_bbox(bk, lab.astype(np.uint32), want)
+        for k in range(60):
+            ys, xs = np.nonzero(lab == k)
+            if want[k] and k and ys.size:
+                assert tuple(boxes[k]) == (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
+            else:
+                assert tuple(boxes[k]) == (shape[0], shape[1], 0, 0)
+        keep = rng.random(60) < 0.5
+        keep[0] = False  # (the background)
+        lut = np.zeros(60, np.uint32)
+        lut[keep] = np.arange(1, keep.sum() + 1)
+        np.testing.assert_array_equal(_relabel(np, lab, keep), lut[lab])
+        z = K.host_zeros(shape, np.int32)
+        assert z.dtype == np.int32 and z.shape == shape and not z.any()
+        m = (rng.random(shape) < 0.05).astype(np.uint8)
+        for size in (3, 7, 13, 15):
+            np.testing.assert_array_equal(
+                K.maximum_filter(bk, m, size),
+                ndimage.maximum_filter(m, size=size, mode="reflect"))

@@ -126,13 +126,43 @@ def _moments_impl(nuc, cyt, K, images, squared, shifts, maps, nmaps, c0, c1, cw,
                         row += 1
 
 
+def _table_chunks(n, rows):
+    """How many chunks a per-label reduction over ``n`` elements into a table of
+    ``rows`` entries runs in: :data:`CHUNKS`, fewer where the chunks' own tables would
+    hold over 4 M entries in all, or where the elements are few (one below 65,536)."""
+    if n < 65536:
+        return 1
+    return max(1, min(CHUNKS, (1 << 22) // max(1, rows)))
+
+
 def _scatter_max_impl(out, labels, values):
-    """out[labels[i]] = max(out[labels[i]], values[i]) over flat arrays."""
-    for i in range(labels.size):
-        k = labels[i]
-        v = values[i]
-        if v > out[k]:
-            out[k] = v
+    """out[labels[i]] = max(out[labels[i]], values[i]) over flat arrays. Chunks
+    (parallel where compiled so) each into their own copy of ``out``, merged in order
+    with the same comparison: the same result on any thread count."""
+    n = labels.size
+    nch = _table_chunks(n, out.size)
+    if nch == 1:
+        for i in range(n):
+            k = labels[i]
+            v = values[i]
+            if v > out[k]:
+                out[k] = v
+        return
+    part = np.empty((nch, out.size), out.dtype)
+    h = (n + nch - 1) // nch
+    for c in prange(nch):
+        o = part[c]
+        o[:] = out
+        for i in range(c * h, min(n, c * h + h)):
+            k = labels[i]
+            v = values[i]
+            if v > o[k]:
+                o[k] = v
+    for c in range(nch):
+        o = part[c]
+        for k in range(out.size):
+            if o[k] > out[k]:
+                out[k] = o[k]
 
 
 def _shape_moments_impl(labels, out):
@@ -171,39 +201,78 @@ def _label_bbox_impl(labels, words, per, want, out):
     """Bounding box (min y, min x, max y + 1, max x + 1) of each label k with
     ``want[k]`` into out[k] (which starts as (H, W, 0, 0)); 2-D labels, background
     skipped ``per`` pixels at a time (``words``: the flat labels' groups of ``per`` as
-    uint64)."""
+    uint64). Word-aligned chunks (parallel where compiled so), each with its own boxes,
+    then their minima and maxima."""
     H, W = labels.shape
     flat = labels.ravel()
-    for j in range((flat.size + per - 1) // per):
-        i0, i1 = _word_span(words, j, per, 0, flat.size)
-        for i in range(i0, i1):
-            k = flat[i]
-            if k and want[k]:
-                y = i // W
-                x = i - y * W
-                if y < out[k, 0]:
-                    out[k, 0] = y
-                if x < out[k, 1]:
-                    out[k, 1] = x
-                if y >= out[k, 2]:
-                    out[k, 2] = y + 1
-                if x >= out[k, 3]:
-                    out[k, 3] = x + 1
+    n = flat.size
+    nb = out.shape[0]
+    nch = _table_chunks(n, 4 * nb)
+    part = np.empty((nch, nb, 4), out.dtype)
+    h = (((n + nch - 1) // nch) + per - 1) // per * per
+    for c in prange(nch):
+        o = part[c]
+        o[:, :] = out
+        start = min(n, c * h)
+        end = min(n, start + h)
+        for j in range(start // per, (end + per - 1) // per):
+            i0, i1 = _word_span(words, j, per, start, end)
+            for i in range(i0, i1):
+                k = flat[i]
+                if k and want[k]:
+                    y = i // W
+                    x = i - y * W
+                    if y < o[k, 0]:
+                        o[k, 0] = y
+                    if x < o[k, 1]:
+                        o[k, 1] = x
+                    if y >= o[k, 2]:
+                        o[k, 2] = y + 1
+                    if x >= o[k, 3]:
+                        o[k, 3] = x + 1
+    for c in range(nch):
+        o = part[c]
+        for k in range(nb):
+            out[k, 0] = min(out[k, 0], o[k, 0])
+            out[k, 1] = min(out[k, 1], o[k, 1])
+            out[k, 2] = max(out[k, 2], o[k, 2])
+            out[k, 3] = max(out[k, 3], o[k, 3])
 
 
 def _range_count_impl(a, level):
-    """(min, max, number of values >= level) of a flat array in one pass."""
+    """(min, max, number of values >= level) of a flat array in one pass: CHUNKS
+    chunks (parallel where compiled so), each starting from ``a[0]`` like one serial
+    scan (a NaN there stays the answer; other NaNs are never < or >), merged with the
+    same comparisons: the serial scan's result on any thread count."""
+    size = a.size
+    lo_p = np.empty(CHUNKS, a.dtype)
+    hi_p = np.empty(CHUNKS, a.dtype)
+    n_p = np.zeros(CHUNKS, np.int64)
+    h = (size + CHUNKS - 1) // CHUNKS
+    for c in prange(CHUNKS):
+        lo = a[0]
+        hi = a[0]
+        n = 0
+        for i in range(c * h, min(size, c * h + h)):
+            v = a[i]
+            if v < lo:
+                lo = v
+            if v > hi:
+                hi = v
+            if v >= level:
+                n += 1
+        lo_p[c] = lo
+        hi_p[c] = hi
+        n_p[c] = n
     lo = a[0]
     hi = a[0]
     n = 0
-    for i in range(a.size):
-        v = a[i]
-        if v < lo:
-            lo = v
-        if v > hi:
-            hi = v
-        if v >= level:
-            n += 1
+    for c in range(CHUNKS):
+        if lo_p[c] < lo:
+            lo = lo_p[c]
+        if hi_p[c] > hi:
+            hi = hi_p[c]
+        n += n_p[c]
     return lo, hi, n
 
 
@@ -574,29 +643,47 @@ def _histogram_impl(vals, first, last, edges, counts):
     l32 = np.float32(last)
     denom = last - first
     H, W = vals.shape
-    for y in range(H):
-        for x in range(W):
-            v = vals[y, x]
-            if not (v >= f32 and v <= l32):
-                continue
-            d = np.float64(np.float32(v - f32))
-            i = int((d / denom) * nb)
-            if i == nb:
-                i -= 1
-            if v < edges[i]:
-                i -= 1
-            if v >= edges[i + 1] and i != nb - 1:
-                i += 1
-            counts[i] += 1
+    # row chunks (parallel where compiled so), each with its own counts
+    nch = min(_table_chunks(H * W, nb), H)
+    part = np.zeros((nch, nb), np.int64)
+    h = (H + nch - 1) // nch
+    for c in prange(nch):
+        cnt = part[c]
+        for y in range(c * h, min(H, c * h + h)):
+            for x in range(W):
+                v = vals[y, x]
+                if not (v >= f32 and v <= l32):
+                    continue
+                d = np.float64(np.float32(v - f32))
+                i = int((d / denom) * nb)
+                if i == nb:
+                    i -= 1
+                if v < edges[i]:
+                    i -= 1
+                if v >= edges[i + 1] and i != nb - 1:
+                    i += 1
+                cnt[i] += 1
+    for c in range(nch):
+        for i in range(nb):
+            counts[i] += part[c, i]
 
 
 def _label_area_impl(labels, out):
-    # out[k] += number of pixels of label k (a 2-D view, strided or not: no copy)
+    # out[k] += number of pixels of label k (a 2-D view, strided or not: no copy); row
+    # chunks (parallel where compiled so), each with its own counts
     H, W = labels.shape
-    for y in range(H):
-        row = labels[y]
-        for x in range(W):
-            out[row[x]] += 1
+    nch = min(_table_chunks(H * W, out.size), H)
+    part = np.zeros((nch, out.size), np.int64)
+    h = (H + nch - 1) // nch
+    for c in prange(nch):
+        cnt = part[c]
+        for y in range(c * h, min(H, c * h + h)):
+            row = labels[y]
+            for x in range(W):
+                cnt[row[x]] += 1
+    for c in range(nch):
+        for k in range(out.size):
+            out[k] += part[c, k]
 
 
 def _valleys_cc_impl(g, cc, is_cluster, sigma2, strength, within, wwithin, sparse, out):
@@ -691,9 +778,17 @@ def _softmax3_impl(z, y0, x0, out):
             out[2, y, x] = e2 * p0
 
 
+def _clear_impl(flat):
+    # flat[:] = 0 (parallel where compiled so: an image-sized np.zeros is one thread's
+    # memset)
+    z = flat.dtype.type(0)
+    for i in prange(flat.size):
+        flat[i] = z
+
+
 def _lut_gather_impl(labels, lut, out):
-    # out = lut[labels] (1-D views)
-    for i in range(labels.size):
+    # out = lut[labels] (1-D views; parallel where compiled so)
+    for i in prange(labels.size):
         out[i] = lut[labels[i]]
 
 
@@ -812,13 +907,20 @@ def _background_peak_impl(labels, smooth):
 def _rim_needs_background_impl(owner, mask, near, wnear, smooth, t):
     # whether a rim candidate (near, not mask, smooth > t) has no owner (0): only then is
     # the background's peak read by the rim rule
+    # (word-aligned chunks, parallel where compiled so)
     n = owner.size
-    for j in range((n + 7) // 8):
-        i0, i1 = _word_span(wnear, j, 8, 0, n)
-        for i in range(i0, i1):
-            if near[i] and not mask[i] and owner[i] == 0 and smooth[i] > t:
-                return True
-    return False
+    hit = np.zeros(CHUNKS, np.bool_)
+    for c in prange(CHUNKS):
+        start, end = _word_chunk(n, c)
+        for j in range(start // 8, (end + 7) // 8):
+            i0, i1 = _word_span(wnear, j, 8, start, end)
+            for i in range(i0, i1):
+                if near[i] and not mask[i] and owner[i] == 0 and smooth[i] > t:
+                    hit[c] = True
+                    break
+            if hit[c]:
+                break
+    return hit.any()
 
 
 def _rim_stats_impl(labels, owner, mask, near, wnear, smooth, t, contrast, own_peak,
@@ -1486,10 +1588,11 @@ if numba is not None:
     _pad_reflect = _jit(_pad_reflect)
     raster_relabel = _jit(_raster_relabel_impl)
     raster_relabel_stats = _jit(_raster_relabel_stats_impl)
-    range_count = _jit(_range_count_impl)
-    scatter_max = _jit(_scatter_max_impl)
+    _table_chunks = _jit(_table_chunks)
+    range_count = _jit(_range_count_impl, parallel=True)
+    scatter_max = _jit(_scatter_max_impl, parallel=True)
     shape_moments = _jit(_shape_moments_impl)
-    label_bbox = _jit(_label_bbox_impl)
+    label_bbox = _jit(_label_bbox_impl, parallel=True)
     box_moments = _jit(_box_moments_impl)
     seed_cores = _jit(_seed_cores_impl, parallel=True)
     nonzero = _jit(_nonzero_impl)
@@ -1497,16 +1600,17 @@ if numba is not None:
     seed_edges = _jit(_seed_edges_impl, parallel=True)
     _reflect = _jit(_reflect)
     valleys_cc = _jit(_valleys_cc_impl, parallel=True)
-    label_area = _jit(_label_area_impl)
-    histogram = _jit(_histogram_impl)
+    label_area = _jit(_label_area_impl, parallel=True)
+    histogram = _jit(_histogram_impl, parallel=True)
     band_peaks = _jit(_band_peaks_impl, parallel=True)
     softmax3 = _jit(_softmax3_impl)
-    lut_gather = _jit(_lut_gather_impl)
+    lut_gather = _jit(_lut_gather_impl, parallel=True)
+    clear = _jit(_clear_impl, parallel=True)
     label_sums = _jit(_label_sums_impl)
     core_split = _jit(_core_split_impl)
     orphan_cores = _jit(_orphan_cores_impl, parallel=True)
     background_peak = _jit(_background_peak_impl, parallel=True)
-    rim_needs_background = _jit(_rim_needs_background_impl)
+    rim_needs_background = _jit(_rim_needs_background_impl, parallel=True)
     owned = _jit(_owned_impl, parallel=True)
     rim_stats = _jit(_rim_stats_impl, parallel=True)
     fill_holes = _jit(_fill_holes_impl)
@@ -1536,7 +1640,7 @@ else:  # pragma: no cover
     valleys_cc = label_area = None
     core_split = None
     softmax3 = None
-    lut_gather = None
+    lut_gather = clear = None
     label_sums = None
     band_peaks = None
     _moments = None
