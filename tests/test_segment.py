@@ -1337,3 +1337,47 @@ def test_chunked_reductions_match_numpy():
             np.testing.assert_array_equal(
                 K.maximum_filter(bk, m, size),
                 ndimage.maximum_filter(m, size=size, mode="reflect"))
+
+
+@pytest.mark.parametrize("numbering", ["sauf", "block"])
+def test_raster_components_order_boxes_and_sizes(monkeypatch, numbering):
+    """kernels._raster_components (OpenCV's SAUF labelling, then one compiled pass for
+    the boxes and sizes that also checks the raster order): scipy's 8-connected labels
+    in the raster order of their first pixels, with each one's bincount and box, small
+    and large (chunked) masks; with OpenCV's block-based numbering in its place
+    ("block": not raster order) the labels are renumbered to the same result."""
+    import cv2
+
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    cc = cv2.connectedComponentsWithAlgorithm
+    if numbering == "block":
+        def block(mask, connectivity, ltype, ccltype):
+            return cc(mask, connectivity, ltype, cv2.CCL_BBDT)
+        monkeypatch.setattr(K.cv2, "connectedComponentsWithAlgorithm", block)
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(5)
+    renumbered = 0
+    two = np.zeros((4, 8), bool)
+    two[1, 0] = two[0, 4] = True  # 2×2 blocks meet the second pixel's first
+    masks = [two]
+    for shape, p in (((1, 1), 1.0), ((9, 7), 0.4), ((64, 61), 0.3), ((301, 517), 0.2),
+                     ((512, 512), 0.02), ((40, 3), 0.0)):
+        m = sp_ndi.binary_opening(rng.random(shape) < p) if min(shape) > 8 else (
+            rng.random(shape) < p)
+        m[0, :] |= rng.random(shape[1]) < 0.3  # objects on the border, first row
+        masks.append(m)
+    for m in masks:
+        ref, rn = sp_ndi.label(m, structure=np.ones((3, 3)))
+        raw = cc(m.view(np.uint8), 8, cv2.CV_32S, cv2.CCL_BBDT)[1]
+        renumbered += not np.array_equal(raw, ref)
+        lab, n, area, bb = K._raster_components(m)
+        assert n == rn and lab.dtype == np.int32 and np.array_equal(lab, ref)
+        assert np.array_equal(area[1:], np.bincount(ref.ravel(), minlength=n + 1)[1:])
+        for k in range(1, n + 1):
+            ys, xs = np.nonzero(ref == k)
+            assert tuple(bb[k]) == (ys.min(), xs.min(), ys.max(), xs.max())
+        lab2, n2 = K.label(bk, m)
+        assert n2 == rn and np.array_equal(lab2, ref)
+    assert renumbered >= 2  # the block-based numbering differs: the fallback is exercised

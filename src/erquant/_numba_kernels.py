@@ -321,67 +321,77 @@ def _word_chunk(n, k):
     return start, min(n, start + h)
 
 
-def _raster_relabel_impl(labels, words, n):
-    """Renumber the labels 1..n of a flat int32 array, in place, in the raster order of
-    their first pixels (0 stays 0): one pass (each label's first pixel is met before any
-    other of its pixels), skipping background two pixels at a time (``words``: the
-    array's first ``labels.size // 2`` pairs viewed as uint64). Returns whether any
-    label changed."""
-    lut = np.zeros(n + 1, dtype=labels.dtype)
-    k = 0
-    changed = False
-    size = labels.size
-    for j in range((size + 1) // 2):
-        i0, i1 = _word_span(words, j, 2, 0, size)
-        for i in range(i0, i1):
-            v = labels[i]
-            if v != 0:
-                w = lut[v]
-                if w == 0:
-                    k += 1
-                    w = k
-                    lut[v] = k
-                if w != v:
-                    labels[i] = w
-                    changed = True
-    return changed
-
-
-def _raster_relabel_stats_impl(labels, words, n, bb, area):
-    """:func:`_raster_relabel_impl` on a 2-D array, also giving each new label's pixel
-    count ``area`` and bounding box ``bb`` (y0, x0, y1, x1 inclusive)."""
-    Y, X = labels.shape
-    flat = labels.ravel()
-    lut = np.zeros(n + 1, dtype=labels.dtype)
-    k = 0
-    y = 0
-    row_end = X  # (rows followed without a division per pixel)
-    for j in range((flat.size + 1) // 2):
-        i0, i1 = _word_span(words, j, 2, 0, flat.size)
-        for i in range(i0, i1):
-            v = flat[i]
-            if v == 0:
+def _cc_stats_impl(lab, words, n, first, area, bb):
+    """Each label 1..n of a 2-D int32 image (``words``: its flat pixel pairs as uint64,
+    background skipped two at a time): its first flat index in raster order into
+    ``first``, pixel count into ``area`` and bounding box (y0, x0, y1, x1 inclusive)
+    into ``bb`` (row 0 and absent labels: size, 0 and (Y, X, -1, -1)). Pair-aligned
+    chunks (parallel where compiled so), each with its own tables, merged by minimum,
+    sum and maximum: the same on any thread count. Returns whether the labels are
+    numbered in the raster order of their first pixels (``first`` increasing)."""
+    Y, X = lab.shape
+    flat = lab.ravel()
+    size = flat.size
+    nch = _table_chunks(size, 6 * (n + 1))
+    pf = np.empty((nch, n + 1), np.int64)
+    pa = np.zeros((nch, n + 1), np.int64)
+    pb = np.empty((nch, n + 1, 4), np.int64)
+    h = (((size + nch - 1) // nch) + 1) // 2 * 2
+    for c in prange(nch):
+        f = pf[c]
+        a = pa[c]
+        b = pb[c]
+        for k in range(n + 1):
+            f[k] = size
+            b[k, 0] = Y
+            b[k, 1] = X
+            b[k, 2] = -1
+            b[k, 3] = -1
+        start = min(size, c * h)
+        end = min(size, start + h)
+        y = start // X if X > 0 else 0
+        row_end = (y + 1) * X  # (rows followed without a division per pixel)
+        for j in range(start // 2, (end + 1) // 2):
+            i0, i1 = _word_span(words, j, 2, start, end)
+            for i in range(i0, i1):
+                v = flat[i]
+                if v == 0:
+                    continue
+                while i >= row_end:
+                    y += 1
+                    row_end += X
+                x = i - (row_end - X)
+                if a[v] == 0:  # met first in this chunk: its first pixel here
+                    f[v] = i
+                    b[v, 0] = y
+                a[v] += 1
+                if x < b[v, 1]:
+                    b[v, 1] = x
+                if x > b[v, 3]:
+                    b[v, 3] = x
+                b[v, 2] = y
+    for k in range(n + 1):
+        first[k] = size
+        area[k] = 0
+        bb[k, 0] = Y
+        bb[k, 1] = X
+        bb[k, 2] = -1
+        bb[k, 3] = -1
+    for c in range(nch):
+        for k in range(1, n + 1):
+            if pa[c, k] == 0:
                 continue
-            while i >= row_end:
-                y += 1
-                row_end += X
-            x = i - (row_end - X)
-            w = lut[v]
-            if w == 0:
-                k += 1
-                w = k
-                lut[v] = k
-                bb[w, 0] = y
-                bb[w, 1] = x
-                bb[w, 2] = y
-                bb[w, 3] = x
-            flat[i] = w
-            area[w] += 1
-            if x < bb[w, 1]:
-                bb[w, 1] = x
-            if x > bb[w, 3]:
-                bb[w, 3] = x
-            bb[w, 2] = y
+            if pf[c, k] < first[k]:
+                first[k] = pf[c, k]
+            area[k] += pa[c, k]
+            bb[k, 0] = min(bb[k, 0], pb[c, k, 0])
+            bb[k, 1] = min(bb[k, 1], pb[c, k, 1])
+            bb[k, 2] = max(bb[k, 2], pb[c, k, 2])
+            bb[k, 3] = max(bb[k, 3], pb[c, k, 3])
+    for k in range(2, n + 1):
+        if first[k] <= first[k - 1]:
+            return False
+    return True
 
 
 def _present_impl(labels, n):
@@ -1043,7 +1053,7 @@ def _fill_gaps_impl(strict, within, words_w, max_area, out):
 def _fill_labelled_impl(lab, n, bb, area, mask, out):
     # lab: the 8-connected components of ``mask`` numbered 1..n (2-D int32), with their
     # bounding boxes ``bb`` (y0, x0, y1, x1 inclusive) and pixel counts ``area``
-    # (_raster_relabel_stats_impl; ``area`` is updated). Fills each component's holes
+    # (_cc_stats_impl; ``area`` is updated). Fills each component's holes
     # (the 4-connected regions of other pixels inside its bounding box that no flood from
     # the box's border reaches: pixels it encloses) with its id in ``lab`` and True in
     # ``out`` (= mask | holes, kernels.fill_holes exactly). Cost ~ the components'
@@ -1586,8 +1596,7 @@ if numba is not None:
     _word_chunk = _jit(_word_chunk)
     _pre = _jit(_pre)
     _pad_reflect = _jit(_pad_reflect)
-    raster_relabel = _jit(_raster_relabel_impl)
-    raster_relabel_stats = _jit(_raster_relabel_stats_impl)
+    cc_stats = _jit(_cc_stats_impl, parallel=True)
     _table_chunks = _jit(_table_chunks)
     range_count = _jit(_range_count_impl, parallel=True)
     scatter_max = _jit(_scatter_max_impl, parallel=True)
@@ -1649,7 +1658,7 @@ else:  # pragma: no cover
     gather2d = None
     scan_order_map = None
     present = None
-    raster_relabel = raster_relabel_stats = None
+    cc_stats = None
     scatter_max = None
     shape_moments = None
     label_bbox = None

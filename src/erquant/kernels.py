@@ -330,28 +330,50 @@ def label(bk: Backend, mask, *, ordered: bool = True):
     that only group pixels; saves two passes on the CPU).
     """
     if _use_cv2(bk):
+        if ordered and _numba_ok(bk):
+            lab, n, _, _ = _raster_components(mask)
+            return lab, n
         n, lab = cv2.connectedComponents(mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
         n = int(n) - 1
         if n > 1 and ordered:
-            if _numba_ok(bk):
-                from erquant import _numba_kernels
-
-                # one pass, in place (lab is contiguous): renumber as first met
-                flat = lab.ravel()
-                _numba_kernels.raster_relabel(flat, _words(flat, 2), n)
-                identity = True
-            else:
-                ids, first = np.unique(lab.ravel(), return_index=True)
-                order = np.argsort(first[ids > 0], kind="stable")
-                lut = np.zeros(n + 1, np.int32)
-                lut[ids[ids > 0][order]] = np.arange(1, n + 1, dtype=np.int32)
-                identity = bool((lut == np.arange(n + 1)).all())
-            if not identity:
+            ids, first = np.unique(lab.ravel(), return_index=True)
+            order = np.argsort(first[ids > 0], kind="stable")
+            lut = np.zeros(n + 1, np.int32)
+            lut[ids[ids > 0][order]] = np.arange(1, n + 1, dtype=np.int32)
+            if not bool((lut == np.arange(n + 1)).all()):
                 lab = lut[lab]
         return lab, n
     # structure as a host array: cupyx (like scipy) reads it with numpy
     lab, n = bk.ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
     return lab.astype(bk.xp.int32, copy=False), int(n)
+
+
+def _raster_components(mask):
+    """CPU (OpenCV and Numba): the 8-connected components of a 2-D bool mask numbered
+    in the raster order of their first pixels → ``(labels, n, area, bb)``: int32
+    labels, their count, each one's pixel count (int64, n + 1) and bounding box (int64
+    (n + 1, 4): y0, x0, y1, x1 inclusive).
+
+    OpenCV's SAUF labelling (Wu's scan, in parallel stripes) numbers the components as
+    their first pixels come in a raster scan (the block-based default does not), so
+    one compiled pass on both cores gives the boxes and sizes and checks that order;
+    only where it does not hold are the labels renumbered."""
+    from erquant import _numba_kernels
+
+    n, lab = cv2.connectedComponentsWithAlgorithm(np.ascontiguousarray(mask).view(np.uint8),
+                                                  8, cv2.CV_32S, cv2.CCL_SAUF)
+    n = int(n) - 1
+    first = np.empty(n + 1, np.int64)
+    area = np.empty(n + 1, np.int64)
+    bb = np.empty((n + 1, 4), np.int64)
+    flat = lab.ravel()
+    if not _numba_kernels.cc_stats(lab, _words(flat, 2), n, first, area, bb):
+        old = np.argsort(first[1:], kind="stable") + 1  # the old ids in raster order
+        lut = np.zeros(n + 1, np.int32)
+        lut[old] = np.arange(1, n + 1, dtype=np.int32)
+        _numba_kernels.lut_gather(flat, lut, flat)
+        area[1:], bb[1:] = area[old], bb[old]
+    return lab, n, area, bb
 
 
 def nearest_seed(bk: Backend, seeds, *, return_distance: bool = False):
@@ -1036,13 +1058,8 @@ def label_filled(bk: Backend, mask):
         from erquant import _numba_kernels
 
         mask = np.ascontiguousarray(mask, dtype=np.bool_)
-        n, lab = cv2.connectedComponents(mask.view(np.uint8), connectivity=8,
-                                         ltype=cv2.CV_32S)
-        n = int(n) - 1
-        bb = np.empty((n + 1, 4), np.int64)
-        area = np.zeros(n + 1, np.int64)
-        # raster order, boxes and sizes in one pass; then each box's holes
-        _numba_kernels.raster_relabel_stats(lab, _words(lab.ravel(), 2), n, bb, area)
+        # raster order, boxes and sizes; then each box's holes
+        lab, n, area, bb = _raster_components(mask)
         out = mask.copy()
         if not _numba_kernels.fill_labelled(lab, n, bb, area, mask, out):
             lab, n = label(bk, out)  # nested objects merged by the fill
