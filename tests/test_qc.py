@@ -174,3 +174,30 @@ def test_fused_focus_terms_equal_the_array_path(monkeypatch):
         # OpenCV's): energies equal to 1e-6
         np.testing.assert_allclose(fused, plain, rtol=1e-6)
         assert plain[0] > 0 and plain[1] > 0
+
+
+def test_ranges_from_the_validation_pass_give_the_same_qc():
+    """field_qc(ranges=...) with the (min, max, saturated count) of validate_image's
+    pass (as quantify passes them: no second pass over each channel) equals field_qc
+    measuring them itself, with default, global and per-channel saturation levels."""
+    from erquant.pipeline import quantify
+    from erquant.params import Params
+    from erquant.qc import channel_saturation, field_qc, validate_image
+    from erquant.synthetic import make_field
+
+    f = make_field(shape=(128, 128), n_nuclei=12, seed=4)
+    img = f.image.copy()
+    img[0, 20:40] = np.iinfo(img.dtype).max  # some saturated nuclei-channel pixels
+    img[1, 50:52] = 3000
+    chans = {"nuclei": img[0], "er": img[1]}
+    for sv in (None, 2500.0, {"er": 2900.0}):
+        ranges = {k: validate_image(v, k, saturation=channel_saturation(v, sv, k))
+                  for k, v in chans.items()}
+        a = field_qc(chans, nuclei=f.nuclei, saturation_value=sv)
+        b = field_qc(chans, nuclei=f.nuclei, saturation_value=sv, ranges=ranges)
+        assert a == b
+    r = quantify(img, backend="numpy",
+                 params=Params().replace(**{"qc.saturation_value": 2500.0}))
+    ref = field_qc(chans, nuclei=r.nuclei, saturation_value=2500.0)
+    assert r.qc["saturated_fraction"] == ref["saturated_fraction"]
+    assert r.qc["saturated_fraction"]["er"] > 0

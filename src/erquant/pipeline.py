@@ -117,16 +117,20 @@ def _split_field(field_, nuclei_channel, marker_channels):
 
 
 def _field_on_device(bk: Backend, field_, nuclei_channel, marker_channels, params: Params):
-    """Nuclei image and {marker: image} of a field on ``bk`` (one transfer), validated."""
-    from erquant.qc import validate_image
+    """Nuclei image and {marker: image} of a field on ``bk`` (one transfer), validated,
+    and each channel's (min, max, saturated count) from the validation's pass (for the
+    field's QC: :func:`erquant.qc.field_qc`'s ``ranges``)."""
+    from erquant.qc import channel_saturation, validate_image
 
     nuc_img, markers = _split_field(field_, nuclei_channel, marker_channels)
     nuc = bk.asarray(nuc_img)  # the one host→device transfer of the field
     markers = {k: bk.asarray(v) for k, v in markers.items()}
-    validate_image(nuc, params.nuclei_name)
-    for name, img in markers.items():
-        validate_image(img, name)
-    return nuc, markers
+    sv = params.qc.saturation_value
+    ranges = {}
+    for name, img in {params.nuclei_name: nuc, **markers}.items():
+        ranges[name] = validate_image(img, name,
+                                      saturation=channel_saturation(img, sv, name))
+    return nuc, markers, ranges
 
 
 def roi_index_map(roi, shape: tuple[int, int]) -> np.ndarray:
@@ -183,7 +187,8 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
         marker_channels = {"er": 1} if getattr(field_, "ndim", 0) == 3 else {}
     bk = get_backend(backend)
     yield Progress("load", 0.0)
-    nuc, markers = _field_on_device(bk, field_, nuclei_channel, marker_channels, params)
+    nuc, markers, ranges = _field_on_device(bk, field_, nuclei_channel, marker_channels,
+                                            params)
     roi_map = roi_index_map(roi, tuple(nuc.shape)) if roi is not None else None
 
     yield Progress("nuclei", 0.05)
@@ -205,17 +210,19 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
         cells = xp.ascontiguousarray(cells[:h, :w])
         if roi_map is not None:
             roi_map = roi_map[:h, :w]
+        ranges = None  # (the whole array's: QC measures the cut part)
 
     yield Progress("measure", 0.6)
     return (yield from _finish_field(bk, nuc, markers, nuclei, cells, info, params, roi_map,
-                                     flatfield, reference))
+                                     flatfield, reference, ranges=ranges))
 
 
 def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, flatfield,
-                  reference, start: float = 0.6, span: float = 0.4
+                  reference, start: float = 0.6, span: float = 0.4, ranges=None
                   ) -> Generator[Progress, None, FieldResult]:
     """Measure, ROI-filter, classify and QC one segmented field → FieldResult (yields
-    "classify" and "qc" progress between ``start`` and ``start + span``)."""
+    "classify" and "qc" progress between ``start`` and ``start + span``). ``ranges``:
+    the channels' (min, max, saturated count) where known (:func:`_field_on_device`)."""
     from erquant.classify import classify_cells, field_scores
     from erquant.measure import measure_cells
     from erquant.qc import field_qc
@@ -253,7 +260,7 @@ def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, fl
     qp = params.qc
     qc = field_qc(channels, nuclei=nuclei, saturation_value=qp.saturation_value,
                   focus_channel=params.nuclei_name, saturation_limit=qp.saturation_limit,
-                  focus_threshold=qp.focus_threshold, n_nuclei=n_field)
+                  focus_threshold=qp.focus_threshold, n_nuclei=n_field, ranges=ranges)
     info = {"diameter": float(seg_info["diameter"]) if seg_info["diameter"] else None,
             "threshold": seg_info["threshold"],
             "downsample": float(seg_info.get("downsample", 1)), "backend": bk.name,
@@ -568,7 +575,8 @@ def remeasure_iter(nuclei, field_, *, nuclei_channel: int = 0,
         marker_channels = {"er": 1} if getattr(field_, "ndim", 0) == 3 else {}
     bk = get_backend(backend)
     yield Progress("load", 0.0)
-    nuc, markers = _field_on_device(bk, field_, nuclei_channel, marker_channels, params)
+    nuc, markers, ranges = _field_on_device(bk, field_, nuclei_channel, marker_channels,
+                                            params)
     lab = np.asarray(to_numpy(nuclei))
     if hasattr(lab, "compute") and not isinstance(lab, np.ndarray):  # dask
         lab = np.asarray(lab.compute())
@@ -591,7 +599,8 @@ def remeasure_iter(nuclei, field_, *, nuclei_channel: int = 0,
                 "threshold": None, "downsample": max(1.0, float(downsample or 1))}
     yield Progress("measure", 0.4)
     result = yield from _finish_field(bk, nuc, markers, nuclei_d, cells, seg_info, params,
-                                      roi_map, flatfield, reference, start=0.4, span=0.6)
+                                      roi_map, flatfield, reference, start=0.4, span=0.6,
+                                      ranges=ranges)
     result.info["remeasured"] = True
     return result
 

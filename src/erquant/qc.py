@@ -75,7 +75,8 @@ def _check_numeric(image: Any, name: str):
     return bk, arr
 
 
-def validate_image(image: Any, name: str = "image", *, ndim: int = 2) -> None:
+def validate_image(image: Any, name: str = "image", *, ndim: int = 2,
+                   saturation: float | None = None) -> tuple[float, float, int]:
     """Raise a clear ``ValueError`` for images no pipeline step can use.
 
     Checks, in order: numeric dtype (TypeError), number of dimensions, empty,
@@ -90,6 +91,13 @@ def validate_image(image: Any, name: str = "image", *, ndim: int = 2) -> None:
         Used in the messages (``"nuclei image is constant (all pixels = 0)"``).
     ndim : int
         Required number of dimensions.
+    saturation : float, optional
+        Also count the pixels at or above this level (in the same pass).
+
+    Returns
+    -------
+    (min, max, count) : the image's range and its number of pixels ≥ ``saturation``
+    (0 without one), for :func:`field_qc`'s ``ranges``.
 
     Examples
     --------
@@ -115,11 +123,12 @@ def validate_image(image: Any, name: str = "image", *, ndim: int = 2) -> None:
             raise ValueError(f"{name} image contains NaN")
         if has_inf:
             raise ValueError(f"{name} image contains infinite values")
-    lo, hi, _ = range_and_count(bk, arr, None)  # host sync: 2 scalars (one pass)
+    lo, hi, n = range_and_count(bk, arr, saturation)  # host sync: 3 scalars (one pass)
     if lo == hi:
         if np.issubdtype(arr.dtype, np.integer) and hi == np.iinfo(arr.dtype).max and hi > 1:
             raise ValueError(f"{name} image is saturated (all pixels = {_fmt(hi)})")
         raise ValueError(f"{name} image is constant (all pixels = {_fmt(hi)})")
+    return lo, hi, n
 
 
 def _fmt(v: float) -> str:
@@ -199,6 +208,15 @@ def focus_score(image: Any, *, sigmas: tuple[float, float, float] = (1.0, 2.0, 4
     return _ratio(fine, coarse)
 
 
+def channel_saturation(arr, saturation_value: Any, name: str) -> float | None:
+    """The saturation level :func:`field_qc` counts channel ``name`` of ``arr`` at:
+    ``saturation_value`` (a number, or a {channel: number} mapping), else the dtype
+    maximum of integer images, else None."""
+    sv = (saturation_value.get(name) if isinstance(saturation_value, Mapping)
+          else saturation_value)
+    return _saturation_level(arr, sv)
+
+
 def _saturation_level(arr, value: Any) -> float | None:
     if value is not None:
         return float(value)
@@ -237,6 +255,7 @@ def field_qc(
     contrast_threshold: float = 5.0,
     focus_sigmas: tuple[float, float, float] = (1.0, 2.0, 4.0),
     n_nuclei: int | None = None,
+    ranges: Mapping[str, tuple[float, float, int]] | None = None,
 ) -> dict[str, Any]:
     """Quality measures and flags of one field.
 
@@ -262,6 +281,10 @@ def field_qc(
         Gaussian σ of the two bands of :func:`focus_score`.
     n_nuclei : int, optional
         Number of nuclei in ``nuclei`` when the caller knows it (skips counting).
+    ranges : mapping of str to (min, max, count), optional
+        Each channel's range and number of pixels at or above its saturation level
+        (:func:`channel_saturation`) where the caller has them already
+        (:func:`validate_image` with ``saturation``): skips that pass over the image.
 
     Returns
     -------
@@ -326,14 +349,11 @@ def field_qc(
             raise ValueError(
                 f"channel {name!r} has shape {tuple(arr.shape)} but nuclei has shape {shape}"
             )
-        sv = (
-            saturation_value.get(name)
-            if isinstance(saturation_value, Mapping)
-            else saturation_value
-        )
-        level = _saturation_level(arr, sv)
-        # host sync: min, max and saturated count from one pass (Numba on the CPU)
-        lo, hi, n_sat = range_and_count(bk, arr, level)
+        level = channel_saturation(arr, saturation_value, name)
+        if ranges is not None and name in ranges:  # (measured when the image was read)
+            lo, hi, n_sat = ranges[name]
+        else:  # host sync: min, max and saturated count from one pass (Numba on the CPU)
+            lo, hi, n_sat = range_and_count(bk, arr, level)
         sat = n_sat / arr.size if level is not None else math.nan
         # robust statistics (background median and MAD, 99.9th percentile) on a strided
         # sample of ≤ 256² pixels: the same values within noise, 64× less work at 2048²
