@@ -1365,7 +1365,7 @@ def segment_cells(nuclei, *, cytoplasm_image=None, max_distance: float | None = 
     if not np.issubdtype(np.dtype(nuclei.dtype), np.integer):
         raise ValueError(f"nuclei must be an integer label image, got dtype {nuclei.dtype}")
     nuclei = xp.ascontiguousarray(nuclei.astype(xp.uint32, copy=False))
-    nmax = int(nuclei.max())  # host sync
+    nmax = int(K.range_and_count(bk, nuclei, None)[1])  # host sync (one parallel pass)
     if nmax == 0:
         return xp.zeros(nuclei.shape, xp.uint32)
     # work on compact ids 1..n (exact in int32 and in the float32 flood); label images
