@@ -457,7 +457,7 @@ def test_numba_kernels_work_without_a_writable_cache(monkeypatch):
     mod = importlib.reload(_numba_kernels)
     try:
         a = np.arange(12, dtype=np.float32)
-        assert mod.range_count(a, np.float32(5)) == (0.0, 11.0, 7)
+        assert mod.range_count(a.reshape(3, 4), np.float32(5)) == (0.0, 11.0, 7)
     finally:
         monkeypatch.undo()
         importlib.reload(_numba_kernels)

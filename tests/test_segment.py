@@ -1381,3 +1381,23 @@ def test_raster_components_order_boxes_and_sizes(monkeypatch, numbering):
         lab2, n2 = K.label(bk, m)
         assert n2 == rn and np.array_equal(lab2, ref)
     assert renumbered >= 2  # the block-based numbering differs: the fallback is exercised
+
+
+def test_range_and_count_integer_levels():
+    """kernels.range_and_count on integer images counts v >= level for fractional,
+    negative, huge, infinite and NaN levels as NumPy's comparison does, on contiguous,
+    strided and 1-D/3-D inputs."""
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(8)
+    for dt in (np.uint8, np.uint16, np.int16, np.uint32, np.int64):
+        a = rng.integers(0, 200, (70, 90)).astype(dt)
+        if np.dtype(dt).kind == "i":
+            a -= 50
+        for arr in (a, a[::3, 1::2], a.ravel(), a.reshape(7, 10, 90)):
+            for lev in (None, 100, 99.5, -3.2, -1e30, 1e30, np.inf, -np.inf, np.nan, 255):
+                lo, hi, n = K.range_and_count(bk, arr, lev)
+                want = 0 if lev is None else int((arr.astype(np.float64) >= lev).sum())
+                assert (lo, hi, n) == (arr.min(), arr.max(), want), (dt, lev)

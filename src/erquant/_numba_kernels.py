@@ -240,39 +240,38 @@ def _label_bbox_impl(labels, words, per, want, out):
 
 
 def _range_count_impl(a, level):
-    """(min, max, number of values >= level) of a flat array in one pass: CHUNKS
-    chunks (parallel where compiled so), each starting from ``a[0]`` like one serial
-    scan (a NaN there stays the answer; other NaNs are never < or >), merged with the
-    same comparisons: the serial scan's result on any thread count."""
-    size = a.size
-    lo_p = np.empty(CHUNKS, a.dtype)
-    hi_p = np.empty(CHUNKS, a.dtype)
-    n_p = np.zeros(CHUNKS, np.int64)
-    h = (size + CHUNKS - 1) // CHUNKS
-    for c in prange(CHUNKS):
-        lo = a[0]
-        hi = a[0]
+    """(min, max, number of values >= level) of a 2-D array in one pass: rows in
+    parallel where compiled so (each row's loop of selects vectorises), each row
+    starting from ``a[0, 0]`` like one serial scan (a NaN there stays the answer;
+    other NaNs are never < or >), merged with the same comparisons: the serial scan's
+    result on any thread count."""
+    Y, X = a.shape
+    first = a[0, 0]
+    lo_p = np.empty(Y, a.dtype)
+    hi_p = np.empty(Y, a.dtype)
+    n_p = np.zeros(Y, np.int64)
+    for y in prange(Y):
+        row = a[y]
+        lo = first
+        hi = first
         n = 0
-        for i in range(c * h, min(size, c * h + h)):
-            v = a[i]
-            if v < lo:
-                lo = v
-            if v > hi:
-                hi = v
-            if v >= level:
-                n += 1
-        lo_p[c] = lo
-        hi_p[c] = hi
-        n_p[c] = n
-    lo = a[0]
-    hi = a[0]
+        for x in range(X):
+            v = row[x]
+            lo = v if v < lo else lo
+            hi = v if v > hi else hi
+            n += 1 if v >= level else 0
+        lo_p[y] = lo
+        hi_p[y] = hi
+        n_p[y] = n
+    lo = first
+    hi = first
     n = 0
-    for c in range(CHUNKS):
-        if lo_p[c] < lo:
-            lo = lo_p[c]
-        if hi_p[c] > hi:
-            hi = hi_p[c]
-        n += n_p[c]
+    for y in range(Y):
+        if lo_p[y] < lo:
+            lo = lo_p[y]
+        if hi_p[y] > hi:
+            hi = hi_p[y]
+        n += n_p[y]
     return lo, hi, n
 
 

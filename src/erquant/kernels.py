@@ -777,11 +777,17 @@ def range_and_count(bk: Backend, img, level: float | None):
     if img.size and _numba_ok(bk) and img.dtype.kind in "uif":
         from erquant import _numba_kernels
 
-        flat = np.ascontiguousarray(img).ravel()
-        lev = np.inf if level is None else level
-        lo, hi, n = _numba_kernels.range_count(flat, flat.dtype.type(lev)
-                                               if flat.dtype.kind == "f" else float(lev))
-        return float(lo), float(hi), int(n) if level is not None else 0
+        a2 = img if img.ndim == 2 else np.ascontiguousarray(img).reshape(1, -1)
+        lev = np.inf if level is None else float(level)
+        none = level is None
+        if a2.dtype.kind == "f":
+            lev = a2.dtype.type(lev)
+        else:  # integers: v >= lev exactly when v >= ceil(lev), in the array's own type
+            info = np.iinfo(a2.dtype)
+            none = none or not lev <= info.max  # (NaN, or above every value: none count)
+            lev = a2.dtype.type(info.min if none or lev <= info.min else math.ceil(lev))
+        lo, hi, n = _numba_kernels.range_count(a2, lev)
+        return float(lo), float(hi), 0 if none else int(n)
     terms = [img.min().astype(np.float64), img.max().astype(np.float64)]
     terms.append(xp.count_nonzero(img >= level).astype(np.float64) if level is not None
                  else xp.asarray(0.0))
