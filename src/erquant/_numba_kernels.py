@@ -547,9 +547,10 @@ def _label_sparse_impl(idx, n, X, out):
 
 
 def _seed_edges_impl(seeds, words, out, counts, nstrips):
-    """Flat indices (ascending) of the pixels of ``seeds`` (2-D int32, > 0) with an
-    8-neighbour inside the image that is not a seed (<= 0). Rows in ``nstrips``
-    horizontal strips (parallel where compiled so): strip k writes its indices to
+    """Flat indices (ascending) of the pixels of ``seeds`` (2-D int32, > 0) with a
+    4-neighbour inside the image that is not a seed (<= 0): the only seed pixels that
+    can be the nearest of a pixel outside (:func:`_nearest_within_impl`). Rows in
+    ``nstrips`` horizontal strips (parallel where compiled so): strip k writes its indices to
     ``out`` from its first pixel's index on, and its count to ``counts[k]``.
     ``words``: the flat array's pairs viewed as uint64 (background skipped by pairs)."""
     Y, X = seeds.shape
@@ -568,16 +569,8 @@ def _seed_edges_impl(seeds, words, out, counts, nstrips):
                     continue
                 y = i // X
                 x = i - y * X
-                if 0 < y < Y - 1 and 0 < x < X - 1:
-                    edge = (flat[i - X - 1] <= 0 or flat[i - X] <= 0 or flat[i - X + 1] <= 0
-                            or flat[i - 1] <= 0 or flat[i + 1] <= 0 or flat[i + X - 1] <= 0
-                            or flat[i + X] <= 0 or flat[i + X + 1] <= 0)
-                else:
-                    edge = False
-                    for yy in range(max(0, y - 1), min(Y, y + 2)):
-                        for xx in range(max(0, x - 1), min(X, x + 2)):
-                            if seeds[yy, xx] <= 0:
-                                edge = True
+                edge = ((y > 0 and flat[i - X] <= 0) or (y < Y - 1 and flat[i + X] <= 0)
+                        or (x > 0 and flat[i - 1] <= 0) or (x < X - 1 and flat[i + 1] <= 0))
                 if edge:
                     out[n] = i
                     n += 1
@@ -1117,15 +1110,16 @@ def _fill_labelled_impl(lab, n, bb, area, mask, out):
 def _nearest_within_impl(seeds, R, edges, out, nstrips):
     # out = seeds where > 0; else the id of the nearest seed pixel (exact Euclidean; ties
     # to the first boundary pixel in scan order) where that distance is <= R; else 0.
-    # Only seed pixels with a non-seed 8-neighbour paint (the nearest seed pixel of an
-    # outside pixel is always one; ``edges``: their flat indices, ascending,
-    # _seed_edges_impl), and each only the part of its disc it can be nearest to: a
+    # Only seed pixels with a non-seed 4-neighbour paint (``edges``: their flat indices,
+    # ascending, _seed_edges_impl), and each only the part of its disc it can be nearest
+    # to: a
     # pixel q = p + (dy, dx) with dy > 0 has the seed pixel p + (1, 0), where there is
     # one, strictly nearer than p (and likewise for dy < 0, dx > 0, dx < 0), so p paints
     # rows below it only where p + (1, 0) is not a seed, and so on: a pixel on a straight
-    # edge paints one ray, a corner a quadrant, one with only diagonal non-seed
-    # neighbours nothing. What is left out is never nearest nor tied: the same result as
-    # painting whole discs. 2-D arrays. Painted in ``nstrips`` horizontal strips
+    # edge paints one ray, a corner a quadrant (one with only diagonal non-seed
+    # neighbours would paint nothing: it is not listed). What is left out is never
+    # nearest nor tied: the same result as painting whole discs from every seed pixel
+    # with a non-seed 8-neighbour. 2-D arrays. Painted in ``nstrips`` horizontal strips
     # (parallel where compiled so), each cleared and painted by the boundary pixels
     # within R of it in scan order: the same result for any count.
     Y, X = seeds.shape
