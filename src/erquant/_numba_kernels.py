@@ -594,10 +594,11 @@ def _seed_cores_impl(seeds, mask, radius, reach, idx, out, nstrips):
         b = min(Y, a + h)
         if a >= b:
             continue
-        best = np.empty((b - a, X), np.int32)  # squared distance of the painted seed
+        # squared distance of the painted seed, read only where out holds one (> 0):
+        # never cleared
+        best = np.empty((b - a, X), np.int32)
         for y in range(a, b):
             for x in range(X):
-                best[y - a, x] = 2147483647
                 out[y, x] = 0
         j0 = np.searchsorted(idx, max(0, a - R) * X)
         j1 = np.searchsorted(idx, min(Y, b + R) * X)
@@ -608,11 +609,13 @@ def _seed_cores_impl(seeds, mask, radius, reach, idx, out, nstrips):
             s = seeds[y, x]
             for yy in range(max(a, y - R), min(b, y + R + 1)):
                 dy2 = (yy - y) * (yy - y)
+                brow = best[yy - a]
+                orow = out[yy]
                 for xx in range(max(0, x - R), min(X, x + R + 1)):
                     d2 = dy2 + (xx - x) * (xx - x)
-                    if d2 <= R2 and d2 < best[yy - a, xx]:
-                        best[yy - a, xx] = d2
-                        out[yy, xx] = s
+                    if d2 <= R2 and (orow[xx] == 0 or d2 < brow[xx]):
+                        brow[xx] = d2
+                        orow[xx] = s
         for y in range(a, b):
             for x in range(X):
                 s = out[y, x]
@@ -1245,9 +1248,9 @@ def _nearest_in_impl(seeds, roi, wroi, oy, ox, out, idx, unres):
     # out = for each ``roi`` pixel the id of the nearest seed pixel (exact Euclidean)
     # found by walking the offsets (oy, ox), sorted by squared length, until the first
     # seed pixel (ties: the first offset in that order); seed pixels keep theirs; 0
-    # where no seed lies within the offsets (``out`` holds zeros on entry; only roi
-    # pixels are written: ``wroi``, roi's flat bytes as uint64 words, skips the rest
-    # eight pixels at a time). idx = the flat index of that seed pixel (-1 where none;
+    # where no seed lies within the offsets, and off roi (every pixel of ``out`` is
+    # written: ``wroi``, roi's flat bytes as uint64 words, skips eight pixels at a time
+    # past the rest, zeroed). idx = the flat index of that seed pixel (-1 where none;
     # written on roi only). The flat indices of the roi pixels left without one go to
     # unres (raster order); returns their count. Rows run in parallel where compiled so.
     Y, X = seeds.shape
@@ -1255,10 +1258,16 @@ def _nearest_in_impl(seeds, roi, wroi, oy, ox, out, idx, unres):
     left = np.zeros(Y, np.int64)
     for y in prange(Y):
         r = y * X
+        orow = out[y]
         for w in range(r // 8, (r + X + 7) // 8):
             i0, i1 = _word_span(wroi, w, 8, r, r + X)
+            if i0 == i1:  # (a zero word: its pixels are off roi)
+                for x in range(max(r, 8 * w) - r, min(r + X, 8 * w + 8) - r):
+                    orow[x] = 0
+                continue
             for x in range(i0 - r, i1 - r):
                 if not roi[y, x]:
+                    orow[x] = 0
                     continue
                 s = seeds[y, x]
                 if s > 0:

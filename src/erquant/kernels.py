@@ -439,7 +439,7 @@ def nearest_seed_in(bk: Backend, seeds, roi, reach: float):
         roi = np.ascontiguousarray(roi, dtype=np.bool_)
         reach = max(1, int(math.ceil(float(reach))))
         oy, ox = _ring_offsets(reach)
-        out = host_zeros(seeds.shape, np.int32)
+        out = np.empty(seeds.shape, np.int32)  # (every pixel written)
         idx = np.empty(seeds.shape, np.int32)  # (written and read on roi only)
         unres = np.empty(seeds.size, np.int32)  # lazily paged: only what is written
         nun = _numba_kernels.nearest_in(seeds, roi, _words(roi.ravel(), 8), oy, ox, out, idx,
