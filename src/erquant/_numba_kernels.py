@@ -864,17 +864,23 @@ def _owned_impl(owner, cc, seed_cc, allowed, mask, wmask, has_seed, cores, orpha
     # out = owner where allowed and the owner's component is the pixel's, else 0; with
     # ``orphans`` the seedless components' pixels take their core; with ``want_peak``
     # peak[label] = max(0, max of smooth over the label) for labels > 0 (1-D views).
-    # ``allowed`` lies in ``mask``: only mask pixels are visited (``wmask``: the mask as
-    # uint64 words); ``out`` must hold zeros. CHUNKS chunks (parallel where compiled
-    # so), each with its own peaks, then their maximum.
+    # ``allowed`` lies in ``mask``: only mask pixels are computed (``wmask``: the mask as
+    # uint64 words; past zero words eight zeros at a time), every pixel of ``out``
+    # written. CHUNKS chunks (parallel where compiled so), each with its own peaks,
+    # then their maximum.
     n = owner.size
     part = np.zeros((CHUNKS if want_peak else 1, peak.size), peak.dtype)
     for k in prange(CHUNKS):
         start, end = _word_chunk(n, k)
         for j in range(start // 8, (end + 7) // 8):
             i0, i1 = _word_span(wmask, j, 8, start, end)
+            if i0 == i1:  # (a zero word: off the mask)
+                for i in range(max(start, 8 * j), min(end, 8 * j + 8)):
+                    out[i] = 0
+                continue
             for i in range(i0, i1):
                 if not mask[i]:
+                    out[i] = 0
                     continue
                 o = owner[i]
                 c = cc[i]

@@ -1131,12 +1131,12 @@ def _partition_numba(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
     owner = K.nearest_seed_in(bk, cores, mask, reach)
     no_peak = np.zeros(1, smooth.dtype)
     if seed_mask is not mask:
-        inner = K.host_zeros(cores.shape, cores.dtype)
+        inner = np.empty_like(cores)  # (owned writes every pixel)
         NK.owned(owner.ravel(), ccf, seed_cc, np.ascontiguousarray(seed_mask).ravel(), maskf,
                  wmask, has_seed, coresf, True, smoothf, False, no_peak, inner.ravel())
         owner = K.nearest_seed_in(bk, inner, near, reach)
     ownerf = np.ascontiguousarray(owner).ravel()
-    labels = K.host_zeros(mask.shape, np.int32)
+    labels = np.empty(mask.shape, np.int32)  # (owned writes every pixel)
     own_peak = np.zeros(n_ids, smooth.dtype) if rim else no_peak
     NK.owned(ownerf, ccf, seed_cc, maskf, maskf, wmask, has_seed, coresf, False, smoothf,
              rim, own_peak, labels.ravel())
