@@ -1051,6 +1051,39 @@ def _fill_gaps_impl(strict, within, words_w, max_area, out):
                     of[buf[m]] = True
 
 
+def _box_flood(lab, k, y0, x0, h, w, seen, by, bx):
+    # flood (4-connected) from the border of component k's box (y0, x0, h, w) through
+    # the box's pixels that are not k; marks them in ``seen`` (h * w, all False on
+    # entry) and returns how many it reached (``by``, ``bx``: the queue)
+    tail = 0
+    for yy in range(h):  # the box's border pixels that are not the component
+        step = 1 if (yy == 0 or yy == h - 1) else w - 1
+        for xx in range(0, w, step):
+            if lab[y0 + yy, x0 + xx] != k:
+                seen[yy * w + xx] = True
+                by[tail] = yy
+                bx[tail] = xx
+                tail += 1
+    head = 0
+    while head < tail:
+        py = by[head]
+        px = bx[head]
+        head += 1
+        for d in range(4):
+            qy = py + (-1 if d == 0 else (1 if d == 1 else 0))
+            qx = px + (-1 if d == 2 else (1 if d == 3 else 0))
+            if qy < 0 or qy >= h or qx < 0 or qx >= w:
+                continue
+            q = qy * w + qx
+            if seen[q] or lab[y0 + qy, x0 + qx] == k:
+                continue
+            seen[q] = True
+            by[tail] = qy
+            bx[tail] = qx
+            tail += 1
+    return tail
+
+
 def _fill_labelled_impl(lab, n, bb, area, mask, out):
     # lab: the 8-connected components of ``mask`` numbered 1..n (2-D int32), with their
     # bounding boxes ``bb`` (y0, x0, y1, x1 inclusive) and pixel counts ``area``
@@ -1061,8 +1094,13 @@ def _fill_labelled_impl(lab, n, bb, area, mask, out):
     # bounding boxes, not the background. Returns False when a hole held another
     # component (nested objects, merged by the fill: the caller relabels ``out``).
     # (``out`` holds a copy of ``mask`` on entry)
-    ok = True
-    for k in range(1, n + 1):
+    # First every component's flood, reading only (components in parallel where
+    # compiled so): which have holes; then those few, in order, flooded again and
+    # filled. A fill only turns a nested component's pixels into the filling one's,
+    # which can take holes from a later component but never give it any: the same
+    # result as filling every component in order.
+    holed = np.zeros(n + 1, np.bool_)
+    for k in prange(1, n + 1):
         y0 = bb[k, 0]
         x0 = bb[k, 1]
         h = bb[k, 2] - y0 + 1
@@ -1075,34 +1113,23 @@ def _fill_labelled_impl(lab, n, bb, area, mask, out):
         seen = np.zeros(h * w, np.bool_)
         by = np.empty(others, np.int32)  # the flood's queue (box coordinates)
         bx = np.empty(others, np.int32)
-        tail = 0
-        for yy in range(h):  # the box's border pixels that are not the component
-            step = 1 if (yy == 0 or yy == h - 1) else w - 1
-            for xx in range(0, w, step):
-                if lab[y0 + yy, x0 + xx] != k:
-                    seen[yy * w + xx] = True
-                    by[tail] = yy
-                    bx[tail] = xx
-                    tail += 1
-        head = 0
-        while head < tail:
-            py = by[head]
-            px = bx[head]
-            head += 1
-            for d in range(4):
-                qy = py + (-1 if d == 0 else (1 if d == 1 else 0))
-                qx = px + (-1 if d == 2 else (1 if d == 3 else 0))
-                if qy < 0 or qy >= h or qx < 0 or qx >= w:
-                    continue
-                q = qy * w + qx
-                if seen[q] or lab[y0 + qy, x0 + qx] == k:
-                    continue
-                seen[q] = True
-                by[tail] = qy
-                bx[tail] = qx
-                tail += 1
-        if tail == others:  # every other pixel reached: no hole
+        holed[k] = _box_flood(lab, k, y0, x0, h, w, seen, by, bx) != others
+    ok = True
+    for k in range(1, n + 1):
+        if not holed[k]:
             continue
+        y0 = bb[k, 0]
+        x0 = bb[k, 1]
+        h = bb[k, 2] - y0 + 1
+        w = bb[k, 3] - x0 + 1
+        others = h * w - area[k]
+        if others == 0:
+            continue
+        seen = np.zeros(h * w, np.bool_)
+        by = np.empty(others, np.int32)
+        bx = np.empty(others, np.int32)
+        if _box_flood(lab, k, y0, x0, h, w, seen, by, bx) == others:
+            continue  # (its holes went to an earlier component's fill)
         for yy in range(h):
             for xx in range(w):
                 j = lab[y0 + yy, x0 + xx]
@@ -1647,7 +1674,8 @@ if numba is not None:
     rim_stats = _jit(_rim_stats_impl, parallel=True)
     fill_holes = _jit(_fill_holes_impl)
     fill_gaps = _jit(_fill_gaps_impl)
-    fill_labelled = _jit(_fill_labelled_impl)
+    _box_flood = _jit(_box_flood)
+    fill_labelled = _jit(_fill_labelled_impl, parallel=True)
     nearest_within = _jit(_nearest_within_impl, parallel=True)
     nearest_in = _jit(_nearest_in_impl, parallel=True)
     edt = _jit(_edt_impl, parallel=True)
