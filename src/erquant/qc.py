@@ -102,7 +102,8 @@ def validate_image(image: Any, name: str = "image", *, ndim: int = 2,
     Examples
     --------
     >>> import numpy as np
-    >>> validate_image(np.arange(4).reshape(2, 2), "nuclei")
+    >>> validate_image(np.arange(4).reshape(2, 2), "nuclei")  # (min, max, count)
+    (0.0, 3.0, 0)
     >>> validate_image(np.zeros((4, 4)), "nuclei")
     Traceback (most recent call last):
     ...
