@@ -1176,12 +1176,13 @@ def _nearest_within_impl(seeds, R, edges, out, nstrips):
         b = min(Y, a + h)
         if a >= b:
             continue
-        best = np.empty((b - a, X), np.int32)  # squared distance of the painted pixel
+        # squared distance of the painted seed pixel, read only where one was painted
+        # (out > 0 off the seeds): never cleared
+        best = np.empty((b - a, X), np.int32)
         for y in range(a, b):
             for x in range(X):
                 s = seeds[y, x]
                 out[y, x] = s if s > 0 else 0
-                best[y - a, x] = 0 if s > 0 else 2147483647
         j0 = np.searchsorted(edges, max(0, a - Ri) * X)
         j1 = np.searchsorted(edges, min(Y, b + Ri) * X)
         for j in range(j0, j1):
@@ -1202,11 +1203,13 @@ def _nearest_within_impl(seeds, R, edges, out, nstrips):
                 w = span[dy if dy >= 0 else -dy]
                 brow = best[yy - a]
                 orow = out[yy]
+                srow = seeds[yy]
                 xlo = max(0, x - w) if left else x
                 xhi = min(X, x + w + 1) if right else x + 1
                 for xx in range(xlo, xhi):
                     d2 = dy2 + (xx - x) * (xx - x)
-                    if d2 < brow[xx]:
+                    o = orow[xx]
+                    if o == 0 or (srow[xx] <= 0 and d2 < brow[xx]):
                         brow[xx] = d2
                         orow[xx] = s
 
