@@ -1462,23 +1462,16 @@ def test_kernels_writing_every_pixel_ignore_recycled_garbage(monkeypatch, synthe
                 K.nearest_seed_in(bk, seeds, roi, 3.0), K.seed_cores(bk, seeds, mask, rad))
 
     clean = results()
-    real_empty = np.empty
 
-    def dirty(shape, dtype=float, *a, **k):
-        out = real_empty(shape, dtype, *a, **k)
-        if out.size >= 1000 and out.dtype.kind in "iuf":
-            out.fill(7)
-        return out
+    def dirty(make):  # np.empty / np.empty_like whose image-sized buffers hold garbage
+        def made(*a, **k):
+            out = make(*a, **k)
+            if out.size >= 1000 and out.dtype.kind in "iuf":
+                out.fill(7)
+            return out
+        return made
 
-    real_empty_like = np.empty_like
-
-    def dirty_like(a, dtype=None, *args, **k):
-        out = real_empty_like(a, dtype, *args, **k)
-        if out.size >= 1000 and out.dtype.kind in "iuf":
-            out.fill(7)
-        return out
-
-    monkeypatch.setattr(np, "empty", dirty)
-    monkeypatch.setattr(np, "empty_like", dirty_like)
+    monkeypatch.setattr(np, "empty", dirty(np.empty))
+    monkeypatch.setattr(np, "empty_like", dirty(np.empty_like))
     for a, b in zip(clean, results()):
         np.testing.assert_array_equal(a, b)

@@ -209,12 +209,10 @@ def _label_bbox_impl(labels, words, per, want, out):
     nb = out.shape[0]
     nch = _table_chunks(n, 4 * nb)
     part = np.empty((nch, nb, 4), out.dtype)
-    h = (((n + nch - 1) // nch) + per - 1) // per * per
     for c in prange(nch):
         o = part[c]
         o[:, :] = out
-        start = min(n, c * h)
-        end = min(n, start + h)
+        start, end = _word_chunk(n, c, nch, per)
         for j in range(start // per, (end + per - 1) // per):
             i0, i1 = _word_span(words, j, per, start, end)
             for i in range(i0, i1):
@@ -311,11 +309,11 @@ def _word_span(words, j, per, start, end):
     return i0, end
 
 
-def _word_chunk(n, k):
-    """Flat range [start, end) of chunk ``k`` of :data:`CHUNKS` over ``n`` elements, each
-    chunk a whole number of 8-element words long (so no two chunks share a word of the
-    sparse kernels' masks)."""
-    h = (((n + CHUNKS - 1) // CHUNKS) + 7) // 8 * 8
+def _word_chunk(n, k, nch=CHUNKS, per=8):
+    """Flat range [start, end) of chunk ``k`` of ``nch`` (:data:`CHUNKS`) over ``n``
+    elements, each chunk a whole number of ``per``-element words long (so no two chunks
+    share a word of the sparse kernels' masks)."""
+    h = (((n + nch - 1) // nch) + per - 1) // per * per
     start = min(n, k * h)
     return start, min(n, start + h)
 
@@ -335,7 +333,6 @@ def _cc_stats_impl(lab, words, n, first, area, bb):
     pf = np.empty((nch, n + 1), np.int64)
     pa = np.zeros((nch, n + 1), np.int64)
     pb = np.empty((nch, n + 1, 4), np.int64)
-    h = (((size + nch - 1) // nch) + 1) // 2 * 2
     for c in prange(nch):
         f = pf[c]
         a = pa[c]
@@ -346,8 +343,7 @@ def _cc_stats_impl(lab, words, n, first, area, bb):
             b[k, 1] = X
             b[k, 2] = -1
             b[k, 3] = -1
-        start = min(size, c * h)
-        end = min(size, start + h)
+        start, end = _word_chunk(size, c, nch, 2)
         y = start // X if X > 0 else 0
         row_end = (y + 1) * X  # (rows followed without a division per pixel)
         for j in range(start // 2, (end + 1) // 2):

@@ -204,15 +204,12 @@ def mask_above(bk: Backend, mask, a, frac: float, b):
 COMPILED_MAX_RADIUS = 6
 
 
-def _compiled_max(bk: Backend, img, size: int) -> bool:
-    return (_numba_ok(bk) and _f32_2d(img) and size // 2 <= COMPILED_MAX_RADIUS
-            and size // 2 <= min(img.shape))
-
-
-def _compiled_max_u8(bk: Backend, img, size: int) -> bool:
-    # uint8 masks (dilations): compiled up to the same half-width (OpenCV's dilate runs
-    # on one thread here; 2048², 3 / 7 / 13 px: 0.3 / 0.6 / 0.9 against 0.7 / 0.8 / 0.8 ms)
-    return (_numba_ok(bk) and isinstance(img, np.ndarray) and img.dtype == np.uint8
+def _compiled_max(bk: Backend, img, size: int, dtypes=(np.float32,)) -> bool:
+    # whether the compiled maximum filter takes ``img`` (a C-contiguous 2-D host array of
+    # one of ``dtypes``) at this window. uint8 masks (dilations) go the same way: OpenCV's
+    # dilate runs on one thread here (2048², 3 / 7 / 13 px: 0.3 / 0.6 / 0.9 against
+    # 0.7 / 0.8 / 0.8 ms)
+    return (_numba_ok(bk) and isinstance(img, np.ndarray) and img.dtype in dtypes
             and img.ndim == 2 and img.flags.c_contiguous and size // 2 <= COMPILED_MAX_RADIUS
             and size // 2 <= min(img.shape))
 
@@ -249,7 +246,7 @@ def maximum_filter(bk: Backend, img, size: int):
     """Square maximum filter of odd ``size`` (reflected borders): compiled for float32 and uint8
     images up to a half-width of :data:`COMPILED_MAX_RADIUS`, else OpenCV's (SciPy's)."""
     size = max(1, int(size) | 1)
-    if size > 1 and (_compiled_max(bk, img, size) or _compiled_max_u8(bk, img, size)):
+    if size > 1 and _compiled_max(bk, img, size, (np.float32, np.uint8)):
         from erquant import _numba_kernels
 
         out = np.empty(img.shape, img.dtype)

@@ -523,19 +523,10 @@ def _region_slots(bk: Backend, nuclei, cells):
     the combined index.
     """
     xp = bk.xp
-    if K_._numba_ok(bk):  # (min, max) of each in one compiled pass on all cores
-        r = [int(v) for lab in (nuclei, cells) if lab is not None
-             for v in K_.range_and_count(bk, lab, None)[:2]]
-    else:
-        def lowest(lab):  # unsigned ids are never negative: no pass over the image
-            return (xp.zeros((), np.int64) if lab.dtype.kind == "u"
-                    else lab.min().astype(np.int64))
-
-        ranges = [lowest(nuclei), nuclei.max().astype(np.int64)]
-        if cells is not None:
-            ranges += [lowest(cells), cells.max().astype(np.int64)]
-        # host sync: label range (2-4 integers) picks direct vs compressed indexing
-        r = to_numpy(xp.stack(ranges))
+    # host sync: label range (min, max of each: one compiled pass on all cores on the
+    # CPU) picks direct vs compressed indexing
+    r = [int(v) for lab in (nuclei, cells) if lab is not None
+         for v in K_.range_and_count(bk, lab, None)[:2]]
     if r[0] < 0 or (cells is not None and r[2] < 0):
         raise ValueError("label images must not contain negative labels")
     top = int(r[1] if cells is None else max(r[1], r[3]))
