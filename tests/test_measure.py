@@ -490,6 +490,80 @@ def test_area_resize_and_upsample_labels_cpu_and_generic_agree(monkeypatch, shap
         assert np.array_equal(fast[1], np.repeat(np.repeat(lab, 2, 0), 2, 1))
 
 
+@pytest.mark.parametrize("dtype,f", [(np.uint16, 4), (np.uint16, 3), (np.uint8, 5),
+                                     (np.int16, 2), (np.uint16, 17)])
+def test_block_mean_of_integer_images_equals_opencv_of_the_float_copy(monkeypatch, dtype, f):
+    """Integer images' whole-block means come from a compiled pass with exact sums
+    (no float32 copy): bit for bit OpenCV's INTER_AREA of the float32 copy, and the
+    array path's mean within float32 rounding. f = 17 on uint16 (sums beyond 2**24)
+    takes OpenCV's path."""
+    import cv2
+
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(f)
+    hi = int(min(np.iinfo(dtype).max, 60000))
+    img = rng.integers(np.iinfo(dtype).min // 2, hi, (7 * f + f - 1, 9 * f + 1)).astype(dtype)
+    got = K.block_mean(bk, img, f)
+    ref = cv2.resize(img[:7 * f, :9 * f].astype(np.float32), (9, 7),
+                     interpolation=cv2.INTER_AREA)
+    assert got.dtype == np.float32 and got.shape == (7, 9)
+    assert np.array_equal(got, ref)
+    exact = img[:7 * f, :9 * f].reshape(7, f, 9, f).astype(np.float64).mean(axis=(1, 3))
+    np.testing.assert_allclose(got, exact, rtol=2e-7, atol=1e-6)
+    monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
+    monkeypatch.setenv("ERQUANT_NO_OPENCV", "1")
+    np.testing.assert_allclose(K.block_mean(bk, img, f), exact, rtol=2e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,tile,dtype", [((300, 257), 40, np.float64),
+                                              ((256, 256), 128, np.uint16),
+                                              ((100, 90), 7, np.uint8),
+                                              ((64, 64), 16, np.float32)])
+def test_background_map_compiled_tiles_equal_the_sorted_tiles(monkeypatch, shape, tile, dtype):
+    """background_map's per-tile quantiles from the compiled selection (CPU) equal the
+    sorted tiled image's (the array path, as on the GPU) bit for bit: any quantile,
+    empty tiles (filled from the nearest valid one), quantised images with ties."""
+    from erquant.measure import background_map
+
+    rng = np.random.default_rng(tile)
+    img = (rng.random(shape) * (3 if dtype == np.uint8 else 1000)).astype(dtype)
+    occ = rng.random(shape) < 0.6
+    occ[: shape[0] // 3, : shape[1] // 3] = True  # some tiles with no background
+    for sep in (False, True):
+        for q in (0.5, 0.2, 0.0, 1.0):
+            fast = background_map(img, occ, tile=tile, quantile=q, separable=sep)
+            monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
+            ref = background_map(img, occ, tile=tile, quantile=q, separable=sep)
+            monkeypatch.delenv("ERQUANT_NO_NUMBA")
+            for a, b in zip(fast if sep else [fast], ref if sep else [ref]):
+                assert np.array_equal(a, b), (sep, q)
+
+
+def test_select_gives_the_order_statistic_and_splits_around_it():
+    """The compiled quickselect: the k-th smallest, nothing smaller after it, for random,
+    few-valued (ties), constant and reversed inputs."""
+    from erquant import _numba_kernels as NK
+
+    rng = np.random.default_rng(0)
+    for trial in range(400):
+        n = int(rng.integers(1, 300))
+        kind = trial % 4
+        a = (rng.random(n) * (1000, 3, 1, 1e6)[kind]).astype(np.float32)
+        if kind == 2:
+            a[:] = 5
+        if kind == 3:
+            a = np.sort(a)[::-1].copy()
+        k = int(rng.integers(0, n))
+        ref = np.sort(a)
+        b = a.copy()
+        v = NK._select(b, n, k)
+        assert v == ref[k] and (b[k + 1:] >= v).all() and (b[:k] <= v).all()
+        assert np.array_equal(np.sort(b), ref)  # a permutation of the input
+
+
 def test_label_moments_chunks_give_the_same_sums_on_any_thread_count():
     """kernels.label_moments sums row chunks in parallel (fixed chunks, added in order):
     the table is the same bit for bit on 1 thread and on all, and equals the bincount

@@ -1475,3 +1475,27 @@ def test_kernels_writing_every_pixel_ignore_recycled_garbage(monkeypatch, synthe
     monkeypatch.setattr(np, "empty_like", dirty(np.empty_like))
     for a, b in zip(clean, results()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_object_stats_one_pass_equals_label_max_and_shape_moments(monkeypatch):
+    """kernels.object_stats (the diameter estimate's radii, peaks and moments in one
+    parallel pass) equals label_max twice and shape_moments, bit for bit and in dtype,
+    on the compiled and the array path; absent labels give zeros."""
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(5)
+    lab = rng.integers(0, 40, (300, 211)).astype(np.int32)
+    lab[lab == 7] = 0  # an absent label
+    dist = rng.random(lab.shape).astype(np.float32) * 9
+    smooth = (rng.random(lab.shape).astype(np.float32) - 0.7) * 3  # mostly negative
+    ref = (K.label_max(bk, dist, lab, 41)[1:], K.label_max(bk, smooth, lab, 41)[1:],
+           K.shape_moments(bk, lab, 41)[1:])
+    for env in (None, "1"):
+        if env:
+            monkeypatch.setenv("ERQUANT_NO_NUMBA", env)
+        got = K.object_stats(bk, lab, 41, dist, smooth)
+        for a, b in zip(got, ref):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert got[0][6] == 0 and got[1][40] == 0 and not got[2][6].any()

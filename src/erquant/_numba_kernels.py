@@ -180,6 +180,43 @@ def _shape_moments_impl(labels, out):
                 out[k, 5] += y * x
 
 
+def _object_stats_impl(labels, dist, smooth, out):
+    """Per label k of a 2-D label image: out[k, :6] the moments of
+    :func:`_shape_moments_impl`, out[k, 6] the maximum of ``dist`` and out[k, 7] of
+    ``smooth`` over its pixels (both ≥ 0 where the label is absent: out starts at 0).
+    Row chunks (parallel where compiled so), each into its own table, then added (the
+    moments: integer sums, exact in any order) and maximised in order."""
+    H, W = labels.shape
+    n = out.shape[0]
+    nch = max(1, min(CHUNKS, H // 16, (1 << 22) // max(1, 8 * n)))
+    part = np.zeros((nch, n, 8), np.float64)
+    h = (H + nch - 1) // nch
+    for c in prange(nch):
+        o = part[c]
+        for y in range(c * h, min(H, c * h + h)):
+            lrow = labels[y]
+            drow = dist[y]
+            srow = smooth[y]
+            for x in range(W):
+                k = lrow[x]
+                if k:
+                    o[k, 0] += 1.0
+                    o[k, 1] += y
+                    o[k, 2] += x
+                    o[k, 3] += y * y
+                    o[k, 4] += x * x
+                    o[k, 5] += y * x
+                    o[k, 6] = max(o[k, 6], drow[x])
+                    o[k, 7] = max(o[k, 7], srow[x])
+    for c in range(nch):
+        o = part[c]
+        for k in range(n):
+            for j in range(6):
+                out[k, j] += o[k, j]
+            out[k, 6] = max(out[k, 6], o[k, 6])
+            out[k, 7] = max(out[k, 7], o[k, 7])
+
+
 def _box_moments_impl(labels, ids, boxes, out):
     """out[j] = (1, y, x, y², x², xy) summed over the pixels of label ids[j] inside its
     box boxes[ids[j]] (min y, min x, max y + 1, max x + 1) in raster order: the sums of
@@ -1437,6 +1474,106 @@ def _to_float32_impl(img, out):
             out[y, x] = np.float32(img[y, x])
 
 
+def _block_mean_int_impl(img, f, scale, out):
+    """out[i, j] = float32(Σ img over the f × f block at (i f, j f)) · scale, the sums
+    exact integers (integer ``img`` whose block sums stay below 2**24: equal to
+    OpenCV's INTER_AREA of the float32 copy, without that copy). Output rows in
+    parallel, each from f input rows summed into an integer row buffer."""
+    ny, nx = out.shape
+    for i in prange(ny):
+        acc = np.zeros(nx * f, np.float32)  # (integer sums < 2**24: exact in float32)
+        for yy in range(i * f, i * f + f):
+            row = img[yy]
+            for x in range(nx * f):
+                acc[x] += np.float32(row[x])
+        orow = out[i]
+        for j in range(nx):
+            s = np.float32(0)
+            for k in range(j * f, j * f + f):
+                s += acc[k]
+            orow[j] = s * scale
+
+
+def _select(a, n, k):
+    """The k-th smallest of a[:n] (0-based), a[:n] rearranged in place so that nothing
+    after index k is smaller: quickselect with branch-free Lomuto partitions (random
+    data mispredicts Hoare's branches) around median-of-three pivots; a range still
+    open after 2 log2(n) + 8 rounds (many equal values) is sorted instead."""
+    lo, hi = 0, n - 1
+    rounds = 2 * int(np.log2(max(n, 2))) + 8
+    while hi > lo:
+        rounds -= 1
+        if rounds < 0:
+            a[lo:hi + 1] = np.sort(a[lo:hi + 1])
+            break
+        mid = (lo + hi) >> 1  # median of three → a[lo]
+        if a[mid] < a[lo]:
+            a[mid], a[lo] = a[lo], a[mid]
+        if a[hi] < a[lo]:
+            a[hi], a[lo] = a[lo], a[hi]
+        if a[hi] < a[mid]:
+            a[hi], a[mid] = a[mid], a[hi]
+        a[lo], a[mid] = a[mid], a[lo]
+        pivot = a[lo]
+        i = lo + 1
+        for j in range(lo + 1, hi + 1):  # a[lo + 1:i] < pivot <= a[i:j + 1]
+            v = a[j]
+            a[j] = a[i]
+            a[i] = v
+            i += v < pivot
+        p = i - 1
+        a[lo], a[p] = a[p], pivot
+        if k == p:
+            break
+        if k < p:
+            hi = p - 1
+        else:
+            lo = p + 1
+    return a[k]
+
+
+def _tile_quantile_impl(src, occ, ts, quantile, min_frac, grid, ok):
+    """Per ``ts`` × ``ts`` tile of ``src`` (a 2-D image, any real dtype, read as
+    float32): the ``quantile`` of its finite pixels outside ``occ``, linearly
+    interpolated between order statistics in float64 (``grid``), and whether at least
+    max(1, min_frac × the tile's pixels) of them exist (``ok``); tiles of the grid's
+    shape, the last row/column of tiles partial. The same values as
+    :func:`erquant.measure.background_map`'s sort of the tiled image (order statistics
+    do not depend on the sort). Tiles in parallel."""
+    Ys, Xs = src.shape
+    ny, nx = grid.shape
+    for i in prange(ny * nx):
+        ty, tx = i // nx, i % nx
+        buf = np.empty(ts * ts, np.float32)
+        k = 0
+        y1, x1 = min(Ys, ty * ts + ts), min(Xs, tx * ts + ts)
+        for y in range(ty * ts, y1):
+            srow = src[y]
+            orow = occ[y]
+            for x in range(tx * ts, x1):  # (branch-free: written, counted if valid)
+                v = np.float32(srow[x])
+                buf[k] = v
+                k += (not orow[x]) & np.isfinite(v)
+        n_inside = max(0, y1 - ty * ts) * max(0, x1 - tx * ts)
+        last = max(k - 1, 0)
+        pos = quantile * np.float64(last)
+        lo = int(np.floor(pos))
+        hi = min(lo + 1, last)
+        frac = pos - lo
+        v_lo = 0.0
+        v_hi = 0.0
+        if k > 0:  # the two order statistics: a selection, then the minimum above it
+            v_lo = np.float64(_select(buf, k, lo))
+            v_hi = v_lo
+            if hi > lo:
+                m = buf[lo + 1]
+                for j in range(lo + 2, k):
+                    m = min(m, buf[j])
+                v_hi = np.float64(m)
+        grid[ty, tx] = v_lo + (v_hi - v_lo) * frac
+        ok[ty, tx] = k > 0 and k >= max(1.0, min_frac * n_inside)
+
+
 def _sub_scaled_impl(img, bg, scale, offset):
     # img = (img - scale * bg) - offset, in place, in float32 (2-D, rows in parallel)
     Y, X = img.shape
@@ -1650,6 +1787,7 @@ if numba is not None:
     range_count = _jit(_range_count_impl, parallel=True)
     scatter_max = _jit(_scatter_max_impl, parallel=True)
     shape_moments = _jit(_shape_moments_impl)
+    object_stats = _jit(_object_stats_impl, parallel=True)
     label_bbox = _jit(_label_bbox_impl, parallel=True)
     box_moments = _jit(_box_moments_impl)
     seed_cores = _jit(_seed_cores_impl, parallel=True)
@@ -1688,6 +1826,9 @@ if numba is not None:
     add_scalar = _jit(_add_scalar_impl, parallel=True)
     multiply = _jit(_multiply_impl, parallel=True)
     to_float32 = _jit(_to_float32_impl, parallel=True)
+    block_mean_int = _jit(_block_mean_int_impl, parallel=True)
+    _select = _jit(_select)
+    tile_quantile = _jit(_tile_quantile_impl, parallel=True)
     propagate_in = _jit(_propagate_in_impl)
     seam_resize = _jit(_seam_resize_impl, parallel=True)
 else:  # pragma: no cover
@@ -1695,6 +1836,7 @@ else:  # pragma: no cover
     background_peak = rim_needs_background = None
     fill_gaps = fill_labelled = None
     nearest_in = propagate_in = edt = mask_above = gaussian = max_filter = affine = to_float32 = sub_scaled = None
+    block_mean_int = tile_quantile = None
     excess = add_scalar = multiply = band_energies = None
     valleys_cc = label_area = None
     core_split = None
@@ -1710,7 +1852,7 @@ else:  # pragma: no cover
     present = None
     cc_stats = None
     scatter_max = None
-    shape_moments = None
+    shape_moments = object_stats = None
     label_bbox = None
     range_count = None
     seed_cores = nonzero = seed_edges = None

@@ -592,13 +592,23 @@ def area_resize(bk: Backend, img, shape):
     Y, X = (int(n) for n in img.shape)
     if (Ys, Xs) == (Y, X):
         return xp.ascontiguousarray(img, dtype=xp.float32)
+    fy, fx = Y // Ys, X // Xs
+    if (fy == fx and (Ys * fy, Xs * fx) == (Y, X) and _numba_ok(bk)
+            and isinstance(img, np.ndarray) and img.dtype.kind in "ui" and img.itemsize <= 2
+            and fy * fy * (1 << (8 * img.itemsize)) <= 1 << 24 and img.strides[1] == img.itemsize):
+        # whole blocks of a (u)int8/16 image: exact integer sums in one compiled pass,
+        # no float32 copy (OpenCV's INTER_AREA of that copy: the same values)
+        from erquant import _numba_kernels
+
+        out = np.empty((Ys, Xs), np.float32)
+        _numba_kernels.block_mean_int(img, fy, np.float32(1.0 / (fy * fy)), out)
+        return out
     if _use_cv2(bk):
         if img.dtype != np.float32:  # (integer images: cast in one parallel pass)
             img = as_float32(bk, img)
         if img.ndim != 2 or img.strides[1] != 4 or img.strides[0] < 4 * X:
             img = np.ascontiguousarray(img)  # (OpenCV reads row-strided views as they are)
         return cv2.resize(img, (Xs, Ys), interpolation=cv2.INTER_AREA)
-    fy, fx = Y // Ys, X // Xs
     if fy == fx and (Ys * fy, Xs * fx) == (Y, X):  # whole f × f blocks
         out = img.astype(xp.float32, copy=False).reshape(Ys, fy, Xs, fx).mean(axis=(1, 3))
         return xp.ascontiguousarray(out, dtype=xp.float32)
@@ -961,6 +971,25 @@ def shape_moments(bk: Backend, labels, n: int) -> np.ndarray:
     out = np.stack([to_numpy(c) for c in cols], axis=1)
     out[0] = 0
     return out
+
+
+def object_stats(bk: Backend, labels, n: int, dist, smooth):
+    """Per label 1..n: ``(dist max, smooth max, moments)`` — :func:`label_max` of
+    ``dist`` and of ``smooth`` (host arrays of their dtypes) and the rows of
+    :func:`shape_moments` (host float64 (n, 6)). On the CPU one compiled parallel pass
+    (the same values: maxima and integer sums do not depend on the order); else the
+    three calls."""
+    if (_numba_ok(bk) and labels.dtype.kind in "ui" and isinstance(dist, np.ndarray)
+            and isinstance(smooth, np.ndarray) and labels.shape == dist.shape == smooth.shape):
+        from erquant import _numba_kernels
+
+        out = np.zeros((n + 1, 8), np.float64)
+        _numba_kernels.object_stats(np.ascontiguousarray(labels), np.ascontiguousarray(dist),
+                                    np.ascontiguousarray(smooth), out)
+        return (out[1:, 6].astype(dist.dtype), out[1:, 7].astype(smooth.dtype),
+                np.ascontiguousarray(out[1:, :6]))
+    return (to_numpy(label_max(bk, dist, labels, n)[1:]),
+            to_numpy(label_max(bk, smooth, labels, n)[1:]), shape_moments(bk, labels, n)[1:])
 
 
 def box_moments(bk: Backend, labels, ids, boxes) -> np.ndarray:

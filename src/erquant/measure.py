@@ -434,32 +434,19 @@ def background_map(
     ts = t // step
     Ys, Xs = Y // step, X // step  # whole blocks (a partial last row/column is left out)
 
-    # tiled view (ny, nx, ts*ts) with unoccupied, in-image pixels valid
-    vals = xp.full((ny * ts, nx * ts), np.inf, dtype=np.float32)
-    if step > 1:
-        occ_s = occupied[: Ys * step: step, : Xs * step: step]
-        vals[:Ys, :Xs] = xp.where(occ_s, np.float32(np.inf), K_.block_mean(bk, image, step))
+    src = K_.block_mean(bk, image, step) if step > 1 else image
+    occ_s = occupied[: Ys * step: step, : Xs * step: step] if step > 1 else occupied
+    if K_._numba_ok(bk) and isinstance(src, np.ndarray) and isinstance(occ_s, np.ndarray):
+        # one compiled pass: each tile's unoccupied pixels gathered and sorted on their
+        # own (the same order statistics as the sort of the tiled image in _tile_quantile)
+        from erquant import _numba_kernels
+
+        grid = np.empty((ny, nx), np.float64)
+        ok = np.empty((ny, nx), np.bool_)
+        _numba_kernels.tile_quantile(src, occ_s.view(np.bool_), ts, float(quantile),
+                                     float(min_tile_fraction), grid, ok)
     else:
-        vals[:Y, :X] = xp.where(occupied, np.float32(np.inf), image.astype(np.float32))
-    vals = vals.reshape(ny, ts, nx, ts).transpose(0, 2, 1, 3).reshape(ny, nx, ts * ts)
-    valid = xp.isfinite(vals)
-    inside = xp.zeros((ny * ts, nx * ts), dtype=bool)
-    inside[:Ys, :Xs] = True
-    n_inside = inside.reshape(ny, ts, nx, ts).sum(axis=(1, 3))
-    k = valid.sum(axis=-1)
-    vals = xp.sort(vals, axis=-1)  # invalid (inf) pixels sort last
-
-    pos = quantile * xp.maximum(k - 1, 0).astype(np.float64)
-    lo = xp.floor(pos).astype(np.intp)
-    hi = xp.minimum(lo + 1, xp.maximum(k - 1, 0))
-    frac = pos - lo
-    v_lo = xp.take_along_axis(vals, lo[..., None], axis=-1)[..., 0].astype(np.float64)
-    v_hi = xp.take_along_axis(vals, hi[..., None], axis=-1)[..., 0].astype(np.float64)
-    v_lo = xp.where(xp.isfinite(v_lo), v_lo, 0.0)  # empty tiles (all inf): filled below
-    v_hi = xp.where(xp.isfinite(v_hi), v_hi, v_lo)
-    grid = v_lo + (v_hi - v_lo) * frac
-    ok = (k >= xp.maximum(1, min_tile_fraction * n_inside)) & (k > 0)
-
+        grid, ok = _tile_quantile(xp, src, occ_s, ts, ny, nx, quantile, min_tile_fraction)
     # host sync: two booleans decide how missing tiles are filled
     all_ok, any_ok = (bool(b) for b in to_numpy(xp.stack([ok.all(), ok.any()])))
     if not any_ok:
@@ -490,6 +477,35 @@ def background_map(
     wx = _interp_matrix(xp, X, cx)  # (X, nx)
     with _blas_one_thread(bk):
         return xp.ascontiguousarray(rows @ wx.T.astype(np.float32))
+
+
+def _tile_quantile(xp, src, occ, ts: int, ny: int, nx: int, quantile: float,
+                   min_tile_fraction: float):
+    """:func:`background_map`'s per-tile quantile and validity (whole-array version):
+    the tiled image (ny, nx, ts * ts), occupied and padding pixels set to inf, sorted
+    along the last axis."""
+    Ys, Xs = (int(v) for v in src.shape)
+    vals = xp.full((ny * ts, nx * ts), np.inf, dtype=np.float32)
+    vals[:Ys, :Xs] = xp.where(occ, np.float32(np.inf), src.astype(np.float32))
+    vals = vals.reshape(ny, ts, nx, ts).transpose(0, 2, 1, 3).reshape(ny, nx, ts * ts)
+    valid = xp.isfinite(vals)
+    inside = xp.zeros((ny * ts, nx * ts), dtype=bool)
+    inside[:Ys, :Xs] = True
+    n_inside = inside.reshape(ny, ts, nx, ts).sum(axis=(1, 3))
+    k = valid.sum(axis=-1)
+    vals = xp.sort(vals, axis=-1)  # invalid (inf) pixels sort last
+
+    pos = quantile * xp.maximum(k - 1, 0).astype(np.float64)
+    lo = xp.floor(pos).astype(np.intp)
+    hi = xp.minimum(lo + 1, xp.maximum(k - 1, 0))
+    frac = pos - lo
+    v_lo = xp.take_along_axis(vals, lo[..., None], axis=-1)[..., 0].astype(np.float64)
+    v_hi = xp.take_along_axis(vals, hi[..., None], axis=-1)[..., 0].astype(np.float64)
+    v_lo = xp.where(xp.isfinite(v_lo), v_lo, 0.0)  # empty tiles (all inf): filled below
+    v_hi = xp.where(xp.isfinite(v_hi), v_hi, v_lo)
+    grid = v_lo + (v_hi - v_lo) * frac
+    ok = (k >= xp.maximum(1, min_tile_fraction * n_inside)) & (k > 0)
+    return grid, ok
 
 
 def _blas_one_thread(bk: Backend):

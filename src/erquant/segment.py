@@ -335,16 +335,19 @@ def _diameter_from_mask(bk: Backend, mask, fallback: float, smooth=None, *,
         return fallback
     dist = K.edt(bk, mask)
     area = (K.label_area(bk, lab, n) if area is None else area)[1:]
-    rmax = to_numpy(K.label_max(bk, dist, lab, n)[1:])
-    area = to_numpy(area)  # host sync: per-object radii and areas (small vectors)
+    moments = None
+    if smooth is not None:  # radii, peaks and moments in one pass (host sync: small vectors)
+        rmax, peak, moments = K.object_stats(bk, lab, n, dist, smooth)
+    else:
+        rmax = to_numpy(K.label_max(bk, dist, lab, n)[1:])
+    area = to_numpy(area)  # host sync: per-object areas (a small vector)
     keep = area >= 12
     if smooth is not None and FAINT_OBJECT > 0 and keep.any():
-        peak = to_numpy(K.label_max(bk, smooth, lab, n)[1:])  # host sync: small vector
         keep &= peak >= FAINT_OBJECT * np.percentile(peak[keep], 90)
     clump_rule = CLUMP_SPREAD > 0 and keep.sum() > 2
     ellipse_rule = equivalent and ELLIPSE_FIT > 0
     if clump_rule or ellipse_rule or info is not None:
-        major, minor = _moment_axes(bk, lab, n)
+        major, minor = _moment_axes(bk, lab, n, moments)
         spread = minor > CLUMP_SPREAD * np.maximum(rmax, 0.5)  # clump-like objects
     if info is not None:
         info["clumped_fraction"] = float(area[keep & spread].sum() / max(area[keep].sum(), 1))
