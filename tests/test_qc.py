@@ -156,9 +156,11 @@ def test_fused_focus_terms_equal_the_array_path(monkeypatch):
 
     from erquant import _numba_kernels as NK
 
+    from erquant.kernels import gaussian
+
     calls = []
-    compiled = NK.band_energies
-    monkeypatch.setattr(NK, "band_energies", lambda *a: calls.append(1) or compiled(*a))
+    compiled = NK.focus_energies
+    monkeypatch.setattr(NK, "focus_energies", lambda *a: calls.append(1) or compiled(*a))
     bk = get_backend("numpy")
     img = make_field(shape=(512, 512), n_nuclei=150, nucleus_diameter=14.0,
                      seed=3).image[0].astype(np.float32)
@@ -166,6 +168,11 @@ def test_fused_focus_terms_equal_the_array_path(monkeypatch):
         fused = [float(v) for v in Q._focus_terms(bk, arr, (1.0, 2.0, 4.0))]
         assert calls, "the compiled pass was not taken"
         calls.clear()
+        # the one-pass blurs and sums: bit for bit the three compiled blurs and the
+        # compiled sum of their band energies
+        f = arr - arr.mean()
+        g = [np.ascontiguousarray(gaussian(bk, f, s)) for s in (1.0, 2.0, 4.0)]
+        assert [v / f.size for v in NK.band_energies(*g)] == fused
         monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
         plain = [float(v) for v in Q._focus_terms(bk, arr, (1.0, 2.0, 4.0))]
         monkeypatch.delenv("ERQUANT_NO_NUMBA")

@@ -1582,6 +1582,70 @@ def _sub_scaled_impl(img, bg, scale, offset):
             img[y, x] = (img[y, x] - scale * bg[y, x]) - offset
 
 
+def _blur_row(a, y, w, tmp, out):
+    """Row ``y`` of the Gaussian blur of ``a`` by ``w`` into ``out`` (tmp: X + 2r
+    floats): :func:`_gaussian_impl`'s arithmetic for one row (no input transform)."""
+    Y, X = a.shape
+    r = (w.size - 1) // 2
+    wc = w[r]
+    acc = tmp[r:r + X]
+    row = a[y]
+    for x in range(X):
+        acc[x] = wc * row[x]
+    for k in range(1, r + 1):
+        ra = a[_reflect(y - k, Y)]
+        rb = a[_reflect(y + k, Y)]
+        wk = w[r + k]
+        for x in range(X):
+            acc[x] += wk * (ra[x] + rb[x])
+    _pad_reflect(tmp, r, X)
+    for x in range(X):
+        out[x] = wc * acc[x]
+    for k in range(1, r + 1):
+        wk = w[r + k]
+        ta = tmp[r - k:r - k + X]
+        tb = tmp[r + k:r + k + X]
+        for x in range(X):
+            out[x] += wk * (ta[x] + tb[x])
+
+
+def _focus_energies_impl(f, w1, w2, w4):
+    """:func:`_band_energies_impl` of the three blurs of float32 ``f`` by ``w1``, ``w2``,
+    ``w4`` (radii <= min(f.shape)), each row blurred as it is summed: the same float32
+    blurs (:func:`_blur_row`), differences and squares, the same float64 sums in the
+    same order, without the three blurred images."""
+    Y, X = f.shape
+    h = (Y + CHUNKS - 1) // CHUNKS
+    fine = np.zeros(CHUNKS, np.float64)
+    coarse = np.zeros(CHUNKS, np.float64)
+    for k in prange(CHUNKS):
+        t1 = np.empty(X + w1.size - 1, np.float32)
+        t2 = np.empty(X + w2.size - 1, np.float32)
+        t4 = np.empty(X + w4.size - 1, np.float32)
+        g1 = np.empty(X, np.float32)
+        g2 = np.empty(X, np.float32)
+        g4 = np.empty(X, np.float32)
+        a = 0.0
+        b = 0.0
+        for y in range(k * h, min(Y, k * h + h)):
+            _blur_row(f, y, w1, t1, g1)
+            _blur_row(f, y, w2, t2, g2)
+            _blur_row(f, y, w4, t4, g4)
+            for x in range(X):
+                d1 = g1[x] - g2[x]
+                d2 = g2[x] - g4[x]
+                a += d1 * d1
+                b += d2 * d2
+        fine[k] = a
+        coarse[k] = b
+    sa = 0.0
+    sb = 0.0
+    for k in range(CHUNKS):
+        sa += fine[k]
+        sb += coarse[k]
+    return sa, sb
+
+
 def _band_energies_impl(g1, g2, g4):
     # (Σ (g1 - g2)², Σ (g2 - g4)²): float32 differences and squares, float64 sums, over
     # CHUNKS row chunks in parallel where compiled so, added in order
@@ -1823,6 +1887,8 @@ if numba is not None:
     sub_scaled = _jit(_sub_scaled_impl, parallel=True)
     excess = _jit(_excess_impl, parallel=True)
     band_energies = _jit(_band_energies_impl, parallel=True)
+    _blur_row = _jit(_blur_row)
+    focus_energies = _jit(_focus_energies_impl, parallel=True)
     add_scalar = _jit(_add_scalar_impl, parallel=True)
     multiply = _jit(_multiply_impl, parallel=True)
     to_float32 = _jit(_to_float32_impl, parallel=True)
@@ -1837,7 +1903,7 @@ else:  # pragma: no cover
     fill_gaps = fill_labelled = None
     nearest_in = propagate_in = edt = mask_above = gaussian = max_filter = affine = to_float32 = sub_scaled = None
     block_mean_int = tile_quantile = None
-    excess = add_scalar = multiply = band_energies = None
+    excess = add_scalar = multiply = band_energies = focus_energies = None
     valleys_cc = label_area = None
     core_split = None
     softmax3 = None
