@@ -402,6 +402,10 @@ def test_separable_background_map_equals_the_map():
 
 
 def test_relabel_foreground_and_paste_numba_equal_numpy(monkeypatch):
+    """relabel_foreground's compiled pass (OpenCV's grown ids or the in-kernel search)
+    equals the array path, labels and the presence vector; with ``top`` beyond the
+    largest id the vector is padded with False; the interior kernel equals the two
+    filters; blur_minus equals the blur then sub_scaled, bit for bit."""
     from erquant import kernels as K
     from erquant.backend import get_backend
 
@@ -418,27 +422,39 @@ def test_relabel_foreground_and_paste_numba_equal_numpy(monkeypatch):
     keep = rng.random((35, 45)) > 0.5  # interiors on a 2× smaller grid
     big = labels.copy()
     big[big == 5] = 70000  # ids beyond 16 bits: searched in the kernel, not by OpenCV
-    fast = [K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2),
-            K.relabel_foreground(bk, labels, smooth, None, 0.5, 0.0, 1),
-            K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2, keep=keep),
-            K.paste_upsampled(bk, seeds, small),
-            K.relabel_foreground(bk, big, smooth, peak, 0.2, 0.4, 2),
-            K.relabel_foreground(bk, labels.astype(np.int32), smooth, peak, 0.2, 0.4, 3)]
+    bg = rng.random(labels.shape).astype(np.float32)
+
+    def run():
+        return [*K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2),
+                *K.relabel_foreground(bk, labels, smooth, None, 0.5, 0.0, 1),
+                *K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2, keep=keep),
+                K.paste_upsampled(bk, seeds, small),
+                *K.relabel_foreground(bk, big, smooth, peak, 0.2, 0.4, 2),
+                *K.relabel_foreground(bk, labels.astype(np.int32), smooth, peak, 0.2, 0.4, 3),
+                *K.relabel_foreground(bk, labels, smooth, peak, 0.9, 0.4, 2, top=20),
+                K.interior(bk, labels), K.interior(bk, big),
+                K.blur_minus(bk, smooth, 1.3, bg, 0.7, 0.25)]
+
+    fast = run()
     monkeypatch.setenv("ERQUANT_NO_OPENCV", "1")  # Numba alone: the in-kernel search
-    searched = K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2, keep=keep)
-    assert np.array_equal(searched, fast[2])
+    searched, pres = K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2, keep=keep)
+    assert np.array_equal(searched, fast[4]) and np.array_equal(pres, fast[5])
     monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
-    ref = [K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2),
-           K.relabel_foreground(bk, labels, smooth, None, 0.5, 0.0, 1),
-           K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2, keep=keep),
-           K.paste_upsampled(bk, seeds, small),
-           K.relabel_foreground(bk, big, smooth, peak, 0.2, 0.4, 2),
-           K.relabel_foreground(bk, labels.astype(np.int32), smooth, peak, 0.2, 0.4, 3)]
-    for a, b in zip(fast, ref):
+    ref = run()
+    for a, b in zip(fast[:-1], ref[:-1]):
         assert a.dtype == b.dtype and np.array_equal(a, b)
+    # (OpenCV's blur differs from the compiled one in the last float32 bits)
+    np.testing.assert_allclose(fast[-1], ref[-1], rtol=0, atol=1e-6)
     assert fast[0].any() and (fast[0][smooth <= 0.2] == 0).all()
+    assert np.array_equal(fast[1], np.bincount(fast[0].ravel(), minlength=12) > 0)
+    assert fast[12].shape == (21,) and not fast[12][12:].any()
     kept = np.repeat(np.repeat(keep, 2, 0), 2, 1) & (labels > 0)
-    assert np.array_equal(fast[2][kept], labels[kept])  # interiors keep their label
+    assert np.array_equal(fast[4][kept], labels[kept])  # interiors keep their label
+    monkeypatch.delenv("ERQUANT_NO_NUMBA")
+    monkeypatch.delenv("ERQUANT_NO_OPENCV")
+    blur = K.gaussian(bk, smooth, 1.3)  # the compiled blur, then the compiled subtraction
+    K.sub_scaled(bk, blur, bg, 0.7, 0.25)
+    assert np.array_equal(fast[-1], blur)
 
 
 def test_numba_kernels_work_without_a_writable_cache(monkeypatch):

@@ -435,11 +435,14 @@ def _present_impl(labels, n):
 
 
 def _relabel_foreground_impl(labels, smooth, peak, thr, contrast, radius, keep, ri, ci,
-                             use_keep, grown, use_grown, out):
+                             use_keep, grown, use_grown, out, pres):
     """out = the pixel's label where ``keep[ri[y], ci[x]]`` (interior, with
     ``use_keep``); else 0 where not (smooth > thr and smooth > contrast · peak); else
     the pixel's label, or for an unlabelled pixel the largest label within ``radius``
-    (``grown``, the labels' maximum filter, with ``use_grown``; else searched here)."""
+    (``grown``, the labels' maximum filter, with ``use_grown``; else searched here).
+    ``pres`` (chunks × (top + 1) bools, all False; top >= every label): pres[c, v]
+    set where a row of chunk c of ``out`` holds v (OR over chunks: the labels
+    present), each row read while it is in cache."""
     Y, X = labels.shape
     SENT = labels.dtype.type(-1)  # max of the unsigned type: "search here", never an id
     ZERO = labels.dtype.type(0)
@@ -467,6 +470,9 @@ def _relabel_foreground_impl(labels, smooth, peak, thr, contrast, radius, keep, 
                     inside = lab if (fg | kcol[x]) else ZERO
                     outside = labels.dtype.type(grow[x]) if fg else ZERO
                     orow[x] = inside if lab > ZERO else outside
+                seen = pres[k]
+                for x in range(X):
+                    seen[orow[x]] = True
             else:
                 for x in range(X):
                     v = srow[x]
@@ -488,6 +494,30 @@ def _relabel_foreground_impl(labels, smooth, peak, thr, contrast, radius, keep, 
                         if w > best:
                             best = w
                 orow[x] = best
+    seen = pres[0]
+    for y in range(Y):
+        orow = out[y]
+        for x in range(X):
+            seen[orow[x]] = True
+
+
+def _interior_impl(labels, out):
+    """out = labels > 0 and its 3×3 neighbourhood (inside the image) all one label:
+    ``(labels > 0) & (min filter == max filter)`` with reflected borders, in one pass
+    (rows in parallel where compiled so)."""
+    Y, X = labels.shape
+    for y in prange(Y):
+        up = labels[max(y - 1, 0)]
+        row = labels[y]
+        dn = labels[min(y + 1, Y - 1)]
+        orow = out[y]
+        for x in range(X):
+            v = row[x]
+            xl = max(x - 1, 0)
+            xr = min(x + 1, X - 1)
+            same = ((up[xl] == v) & (up[x] == v) & (up[xr] == v) & (row[xl] == v)
+                    & (row[xr] == v) & (dn[xl] == v) & (dn[x] == v) & (dn[xr] == v))
+            orow[x] = same & (v > 0)
 
 
 def _paste_upsampled_impl(seeds, small, ri, ci, out):
@@ -1736,8 +1766,9 @@ def _gaussian_impl(a, w, pre, c0, c1, post, sd, p, out):
     (odd length 2r + 1, r <= min(a.shape)), borders reflected: per row, the column pass
     into a padded row buffer, then the row pass, each as w[r] · centre + Σ w[r + k] ·
     (left + right) over whole rows (SIMD). ``post`` 1 (the seed map): out = sd ·
-    (blur + 1e-6) ** p where sd > 0, else 0 (the power only where it is needed). Rows
-    in fixed chunks: the same result on any thread count."""
+    (blur + 1e-6) ** p where sd > 0, else 0 (the power only where it is needed); 2
+    (with ``pre`` 0): out = (blur - p · sd) - c0, :func:`_sub_scaled_impl`'s arithmetic.
+    Rows in fixed chunks: the same result on any thread count."""
     Y, X = a.shape
     r = (w.size - 1) // 2
     wc = w[r]
@@ -1771,6 +1802,10 @@ def _gaussian_impl(a, w, pre, c0, c1, post, sd, p, out):
                 for x in range(X):
                     v = srow[x]
                     orow[x] = v * (orow[x] + eps) ** p if v > 0 else np.float32(0.0)
+            elif post == 2:  # minus a scaled background and an offset (sub_scaled's)
+                srow = sd[y]
+                for x in range(X):
+                    orow[x] = (orow[x] - p * srow[x]) - c0
 
 
 def _max_filter_impl(a, r, mode, mask, frac, out, out_mask, thr):
@@ -1838,6 +1873,7 @@ def _jit(fn, parallel: bool = False):
 if numba is not None:
     _moments = _jit(_moments_impl, parallel=True)
     relabel_foreground = _jit(_relabel_foreground_impl, parallel=True)
+    interior = _jit(_interior_impl, parallel=True)
     paste_upsampled = _jit(_paste_upsampled_impl, parallel=True)
     gather2d = _jit(_gather2d_impl)
     scan_order_map = _jit(_scan_order_map_impl)
@@ -1911,7 +1947,7 @@ else:  # pragma: no cover
     label_sums = None
     band_peaks = None
     _moments = None
-    relabel_foreground = None
+    relabel_foreground = interior = None
     paste_upsampled = None
     gather2d = None
     scan_order_map = None

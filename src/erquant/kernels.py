@@ -803,7 +803,7 @@ def range_and_count(bk: Backend, img, level: float | None):
 
 
 def relabel_foreground(bk: Backend, labels, smooth, peak, thr: float, contrast: float,
-                       radius: int, keep=None):
+                       radius: int, keep=None, top: int | None = None):
     """Keep labels on the foreground, give unlabelled foreground the nearby label.
 
     Foreground: ``smooth > thr`` and (``contrast > 0``) ``smooth > contrast · peak``.
@@ -812,9 +812,15 @@ def relabel_foreground(bk: Backend, labels, smooth, peak, thr: float, contrast: 
     (a boolean image, possibly smaller: mapped by :func:`nearest_index`) marks
     pixels whose label is kept whatever the rule says (object interiors). One
     compiled pass with Numba; whole-image operations otherwise (CuPy).
+
+    Returns ``(out, present)``: the new labels and the bool vector of the labels
+    0..top present in them (:func:`label_present` padded to top + 1; with Numba taken
+    as the rows are written). ``top``: at least the largest label (measured when None).
     """
     xp = bk.xp
     Y, X = (int(n) for n in labels.shape)
+    if top is None:
+        top = int(labels.max()) if labels.size else 0  # host sync
     if _numba_ok(bk) and labels.dtype.kind in "ui":
         from erquant import _numba_kernels
 
@@ -833,28 +839,67 @@ def relabel_foreground(bk: Backend, labels, smooth, peak, thr: float, contrast: 
         # the largest label within radius: OpenCV's maximum filter on 16-bit ids (~10×
         # a per-pixel search) where ids fit, else searched in the kernel
         grown = np.zeros((1, 1), np.uint16)
-        use_grown = radius > 0 and _use_cv2(bk) and int(labels.max()) < 2**16
+        use_grown = radius > 0 and _use_cv2(bk) and top < 2**16
         if use_grown:
             size = 2 * int(radius) + 1
             grown = cv2.dilate(labels.astype(np.uint16), np.ones((size, size), np.uint8))
+        pres = np.zeros((_numba_kernels.CHUNKS, top + 1), np.bool_)
         _numba_kernels.relabel_foreground(
             labels, np.ascontiguousarray(smooth, dtype=np.float32),
             np.ascontiguousarray(pk, dtype=np.float32), np.float32(thr),
             np.float32(contrast if peak is not None else 0.0), int(radius), kp, ri, ci,
-            use_keep, grown, use_grown, out_k)
-        return out
+            use_keep, grown, use_grown, out_k, pres)
+        return out, pres.any(axis=0)
     fg = smooth > np.float32(thr)
     if peak is not None and contrast > 0:
         fg &= smooth > np.float32(contrast) * peak
     if keep is not None:
         big = keep if tuple(keep.shape) == (Y, X) else nearest_resize(bk, keep, (Y, X))
         fg |= big & (labels > 0)
-    if int(labels.max()) >= 2**24:  # host sync; float32 ids would be inexact: only shrink
-        return xp.where(fg, labels, 0).astype(labels.dtype)
-    grown = maximum_filter(bk, labels.astype(xp.float32), 2 * int(radius) + 1)
-    out = grown.astype(labels.dtype)
-    xp.copyto(out, labels, where=labels > 0)  # a labelled pixel keeps its own id
-    out *= fg  # and only foreground pixels
+    if top >= 2**24:  # float32 ids would be inexact: only shrink
+        out = xp.where(fg, labels, 0).astype(labels.dtype)
+    else:
+        grown = maximum_filter(bk, labels.astype(xp.float32), 2 * int(radius) + 1)
+        out = grown.astype(labels.dtype)
+        xp.copyto(out, labels, where=labels > 0)  # a labelled pixel keeps its own id
+        out *= fg  # and only foreground pixels
+    return out, xp.bincount(out.ravel(), minlength=top + 1)[:top + 1] > 0
+
+
+def interior(bk: Backend, labels):
+    """Labelled pixels whose 3×3 neighbourhood (inside the image) is all their own label
+    (bool): ``(labels > 0) & (minimum_filter(labels, 3) == maximum_filter(labels, 3))``,
+    one compiled pass with Numba; the two filters (on float32 ids) otherwise."""
+    xp = bk.xp
+    if _numba_ok(bk) and labels.dtype.kind in "ui" and labels.ndim == 2:
+        from erquant import _numba_kernels
+
+        out = np.empty(labels.shape, np.bool_)
+        _numba_kernels.interior(np.ascontiguousarray(labels), out)
+        return out
+    labf = labels.astype(xp.float32)  # ids < 2**24 at any realistic size
+    return (labels > 0) & (minimum_filter(bk, labf, 3) == maximum_filter(bk, labf, 3))
+
+
+def blur_minus(bk: Backend, img, sigma: float, bg, scale: float, offset: float):
+    """``gaussian(img, sigma)`` then :func:`sub_scaled` by ``bg`` (float32 2-D images of
+    one shape): ``(blur - scale · bg) - offset``. On the CPU the subtraction is taken
+    as the blur writes its rows (the same float32 arithmetic, one pass fewer)."""
+    sigma = max(0.0, float(sigma))
+    r = int(round(4 * sigma))
+    if (_numba_ok(bk) and _f32_2d(img, bg) and img.shape == bg.shape
+            and 0 < r <= min(img.shape)):
+        from erquant import _numba_kernels
+
+        out = np.empty(img.shape, np.float32)
+        _numba_kernels.gaussian(np.ascontiguousarray(img), _gauss_weights(sigma, r), 0,
+                                np.float32(offset), _F0, 2, np.ascontiguousarray(bg),
+                                np.float32(scale), out)
+        return out
+    out = gaussian(bk, img, sigma)
+    if out is img:  # no blur: never modify the caller's image in place
+        out = img.copy()
+    sub_scaled(bk, out, bg, scale, offset)
     return out
 
 

@@ -822,10 +822,10 @@ def _segment_downsampled(bk: Backend, img, f: float, return_info: bool, *, diame
                                   diameter=None if diameter is None else diameter / f,
                                   downsample=1, return_info=True, _internals=True, **kw)
     lo, hi, bg = info.pop("_lo", None), info.pop("_hi", None), info.pop("_background", None)
+    top = int(labels.max()) if labels.size else 0  # host sync: the largest id (small image)
     # interiors: small pixels whose 3×3 neighbourhood is one object keep their label at
     # full resolution (only the boundary band is re-decided: no holes at dark nucleoli)
-    labf = labels.astype(xp.float32)  # ids < 2**24 at any realistic size
-    interior = (labels > 0) & (K.minimum_filter(bk, labf, 3) == K.maximum_filter(bk, labf, 3))
+    interior = K.interior(bk, labels)
     if SEAM_REFINE:
         # seams between touching nuclei at full resolution: small pixels beside
         # another nucleus (not the background) take the label of the nearest interior
@@ -835,12 +835,12 @@ def _segment_downsampled(bk: Backend, img, f: float, return_info: bool, *, diame
         labels = K.nearest_resize(bk, labels, (Y, X))
     if info.get("threshold") is not None and lo is not None and hi > lo:
         d_full = float(info["diameter"]) * f
-        labels = _refine_boundaries(bk, img, labels, f, lo=lo, hi=hi, background=bg,
-                                    threshold=info["threshold"],
-                                    sigma=kw["smoothing"] * d_full,
-                                    local_contrast=kw["local_contrast"],
-                                    window=kw["contrast_window"] * d_full, keep=interior)
-    present = K.label_present(bk, labels)
+        labels, present = _refine_boundaries(
+            bk, img, labels, f, lo=lo, hi=hi, background=bg, threshold=info["threshold"],
+            sigma=kw["smoothing"] * d_full, local_contrast=kw["local_contrast"],
+            window=kw["contrast_window"] * d_full, keep=interior, top=top)
+    else:
+        present = K.label_present(bk, labels)
     if not bool(present[1:].all()):  # host sync; objects lost to the refinement:
         labels = _relabel(xp, labels, present)  # renumber 1..N
     labels = xp.ascontiguousarray(labels)
@@ -851,7 +851,7 @@ def _segment_downsampled(bk: Backend, img, f: float, return_info: bool, *, diame
 
 
 def _refine_boundaries(bk: Backend, img, labels, f: float, *, lo, hi, background, threshold,
-                       sigma, local_contrast=0.0, window=1, keep=None):
+                       sigma, local_contrast=0.0, window=1, keep=None, top=None):
     """Full-resolution boundaries for labels found on an ``f``× area-averaged copy.
 
     The foreground rule of the small image (smoothed, background-subtracted,
@@ -859,19 +859,20 @@ def _refine_boundaries(bk: Backend, img, labels, f: float, *, lo, hi, background
     label pixels that fail it are dropped, and passing pixels within ``⌈f⌉`` px of a
     nucleus join it. Objects keep their identity; only the ``f``-px staircase of
     the repeated labels goes (nuclear means would otherwise mix in background).
+    Returns ``(labels, present)``: :func:`erquant.kernels.relabel_foreground`'s.
     """
     xp = bk.xp
     # the rule in raw units (blur and affine normalisation commute): one blur of the
     # raw image, the background map scaled once, no normalised full-size copy
     scale = np.float32(hi - lo)
     src = xp.ascontiguousarray(img, dtype=xp.float32)
-    smooth = K.gaussian(bk, src, max(0.0, sigma))
-    if smooth is src:  # no blur: never modify the caller's image in place
-        smooth = src.copy()
-    if background is not None:
-        bg = K.resize(bk, xp.ascontiguousarray(background, dtype=xp.float32), smooth.shape)
-        K.sub_scaled(bk, smooth, bg, scale, lo)  # smooth = smooth - scale · bg - lo
+    if background is not None:  # smooth = blur - scale · bg - lo (one pass on the CPU)
+        bg = K.resize(bk, xp.ascontiguousarray(background, dtype=xp.float32), src.shape)
+        smooth = K.blur_minus(bk, src, sigma, bg, scale, lo)
     else:
+        smooth = K.gaussian(bk, src, max(0.0, sigma))
+        if smooth is src:  # no blur: never modify the caller's image in place
+            smooth = src.copy()
         smooth -= np.float32(lo)
     peak = None
     if local_contrast > 0:
@@ -879,7 +880,7 @@ def _refine_boundaries(bk: Backend, img, labels, f: float, *, lo, hi, background
     # the small image's local-contrast rule; block means lower the peaks a little, so
     # the same rule at full resolution is relaxed by 3 % to keep the same edge
     return K.relabel_foreground(bk, labels, smooth, peak, float(threshold * scale),
-                                local_contrast * 0.97, int(math.ceil(f)), keep=keep)
+                                local_contrast * 0.97, int(math.ceil(f)), keep=keep, top=top)
 
 
 def _noise_sigma(bk: Backend, norm, floor: float = 0.0) -> float:
