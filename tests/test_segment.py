@@ -822,6 +822,36 @@ def test_nearest_seed_in_is_the_exact_nearest_seed_inside_the_roi(monkeypatch, p
         assert np.mean(ratio < 1.03) >= 0.99
 
 
+def test_nearest_seed_in_walk_equals_the_checked_walk_to_the_tie():
+    """The compiled ring walk takes pixels away from the borders by flat offsets without
+    bounds checks: every roi pixel's seed (ties included: the first offset in order)
+    equals a plain walk with every offset checked, near the borders and away from them."""
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(11)
+    shape = (61, 73)
+    seeds = np.where(rng.random(shape) < 0.03, rng.integers(1, 9, shape), 0).astype(np.int32)
+    roi = rng.random(shape) < 0.7
+    seeds[~roi] = 0
+    reach = 4.0
+    out = K.nearest_seed_in(bk, seeds, roi, reach)
+    oy, ox = K._ring_offsets(int(math.ceil(reach)))
+    walked = 0
+    for y, x in zip(*np.nonzero(roi & (seeds == 0))):
+        want = 0
+        for dy, dx in zip(oy, ox):
+            yy, xx = y + dy, x + dx
+            if 0 <= yy < shape[0] and 0 <= xx < shape[1] and seeds[yy, xx] > 0:
+                want = seeds[yy, xx]
+                break
+        if want:  # (pixels beyond the reach are propagated: tested above)
+            walked += 1
+            assert out[y, x] == want, (y, x)
+    assert walked > 1000
+
+
 @pytest.mark.parametrize("f", [1.6, 2.4, 4.0])
 def test_seam_resize_redraws_seams_at_full_size(f):
     """kernels.seam_resize (downsampled segmentation): the compiled pass equals the

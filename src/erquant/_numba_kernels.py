@@ -1355,9 +1355,18 @@ def _nearest_in_impl(seeds, roi, wroi, oy, ox, out, idx, unres):
     Y, X = seeds.shape
     n = oy.size
     left = np.zeros(Y, np.int64)
+    # pixels at least the offsets' reach from every border walk flat offsets unchecked
+    reach = 0
+    for k in range(n):
+        reach = max(reach, abs(oy[k]), abs(ox[k]))
+    flat = seeds.ravel()
+    off = np.empty(n, np.int64)
+    for k in range(n):
+        off[k] = oy[k] * X + ox[k]
     for y in prange(Y):
         r = y * X
         orow = out[y]
+        inner_row = y >= reach and y < Y - reach
         for w in range(r // 8, (r + X + 7) // 8):
             i0, i1 = _word_span(wroi, w, 8, r, r + X)
             if i0 == i1:  # (a zero word: its pixels are off roi)
@@ -1375,15 +1384,24 @@ def _nearest_in_impl(seeds, roi, wroi, oy, ox, out, idx, unres):
                     continue
                 v = 0
                 j = -1
-                for k in range(n):
-                    yy = y + oy[k]
-                    xx = x + ox[k]
-                    if yy >= 0 and yy < Y and xx >= 0 and xx < X:
-                        s2 = seeds[yy, xx]
+                if inner_row and x >= reach and x < X - reach:
+                    i = r + x
+                    for k in range(n):
+                        s2 = flat[i + off[k]]
                         if s2 > 0:
                             v = s2
-                            j = yy * X + xx
+                            j = i + off[k]
                             break
+                else:
+                    for k in range(n):
+                        yy = y + oy[k]
+                        xx = x + ox[k]
+                        if yy >= 0 and yy < Y and xx >= 0 and xx < X:
+                            s2 = seeds[yy, xx]
+                            if s2 > 0:
+                                v = s2
+                                j = yy * X + xx
+                                break
                 out[y, x] = v
                 idx[y, x] = j
                 if j < 0:
