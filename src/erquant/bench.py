@@ -24,7 +24,8 @@ Every speed is printed beside its accuracy (F1 at IoU 0.5 against the
 generator's truth) so a faster-but-worse result cannot pass unseen. Setup
 (generation, TIFF writing, imports, one warm-up call) is outside the timed
 region; the GPU is synchronised before each clock stop; each timing is the
-median of ``--repeats`` runs. Results go to ``bench.json`` and ``bench.md`` in
+median of ``--repeats`` runs (the diameter sweep's: the minimum of its ``--repeats``
+runs, erquant's and the recipe's interleaved). Results go to ``bench.json`` and ``bench.md`` in
 ``--out`` (default ``benchmarks/results/``).
 
 Examples
@@ -853,8 +854,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CI-sized run: 1024² field, 1 repeat, scaling 256²…2048²")
     p.add_argument("--size", type=int, help="field edge in pixels (default 2048; quick 1024)")
     p.add_argument("--fields", type=int, help="fields per timing (default 2; quick 1)")
-    p.add_argument("--repeats", type=int, help="repeats per timing, median reported "
-                                               "(default 3; quick 1)")
+    p.add_argument("--repeats", type=int, help="repeats per timing, median reported; the "
+                                               "diameter sweep reports the minimum of its "
+                                               "interleaved runs (default 3; quick 1)")
     p.add_argument("--backends", default="numpy,cupy",
                    help="comma-separated backends; cupy is skipped without a CUDA device")
     p.add_argument("--no-reference", action="store_true",
