@@ -437,8 +437,8 @@ def background_map(
     src = K_.block_mean(bk, image, step) if step > 1 else image
     occ_s = occupied[: Ys * step: step, : Xs * step: step] if step > 1 else occupied
     if K_._numba_ok(bk) and isinstance(src, np.ndarray) and isinstance(occ_s, np.ndarray):
-        # one compiled pass: each tile's unoccupied pixels gathered and sorted on their
-        # own (the same order statistics as the sort of the tiled image in _tile_quantile)
+        # one compiled pass: each tile's unoccupied pixels gathered and their two order
+        # statistics selected (the same values as _tile_quantile's sort of the tiled image)
         from erquant import _numba_kernels
 
         grid = np.empty((ny, nx), np.float64)
