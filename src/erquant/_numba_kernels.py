@@ -165,6 +165,16 @@ def _scatter_max_impl(out, labels, values):
                 out[k] = o[k]
 
 
+def _add_moments(out, k, y, x):
+    # row k of a moments table += (1, y, x, y², x², xy) (integers: exact in float64)
+    out[k, 0] += 1.0
+    out[k, 1] += y
+    out[k, 2] += x
+    out[k, 3] += y * y
+    out[k, 4] += x * x
+    out[k, 5] += y * x
+
+
 def _shape_moments_impl(labels, out):
     """out[k] += (1, y, x, y², x², xy) over the pixels of label k (2-D labels)."""
     H, W = labels.shape
@@ -172,12 +182,7 @@ def _shape_moments_impl(labels, out):
         for x in range(W):
             k = labels[y, x]
             if k:
-                out[k, 0] += 1.0
-                out[k, 1] += y
-                out[k, 2] += x
-                out[k, 3] += y * y
-                out[k, 4] += x * x
-                out[k, 5] += y * x
+                _add_moments(out, k, y, x)
 
 
 def _object_stats_impl(labels, dist, smooth, out):
@@ -200,12 +205,7 @@ def _object_stats_impl(labels, dist, smooth, out):
             for x in range(W):
                 k = lrow[x]
                 if k:
-                    o[k, 0] += 1.0
-                    o[k, 1] += y
-                    o[k, 2] += x
-                    o[k, 3] += y * y
-                    o[k, 4] += x * x
-                    o[k, 5] += y * x
+                    _add_moments(o, k, y, x)
                     o[k, 6] = max(o[k, 6], drow[x])
                     o[k, 7] = max(o[k, 7], srow[x])
     for c in range(nch):
@@ -226,12 +226,7 @@ def _box_moments_impl(labels, ids, boxes, out):
         for y in range(boxes[k, 0], boxes[k, 2]):
             for x in range(boxes[k, 1], boxes[k, 3]):
                 if labels[y, x] == k:
-                    out[j, 0] += 1.0
-                    out[j, 1] += y
-                    out[j, 2] += x
-                    out[j, 3] += y * y
-                    out[j, 4] += x * x
-                    out[j, 5] += y * x
+                    _add_moments(out, j, y, x)
 
 
 def _label_bbox_impl(labels, words, per, want, out):
@@ -1630,22 +1625,24 @@ def _sub_scaled_impl(img, bg, scale, offset):
             img[y, x] = (img[y, x] - scale * bg[y, x]) - offset
 
 
-def _blur_row(a, y, w, tmp, out):
-    """Row ``y`` of the Gaussian blur of ``a`` by ``w`` into ``out`` (tmp: X + 2r
-    floats): :func:`_gaussian_impl`'s arithmetic for one row (no input transform)."""
+def _blur_row(a, y, w, tmp, out, pre, c0, c1):
+    """Row ``y`` of the Gaussian blur of ``_pre(a)`` by the symmetric kernel ``w`` (odd
+    length 2r + 1) into ``out`` (tmp: X + 2r floats), borders reflected: the column
+    pass into the padded row buffer, then the row pass, each as w[r] · centre +
+    Σ w[r + k] · (left + right) over whole rows (SIMD)."""
     Y, X = a.shape
     r = (w.size - 1) // 2
     wc = w[r]
     acc = tmp[r:r + X]
     row = a[y]
     for x in range(X):
-        acc[x] = wc * row[x]
+        acc[x] = wc * _pre(row[x], pre, c0, c1)
     for k in range(1, r + 1):
         ra = a[_reflect(y - k, Y)]
         rb = a[_reflect(y + k, Y)]
         wk = w[r + k]
         for x in range(X):
-            acc[x] += wk * (ra[x] + rb[x])
+            acc[x] += wk * (_pre(ra[x], pre, c0, c1) + _pre(rb[x], pre, c0, c1))
     _pad_reflect(tmp, r, X)
     for x in range(X):
         out[x] = wc * acc[x]
@@ -1655,6 +1652,9 @@ def _blur_row(a, y, w, tmp, out):
         tb = tmp[r + k:r + k + X]
         for x in range(X):
             out[x] += wk * (ta[x] + tb[x])
+
+
+_F32_0 = np.float32(0.0)
 
 
 def _focus_energies_impl(f, w1, w2, w4):
@@ -1676,22 +1676,32 @@ def _focus_energies_impl(f, w1, w2, w4):
         a = 0.0
         b = 0.0
         for y in range(k * h, min(Y, k * h + h)):
-            _blur_row(f, y, w1, t1, g1)
-            _blur_row(f, y, w2, t2, g2)
-            _blur_row(f, y, w4, t4, g4)
-            for x in range(X):
-                d1 = g1[x] - g2[x]
-                d2 = g2[x] - g4[x]
-                a += d1 * d1
-                b += d2 * d2
+            _blur_row(f, y, w1, t1, g1, 0, _F32_0, _F32_0)
+            _blur_row(f, y, w2, t2, g2, 0, _F32_0, _F32_0)
+            _blur_row(f, y, w4, t4, g4, 0, _F32_0, _F32_0)
+            a, b = _band_row(g1, g2, g4, a, b)
         fine[k] = a
         coarse[k] = b
-    sa = 0.0
-    sb = 0.0
-    for k in range(CHUNKS):
-        sa += fine[k]
-        sb += coarse[k]
-    return sa, sb
+    return _in_order(fine), _in_order(coarse)
+
+
+def _in_order(v):
+    # Σ v, added in index order (the same sum on any thread count)
+    t = 0.0
+    for k in range(v.size):
+        t += v[k]
+    return t
+
+
+def _band_row(g1, g2, g4, a, b):
+    """(a + Σ (g1 - g2)², b + Σ (g2 - g4)²) over one row: float32 differences and
+    squares added to float64 sums in order."""
+    for x in range(g1.size):
+        d1 = g1[x] - g2[x]
+        d2 = g2[x] - g4[x]
+        a += d1 * d1
+        b += d2 * d2
+    return a, b
 
 
 def _band_energies_impl(g1, g2, g4):
@@ -1705,19 +1715,10 @@ def _band_energies_impl(g1, g2, g4):
         a = 0.0
         b = 0.0
         for y in range(k * h, min(Y, k * h + h)):
-            for x in range(X):
-                d1 = g1[y, x] - g2[y, x]
-                d2 = g2[y, x] - g4[y, x]
-                a += d1 * d1
-                b += d2 * d2
+            a, b = _band_row(g1[y], g2[y], g4[y], a, b)
         fine[k] = a
         coarse[k] = b
-    sa = 0.0
-    sb = 0.0
-    for k in range(CHUNKS):
-        sa += fine[k]
-        sb += coarse[k]
-    return sa, sb
+    return _in_order(fine), _in_order(coarse)
 
 
 def _excess_impl(img, t, out):
@@ -1789,32 +1790,13 @@ def _gaussian_impl(a, w, pre, c0, c1, post, sd, p, out):
     Rows in fixed chunks: the same result on any thread count."""
     Y, X = a.shape
     r = (w.size - 1) // 2
-    wc = w[r]
     eps = np.float32(1e-6)
     h = (Y + GAUSS_CHUNKS - 1) // GAUSS_CHUNKS
     for c in prange(GAUSS_CHUNKS):
         tmp = np.empty(X + 2 * r, np.float32)
-        acc = tmp[r:r + X]
         for y in range(c * h, min(Y, c * h + h)):
-            row = a[y]
-            for x in range(X):
-                acc[x] = wc * _pre(row[x], pre, c0, c1)
-            for k in range(1, r + 1):
-                ra = a[_reflect(y - k, Y)]
-                rb = a[_reflect(y + k, Y)]
-                wk = w[r + k]
-                for x in range(X):
-                    acc[x] += wk * (_pre(ra[x], pre, c0, c1) + _pre(rb[x], pre, c0, c1))
-            _pad_reflect(tmp, r, X)
             orow = out[y]
-            for x in range(X):
-                orow[x] = wc * acc[x]
-            for k in range(1, r + 1):
-                wk = w[r + k]
-                ta = tmp[r - k:r - k + X]
-                tb = tmp[r + k:r + k + X]
-                for x in range(X):
-                    orow[x] += wk * (ta[x] + tb[x])
+            _blur_row(a, y, w, tmp, orow, pre, c0, c1)
             if post == 1:
                 srow = sd[y]
                 for x in range(X):
@@ -1904,6 +1886,7 @@ if numba is not None:
     _table_chunks = _jit(_table_chunks)
     range_count = _jit(_range_count_impl, parallel=True)
     scatter_max = _jit(_scatter_max_impl, parallel=True)
+    _add_moments = _jit(_add_moments)
     shape_moments = _jit(_shape_moments_impl)
     object_stats = _jit(_object_stats_impl, parallel=True)
     label_bbox = _jit(_label_bbox_impl, parallel=True)
@@ -1942,6 +1925,8 @@ if numba is not None:
     excess = _jit(_excess_impl, parallel=True)
     band_energies = _jit(_band_energies_impl, parallel=True)
     _blur_row = _jit(_blur_row)
+    _band_row = _jit(_band_row)
+    _in_order = _jit(_in_order)
     focus_energies = _jit(_focus_energies_impl, parallel=True)
     add_scalar = _jit(_add_scalar_impl, parallel=True)
     multiply = _jit(_multiply_impl, parallel=True)

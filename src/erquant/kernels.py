@@ -49,15 +49,9 @@ def gaussian(bk: Backend, img, sigma: float, *, offset: float | None = None,
     fused = offset is not None
     if sigma <= 0:
         return affine(bk, img, offset, scale) if fused else img
-    r = int(round(4 * sigma))
-    if (_numba_ok(bk) and isinstance(img, np.ndarray) and img.ndim == 2
-            and img.dtype == np.float32 and 0 < r <= min(img.shape)):
-        from erquant import _numba_kernels
-
-        out = np.empty(img.shape, np.float32)
-        _numba_kernels.gaussian(np.ascontiguousarray(img), _gauss_weights(sigma, r),
-                                1 if fused else 0, np.float32(offset if fused else 0),
-                                np.float32(scale if fused else 0), 0, _NO_IMAGE, _F0, out)
+    out = _compiled_blur(bk, img, sigma, 1 if fused else 0, offset if fused else 0,
+                         scale if fused else 0, 0, None, 0)
+    if out is not None:
         return out
     if fused:
         img = affine(bk, img, offset, scale)
@@ -73,21 +67,37 @@ _NO_IMAGE = np.zeros((1, 1), np.float32)
 _NO_MASK = np.zeros((1, 1), np.bool_)
 
 
+def _compiled_blur(bk: Backend, img, sigma: float, pre: int, c0: float, c1: float,
+                   post: int, sd, p: float):
+    """The compiled Gaussian (``_numba_kernels._gaussian_impl``: input transform ``pre``
+    with c0, c1; output step ``post`` with the image ``sd`` and p) of a float32 2-D
+    image whose kernel radius fits it (``sd`` of its shape where ``post`` reads it);
+    None where it does not apply (CuPy, ``ERQUANT_NO_NUMBA=1``, other dtypes, images
+    smaller than the radius): the caller takes the array path."""
+    r = int(round(4 * sigma))
+    if not (_numba_ok(bk) and isinstance(img, np.ndarray) and img.ndim == 2
+            and img.dtype == np.float32 and 0 < r <= min(img.shape)):
+        return None
+    if post and not (_f32_2d(sd) and sd.shape == img.shape):
+        return None
+    from erquant import _numba_kernels
+
+    out = np.empty(img.shape, np.float32)
+    _numba_kernels.gaussian(np.ascontiguousarray(img), _gauss_weights(sigma, r), pre,
+                            np.float32(c0), np.float32(c1), post,
+                            _NO_IMAGE if sd is None else np.ascontiguousarray(sd),
+                            np.float32(p), out)
+    return out
+
+
 def seed_score(bk: Backend, smooth, t: float, sigma: float, sdist, p: float):
     """The seed map ``sdist · (gaussian(max(smooth - t, 0), sigma) + 1e-6) ** p`` (float32
     images; ``p > 0``). On the CPU one compiled pass: the excess is taken as the blur
     reads its rows and the power only where ``sdist > 0`` (elsewhere the product is 0),
     so neither the excess, the blur nor the power is a whole image of its own. The
     array path (CuPy, ``ERQUANT_NO_NUMBA=1``) writes the same expression out."""
-    r = int(round(4 * sigma))
-    if (_numba_ok(bk) and _f32_2d(smooth, sdist) and smooth.shape == sdist.shape
-            and 0 < r <= min(smooth.shape)):
-        from erquant import _numba_kernels
-
-        out = np.empty(smooth.shape, np.float32)
-        _numba_kernels.gaussian(np.ascontiguousarray(smooth), _gauss_weights(sigma, r), 2,
-                                np.float32(t), _F0, 1, np.ascontiguousarray(sdist),
-                                np.float32(p), out)
+    out = _compiled_blur(bk, smooth, sigma, 2, t, 0, 1, sdist, p)
+    if out is not None:
         return out
     inten = gaussian(bk, excess(bk, smooth, t), sigma)
     return multiply(bk, sdist, power(bk, add_scalar(bk, inten, 1e-6), p))
@@ -886,15 +896,8 @@ def blur_minus(bk: Backend, img, sigma: float, bg, scale: float, offset: float):
     one shape): ``(blur - scale · bg) - offset``. On the CPU the subtraction is taken
     as the blur writes its rows (the same float32 arithmetic, one pass fewer)."""
     sigma = max(0.0, float(sigma))
-    r = int(round(4 * sigma))
-    if (_numba_ok(bk) and _f32_2d(img, bg) and img.shape == bg.shape
-            and 0 < r <= min(img.shape)):
-        from erquant import _numba_kernels
-
-        out = np.empty(img.shape, np.float32)
-        _numba_kernels.gaussian(np.ascontiguousarray(img), _gauss_weights(sigma, r), 0,
-                                np.float32(offset), _F0, 2, np.ascontiguousarray(bg),
-                                np.float32(scale), out)
+    out = _compiled_blur(bk, img, sigma, 0, offset, 0, 2, bg, scale)
+    if out is not None:
         return out
     out = gaussian(bk, img, sigma)
     if out is img:  # no blur: never modify the caller's image in place
