@@ -556,6 +556,10 @@ def test_background_map_compiled_tiles_equal_the_sorted_tiles(monkeypatch, shape
             monkeypatch.delenv("ERQUANT_NO_NUMBA")
             for a, b in zip(fast if sep else [fast], ref if sep else [ref]):
                 assert np.array_equal(a, b), (sep, q)
+    # any truthy dtype of ``occupied`` reads as its bool image (not its bytes)
+    for dt in (np.uint8, np.int64, np.float32):
+        assert np.array_equal(background_map(img, occ.astype(dt), tile=tile),
+                              background_map(img, occ, tile=tile)), dt
 
 
 def test_select_gives_the_order_statistic_and_splits_around_it():

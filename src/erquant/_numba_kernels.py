@@ -1581,7 +1581,7 @@ def _tile_quantile_impl(src, occ, ts, quantile, min_frac, grid, ok):
     interpolated between order statistics in float64 (``grid``), and whether at least
     max(1, min_frac × the tile's pixels) of them exist (``ok``); tiles of the grid's
     shape, the last row/column of tiles partial. The same values as
-    :func:`erquant.measure.background_map`'s sort of the tiled image (order statistics
+    :func:`erquant.measure._tile_quantile`'s sort of the tiled image (order statistics
     do not depend on the sort). Tiles in parallel."""
     Ys, Xs = src.shape
     ny, nx = grid.shape

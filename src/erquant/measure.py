@@ -443,8 +443,8 @@ def background_map(
 
         grid = np.empty((ny, nx), np.float64)
         ok = np.empty((ny, nx), np.bool_)
-        _numba_kernels.tile_quantile(src, occ_s.view(np.bool_), ts, float(quantile),
-                                     float(min_tile_fraction), grid, ok)
+        _numba_kernels.tile_quantile(src, occ_s.astype(np.bool_, copy=False), ts,
+                                     float(quantile), float(min_tile_fraction), grid, ok)
     else:
         grid, ok = _tile_quantile(xp, src, occ_s, ts, ny, nx, quantile, min_tile_fraction)
     # host sync: two booleans decide how missing tiles are filled
