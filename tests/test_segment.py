@@ -590,6 +590,37 @@ def test_partition_compiled_equals_array_path(monkeypatch, synthetic_field, diam
     assert int(fused.max()) > 100 and np.array_equal(fused, plain)
 
 
+def test_partition_sums_are_the_labels_and_leave_the_background_out(monkeypatch,
+                                                                   synthetic_field):
+    """_split's partition, compiled and array path: the per-label areas and intensity
+    sums are those of the labels it returns, the background's (label 0) set to 0 by
+    both: the background is never an object (it once entered the faint-nucleus
+    reference median)."""
+    import erquant.segment as S
+
+    f = synthetic_field(shape=(512, 512), n_nuclei=260, seed=5, nucleus_diameter=12.0)
+    seen = []
+    fused_fn = S._partition_numba
+
+    def both(bk, cc, ncc, peaks, cores, *a):
+        smooth = a[3]
+        plain = S._partition_array(bk, cc, ncc, peaks, cores.copy(), *a, weighted=True)
+        fused = fused_fn(bk, cc, ncc, peaks, cores, *a)
+        # (copies: the clump split appends pieces to the labels in place)
+        seen.extend([(tuple(np.copy(x) for x in r), smooth.copy()) for r in (fused, plain)])
+        return fused
+
+    monkeypatch.setattr(S, "_partition_numba", both)
+    assert int(to_numpy(segment_nuclei(f.image[0], method="classical")).max()) > 200
+    for (lab, area, total), smooth in seen:
+        want = np.bincount(lab.ravel(), minlength=area.size)
+        wsum = np.bincount(lab.ravel(), weights=smooth.ravel().astype(np.float64),
+                           minlength=area.size)
+        assert area[0] == 0 and total[0] == 0 and (area[1:] > 0).sum() > 200
+        np.testing.assert_array_equal(area[1:], want[1:])
+        np.testing.assert_allclose(total[1:], wsum[1:], rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("max_area", [None, 30.0])
 def test_fill_holes_compiled_equals_array_path(monkeypatch, max_area):
     """kernels.fill_holes: the compiled pass (sizes and fill) equals the array path,

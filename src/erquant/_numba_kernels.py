@@ -959,47 +959,14 @@ def _owned_impl(owner, cc, seed_cc, allowed, mask, wmask, has_seed, cores, orpha
                     peak[j] = part[k, j]
 
 
-def _background_peak_impl(labels, smooth):
-    # max(0, max of smooth over the pixels whose label is 0) (1-D views; CHUNKS chunks)
-    n = labels.size
-    h = (n + CHUNKS - 1) // CHUNKS
-    part = np.zeros(CHUNKS, smooth.dtype)
-    for k in prange(CHUNKS):
-        m = part[k]
-        for i in range(k * h, min(n, (k + 1) * h)):
-            if labels[i] == 0 and smooth[i] > m:
-                m = smooth[i]
-        part[k] = m
-    return part.max()
-
-
-def _rim_needs_background_impl(owner, mask, near, wnear, smooth, t):
-    # whether a rim candidate (near, not mask, smooth > t) has no owner (0): only then is
-    # the background's peak read by the rim rule
-    # (word-aligned chunks, parallel where compiled so)
-    n = owner.size
-    hit = np.zeros(CHUNKS, np.bool_)
-    for c in prange(CHUNKS):
-        start, end = _word_chunk(n, c)
-        for j in range(start // 8, (end + 7) // 8):
-            i0, i1 = _word_span(wnear, j, 8, start, end)
-            for i in range(i0, i1):
-                if near[i] and not mask[i] and owner[i] == 0 and smooth[i] > t:
-                    hit[c] = True
-                    break
-            if hit[c]:
-                break
-    return hit.any()
-
-
 def _rim_stats_impl(labels, owner, mask, near, wnear, smooth, t, contrast, own_peak,
                     do_rim, area, total):
     # _split's rim re-admission and per-label pixel count and intensity sum (1-D views;
     # labels modified in place; t and contrast float32 like the array path). Labels lie
-    # in ``near``: its set pixels (``wnear``: uint64 words) are visited for the rim rule
-    # and the objects' sums, then every pixel for label 0's. CHUNKS chunks (parallel
-    # where compiled so), each with its own sums (each label's in pixel order), then
-    # added in chunk order: the same sums for any thread count.
+    # in ``near``: only its set pixels (``wnear``: uint64 words) are visited, for the rim
+    # rule and the objects' sums (the background's, label 0, are not counted). CHUNKS
+    # chunks (parallel where compiled so), each with its own sums (each label's in pixel
+    # order), then added in chunk order: the same sums for any thread count.
     n = labels.size
     pa = np.zeros((CHUNKS, area.size), area.dtype)
     pt = np.zeros((CHUNKS, total.size), total.dtype)
@@ -1020,14 +987,6 @@ def _rim_stats_impl(labels, owner, mask, near, wnear, smooth, t, contrast, own_p
                 if v > 0:
                     pa[k, v] += 1
                     pt[k, v] += s
-        a0 = 0
-        t0 = 0.0
-        for i in range(start, end):  # label 0 (background), in pixel order
-            if labels[i] == 0:
-                a0 += 1
-                t0 += smooth[i]
-        pa[k, 0] = a0
-        pt[k, 0] = t0
     for k in range(CHUNKS):
         for j in range(area.size):
             area[j] += pa[k, j]
@@ -1906,8 +1865,6 @@ if numba is not None:
     label_sums = _jit(_label_sums_impl)
     core_split = _jit(_core_split_impl)
     orphan_cores = _jit(_orphan_cores_impl, parallel=True)
-    background_peak = _jit(_background_peak_impl, parallel=True)
-    rim_needs_background = _jit(_rim_needs_background_impl, parallel=True)
     owned = _jit(_owned_impl, parallel=True)
     rim_stats = _jit(_rim_stats_impl, parallel=True)
     fill_holes = _jit(_fill_holes_impl)
@@ -1938,7 +1895,6 @@ if numba is not None:
     seam_resize = _jit(_seam_resize_impl, parallel=True)
 else:  # pragma: no cover
     orphan_cores = owned = rim_stats = fill_holes = nearest_within = seam_resize = None
-    background_peak = rim_needs_background = None
     fill_gaps = fill_labelled = None
     nearest_in = propagate_in = edt = mask_above = gaussian = max_filter = affine = to_float32 = sub_scaled = None
     block_mean_int = tile_quantile = None

@@ -1059,6 +1059,7 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         labels, area, total = _split_oversized(bk, labels, area, total, smooth, diameter,
                                                min_area, levels)
     keep = area >= min_area
+    keep[0] = False  # the background (its sums are not counted)
     if min_snr > 0 and noise > 0:
         # objects must stand out of the pixel noise: mean contrast above background
         # ≥ min_snr × noise sigma (pure-noise fields give no nuclei, not hundreds)
@@ -1078,8 +1079,9 @@ def _partition_array(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
                      t, rim, near, local_contrast, reach, weighted=True):
     """_split's partition (generic array path, CuPy): nearest core within the
     component, bright interiors first, then the dim rims; per-label pixel count and
-    intensity sum (None unless ``weighted``). ``near``: the pixels whose owner is read
-    (the mask, and with ``rim`` the band around it)."""
+    intensity sum (None unless ``weighted``; the background's, label 0, set to 0).
+    ``near``: the pixels whose owner is read (the mask, and with ``rim`` the band
+    around it)."""
     xp = bk.xp
     # components without a seed (small or thin objects) get one: the whole component
     has_seed = xp.zeros(ncc + 1, bool)
@@ -1106,8 +1108,11 @@ def _partition_array(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
         rim_px = near & ~mask & (smooth > t) & (smooth > local_contrast * own_peak[owner])
         labels = xp.where(rim_px, owner, labels)
     area = xp.bincount(labels.ravel(), minlength=nseeds + ncc + 1)
-    total = (xp.bincount(labels.ravel(), weights=smooth.ravel(), minlength=area.shape[0])
-             if weighted else None)
+    area[0] = 0  # the background's are not counted (the compiled pass skips them)
+    total = None
+    if weighted:
+        total = xp.bincount(labels.ravel(), weights=smooth.ravel(), minlength=area.shape[0])
+        total[0] = 0
     return labels, area, total
 
 
@@ -1148,9 +1153,8 @@ def _partition_numba(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
     near = np.ascontiguousarray(near, dtype=np.bool_).ravel()
     wnear = K._words(near, 8)
     t = smooth.dtype.type(t)
-    if rim and NK.rim_needs_background(ownerf, maskf, near, wnear, smoothf, t):
-        # a rim candidate without an owner compares with the background's peak
-        own_peak[0] = NK.background_peak(labels.ravel(), smoothf)
+    # (own_peak[0] stays 0: a rim pixel without an owner takes label 0 whatever its
+    # peak, the label it has, so the array path's background peak changes nothing)
     area = np.zeros(n_ids, np.int64)
     total = np.zeros(n_ids, np.float64)
     NK.rim_stats(labels.ravel(), ownerf, maskf, near, wnear, smoothf, t,
