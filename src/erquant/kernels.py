@@ -140,6 +140,18 @@ def sub_scaled(bk: Backend, img, bg, scale: float, offset: float) -> None:
     img -= np.float32(offset)
 
 
+def subtract_inplace(bk: Backend, img, other) -> None:
+    """In place: ``img -= other`` (float32 2-D images of one shape: one compiled parallel
+    pass on the CPU, the same float32 values)."""
+    if _numba_ok(bk) and _f32_2d(img, other) and img.shape == other.shape:
+        from erquant import _numba_kernels
+
+        # (x - 1 · b) - 0 is x - b exactly in float32
+        _numba_kernels.sub_scaled(img, other, np.float32(1.0), np.float32(0.0))
+        return
+    bk.xp.subtract(img, other, out=img)
+
+
 def _f32_2d(*arrays) -> bool:
     return all(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 2
                and a.flags.c_contiguous for a in arrays)

@@ -916,7 +916,10 @@ def _foreground(bk: Backend, norm, diameter, threshold, threshold_value, *, smoo
     bg = None
     if background_factor > 0 and threshold != "manual":
         bg = background(bk, smooth, diameter, factor=background_factor, levels=levels)
-        smooth = bk.xp.subtract(smooth, bg, out=smooth) if owned else smooth - bg
+        if owned:
+            K.subtract_inplace(bk, smooth, bg)
+        else:
+            smooth = smooth - bg
     t = _level(levels, "threshold", lambda: float(_foreground_threshold(
         bk, smooth, threshold, threshold_value, log_threshold, noise_floor)))
     window = None
