@@ -590,13 +590,15 @@ def test_partition_compiled_equals_array_path(monkeypatch, synthetic_field, diam
     assert int(fused.max()) > 100 and np.array_equal(fused, plain)
 
 
-def test_partition_sums_are_the_labels_and_leave_the_background_out(monkeypatch,
-                                                                   synthetic_field):
+def test_partition_sums_and_boxes_are_the_labels_background_out(monkeypatch,
+                                                                 synthetic_field):
     """_split's partition, compiled and array path: the per-label areas and intensity
-    sums are those of the labels it returns, the background's (label 0) set to 0 by
-    both: the background is never an object (it once entered the faint-nucleus
-    reference median)."""
+    sums (and the compiled pass's bounding boxes) are those of the labels it returns,
+    the background's (label 0) sums set to 0 by both: the background is never an object
+    (it once entered the faint-nucleus reference median)."""
     import erquant.segment as S
+    from erquant import kernels as K
+    from erquant.backend import get_backend
 
     f = synthetic_field(shape=(512, 512), n_nuclei=260, seed=5, nucleus_diameter=12.0)
     seen = []
@@ -607,18 +609,23 @@ def test_partition_sums_are_the_labels_and_leave_the_background_out(monkeypatch,
         plain = S._partition_array(bk, cc, ncc, peaks, cores.copy(), *a, weighted=True)
         fused = fused_fn(bk, cc, ncc, peaks, cores, *a)
         # (copies: the clump split appends pieces to the labels in place)
-        seen.extend([(tuple(np.copy(x) for x in r), smooth.copy()) for r in (fused, plain)])
+        seen.extend([(tuple(None if x is None else x.copy() for x in r), smooth.copy())
+                     for r in (fused, plain)])
         return fused
 
     monkeypatch.setattr(S, "_partition_numba", both)
     assert int(to_numpy(segment_nuclei(f.image[0], method="classical")).max()) > 200
-    for (lab, area, total), smooth in seen:
+    for (lab, area, total, boxes), smooth in seen:
         want = np.bincount(lab.ravel(), minlength=area.size)
         wsum = np.bincount(lab.ravel(), weights=smooth.ravel().astype(np.float64),
                            minlength=area.size)
         assert area[0] == 0 and total[0] == 0 and (area[1:] > 0).sum() > 200
         np.testing.assert_array_equal(area[1:], want[1:])
         np.testing.assert_allclose(total[1:], wsum[1:], rtol=1e-9, atol=1e-9)
+        if boxes is not None:  # (the compiled pass's, for every label)
+            np.testing.assert_array_equal(
+                boxes, K.label_bbox(get_backend("numpy"), lab, np.ones(area.size, bool)))
+    assert seen[0][0][3] is not None and seen[1][0][3] is None
 
 
 @pytest.mark.parametrize("max_area", [None, 30.0])

@@ -960,18 +960,26 @@ def _owned_impl(owner, cc, seed_cc, allowed, mask, wmask, has_seed, cores, orpha
 
 
 def _rim_stats_impl(labels, owner, mask, near, wnear, smooth, t, contrast, own_peak,
-                    do_rim, area, total):
-    # _split's rim re-admission and per-label pixel count and intensity sum (1-D views;
-    # labels modified in place; t and contrast float32 like the array path). Labels lie
-    # in ``near``: only its set pixels (``wnear``: uint64 words) are visited, for the rim
-    # rule and the objects' sums (the background's, label 0, are not counted). CHUNKS
-    # chunks (parallel where compiled so), each with its own sums (each label's in pixel
-    # order), then added in chunk order: the same sums for any thread count.
+                    do_rim, area, total, width, boxes):
+    # _split's rim re-admission and per-label pixel count, intensity sum and bounding
+    # box (1-D views of images ``width`` px wide; labels modified in place; t and
+    # contrast float32 like the array path). Labels lie in ``near``: only its set pixels
+    # (``wnear``: uint64 words) are visited, for the rim rule and the objects' sums and
+    # boxes (the background's, label 0, are not counted). ``boxes`` (labels × (min y,
+    # min x, max y + 1, max x + 1)) starts as (H, W, 0, 0), :func:`_label_bbox_impl`'s.
+    # CHUNKS chunks (parallel where compiled so), each with its own sums (each label's
+    # in pixel order) and boxes, then added in chunk order: the same sums for any
+    # thread count.
     n = labels.size
     pa = np.zeros((CHUNKS, area.size), area.dtype)
     pt = np.zeros((CHUNKS, total.size), total.dtype)
+    pb = np.empty((CHUNKS, boxes.shape[0], 4), boxes.dtype)
     for k in prange(CHUNKS):
+        b = pb[k]
+        b[:, :] = boxes
         start, end = _word_chunk(n, k)
+        y = start // width  # the row of the pixels visited, advanced as they go
+        row_end = (y + 1) * width
         for j in range(start // 8, (end + 7) // 8):
             i0, i1 = _word_span(wnear, j, 8, start, end)
             for i in range(i0, i1):
@@ -987,10 +995,26 @@ def _rim_stats_impl(labels, owner, mask, near, wnear, smooth, t, contrast, own_p
                 if v > 0:
                     pa[k, v] += 1
                     pt[k, v] += s
+                    while i >= row_end:
+                        y += 1
+                        row_end += width
+                    x = i - (row_end - width)
+                    if y < b[v, 0]:
+                        b[v, 0] = y
+                    if x < b[v, 1]:
+                        b[v, 1] = x
+                    if y >= b[v, 2]:
+                        b[v, 2] = y + 1
+                    if x >= b[v, 3]:
+                        b[v, 3] = x + 1
     for k in range(CHUNKS):
         for j in range(area.size):
             area[j] += pa[k, j]
             total[j] += pt[k, j]
+            boxes[j, 0] = min(boxes[j, 0], pb[k, j, 0])
+            boxes[j, 1] = min(boxes[j, 1], pb[k, j, 1])
+            boxes[j, 2] = max(boxes[j, 2], pb[k, j, 2])
+            boxes[j, 3] = max(boxes[j, 3], pb[k, j, 3])
 
 
 def _fill_holes_impl(lab, n, max_area, mask, out):

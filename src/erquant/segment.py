@@ -1049,18 +1049,18 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
     # nearest-core searches are exact up to this distance (px), propagated beyond
     reach = max(2.0, NEAREST_REACH * diameter)
     if K._numba_ok(bk):  # the same partition in three compiled passes
-        labels, area, total = _partition_numba(bk, cc, ncc, peaks, cores, nseeds, mask,
+        labels, area, total, boxes = _partition_numba(bk, cc, ncc, peaks, cores, nseeds, mask,
                                                part_mask, smooth, t, rim, read,
                                                local_contrast, reach)
     else:
-        labels, area, total = _partition_array(bk, cc, ncc, peaks, cores, nseeds, mask,
+        labels, area, total, boxes = _partition_array(bk, cc, ncc, peaks, cores, nseeds, mask,
                                                part_mask, smooth, t, rim, read,
                                                local_contrast, reach, weighted=min_snr > 0)
     # remove small objects, relabel 1..N
     min_area = min_area_fraction * math.pi * (diameter / 2) ** 2
     if CLUMP_SPLIT_AREA > 0:
         labels, area, total = _split_oversized(bk, labels, area, total, smooth, diameter,
-                                               min_area, levels)
+                                               min_area, levels, boxes=boxes)
     keep = area >= min_area
     keep[0] = False  # the background (its sums are not counted)
     if min_snr > 0 and noise > 0:
@@ -1082,9 +1082,9 @@ def _partition_array(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
                      t, rim, near, local_contrast, reach, weighted=True):
     """_split's partition (generic array path, CuPy): nearest core within the
     component, bright interiors first, then the dim rims; per-label pixel count and
-    intensity sum (None unless ``weighted``; the background's, label 0, set to 0).
-    ``near``: the pixels whose owner is read (the mask, and with ``rim`` the band
-    around it)."""
+    intensity sum (None unless ``weighted``; the background's, label 0, set to 0), and
+    None for the objects' boxes (:func:`_partition_numba` gives them). ``near``: the
+    pixels whose owner is read (the mask, and with ``rim`` the band around it)."""
     xp = bk.xp
     # components without a seed (small or thin objects) get one: the whole component
     has_seed = xp.zeros(ncc + 1, bool)
@@ -1116,14 +1116,15 @@ def _partition_array(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
     if weighted:
         total = xp.bincount(labels.ravel(), weights=smooth.ravel(), minlength=area.shape[0])
         total[0] = 0
-    return labels, area, total
+    return labels, area, total, None
 
 
 def _partition_numba(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask, smooth,
                      t, rim, near, local_contrast, reach):
     """:func:`_partition_array` on the CPU with the per-pixel steps fused into three
     compiled passes around the two nearest-seed transforms (equal labels, area and
-    sums: tested)."""
+    sums: tested); the objects' bounding boxes (:func:`erquant.kernels.label_bbox`'s
+    rows, for every label) come with the sums."""
     from erquant import _numba_kernels as NK
 
     n_ids = nseeds + ncc + 1
@@ -1160,9 +1161,12 @@ def _partition_numba(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
     # peak, the label it has, so the array path's background peak changes nothing)
     area = np.zeros(n_ids, np.int64)
     total = np.zeros(n_ids, np.float64)
+    H, W = mask.shape
+    boxes = np.zeros((n_ids, 4), np.int64)  # (label_bbox's: (H, W, 0, 0) where empty)
+    boxes[:, 0], boxes[:, 1] = H, W
     NK.rim_stats(labels.ravel(), ownerf, maskf, near, wnear, smoothf, t,
-                 smooth.dtype.type(local_contrast), own_peak, rim, area, total)
-    return labels, area, total
+                 smooth.dtype.type(local_contrast), own_peak, rim, area, total, W, boxes)
+    return labels, area, total, boxes
 
 
 #: clumps the seeds missed: an object of over CLUMP_SPLIT_AREA × the field's median
@@ -1183,12 +1187,14 @@ DOME_WINDOW = 0.5
 
 
 def _split_oversized(bk: Backend, labels, area, total, smooth, diameter, min_area,
-                     levels: dict | None = None):
+                     levels: dict | None = None, boxes=None):
     """Cut clump-like objects of several nuclei's area between their intensity maxima
     (see :data:`CLUMP_SPLIT_AREA`); the work is done in each object's bounding box.
     Returns (labels, area, total) with the pieces appended as new ids. The field's
     median object area and contrast are image-level statistics (``levels`` keys
-    ``clump_area``, ``clump_contrast``: the tiles of a mosaic cut alike)."""
+    ``clump_area``, ``clump_contrast``: the tiles of a mosaic cut alike). ``boxes``:
+    every label's bounding box where known (:func:`erquant.kernels.label_bbox`'s
+    rows), else found for the candidates."""
     xp = bk.xp
     ok = area >= min_area
     ok[0] = False
@@ -1210,7 +1216,8 @@ def _split_oversized(bk: Backend, labels, area, total, smooth, diameter, min_are
     if not bool(big.any()):  # host sync
         return labels, area, total
     big = to_numpy(big)
-    boxes = K.label_bbox(bk, labels, big)
+    if boxes is None:
+        boxes = K.label_bbox(bk, labels, big)
     if CLUMP_FILL > 0:  # ... and not ellipse-like (second moments, in their boxes)
         cand = np.flatnonzero(big)
         amaj, amin = _moment_axes(bk, labels, 0, moments=K.box_moments(bk, labels, cand, boxes))
