@@ -822,7 +822,9 @@ def _segment_downsampled(bk: Backend, img, f: float, return_info: bool, *, diame
                                   diameter=None if diameter is None else diameter / f,
                                   downsample=1, return_info=True, _internals=True, **kw)
     lo, hi, bg = info.pop("_lo", None), info.pop("_hi", None), info.pop("_background", None)
-    top = int(labels.max()) if labels.size else 0  # host sync: the largest id (small image)
+    refine = info.get("threshold") is not None and lo is not None and hi > lo
+    # host sync: the largest id, on the small image (read by the refinement only)
+    top = int(labels.max()) if refine and labels.size else 0
     # interiors: small pixels whose 3×3 neighbourhood is one object keep their label at
     # full resolution (only the boundary band is re-decided: no holes at dark nucleoli)
     interior = K.interior(bk, labels)
@@ -833,7 +835,7 @@ def _segment_downsampled(bk: Backend, img, f: float, return_info: bool, *, diame
         labels = K.seam_resize(bk, labels, interior, (Y, X), math.ceil(1.5 * f))
     else:
         labels = K.nearest_resize(bk, labels, (Y, X))
-    if info.get("threshold") is not None and lo is not None and hi > lo:
+    if refine:
         d_full = float(info["diameter"]) * f
         labels, present = _refine_boundaries(
             bk, img, labels, f, lo=lo, hi=hi, background=bg, threshold=info["threshold"],
