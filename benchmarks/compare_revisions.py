@@ -11,6 +11,12 @@ minimum over the rounds and the ratio new / old (< 1: faster now)::
 
     python benchmarks/compare_revisions.py e902bf1 [--new WORKTREE_OR_REV] [--rounds 3]
 
+``--paired N`` instead keeps one warm process per revision and alternates single
+fields between them (old, new, new, old, ...), N pairs per diameter, and reports the
+median of the pairs' ratios beside each side's minimum: a slow phase of this shared
+machine (seconds to minutes long) then falls on both sides of a pair, where whole
+rounds of fresh processes catch it on one side only.
+
 The new side is the working tree by default. Both sides run in this interpreter with
 ``PYTHONPATH=<side>/src`` (same dependencies); the old side must import with them.
 """
@@ -51,6 +57,73 @@ print(json.dumps(out))
 """
 
 
+WORKER = r"""
+import sys, time
+import numpy as np
+from erquant.params import Params
+from erquant.pipeline import quantify
+try:
+    params = Params().replace(**{"segment.method": "classical"})
+except Exception:
+    params = Params()
+folder = sys.argv[1]
+imgs = {}
+for line in sys.stdin:  # one diameter per line: time one field, answer "seconds nuclei"
+    d = line.strip()
+    if d not in imgs:
+        imgs[d] = np.load(f"{folder}/f{d}.npy")
+        quantify(imgs[d], nuclei_channel=0, marker_channels={"er": 1}, params=params)
+    t = time.perf_counter()
+    r = quantify(imgs[d], nuclei_channel=0, marker_channels={"er": 1}, params=params)
+    print(time.perf_counter() - t, int(r.nuclei.max()), flush=True)
+"""
+
+
+def _paired(sides: dict, folder: Path, diameters, pairs: int) -> dict:
+    """Per diameter: (old min, new min, median of new / old over the pairs, nuclei
+    old, nuclei new), from one warm process per side taking single fields in turn."""
+    import statistics
+
+    procs = {name: subprocess.Popen([sys.executable, "-c", WORKER, str(folder)],
+                                    env=dict(os.environ, PYTHONPATH=str(src)),
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for name, src in sides.items()}
+
+    def one(name, d):
+        p = procs[name]
+        p.stdin.write(f"{d}\n")
+        p.stdin.flush()
+        line = p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {name} side's worker ended (diameter {d})")
+        s, n = line.split()
+        return float(s), int(n)
+
+    out = {}
+    try:
+        for d in diameters:
+            one("old", d), one("new", d)  # first sight: load and warm up (untimed)
+            ts = {"old": [], "new": []}
+            ratios = []
+            nuc = {}
+            for i in range(pairs):
+                order = ("old", "new") if i % 2 == 0 else ("new", "old")
+                got = {name: one(name, d) for name in order}
+                for name in order:
+                    ts[name].append(got[name][0])
+                    nuc[name] = got[name][1]
+                ratios.append(got["new"][0] / got["old"][0])
+            out[str(d)] = (min(ts["old"]), min(ts["new"]), statistics.median(ratios),
+                           nuc["old"], nuc["new"])
+            print(f"{d} px: old min {out[str(d)][0]:.3f} s, new min {out[str(d)][1]:.3f} s, "
+                  f"median pair ratio {out[str(d)][2]:.3f}", flush=True)
+    finally:
+        for p in procs.values():
+            p.stdin.close()
+            p.wait()
+    return out
+
+
 def _fields(folder: Path, diameters, size: int) -> None:
     import numpy as np
 
@@ -80,6 +153,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--diameters", default="8,12,16,20,24,32,40")
+    ap.add_argument("--paired", type=int, default=0, metavar="N",
+                    help="N alternating single-field pairs per diameter in two warm "
+                         "processes (median pair ratio) instead of rounds")
     a = ap.parse_args(argv)
     diameters = [int(d) for d in a.diameters.split(",") if d]
     with tempfile.TemporaryDirectory(prefix="erquant-ab-") as tmp:
@@ -95,8 +171,10 @@ def main(argv=None) -> int:
             sides[name] = wt / "src"
         try:
             _fields(tmp, diameters, a.size)
+            if a.paired > 0:
+                paired = _paired(sides, tmp, diameters, a.paired)
             best: dict = {"old": {}, "new": {}}
-            for r in range(a.rounds):
+            for r in range(a.rounds if a.paired <= 0 else 0):
                 for name in ("old", "new"):
                     res = _time(sides[name], tmp, a.repeats, diameters)
                     for d, (s, n) in res.items():
@@ -109,6 +187,17 @@ def main(argv=None) -> int:
                 if sides[name] != REPO / "src":
                     subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "-f",
                                     str(sides[name].parent)], capture_output=True)
+    if a.paired > 0:
+        print(f"\n| diameter | old min s/field ({a.old}) | new min s/field "
+              f"({a.new or 'working tree'}) | median new / old of {a.paired} pairs "
+              "| nuclei old / new |")
+        print("|---:|---:|---:|---:|---:|")
+        for d in diameters:
+            so, sn, med, no, nn = paired[str(d)]
+            print(f"| {d} px | {so:.3f} | {sn:.3f} | {med:.3f} | {no} / {nn} |")
+        print(f"\nslowest relative to old: {max(v[2] for v in paired.values()):.3f}× "
+              f"(median of {a.paired} alternating single-field pairs per diameter)")
+        return 0
     print(f"\n| diameter | old s/field ({a.old}) | new s/field ({a.new or 'working tree'}) "
           "| new / old | nuclei old / new |")
     print("|---:|---:|---:|---:|---:|")
