@@ -918,14 +918,15 @@ def _orphan_cores_impl(cc, peaks, wpeaks, mask, wmask, cores, nseeds, has_seed, 
 
 
 def _owned_impl(owner, cc, seed_cc, allowed, mask, wmask, has_seed, cores, orphans,
-                smooth, want_peak, peak, out):
+                smooth, want_peak, peak, out, clear):
     # out = owner where allowed and the owner's component is the pixel's, else 0; with
     # ``orphans`` the seedless components' pixels take their core; with ``want_peak``
     # peak[label] = max(0, max of smooth over the label) for labels > 0 (1-D views).
     # ``allowed`` lies in ``mask``: only mask pixels are computed (``wmask``: the mask as
-    # uint64 words; past zero words eight zeros at a time), every pixel of ``out``
-    # written. CHUNKS chunks (parallel where compiled so), each with its own peaks,
-    # then their maximum.
+    # uint64 words); with ``clear`` the others are written 0 (past zero words eight
+    # at a time), else left as they are (``out`` may be ``owner`` itself: each pixel
+    # reads only its own). CHUNKS chunks (parallel where compiled so), each with its own
+    # peaks, then their maximum.
     n = owner.size
     part = np.zeros((CHUNKS if want_peak else 1, peak.size), peak.dtype)
     for k in prange(CHUNKS):
@@ -933,12 +934,14 @@ def _owned_impl(owner, cc, seed_cc, allowed, mask, wmask, has_seed, cores, orpha
         for j in range(start // 8, (end + 7) // 8):
             i0, i1 = _word_span(wmask, j, 8, start, end)
             if i0 == i1:  # (a zero word: off the mask)
-                for i in range(max(start, 8 * j), min(end, 8 * j + 8)):
-                    out[i] = 0
+                if clear:
+                    for i in range(max(start, 8 * j), min(end, 8 * j + 8)):
+                        out[i] = 0
                 continue
             for i in range(i0, i1):
                 if not mask[i]:
-                    out[i] = 0
+                    if clear:
+                        out[i] = 0
                     continue
                 o = owner[i]
                 c = cc[i]
@@ -962,8 +965,10 @@ def _owned_impl(owner, cc, seed_cc, allowed, mask, wmask, has_seed, cores, orpha
 def _rim_stats_impl(labels, owner, mask, near, wnear, smooth, t, contrast, own_peak,
                     do_rim, area, total, width, boxes):
     # _split's rim re-admission and per-label pixel count, intensity sum and bounding
-    # box (1-D views of images ``width`` px wide; labels modified in place; t and
-    # contrast float32 like the array path). Labels lie in ``near``: only its set pixels
+    # box (1-D views of images ``width`` px wide; t and contrast float32 like the array
+    # path). ``labels`` holds the objects on ``mask`` and is written on the band (near,
+    # not mask): the rim rule's owner or 0 (it may be ``owner`` itself, each pixel
+    # read before it is written). Labels lie in ``near``: only its set pixels
     # (``wnear``: uint64 words) are visited, for the rim rule and the objects' sums and
     # boxes (the background's, label 0, are not counted). ``boxes`` (labels × (min y,
     # min x, max y + 1, max x + 1)) starts as (H, W, 0, 0), :func:`_label_bbox_impl`'s.
@@ -985,13 +990,16 @@ def _rim_stats_impl(labels, owner, mask, near, wnear, smooth, t, contrast, own_p
             for i in range(i0, i1):
                 if not near[i]:
                     continue
-                v = labels[i]
                 s = smooth[i]
-                if do_rim and not mask[i]:
-                    o = owner[i]
-                    if s > t and s > contrast * own_peak[o]:
-                        v = o
-                        labels[i] = v
+                if mask[i]:
+                    v = labels[i]
+                else:  # the band: its label written here (``labels`` may be ``owner``)
+                    v = 0
+                    if do_rim:
+                        o = owner[i]
+                        if s > t and s > contrast * own_peak[o]:
+                            v = o
+                    labels[i] = v
                 if v > 0:
                     pa[k, v] += 1
                     pt[k, v] += s

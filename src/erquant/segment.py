@@ -1144,18 +1144,20 @@ def _partition_numba(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
     peaksf = np.ascontiguousarray(peaks, dtype=np.bool_).ravel()
     NK.orphan_cores(ccf, peaksf, K._words(peaksf, 8), maskf, wmask, coresf, int(nseeds),
                     has_seed, seed_cc)
+    # (the nearest-seed transforms are 0 off their roi: the passes below rewrite their
+    # owners in place, mask pixels only, with no image-sized copy to fill)
     owner = K.nearest_seed_in(bk, cores, mask, reach)
     no_peak = np.zeros(1, smooth.dtype)
     if seed_mask is not mask:
-        inner = np.empty_like(cores)  # (owned writes every pixel)
-        NK.owned(owner.ravel(), ccf, seed_cc, np.ascontiguousarray(seed_mask).ravel(), maskf,
-                 wmask, has_seed, coresf, True, smoothf, False, no_peak, inner.ravel())
-        owner = K.nearest_seed_in(bk, inner, near, reach)
-    ownerf = np.ascontiguousarray(owner).ravel()
-    labels = np.empty(mask.shape, np.int32)  # (owned writes every pixel)
+        inner = owner.ravel()  # the owned interiors, in place
+        NK.owned(inner, ccf, seed_cc, np.ascontiguousarray(seed_mask).ravel(), maskf,
+                 wmask, has_seed, coresf, True, smoothf, False, no_peak, inner, False)
+        owner = K.nearest_seed_in(bk, owner, near, reach)
+    labels = np.ascontiguousarray(owner)  # in place: the owners on the mask become labels,
+    ownerf = labels.ravel()  # the band's (off the mask) stay owners for the rim pass
     own_peak = np.zeros(n_ids, smooth.dtype) if rim else no_peak
     NK.owned(ownerf, ccf, seed_cc, maskf, maskf, wmask, has_seed, coresf, False, smoothf,
-             rim, own_peak, labels.ravel())
+             rim, own_peak, ownerf, False)
     near = np.ascontiguousarray(near, dtype=np.bool_).ravel()
     wnear = K._words(near, 8)
     t = smooth.dtype.type(t)
