@@ -1926,6 +1926,57 @@ def _gaussian_impl(a, w, pre, c0, c1, post, sd, p, out):
                     orow[x] = (orow[x] - p * srow[x]) - c0
 
 
+def _clamp(i, hi):
+    # i clipped to [0, hi] (the unused shifts of a short last sweep stay in bounds)
+    return min(max(i, 0), hi)
+
+
+def _row_at(i, n):
+    # row i reflected into [0, n) (_reflect), clipped there for the unused shifts
+    return _clamp(_reflect(i, n), n - 1)
+
+
+def _max_sweep(dst, src, a1, b1, a2, b2, a3, b3, n):
+    """dst = max(max(max(src, max(a1, b1)), max(a2, b2)), max(a3, b3)) elementwise, the
+    first n <= 3 pairs (n < 1: a copy); ``src`` not ``dst`` (see :func:`_max_more`):
+    one sweep of a row buffer for up to three row pairs, the same maxima taken one pair
+    per sweep."""
+    X = dst.size
+    if n <= 0:
+        for x in range(X):
+            dst[x] = src[x]
+    elif n == 1:
+        for x in range(X):
+            dst[x] = max(src[x], max(a1[x], b1[x]))
+    elif n == 2:
+        for x in range(X):
+            dst[x] = max(max(src[x], max(a1[x], b1[x])), max(a2[x], b2[x]))
+    else:
+        for x in range(X):
+            dst[x] = max(max(max(src[x], max(a1[x], b1[x])), max(a2[x], b2[x])),
+                         max(a3[x], b3[x]))
+
+
+def _max_more(dst, a1, b1, a2, b2, a3, b3, n):
+    # _max_sweep with src = dst, in place (one array: its loops vectorise, where two
+    # names for one array failed the vectoriser's overlap check at run time)
+    X = dst.size
+    if n == 1:
+        for x in range(X):
+            dst[x] = max(dst[x], max(a1[x], b1[x]))
+    elif n == 2:
+        for x in range(X):
+            dst[x] = max(max(dst[x], max(a1[x], b1[x])), max(a2[x], b2[x]))
+    elif n >= 3:
+        for x in range(X):
+            dst[x] = max(max(max(dst[x], max(a1[x], b1[x])), max(a2[x], b2[x])),
+                         max(a3[x], b3[x]))
+
+
+#: row pairs per sweep of the compiled maximum filter's row buffer (_max_sweep)
+MAX_PAIRS = 3
+
+
 def _max_filter_impl(a, r, mode, mask, frac, out, out_mask, thr):
     """The square maximum filter of half-width ``r`` (r <= min(a.shape)), borders
     reflected: per row, the column window's maximum into a padded row buffer, then the
@@ -1941,22 +1992,38 @@ def _max_filter_impl(a, r, mode, mask, frac, out, out_mask, thr):
         res = np.empty(X, a.dtype)
         for y in range(c * h, min(Y, c * h + h)):
             row = a[y]
-            for x in range(X):
-                acc[x] = row[x]
-            for k in range(1, r + 1):
-                ra = a[_reflect(y - k, Y)]
-                rb = a[_reflect(y + k, Y)]
-                for x in range(X):
-                    acc[x] = max(acc[x], max(ra[x], rb[x]))
+            # the column window, up to MAX_PAIRS row pairs per sweep of the buffer
+            n = min(r, MAX_PAIRS)
+            _max_sweep(acc, row, a[_row_at(y - 1, Y)], a[_row_at(y + 1, Y)],
+                       a[_row_at(y - 2, Y)], a[_row_at(y + 2, Y)],
+                       a[_row_at(y - 3, Y)], a[_row_at(y + 3, Y)], n)
+            k = n + 1
+            while k <= r:
+                n = min(r - k + 1, MAX_PAIRS)
+                _max_more(acc, a[_row_at(y - k, Y)], a[_row_at(y + k, Y)],
+                          a[_row_at(y - k - 1, Y)], a[_row_at(y + k + 1, Y)],
+                          a[_row_at(y - k - 2, Y)], a[_row_at(y + k + 2, Y)], n)
+                k += n
             _pad_reflect(tmp, r, X)
             dst = out[y] if mode == 0 else res
-            for x in range(X):
-                dst[x] = acc[x]
-            for k in range(1, r + 1):
-                ta = tmp[r - k:r - k + X]
-                tb = tmp[r + k:r + k + X]
-                for x in range(X):
-                    dst[x] = max(dst[x], max(ta[x], tb[x]))
+            # the row window, likewise over shifted slices of the padded buffer
+            n = min(r, MAX_PAIRS)
+            _max_sweep(dst, acc, tmp[_clamp(r - 1, 2 * r):_clamp(r - 1, 2 * r) + X],
+                       tmp[_clamp(r + 1, 2 * r):_clamp(r + 1, 2 * r) + X],
+                       tmp[_clamp(r - 2, 2 * r):_clamp(r - 2, 2 * r) + X],
+                       tmp[_clamp(r + 2, 2 * r):_clamp(r + 2, 2 * r) + X],
+                       tmp[_clamp(r - 3, 2 * r):_clamp(r - 3, 2 * r) + X],
+                       tmp[_clamp(r + 3, 2 * r):_clamp(r + 3, 2 * r) + X], n)
+            k = n + 1
+            while k <= r:
+                n = min(r - k + 1, MAX_PAIRS)
+                _max_more(dst, tmp[_clamp(r - k, 2 * r):_clamp(r - k, 2 * r) + X],
+                          tmp[_clamp(r + k, 2 * r):_clamp(r + k, 2 * r) + X],
+                          tmp[_clamp(r - k - 1, 2 * r):_clamp(r - k - 1, 2 * r) + X],
+                          tmp[_clamp(r + k + 1, 2 * r):_clamp(r + k + 1, 2 * r) + X],
+                          tmp[_clamp(r - k - 2, 2 * r):_clamp(r - k - 2, 2 * r) + X],
+                          tmp[_clamp(r + k + 2, 2 * r):_clamp(r + k + 2, 2 * r) + X], n)
+                k += n
             if mode == 1:
                 mrow = mask[y]
                 orow = out_mask[y]
@@ -2041,6 +2108,10 @@ if numba is not None:
     excess = _jit(_excess_impl, parallel=True)
     band_energies = _jit(_band_energies_impl, parallel=True)
     _row_taps = _jit(_row_taps)
+    _clamp = _jit(_clamp)
+    _row_at = _jit(_row_at)
+    _max_sweep = _jit(_max_sweep)
+    _max_more = _jit(_max_more)
     _blur_row = _jit(_blur_row)
     _band_row = _jit(_band_row)
     _in_order = _jit(_in_order)
