@@ -792,7 +792,8 @@ def test_mask_above_compiled_equals_the_expression(monkeypatch):
 def test_edt_compiled_equals_opencv_and_scipy():
     """kernels.edt: the compiled exact transform gives OpenCV's (DIST_MASK_PRECISE) and
     SciPy's float32 distances to the bit, on blobs, on noise and with objects on the
-    border (beyond the border counts as foreground)."""
+    border (beyond the border counts as foreground), with int16 and int32 vertical
+    distances (kernels.edt takes int16 below 2**15 - 1 rows + columns)."""
     import cv2
 
     from erquant import _numba_kernels as NK
@@ -802,12 +803,14 @@ def test_edt_compiled_equals_opencv_and_scipy():
     big = np.zeros((120, 130), bool)
     big[5:118, :100] = True  # a 100-px-wide object on the left border
     for m in (blobs, rng.random((200, 210)) < 0.9, big):
-        out = np.empty(m.shape, np.float32)
-        NK.edt(m, out)
         cv = cv2.distanceTransform(m.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        np.testing.assert_array_equal(out, cv)
-        np.testing.assert_array_equal(out, sp_ndi.distance_transform_edt(m).astype(np.float32))
-        assert out.max() > 2
+        for gtype in (np.int16, np.int32):
+            out = np.empty(m.shape, np.float32)
+            NK.edt(m, out, np.empty(m.shape, gtype))
+            np.testing.assert_array_equal(out, cv)
+            np.testing.assert_array_equal(out,
+                                          sp_ndi.distance_transform_edt(m).astype(np.float32))
+            assert out.max() > 2
 
 
 @pytest.mark.parametrize("path", ["numba", "opencv", "scipy"])

@@ -1449,15 +1449,16 @@ def _propagate_in_impl(seeds, roi, out, idx, unres, max_iter):
         if not changed:
             break
 
-def _edt_impl(mask, out):
+def _edt_impl(mask, out, g):
     # exact Euclidean distance of each mask pixel to the nearest non-mask pixel (float32
     # out; 0 outside the mask; beyond the image border counts as mask, as in SciPy and
-    # OpenCV; 2**64, OpenCV's figure, where the image holds no such pixel): vertical distances g in two row-order sweeps, then per row the minimum
-    # of k² + g[x ± k]², scanning outwards until k² exceeds the best (cost ~ object
-    # radius per pixel; exact like cv2.DIST_MASK_PRECISE and scipy)
+    # OpenCV; 2**64, OpenCV's figure, where the image holds no such pixel): vertical
+    # distances g (scratch of the mask's shape, an integer type holding Y + X + 1:
+    # int16 where it does, half the traffic of int32) in two row-order sweeps, then
+    # per row the minimum of k² + g[x ± k]², scanning outwards until k² exceeds the
+    # best (cost ~ object radius per pixel; exact like cv2.DIST_MASK_PRECISE and scipy)
     Y, X = mask.shape
     big = Y + X + 1
-    g = np.empty((Y, X), np.int32)
     w = 256  # column chunks (parallel where compiled so)
     for c in prange((X + w - 1) // w):
         x0 = c * w

@@ -330,7 +330,9 @@ def edt(bk: Backend, mask):
         from erquant import _numba_kernels
 
         out = np.empty(mask.shape, np.float32)
-        _numba_kernels.edt(np.ascontiguousarray(mask, dtype=np.bool_), out)
+        # vertical distances up to Y + X + 1: int16 where that fits (half the traffic)
+        g = np.empty(mask.shape, np.int16 if sum(mask.shape) + 1 < 2**15 else np.int32)
+        _numba_kernels.edt(np.ascontiguousarray(mask, dtype=np.bool_), out, g)
         return out
     if _use_cv2(bk):
         return cv2.distanceTransform(mask.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
