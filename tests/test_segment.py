@@ -1182,6 +1182,22 @@ def test_compiled_gaussian_equals_opencv_and_scipy(monkeypatch):
     np.testing.assert_allclose(K.gaussian(bk, big, 1.5), two, rtol=0, atol=2e-6)
 
 
+def _ordered_taps(a, w, r, axis):
+    """w[r]·c + w[r+1]·(l1 + r1) + ... along ``axis``, one tap per step in float32,
+    borders reflected as OpenCV's BORDER_REFLECT."""
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (r, r)
+    p = np.pad(a, pad, mode="symmetric")
+    n = a.shape[axis]
+
+    def at(k):
+        return np.take(p, np.arange(r + k, r + k + n), axis=axis)
+    acc = w[r] * at(0)
+    for k in range(1, r + 1):
+        acc = acc + w[r + k] * (at(-k) + at(k))
+    return acc
+
+
 def test_compiled_gaussian_is_the_ordered_tap_sum():
     """The compiled Gaussian takes up to four taps per sweep of a row: bit for bit the
     float32 sum w[r]·c + w[r+1]·(l1 + r1) + w[r+2]·(l2 + r2) + ..., in that order, of
@@ -1196,20 +1212,7 @@ def test_compiled_gaussian_is_the_ordered_tap_sum():
     for r in range(1, 14):
         sigma = r / 4.0
         w = K._gauss_weights(sigma, r)
-
-        def taps(a, axis):  # one tap per step, float32, in order
-            pad = [(0, 0), (0, 0)]
-            pad[axis] = (r, r)
-            p = np.pad(a, pad, mode="symmetric")  # OpenCV's BORDER_REFLECT
-            n = a.shape[axis]
-
-            def at(k):
-                return np.take(p, np.arange(r + k, r + k + n), axis=axis)
-            acc = w[r] * at(0)
-            for k in range(1, r + 1):
-                acc = acc + w[r + k] * (at(-k) + at(k))
-            return acc
-        ref = taps(taps(img, 0), 1)
+        ref = _ordered_taps(_ordered_taps(img, w, r, 0), w, r, 1)
         assert ref.dtype == np.float32
         np.testing.assert_array_equal(K.gaussian(bk, img, sigma), ref)
 
