@@ -229,6 +229,29 @@ def _box_moments_impl(labels, ids, boxes, out):
                     _add_moments(out, j, y, x)
 
 
+def _box_take(o, k, y, x):
+    # grow box k of o (rows (min y, min x, max y + 1, max x + 1)) over pixel (y, x)
+    if y < o[k, 0]:
+        o[k, 0] = y
+    if x < o[k, 1]:
+        o[k, 1] = x
+    if y >= o[k, 2]:
+        o[k, 2] = y + 1
+    if x >= o[k, 3]:
+        o[k, 3] = x + 1
+
+
+def _box_merge(out, part):
+    # out's boxes grown over each chunk's boxes part[c] (the union, in chunk order)
+    for c in range(part.shape[0]):
+        o = part[c]
+        for k in range(out.shape[0]):
+            out[k, 0] = min(out[k, 0], o[k, 0])
+            out[k, 1] = min(out[k, 1], o[k, 1])
+            out[k, 2] = max(out[k, 2], o[k, 2])
+            out[k, 3] = max(out[k, 3], o[k, 3])
+
+
 def _label_bbox_impl(labels, words, per, want, out):
     """Bounding box (min y, min x, max y + 1, max x + 1) of each label k with
     ``want[k]`` into out[k] (which starts as (H, W, 0, 0)); 2-D labels, background
@@ -251,22 +274,8 @@ def _label_bbox_impl(labels, words, per, want, out):
                 k = flat[i]
                 if k and want[k]:
                     y = i // W
-                    x = i - y * W
-                    if y < o[k, 0]:
-                        o[k, 0] = y
-                    if x < o[k, 1]:
-                        o[k, 1] = x
-                    if y >= o[k, 2]:
-                        o[k, 2] = y + 1
-                    if x >= o[k, 3]:
-                        o[k, 3] = x + 1
-    for c in range(nch):
-        o = part[c]
-        for k in range(nb):
-            out[k, 0] = min(out[k, 0], o[k, 0])
-            out[k, 1] = min(out[k, 1], o[k, 1])
-            out[k, 2] = max(out[k, 2], o[k, 2])
-            out[k, 3] = max(out[k, 3], o[k, 3])
+                    _box_take(o, k, y, i - y * W)
+    _box_merge(out, part)
 
 
 def _range_count_impl(a, level):
@@ -1006,23 +1015,12 @@ def _rim_stats_impl(labels, owner, mask, near, wnear, smooth, t, contrast, own_p
                     while i >= row_end:
                         y += 1
                         row_end += width
-                    x = i - (row_end - width)
-                    if y < b[v, 0]:
-                        b[v, 0] = y
-                    if x < b[v, 1]:
-                        b[v, 1] = x
-                    if y >= b[v, 2]:
-                        b[v, 2] = y + 1
-                    if x >= b[v, 3]:
-                        b[v, 3] = x + 1
+                    _box_take(b, v, y, i - (row_end - width))
     for k in range(CHUNKS):
         for j in range(area.size):
             area[j] += pa[k, j]
             total[j] += pt[k, j]
-            boxes[j, 0] = min(boxes[j, 0], pb[k, j, 0])
-            boxes[j, 1] = min(boxes[j, 1], pb[k, j, 1])
-            boxes[j, 2] = max(boxes[j, 2], pb[k, j, 2])
-            boxes[j, 3] = max(boxes[j, 3], pb[k, j, 3])
+    _box_merge(boxes, pb)
 
 
 def _fill_holes_impl(lab, n, max_area, mask, out):
@@ -2075,6 +2073,8 @@ if numba is not None:
     _add_moments = _jit(_add_moments)
     shape_moments = _jit(_shape_moments_impl)
     object_stats = _jit(_object_stats_impl, parallel=True)
+    _box_take = _jit(_box_take)
+    _box_merge = _jit(_box_merge)
     label_bbox = _jit(_label_bbox_impl, parallel=True)
     box_moments = _jit(_box_moments_impl)
     seed_cores = _jit(_seed_cores_impl, parallel=True)

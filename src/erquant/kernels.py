@@ -1070,14 +1070,21 @@ def box_moments(bk: Backend, labels, ids, boxes) -> np.ndarray:
     return shape_moments(bk, labels, n)[ids]
 
 
+def empty_boxes(n: int, shape) -> np.ndarray:
+    """n empty bounding boxes of an image of ``shape``: host int64 (n, 4) rows (H, W, 0,
+    0), which :func:`label_bbox`'s (min y, min x, max y + 1, max x + 1) grow over."""
+    out = np.zeros((n, 4), np.int64)
+    out[:, 0], out[:, 1] = shape[0], shape[1]
+    return out
+
+
 def label_bbox(bk: Backend, labels, want) -> np.ndarray:
     """Bounding boxes of the labels ``k`` with ``want[k]`` (a bool vector over 0..n):
     host int64 array (n + 1, 4) of (min y, min x, max y + 1, max x + 1); other rows,
     and labels with no pixel, are (H, W, 0, 0)."""
     want = np.asarray(to_numpy(want), dtype=np.bool_)
     H, W = labels.shape
-    out = np.zeros((want.shape[0], 4), np.int64)
-    out[:, 0], out[:, 1] = H, W
+    out = empty_boxes(want.shape[0], (H, W))
     if _numba_ok(bk) and labels.dtype.kind in "ui":
         from erquant import _numba_kernels
 

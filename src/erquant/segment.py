@@ -1051,13 +1051,13 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
     # nearest-core searches are exact up to this distance (px), propagated beyond
     reach = max(2.0, NEAREST_REACH * diameter)
     if K._numba_ok(bk):  # the same partition in three compiled passes
-        labels, area, total, boxes = _partition_numba(bk, cc, ncc, peaks, cores, nseeds, mask,
-                                               part_mask, smooth, t, rim, read,
-                                               local_contrast, reach)
+        labels, area, total, boxes = _partition_numba(
+            bk, cc, ncc, peaks, cores, nseeds, mask, part_mask, smooth, t, rim, read,
+            local_contrast, reach)
     else:
-        labels, area, total, boxes = _partition_array(bk, cc, ncc, peaks, cores, nseeds, mask,
-                                               part_mask, smooth, t, rim, read,
-                                               local_contrast, reach, weighted=min_snr > 0)
+        labels, area, total, boxes = _partition_array(
+            bk, cc, ncc, peaks, cores, nseeds, mask, part_mask, smooth, t, rim, read,
+            local_contrast, reach, weighted=min_snr > 0)
     # remove small objects, relabel 1..N
     min_area = min_area_fraction * math.pi * (diameter / 2) ** 2
     if CLUMP_SPLIT_AREA > 0:
@@ -1165,11 +1165,10 @@ def _partition_numba(bk: Backend, cc, ncc, peaks, cores, nseeds, mask, seed_mask
     # peak, the label it has, so the array path's background peak changes nothing)
     area = np.zeros(n_ids, np.int64)
     total = np.zeros(n_ids, np.float64)
-    H, W = mask.shape
-    boxes = np.zeros((n_ids, 4), np.int64)  # (label_bbox's: (H, W, 0, 0) where empty)
-    boxes[:, 0], boxes[:, 1] = H, W
+    boxes = K.empty_boxes(n_ids, mask.shape)
     NK.rim_stats(labels.ravel(), ownerf, maskf, near, wnear, smoothf, t,
-                 smooth.dtype.type(local_contrast), own_peak, rim, area, total, W, boxes)
+                 smooth.dtype.type(local_contrast), own_peak, rim, area, total,
+                 mask.shape[1], boxes)
     return labels, area, total, boxes
 
 
