@@ -33,7 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-TIMER = r"""
+# both sides' timing processes start alike: the classical segmenter's parameters
+PRELUDE = r"""
 import json, sys, time
 import numpy as np
 from erquant.params import Params
@@ -42,6 +43,9 @@ try:
     params = Params().replace(**{"segment.method": "classical"})
 except Exception:  # revisions before the learned segmenter: classical is the only one
     params = Params()
+"""
+
+TIMER = PRELUDE + r"""
 out = {}
 folder, repeats = sys.argv[1], int(sys.argv[2])
 for d in sys.argv[3].split(","):
@@ -57,15 +61,7 @@ print(json.dumps(out))
 """
 
 
-WORKER = r"""
-import sys, time
-import numpy as np
-from erquant.params import Params
-from erquant.pipeline import quantify
-try:
-    params = Params().replace(**{"segment.method": "classical"})
-except Exception:
-    params = Params()
+WORKER = PRELUDE + r"""
 folder = sys.argv[1]
 imgs = {}
 for line in sys.stdin:  # one diameter per line: time one field, answer "seconds nuclei"

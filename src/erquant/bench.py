@@ -25,7 +25,7 @@ generator's truth) so a faster-but-worse result cannot pass unseen. Setup
 (generation, TIFF writing, imports, one warm-up call) is outside the timed
 region; the GPU is synchronised before each clock stop; each timing is the
 median of ``--repeats`` runs (the diameter sweep's: the minimum of its ``--repeats``
-runs, erquant's and the recipe's interleaved). Results go to ``bench.json`` and ``bench.md`` in
+runs, erquant's and the recipe's interleaved, and the median of each run's own ratio). Results go to ``bench.json`` and ``bench.md`` in
 ``--out`` (default ``benchmarks/results/``).
 
 Examples
@@ -856,7 +856,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fields", type=int, help="fields per timing (default 2; quick 1)")
     p.add_argument("--repeats", type=int, help="repeats per timing, median reported; the "
                                                "diameter sweep reports the minimum of its "
-                                               "interleaved runs (default 3; quick 1)")
+                                               "interleaved runs and the median of their "
+                                               "ratios (default 3; quick 1)")
     p.add_argument("--backends", default="numpy,cupy",
                    help="comma-separated backends; cupy is skipped without a CUDA device")
     p.add_argument("--no-reference", action="store_true",
