@@ -84,14 +84,31 @@ def strips() -> int:
     return 4 * numba.get_num_threads() if PARALLEL else 1
 
 
-def _moments_impl(nuc, cyt, K, images, squared, shifts, maps, nmaps, c0, c1, cw, out):
+def _slot(nuc, cyt, K, y, x):
+    # a pixel's moments slot: its nucleus id, else K + its cell id, else 0
+    s = np.int64(nuc[y, x])
+    if s > 0:
+        return s
+    c = np.int64(cyt[y, x])
+    return c + K if c > 0 else np.int64(0)
+
+
+def _moments_impl(nuc, cyt, K, images, squared, shifts, maps, nmaps, c0, c1, cws, segend,
+                  out):
     """out[0] count, out[1] Σy, out[2] Σx, then per image Σv (and Σ(v - shift)² where
     ``squared``), then per separable map ``m`` (the first ``nmaps`` of ``maps``)
     Σ (m[y, c0[x]] (1 - cw[x]) + m[y, c1[x]] cw[x]), over slots: nucleus id where
     nuc > 0, else K + cell id where cyt > 0. ``out`` is (chunks, slots, rows): the
     rows of the image in that many horizontal chunks (in parallel where compiled so),
     each summed into its own table; the caller adds them in order (the same sums on any
-    thread count)."""
+    thread count).
+
+    Each row is taken as runs of one slot: the count, Σy and Σx of a run in closed
+    form (exact integers), its image sums in registers, and a map's sum from the
+    prefix sums ``cws`` of cw (cws[x] = Σ cw[:x], float64) over the run's pieces
+    where c0 is constant (``segend[x]``: the end of x's piece), as
+    m[y, a] · (n - Σcw) + m[y, b] · Σcw: one table update per run and row, not per
+    pixel (sums in another order than pixel by pixel: equal to ~1e-15)."""
     Y, X = nuc.shape
     C = len(images)
     nch = out.shape[0]
@@ -99,31 +116,51 @@ def _moments_impl(nuc, cyt, K, images, squared, shifts, maps, nmaps, c0, c1, cw,
     for k in prange(nch):
         o = out[k]
         for y in range(k * h, min(Y, k * h + h)):
-            for x in range(X):
-                s = nuc[y, x]
-                if s <= 0:
-                    c = cyt[y, x]
-                    if c <= 0:
-                        continue
-                    s = c + K
-                o[s, 0] += 1.0
-                o[s, 1] += y
-                o[s, 2] += x
+            x = 0
+            while x < X:
+                s = _slot(nuc, cyt, K, y, x)
+                if s == 0:
+                    x += 1
+                    continue
+                x0 = x
+                x += 1
+                while x < X and _slot(nuc, cyt, K, y, x) == s:
+                    x += 1
+                n = x - x0
+                o[s, 0] += n
+                o[s, 1] += y * n
+                o[s, 2] += (x0 + x - 1) * n // 2
                 row = 3
                 for i in range(C):
-                    v = images[i][y, x]
-                    o[s, row] += v
-                    row += 1
+                    im = images[i]
+                    acc = 0.0
                     if squared[i]:
-                        d = v - shifts[i]
-                        o[s, row] += d * d
+                        sh = shifts[i]
+                        acc2 = 0.0
+                        for j in range(x0, x):
+                            v = im[y, j]
+                            acc += v
+                            d = v - sh
+                            acc2 += d * d
+                        o[s, row] += acc
+                        o[s, row + 1] += acc2
+                        row += 2
+                    else:
+                        for j in range(x0, x):
+                            acc += im[y, j]
+                        o[s, row] += acc
                         row += 1
-                if nmaps > 0:
-                    a, b, w = c0[x], c1[x], cw[x]
-                    for j in range(nmaps):
-                        m = maps[j]
-                        o[s, row] += m[y, a] * (1.0 - w) + m[y, b] * w
-                        row += 1
+                for j in range(nmaps):
+                    m = maps[j]
+                    acc = 0.0
+                    a = x0
+                    while a < x:
+                        b = min(x, segend[a])
+                        sw = cws[b] - cws[a]
+                        acc += m[y, c0[a]] * ((b - a) - sw) + m[y, c1[a]] * sw
+                        a = b
+                    o[s, row] += acc
+                    row += 1
 
 
 def _table_chunks(n, rows):
@@ -1457,19 +1494,30 @@ def _edt_impl(mask, out, g):
     # best (cost ~ object radius per pixel; exact like cv2.DIST_MASK_PRECISE and scipy)
     Y, X = mask.shape
     big = Y + X + 1
+    # the sweeps in g's own type on row slices (with 2-D indices and int64 arithmetic
+    # LLVM vectorised them 4 lanes wide at best: 5.7 against 0.7 ms at 2048², int16)
+    T = g.dtype.type
+    bigt, one, zero = T(big), T(1), T(0)
     w = 256  # column chunks (parallel where compiled so)
     for c in prange((X + w - 1) // w):
         x0 = c * w
         x1 = min(X, x0 + w)
-        for x in range(x0, x1):
-            g[0, x] = big if mask[0, x] else 0
+        n = x1 - x0
+        cur = g[0, x0:x1]
+        mr = mask[0, x0:x1]
+        for i in range(n):
+            cur[i] = bigt if mr[i] else zero
         for y in range(1, Y):
-            for x in range(x0, x1):
-                g[y, x] = min(g[y - 1, x] + 1, big) if mask[y, x] else 0
+            prev = g[y - 1, x0:x1]
+            cur = g[y, x0:x1]
+            mr = mask[y, x0:x1]
+            for i in range(n):
+                cur[i] = min(T(prev[i] + one), bigt) if mr[i] else zero
         for y in range(Y - 2, -1, -1):
-            for x in range(x0, x1):
-                if g[y, x] > g[y + 1, x] + 1:
-                    g[y, x] = g[y + 1, x] + 1
+            nxt = g[y + 1, x0:x1]
+            cur = g[y, x0:x1]
+            for i in range(n):
+                cur[i] = min(cur[i], T(nxt[i] + one))
     inf = np.int64(1) << 40
     for y in prange(Y):
         row = g[y]
@@ -2055,6 +2103,7 @@ def _jit(fn, parallel: bool = False):
 
 
 if numba is not None:
+    _slot = _jit(_slot)
     _moments = _jit(_moments_impl, parallel=True)
     relabel_foreground = _jit(_relabel_foreground_impl, parallel=True)
     interior = _jit(_interior_impl, parallel=True)
@@ -2161,13 +2210,21 @@ def moments(nuc: np.ndarray, cyt: np.ndarray, K: int, images: tuple,
     # row chunks (fixed: 4, or fewer for tall tables), each with its own sums table
     nch = max(1, min(MOMENT_CHUNKS, nuc.shape[0] // 64, (1 << 24) // max(1, nbins * rows)))
     out = np.zeros((nch, nbins, rows), dtype=np.float64)
+    X = nuc.shape[1]
     if nmaps == 0:  # Numba cannot type an empty tuple: a dummy that is never read
         maps = (np.zeros((1, 1), np.float32),)
-        c0 = c1 = np.zeros(nuc.shape[1], np.int64)
-        cw = np.zeros(nuc.shape[1], np.float32)
-    _moments(nuc, cyt, K, images, squared, shifts, maps, nmaps,
-             np.asarray(c0, np.int64), np.asarray(c1, np.int64),
-             np.asarray(cw, np.float32), out)
+        c0 = c1 = np.zeros(X, np.int64)
+        cw = np.zeros(X, np.float32)
+    c0 = np.asarray(c0, np.int64)
+    # the maps' column weights as prefix sums (float64 of the float32 weights), and
+    # where each piece of constant c0 (and c1) ends
+    cws = np.zeros(X + 1, np.float64)
+    np.cumsum(np.asarray(cw, np.float32).astype(np.float64), out=cws[1:])
+    c1 = np.asarray(c1, np.int64)
+    change = np.flatnonzero((c0[1:] != c0[:-1]) | (c1[1:] != c1[:-1])) + 1
+    segend = np.repeat(np.append(change, X), np.diff(np.concatenate(([0], change, [X]))))
+    _moments(nuc, cyt, K, images, squared, shifts, maps, nmaps, c0, c1, cws,
+             segend.astype(np.int64), out)
     total = out[0]
     for k in range(1, out.shape[0]):  # in order: the same sums on any thread count
         total += out[k]
