@@ -396,9 +396,10 @@ def _word_chunk(n, k, nch=CHUNKS, per=8):
     return start, min(n, start + h)
 
 
-def _cc_stats_impl(lab, words, n, first, area, bb):
-    """Each label 1..n of a 2-D int32 image (``words``: its flat pixel pairs as uint64,
-    background skipped two at a time): its first flat index in raster order into
+def _cc_stats_impl(lab, words, per, n, first, area, bb):
+    """Each label 1..n of a 2-D int32 image (``words``: groups of ``per`` flat pixels as
+    uint64 words, zero where all ``per`` are background: the labels' own pixel pairs, or
+    the labelled mask's bytes, 8 at a time; background skipped a word at a time): its first flat index in raster order into
     ``first``, pixel count into ``area`` and bounding box (y0, x0, y1, x1 inclusive)
     into ``bb`` (row 0 and absent labels: size, 0 and (Y, X, -1, -1)). Pair-aligned
     chunks (parallel where compiled so), each with its own tables, merged by minimum,
@@ -421,11 +422,11 @@ def _cc_stats_impl(lab, words, n, first, area, bb):
             b[k, 1] = X
             b[k, 2] = -1
             b[k, 3] = -1
-        start, end = _word_chunk(size, c, nch, 2)
+        start, end = _word_chunk(size, c, nch, per)
         y = start // X if X > 0 else 0
         row_end = (y + 1) * X  # (rows followed without a division per pixel)
-        for j in range(start // 2, (end + 1) // 2):
-            i0, i1 = _word_span(words, j, 2, start, end)
+        for j in range(start // per, (end + per - 1) // per):
+            i0, i1 = _word_span(words, j, per, start, end)
             for i in range(i0, i1):
                 v = flat[i]
                 if v == 0:
@@ -1387,21 +1388,21 @@ def _nearest_in_impl(seeds, roi, wroi, oy, ox, out, idx, unres):
     for y in prange(Y):
         r = y * X
         orow = out[y]
+        srow = seeds[y]
+        rrow = roi[y]
+        irow = idx[y]
+        for x in range(X):  # (cleared in one vectorised sweep, roi pixels then written)
+            orow[x] = 0
         inner_row = y >= reach and y < Y - reach
         for w in range(r // 8, (r + X + 7) // 8):
             i0, i1 = _word_span(wroi, w, 8, r, r + X)
-            if i0 == i1:  # (a zero word: its pixels are off roi)
-                for x in range(max(r, 8 * w) - r, min(r + X, 8 * w + 8) - r):
-                    orow[x] = 0
-                continue
             for x in range(i0 - r, i1 - r):
-                if not roi[y, x]:
-                    orow[x] = 0
+                if not rrow[x]:
                     continue
-                s = seeds[y, x]
+                s = srow[x]
                 if s > 0:
-                    out[y, x] = s
-                    idx[y, x] = y * X + x
+                    orow[x] = s
+                    irow[x] = r + x
                     continue
                 v = 0
                 j = -1
@@ -1423,8 +1424,8 @@ def _nearest_in_impl(seeds, roi, wroi, oy, ox, out, idx, unres):
                                 v = s2
                                 j = yy * X + xx
                                 break
-                out[y, x] = v
-                idx[y, x] = j
+                orow[x] = v
+                irow[x] = j
                 if j < 0:
                     left[y] += 1
     nun = 0

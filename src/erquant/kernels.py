@@ -381,14 +381,15 @@ def _raster_components(mask):
     only where it does not hold are the labels renumbered."""
     from erquant import _numba_kernels
 
-    n, lab = cv2.connectedComponentsWithAlgorithm(np.ascontiguousarray(mask).view(np.uint8),
-                                                  8, cv2.CV_32S, cv2.CCL_SAUF)
+    m8 = np.ascontiguousarray(mask).view(np.uint8)
+    n, lab = cv2.connectedComponentsWithAlgorithm(m8, 8, cv2.CV_32S, cv2.CCL_SAUF)
     n = int(n) - 1
     first = np.empty(n + 1, np.int64)
     area = np.empty(n + 1, np.int64)
     bb = np.empty((n + 1, 4), np.int64)
     flat = lab.ravel()
-    if not _numba_kernels.cc_stats(lab, _words(flat, 2), n, first, area, bb):
+    # the background skipped 8 px at a time on the mask's bytes (not 2 on the labels')
+    if not _numba_kernels.cc_stats(lab, _words(m8.reshape(-1), 8), 8, n, first, area, bb):
         old = np.argsort(first[1:], kind="stable") + 1  # the old ids in raster order
         lut = np.zeros(n + 1, np.int32)
         lut[old] = np.arange(1, n + 1, dtype=np.int32)
