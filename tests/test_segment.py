@@ -651,6 +651,42 @@ def test_fill_holes_compiled_equals_array_path(monkeypatch, max_area):
         assert (fused <= ref).all() and fused.sum() < ref.sum()
 
 
+@pytest.mark.parametrize("max_area", [-1.0, 6.0, 60.0])
+def test_fill_gaps_is_the_same_in_any_number_of_strips(max_area):
+    """The compiled hole filling inside a hole-free mask (kernels.fill_holes with
+    ``within``) floods in horizontal strips, in parallel, and the regions that cross a
+    strip's edge whole afterwards: the holes of SciPy's binary_fill_holes (up to the
+    size limit), the same for 1 to 64 strips, with holes that span many strips."""
+    import cv2
+
+    from erquant import _numba_kernels as NK
+    from erquant import kernels as K
+
+    if NK.fill_gaps is None:
+        pytest.skip("Numba not installed")
+    rng = np.random.default_rng(5)
+    within = np.zeros((240, 310), bool)
+    within[3:-3, 2:-5] = True  # hole-free, inside the border
+    strict = cv2.GaussianBlur(rng.random(within.shape).astype(np.float32), (0, 0), 1.5) > 0.5
+    strict &= within
+    strict[20:200, 40] = strict[20:200, 90] = True  # a tall hole: across every strip
+    strict[20, 40:91] = strict[199, 40:91] = True
+    strict[21:199, 41:90] = False
+    strict[60, 41:90] = True  # ... cut in two
+    words = K._words(within.ravel(), 8)
+    holes = sp_ndi.binary_fill_holes(strict) & ~strict
+    lab, n = sp_ndi.label(holes)  # (4-connected, as the filling)
+    size = np.bincount(lab.ravel())
+    small = np.ones(n + 1, bool) if max_area < 0 else size <= max_area
+    small[0] = False
+    ref = strict | small[lab]
+    assert (ref & ~strict)[100, 60] == (max_area < 0)  # the tall hole: 139 × 48 px
+    for nstrips in (1, 2, 3, 8, 17, 64):
+        out = strict.copy()
+        NK.fill_gaps(strict, within, words, max_area, out, nstrips)
+        np.testing.assert_array_equal(out, ref, err_msg=f"{nstrips} strips")
+
+
 @pytest.mark.parametrize("radius", [3.0, 6.5, 12.0, 20.0])
 def test_nearest_seed_within_is_the_exact_bounded_voronoi(radius):
     """kernels.nearest_seed_within (cells without a cytoplasm image): pixels within

@@ -1086,51 +1086,99 @@ def _fill_holes_impl(lab, n, max_area, mask, out):
             out[y, x] = mask[y, x] or not keep[lab[y, x]]
 
 
-def _fill_gaps_impl(strict, within, words_w, max_area, out):
+def _gap_flood(st, wi, state, Y, X, i, lo, hi, mark, buf):
+    """Flood (4-connected) the gap pixels (``wi`` and not ``st``, flat views) from flat
+    index i through the rows [lo, hi), marking them ``mark`` in ``state`` (pixels
+    marked ``mark`` already are not taken again); the region's flat indices go to
+    ``buf``. Returns (count, closed, crossed): closed where no pixel lies on the image
+    border or beside a pixel outside ``wi``; crossed where a gap pixel outside the rows
+    was met (the region goes on beyond them: not complete)."""
+    state[i] = mark
+    buf[0] = i
+    head = 0
+    tail = 1
+    closed = True
+    crossed = False
+    while head < tail:
+        p = buf[head]
+        head += 1
+        py = p // X
+        px = p - py * X
+        edge = py == 0 or py == Y - 1 or px == 0 or px == X - 1
+        if edge:
+            closed = False
+        for d in range(4):
+            if edge and ((d == 0 and py == 0) or (d == 1 and py == Y - 1)
+                         or (d == 2 and px == 0) or (d == 3 and px == X - 1)):
+                continue
+            q = p - X if d == 0 else (p + X if d == 1 else (p - 1 if d == 2 else p + 1))
+            if st[q]:
+                continue
+            if not wi[q]:
+                closed = False
+                continue
+            qy = py - 1 if d == 0 else (py + 1 if d == 1 else py)
+            if qy < lo or qy >= hi:
+                crossed = True
+                continue
+            if state[q] == mark:
+                continue
+            state[q] = mark
+            buf[tail] = q
+            tail += 1
+    return tail, closed, crossed
+
+
+def _fill_gaps_impl(strict, within, words_w, max_area, out, nstrips):
     # out = strict | the 4-connected regions of (within & ~strict) that touch neither the
     # image border nor a pixel outside ``within``, of at most max_area pixels (any size
     # when max_area < 0): where ``within`` contains ``strict`` and has no holes, exactly
     # the holes of ``strict`` (kernels.fill_holes). Cost ~ ``within`` read 8 pixels at a
     # time (``words_w``: its first size // 8 bytes viewed as uint64) plus the gap pixels
-    # flooded, instead of labelling the whole background.
+    # flooded, instead of labelling the whole background. The rows in ``nstrips``
+    # horizontal strips (in parallel where compiled so), each flooding the regions that
+    # stay inside it; the few that cross a strip's edge are flooded whole afterwards,
+    # in order: the same result for any count.
     # (``out`` holds a copy of ``strict`` on entry)
     Y, X = strict.shape
     st = strict.ravel()
     wi = within.ravel()
     of = out.ravel()
-    seen = np.zeros(Y * X, np.bool_)
-    buf = np.empty(Y * X, np.int64)  # the flood's queue, then its region (pages touched as used)
-    for j in range((Y * X + 7) // 8):
-        i0, i1 = _word_span(words_w, j, 8, 0, Y * X)
-        for i in range(i0, i1):
-            if not wi[i] or st[i] or seen[i]:
+    state = np.zeros(Y * X, np.uint8)  # 1: flooded in a strip, 2: flooded whole
+    h = (Y + nstrips - 1) // nstrips
+    # per strip: its crossing regions' first pixels (from the strip's first index on)
+    cross = np.empty(Y * X, np.int64)  # (pages touched only as used)
+    ncross = np.zeros(nstrips, np.int64)
+    for k in prange(nstrips):
+        lo = min(Y, k * h)
+        hi = min(Y, lo + h)
+        start = lo * X
+        end = hi * X
+        buf = np.empty(end - start, np.int64)  # the flood's queue, then its region
+        nc = 0
+        for j in range(start // 8, (end + 7) // 8):
+            i0, i1 = _word_span(words_w, j, 8, start, end)
+            for i in range(i0, i1):
+                if not wi[i] or st[i] or state[i] != 0:
+                    continue
+                tail, closed, crossed = _gap_flood(st, wi, state, Y, X, i, lo, hi, 1, buf)
+                if crossed:
+                    cross[start + nc] = i
+                    nc += 1
+                elif closed and (max_area < 0 or tail <= max_area):
+                    for m in range(tail):
+                        of[buf[m]] = True
+        ncross[k] = nc
+    buf = np.empty(0, np.int64)
+    for k in range(nstrips):
+        start = min(Y, k * h) * X
+        for c in range(ncross[k]):
+            i = cross[start + c]
+            if state[i] == 2:  # (flooded whole from another strip's part)
                 continue
-            seen[i] = True
-            buf[0] = i
-            head = 0
-            tail = 1
-            closed = True
-            while head < tail:
-                p = buf[head]
-                head += 1
-                py = p // X
-                px = p - py * X
-                edge = py == 0 or py == Y - 1 or px == 0 or px == X - 1
-                if edge:
-                    closed = False
-                for d in range(4):
-                    if edge and ((d == 0 and py == 0) or (d == 1 and py == Y - 1)
-                                 or (d == 2 and px == 0) or (d == 3 and px == X - 1)):
-                        continue
-                    q = p - X if d == 0 else (p + X if d == 1 else (p - 1 if d == 2 else p + 1))
-                    if st[q] or seen[q]:
-                        continue
-                    if not wi[q]:
-                        closed = False
-                        continue
-                    seen[q] = True
-                    buf[tail] = q
-                    tail += 1
+            if buf.size == 0:
+                buf = np.empty(Y * X, np.int64)
+            tail, closed, crossed = _gap_flood(st, wi, state, Y, X, i, 0, Y, 2, buf)
             if closed and (max_area < 0 or tail <= max_area):
                 for m in range(tail):
                     of[buf[m]] = True
@@ -2145,7 +2193,8 @@ if numba is not None:
     owned = _jit(_owned_impl, parallel=True)
     rim_stats = _jit(_rim_stats_impl, parallel=True)
     fill_holes = _jit(_fill_holes_impl)
-    fill_gaps = _jit(_fill_gaps_impl)
+    _gap_flood = _jit(_gap_flood)
+    fill_gaps = _jit(_fill_gaps_impl, parallel=True)
     _box_flood = _jit(_box_flood)
     fill_labelled = _jit(_fill_labelled_impl, parallel=True)
     nearest_within = _jit(_nearest_within_impl, parallel=True)

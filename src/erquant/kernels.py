@@ -1119,7 +1119,8 @@ def fill_holes(bk: Backend, mask, max_area: float | None = None, *, within=None)
         out = mask.copy()
         within = np.ascontiguousarray(within, dtype=np.bool_)
         _numba_kernels.fill_gaps(mask, within, _words(within.ravel(), 8),
-                                 -1.0 if max_area is None else float(max_area), out)
+                                 -1.0 if max_area is None else float(max_area), out,
+                                 _numba_kernels.strips())
         return out
     if max_area is None and not _use_cv2(bk):
         return bk.ndi.binary_fill_holes(mask)
