@@ -479,6 +479,36 @@ def test_numba_kernels_work_without_a_writable_cache(monkeypatch):
         importlib.reload(_numba_kernels)
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.float32])
+def test_compiled_area_resize_equals_opencv_inter_area(dtype):
+    """Non-integer factors on the CPU: the compiled taps of the area weights (read in
+    the image's own type) give OpenCV's INTER_AREA of the float32 copy to float32
+    rounding, and the taps are the area matrix's rows (the GPU's weights)."""
+    import cv2
+
+    from erquant import _numba_kernels as NK
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    if NK.area_resize is None:
+        pytest.skip("Numba not installed")
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(3)
+    top = 255 if dtype == np.uint8 else 4095
+    for shape, small in (((512, 384), (249, 187)), ((300, 301), (143, 97)), ((64, 9), (31, 4))):
+        img = (rng.random(shape) * top).astype(dtype)
+        got = K.area_resize(bk, img, small)
+        ref = cv2.resize(img.astype(np.float32), small[::-1], interpolation=cv2.INTER_AREA)
+        assert got.dtype == np.float32 and got.shape == small
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * top)
+        for n, m in zip(shape, small):
+            start, count, w = K._area_taps(n, m)
+            dense = np.zeros((m, n), np.float32)
+            for i in range(m):
+                dense[i, start[i]:start[i] + count[i]] = w[i, :count[i]]
+            np.testing.assert_array_equal(dense, K._area_matrix(n, m))
+
+
 @pytest.mark.parametrize("shape,small", [((101, 87), (42, 36)), ((96, 64), (48, 32)),
                                          ((50, 70), (50, 70))])
 def test_area_resize_and_upsample_labels_cpu_and_generic_agree(monkeypatch, shape, small):

@@ -1604,6 +1604,29 @@ def _to_float32_impl(img, out):
             out[y, x] = np.float32(img[y, x])
 
 
+def _area_resize_impl(img, ys, yc, yw, xs, xc, xw, out):
+    """out[i, k] = Σ_u xw[k, u] · Σ_t yw[i, t] · img[ys[i] + t, xs[k] + u] (area-weight
+    taps, kernels._area_taps), in float32: per output row (parallel where compiled so)
+    the weighted input rows summed into a row buffer (vectorised), then the columns'
+    taps. ``img`` 2-D in any real type, read as it is."""
+    Ys, Xs = out.shape
+    X = img.shape[1]
+    for i in prange(Ys):
+        buf = np.zeros(X, np.float32)
+        for t in range(yc[i]):
+            w = yw[i, t]
+            row = img[ys[i] + t]
+            for x in range(X):
+                buf[x] += w * np.float32(row[x])
+        orow = out[i]
+        for k in range(Xs):
+            acc = np.float32(0.0)
+            x0 = xs[k]
+            for u in range(xc[k]):
+                acc += xw[k, u] * buf[x0 + u]
+            orow[k] = acc
+
+
 def _block_mean_int_impl(img, f, scale, out):
     """out[i, j] = float32(Σ img over the f × f block at (i f, j f)) · scale, the sums
     exact integers (integer ``img`` whose block sums stay below 2**24: equal to
@@ -2220,6 +2243,7 @@ if numba is not None:
     multiply = _jit(_multiply_impl, parallel=True)
     to_float32 = _jit(_to_float32_impl, parallel=True)
     block_mean_int = _jit(_block_mean_int_impl, parallel=True)
+    area_resize = _jit(_area_resize_impl, parallel=True)
     _select = _jit(_select)
     tile_quantile = _jit(_tile_quantile_impl, parallel=True)
     propagate_in = _jit(_propagate_in_impl)
@@ -2228,7 +2252,7 @@ else:  # pragma: no cover
     orphan_cores = owned = rim_stats = fill_holes = nearest_within = seam_resize = None
     fill_gaps = fill_labelled = None
     nearest_in = propagate_in = edt = mask_above = gaussian = max_filter = affine = to_float32 = sub_scaled = None
-    block_mean_int = tile_quantile = None
+    block_mean_int = tile_quantile = area_resize = None
     excess = add_scalar = multiply = band_energies = focus_energies = None
     valleys_cc = label_area = None
     core_split = None
