@@ -402,8 +402,8 @@ def test_separable_background_map_equals_the_map():
 
 
 def test_relabel_foreground_and_paste_numba_equal_numpy(monkeypatch):
-    """relabel_foreground's compiled pass (OpenCV's grown ids or the in-kernel search)
-    equals the array path, labels and the presence vector; with ``top`` beyond the
+    """relabel_foreground's compiled pass (the window searched for the unlabelled
+    foreground, in row chunks) equals the array path, labels and the presence vector; with ``top`` beyond the
     largest id the vector is padded with False; the interior kernel equals the two
     filters; blur_minus equals the blur then sub_scaled, bit for bit."""
     from erquant import kernels as K
@@ -421,7 +421,7 @@ def test_relabel_foreground_and_paste_numba_equal_numpy(monkeypatch):
     seeds = np.where(rng.random((71, 90)) > 0.9, 7, 0).astype(np.int32)
     keep = rng.random((35, 45)) > 0.5  # interiors on a 2× smaller grid
     big = labels.copy()
-    big[big == 5] = 70000  # ids beyond 16 bits: searched in the kernel, not by OpenCV
+    big[big == 5] = 70000  # ids beyond 16 bits
     bg = rng.random(labels.shape).astype(np.float32)
 
     def run():
@@ -436,7 +436,7 @@ def test_relabel_foreground_and_paste_numba_equal_numpy(monkeypatch):
                 K.blur_minus(bk, smooth, 1.3, bg, 0.7, 0.25)]
 
     fast = run()
-    monkeypatch.setenv("ERQUANT_NO_OPENCV", "1")  # Numba alone: the in-kernel search
+    monkeypatch.setenv("ERQUANT_NO_OPENCV", "1")  # (Numba without OpenCV: the same pass)
     searched, pres = K.relabel_foreground(bk, labels, smooth, peak, 0.2, 0.4, 2, keep=keep)
     assert np.array_equal(searched, fast[4]) and np.array_equal(pres, fast[5])
     monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")

@@ -477,22 +477,26 @@ def _present_impl(labels, n):
 
 
 def _relabel_foreground_impl(labels, smooth, peak, thr, contrast, radius, keep, ri, ci,
-                             use_keep, grown, use_grown, out, pres):
+                             use_keep, out, pres):
     """out = the pixel's label where ``keep[ri[y], ci[x]]`` (interior, with
     ``use_keep``); else 0 where not (smooth > thr and smooth > contrast · peak); else
     the pixel's label, or for an unlabelled pixel the largest label within ``radius``
-    (``grown``, the labels' maximum filter, with ``use_grown``; else searched here).
-    ``pres`` (chunks × (top + 1) bools, all False; top >= every label): pres[c, v]
-    set where a row of chunk c of ``out`` holds v (OR over chunks: the labels
-    present), each row read while it is in cache."""
+    (a square window cut at the image border). ``pres`` (chunks × (top + 1) bools, all
+    False; top >= every label): pres[c, v] set where a row of chunk c of ``out`` holds
+    v (OR over chunks: the labels present), each row read while it is in cache. Row
+    chunks in parallel where compiled so: per row the rule in branch-free selects
+    (vectorised) that mark the unlabelled foreground, then the window search for the
+    marked pixels only (a band a few px wide around the objects: no image-wide maximum
+    filter of the labels)."""
     Y, X = labels.shape
     SENT = labels.dtype.type(-1)  # max of the unsigned type: "search here", never an id
     ZERO = labels.dtype.type(0)
     use_peak = contrast > 0
     h = (Y + CHUNKS - 1) // CHUNKS
-    for k in prange(CHUNKS):  # row chunks (parallel where compiled so): per-pixel rule
+    for k in prange(CHUNKS):
         kcol = np.zeros(X, np.bool_)
         last = -1
+        seen = pres[k]
         for y in range(k * h, min(Y, k * h + h)):
             if use_keep and ri[y] != last:  # this row's interior flags, once per source row
                 last = ri[y]
@@ -503,44 +507,30 @@ def _relabel_foreground_impl(labels, smooth, peak, thr, contrast, radius, keep, 
             srow = smooth[y]
             prow = peak[y]
             orow = out[y]
-            if use_grown:
-                grow = grown[y]
-                for x in range(X):  # branch-free selects: vectorised
-                    v = srow[x]
-                    fg = (v > thr) & ((not use_peak) | (v > contrast * prow[x]))
-                    lab = lrow[x]
-                    inside = lab if (fg | kcol[x]) else ZERO
-                    outside = labels.dtype.type(grow[x]) if fg else ZERO
-                    orow[x] = inside if lab > ZERO else outside
-                seen = pres[k]
+            marked = False
+            for x in range(X):  # branch-free selects: vectorised
+                v = srow[x]
+                fg = (v > thr) & ((not use_peak) | (v > contrast * prow[x]))
+                lab = lrow[x]
+                inside = lab if (fg | kcol[x]) else ZERO
+                outside = SENT if fg else ZERO
+                orow[x] = inside if lab > ZERO else outside
+                marked |= fg & (lab == ZERO)
+            if marked:  # the largest label within radius, for the unlabelled foreground
+                y0 = max(0, y - radius)
+                y1 = min(Y, y + radius + 1)
                 for x in range(X):
-                    seen[orow[x]] = True
-            else:
-                for x in range(X):
-                    v = srow[x]
-                    fg = (v > thr) & ((not use_peak) | (v > contrast * prow[x]))
-                    lab = lrow[x]
-                    inside = lab if (fg | kcol[x]) else ZERO
-                    outside = SENT if fg else ZERO
-                    orow[x] = inside if lab > ZERO else outside
-    if use_grown:
-        return
-    for y in range(Y):  # the largest label within radius, for the unlabelled foreground
-        orow = out[y]
-        for x in range(X):
-            if orow[x] == SENT:
-                best = ZERO
-                for yy in range(max(0, y - radius), min(Y, y + radius + 1)):
-                    for xx in range(max(0, x - radius), min(X, x + radius + 1)):
-                        w = labels[yy, xx]
-                        if w > best:
-                            best = w
-                orow[x] = best
-    seen = pres[0]
-    for y in range(Y):
-        orow = out[y]
-        for x in range(X):
-            seen[orow[x]] = True
+                    if orow[x] == SENT:
+                        best = ZERO
+                        for yy in range(y0, y1):
+                            wrow = labels[yy]
+                            for xx in range(max(0, x - radius), min(X, x + radius + 1)):
+                                w = wrow[xx]
+                                if w > best:
+                                    best = w
+                        orow[x] = best
+            for x in range(X):
+                seen[orow[x]] = True
 
 
 def _interior_impl(labels, out):

@@ -868,7 +868,8 @@ def relabel_foreground(bk: Backend, labels, smooth, peak, thr: float, contrast: 
     label within ``radius`` px (a square window; 0 if none); elsewhere 0. ``keep``
     (a boolean image, possibly smaller: mapped by :func:`nearest_index`) marks
     pixels whose label is kept whatever the rule says (object interiors). One
-    compiled pass with Numba; whole-image operations otherwise (CuPy).
+    compiled pass with Numba (the window searched for the unlabelled foreground
+    only); whole-image operations otherwise (CuPy).
 
     Returns ``(out, present)``: the new labels and the bool vector of the labels
     0..top present in them (:func:`label_present` padded to top + 1; with Numba taken
@@ -893,19 +894,12 @@ def relabel_foreground(bk: Backend, labels, smooth, peak, thr: float, contrast: 
         kp = np.ascontiguousarray(keep, dtype=np.bool_) if use_keep else np.zeros((1, 1), bool)
         ri = nearest_index(Y, kp.shape[0]) if use_keep else np.zeros(Y, np.int64)
         ci = nearest_index(X, kp.shape[1]) if use_keep else np.zeros(X, np.int64)
-        # the largest label within radius: OpenCV's maximum filter on 16-bit ids (~10×
-        # a per-pixel search) where ids fit, else searched in the kernel
-        grown = np.zeros((1, 1), np.uint16)
-        use_grown = radius > 0 and _use_cv2(bk) and top < 2**16
-        if use_grown:
-            size = 2 * int(radius) + 1
-            grown = cv2.dilate(labels.astype(np.uint16), np.ones((size, size), np.uint8))
         pres = np.zeros((_numba_kernels.CHUNKS, top + 1), np.bool_)
         _numba_kernels.relabel_foreground(
             labels, np.ascontiguousarray(smooth, dtype=np.float32),
             np.ascontiguousarray(pk, dtype=np.float32), np.float32(thr),
             np.float32(contrast if peak is not None else 0.0), int(radius), kp, ri, ci,
-            use_keep, grown, use_grown, out_k, pres)
+            use_keep, out_k, pres)
         return out, pres.any(axis=0)
     fg = smooth > np.float32(thr)
     if peak is not None and contrast > 0:
