@@ -641,34 +641,47 @@ def _label_sparse_impl(idx, n, X, out):
     return m
 
 
-def _seed_edges_impl(seeds, words, out, counts, nstrips):
+def _seed_edges_impl(seeds, out, counts, nstrips):
     """Flat indices (ascending) of the pixels of ``seeds`` (2-D int32, > 0) with a
     4-neighbour inside the image that is not a seed (<= 0): the only seed pixels that
     can be the nearest of a pixel outside (:func:`_nearest_within_impl`). Rows in
     ``nstrips`` horizontal strips (parallel where compiled so): strip k writes its indices to
-    ``out`` from its first pixel's index on, and its count to ``counts[k]``.
-    ``words``: the flat array's pairs viewed as uint64 (background skipped by pairs)."""
+    ``out`` from its first pixel's index on, and its count to ``counts[k]``. Per row
+    the edge flags in branch-free selects over the row and its two neighbours
+    (vectorised), then listed, eight flags at a time past the zeros."""
     Y, X = seeds.shape
-    flat = seeds.ravel()
     h = (Y + nstrips - 1) // nstrips
     for k in prange(nstrips):
         a = min(Y, k * h)
         b = min(Y, a + h)
         n = a * X
-        start = a * X
-        end = b * X
-        for j in range(start // 2, (end + 1) // 2):
-            i0, i1 = _word_span(words, j, 2, start, end)
-            for i in range(i0, i1):
-                if flat[i] <= 0:
+        nw = (X + 7) // 8
+        flag = np.zeros(8 * nw, np.uint8)  # (the tail past X stays 0)
+        fw = flag.view(np.uint64)
+        for y in range(a, b):
+            row = seeds[y]
+            up = seeds[max(y - 1, 0)]
+            dn = seeds[min(y + 1, Y - 1)]
+            has_up = y > 0
+            has_dn = y < Y - 1
+            for x in range(1, X - 1):
+                flag[x] = (row[x] > 0) & ((has_up & (up[x] <= 0)) | (has_dn & (dn[x] <= 0))
+                                          | (row[x - 1] <= 0) | (row[x + 1] <= 0))
+            if X == 1:
+                flag[0] = (row[0] > 0) & ((has_up & (up[0] <= 0)) | (has_dn & (dn[0] <= 0)))
+            else:
+                flag[0] = (row[0] > 0) & ((has_up & (up[0] <= 0)) | (has_dn & (dn[0] <= 0))
+                                          | (row[1] <= 0))
+                e = X - 1
+                flag[e] = (row[e] > 0) & ((has_up & (up[e] <= 0)) | (has_dn & (dn[e] <= 0))
+                                          | (row[e - 1] <= 0))
+            r = y * X
+            for j in range(nw):  # (eight flags at a time past the zeros: edges are few)
+                if fw[j] == 0:
                     continue
-                y = i // X
-                x = i - y * X
-                edge = ((y > 0 and flat[i - X] <= 0) or (y < Y - 1 and flat[i + X] <= 0)
-                        or (x > 0 and flat[i - 1] <= 0) or (x < X - 1 and flat[i + 1] <= 0))
-                if edge:
-                    out[n] = i
-                    n += 1
+                for x in range(8 * j, 8 * j + 8):
+                    out[n] = r + x
+                    n += flag[x]
         counts[k] = n - a * X
 
 

@@ -496,7 +496,7 @@ def nearest_seed_within(bk: Backend, seeds, radius: float):
         edges = np.empty(flat.size, np.int64)  # (pages touched only as filled)
         nstrips = _numba_kernels.strips()
         counts = np.zeros(nstrips, np.int64)
-        _numba_kernels.seed_edges(seeds, _words(flat, 2), edges, counts, nstrips)
+        _numba_kernels.seed_edges(seeds, edges, counts, nstrips)
         h = -(-seeds.shape[0] // nstrips) * seeds.shape[1]  # strip k's indices from k * h
         edges = np.concatenate([edges[k * h:k * h + c] for k, c in enumerate(counts.tolist())])
         out = np.empty(seeds.shape, np.int32)
