@@ -651,6 +651,33 @@ def test_fill_holes_compiled_equals_array_path(monkeypatch, max_area):
         assert (fused <= ref).all() and fused.sum() < ref.sum()
 
 
+def test_run_components_are_scipys_labels_sizes_and_boxes():
+    """kernels._raster_components (the compiled run labelling: runs listed in strips,
+    joined by union-find, painted): SciPy's 8-connected labels (raster order of first
+    pixels), with each one's pixel count and bounding box, on random masks of every
+    density, shapes down to a single row or column, empty and full masks."""
+    from scipy import ndimage as ndi
+
+    from erquant import _numba_kernels as NK
+    from erquant import kernels as K
+
+    if NK.run_components is None:
+        pytest.skip("Numba not installed")
+    rng = np.random.default_rng(21)
+    masks = [rng.random(tuple(rng.integers(1, 70, 2))) < rng.uniform(0.05, 0.9)
+             for _ in range(120)]
+    masks += [np.zeros((5, 7), bool), np.ones((9, 13), bool), np.ones((1, 1), bool),
+              rng.random((1, 40)) < 0.5, rng.random((40, 1)) < 0.5]
+    for m in masks:
+        lab, n, area, bb = K._raster_components(m)
+        ref, rn = ndi.label(m, structure=np.ones((3, 3), bool))
+        assert lab.dtype == np.int32 and n == rn and np.array_equal(lab, ref)
+        assert area[0] == 0 and np.array_equal(area[1:], np.bincount(ref.ravel())[1:])
+        assert tuple(bb[0]) == (m.shape[0], m.shape[1], -1, -1)
+        for k, (sy, sx) in enumerate(ndi.find_objects(ref), 1):
+            assert tuple(bb[k]) == (sy.start, sx.start, sy.stop - 1, sx.stop - 1)
+
+
 @pytest.mark.parametrize("max_area", [-1.0, 6.0, 60.0])
 def test_fill_gaps_is_the_same_in_any_number_of_strips(max_area):
     """The compiled hole filling inside a hole-free mask (kernels.fill_holes with

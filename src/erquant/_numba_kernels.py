@@ -396,78 +396,6 @@ def _word_chunk(n, k, nch=CHUNKS, per=8):
     return start, min(n, start + h)
 
 
-def _cc_stats_impl(lab, words, per, n, first, area, bb):
-    """Each label 1..n of a 2-D int32 image (``words``: groups of ``per`` flat pixels as
-    uint64 words, zero where all ``per`` are background: the labels' own pixel pairs, or
-    the labelled mask's bytes, 8 at a time; background skipped a word at a time): its first flat index in raster order into
-    ``first``, pixel count into ``area`` and bounding box (y0, x0, y1, x1 inclusive)
-    into ``bb`` (row 0 and absent labels: size, 0 and (Y, X, -1, -1)). Pair-aligned
-    chunks (parallel where compiled so), each with its own tables, merged by minimum,
-    sum and maximum: the same on any thread count. Returns whether the labels are
-    numbered in the raster order of their first pixels (``first`` increasing)."""
-    Y, X = lab.shape
-    flat = lab.ravel()
-    size = flat.size
-    nch = _table_chunks(size, 6 * (n + 1))
-    pf = np.empty((nch, n + 1), np.int64)
-    pa = np.zeros((nch, n + 1), np.int64)
-    pb = np.empty((nch, n + 1, 4), np.int64)
-    for c in prange(nch):
-        f = pf[c]
-        a = pa[c]
-        b = pb[c]
-        for k in range(n + 1):
-            f[k] = size
-            b[k, 0] = Y
-            b[k, 1] = X
-            b[k, 2] = -1
-            b[k, 3] = -1
-        start, end = _word_chunk(size, c, nch, per)
-        y = start // X if X > 0 else 0
-        row_end = (y + 1) * X  # (rows followed without a division per pixel)
-        for j in range(start // per, (end + per - 1) // per):
-            i0, i1 = _word_span(words, j, per, start, end)
-            for i in range(i0, i1):
-                v = flat[i]
-                if v == 0:
-                    continue
-                while i >= row_end:
-                    y += 1
-                    row_end += X
-                x = i - (row_end - X)
-                if a[v] == 0:  # met first in this chunk: its first pixel here
-                    f[v] = i
-                    b[v, 0] = y
-                a[v] += 1
-                if x < b[v, 1]:
-                    b[v, 1] = x
-                if x > b[v, 3]:
-                    b[v, 3] = x
-                b[v, 2] = y
-    for k in range(n + 1):
-        first[k] = size
-        area[k] = 0
-        bb[k, 0] = Y
-        bb[k, 1] = X
-        bb[k, 2] = -1
-        bb[k, 3] = -1
-    for c in range(nch):
-        for k in range(1, n + 1):
-            if pa[c, k] == 0:
-                continue
-            if pf[c, k] < first[k]:
-                first[k] = pf[c, k]
-            area[k] += pa[c, k]
-            bb[k, 0] = min(bb[k, 0], pb[c, k, 0])
-            bb[k, 1] = min(bb[k, 1], pb[c, k, 1])
-            bb[k, 2] = max(bb[k, 2], pb[c, k, 2])
-            bb[k, 3] = max(bb[k, 3], pb[c, k, 3])
-    for k in range(2, n + 1):
-        if first[k] <= first[k - 1]:
-            return False
-    return True
-
-
 def _present_impl(labels, n):
     """Boolean presence of each label 0..n in a flat label array."""
     out = np.zeros(n + 1, dtype=np.bool_)
@@ -1220,10 +1148,119 @@ def _box_flood(lab, k, y0, x0, h, w, seen, by, bx):
     return tail
 
 
+def _run_find(parent, i):
+    # union-find root of run i (path halving)
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+def _run_components_impl(mask, words, nstrips, lab):
+    """The 8-connected components of a 2-D bool ``mask`` (``words``: its flat bytes as
+    uint64, zero where eight pixels are background) numbered in the raster order of
+    their first pixels, from its runs: each row's runs of set pixels listed (horizontal
+    strips in parallel where compiled so, past the background eight pixels at a time),
+    the runs of consecutive rows that touch (8-connected) joined by union-find, the
+    root of a component its first run, then the runs painted into ``lab`` (int32, every
+    pixel written; rows in parallel). Returns (n, area, bb): each label's pixel count
+    and bounding box (y0, x0, y1, x1 inclusive) in rows 1..n (row 0: 0 and (Y, X, -1,
+    -1); rows past n unused)."""
+    Y, X = mask.shape
+    flat = mask.ravel()
+    h = (Y + nstrips - 1) // nstrips
+    # a row holds at most (X + 1) // 2 runs: each strip's from its first row's slot on
+    cap = (X + 1) // 2
+    r0 = np.empty(Y * cap, np.int32)  # (pages touched only as used)
+    r1 = np.empty(Y * cap, np.int32)
+    rown = np.zeros(Y, np.int64)  # runs per row
+    for k in prange(nstrips):
+        for y in range(min(Y, k * h), min(Y, k * h + h)):
+            base = y * X
+            slot = y * cap
+            n = 0
+            x = 0
+            while x < X:
+                i = base + x
+                if (i & 7) == 0 and x + 8 <= X and words[i >> 3] == np.uint64(0):
+                    x += 8
+                    continue
+                if not flat[i]:
+                    x += 1
+                    continue
+                start = x
+                x += 1
+                while x < X and flat[base + x]:
+                    x += 1
+                r0[slot + n] = start
+                r1[slot + n] = x  # (exclusive)
+                n += 1
+            rown[y] = n
+    first = np.empty(Y + 1, np.int64)  # each row's first run in the list
+    first[0] = 0
+    for y in range(Y):
+        first[y + 1] = first[y] + rown[y]
+    R = first[Y]
+    ry = np.empty(R, np.int32)
+    a0 = np.empty(R, np.int32)
+    a1 = np.empty(R, np.int32)
+    for y in prange(Y):  # the runs in one raster-ordered list
+        j = first[y]
+        for t in range(rown[y]):
+            ry[j + t] = y
+            a0[j + t] = r0[y * cap + t]
+            a1[j + t] = r1[y * cap + t]
+    parent = np.arange(R)
+    for y in range(1, Y):  # runs of consecutive rows that touch (8-connected)
+        i, ie = first[y - 1], first[y]
+        j, je = first[y], first[y + 1]
+        while i < ie and j < je:
+            if a0[i] <= a1[j] and a0[j] <= a1[i]:
+                ri = _run_find(parent, i)
+                rj = _run_find(parent, j)
+                if ri < rj:
+                    parent[rj] = ri
+                elif rj < ri:
+                    parent[ri] = rj
+            if a1[i] < a1[j]:
+                i += 1
+            else:
+                j += 1
+    comp = np.empty(R, np.int32)
+    area = np.empty(R + 1, np.int64)
+    bb = np.empty((R + 1, 4), np.int64)
+    n = 0
+    area[0] = 0
+    bb[0, 0], bb[0, 1], bb[0, 2], bb[0, 3] = Y, X, -1, -1
+    for r in range(R):  # roots first in raster order: ids in the order of first pixels
+        root = _run_find(parent, r)
+        if root == r:
+            n += 1
+            comp[r] = n
+            area[n] = 0
+            bb[n, 0], bb[n, 1], bb[n, 2], bb[n, 3] = ry[r], X, ry[r], -1
+        else:
+            comp[r] = comp[root]
+        c = comp[r]
+        area[c] += a1[r] - a0[r]
+        bb[c, 1] = min(bb[c, 1], a0[r])
+        bb[c, 2] = ry[r]
+        bb[c, 3] = max(bb[c, 3], a1[r] - 1)
+    for y in prange(Y):  # paint
+        row = lab[y]
+        for x in range(X):
+            row[x] = 0
+        for t in range(first[y], first[y + 1]):
+            c = comp[t]
+            for x in range(a0[t], a1[t]):
+                row[x] = c
+    return n, area, bb
+
+
 def _fill_labelled_impl(lab, n, bb, area, mask, out):
     # lab: the 8-connected components of ``mask`` numbered 1..n (2-D int32), with their
     # bounding boxes ``bb`` (y0, x0, y1, x1 inclusive) and pixel counts ``area``
-    # (_cc_stats_impl; ``area`` is updated). Fills each component's holes
+    # (_run_components_impl; ``area`` is updated). Fills each component's holes
     # (the 4-connected regions of other pixels inside its bounding box that no flood from
     # the box's border reaches: pixels it encloses) with its id in ``lab`` and True in
     # ``out`` (= mask | holes, kernels.fill_holes exactly). Cost ~ the components'
@@ -2190,7 +2227,8 @@ if numba is not None:
     _word_chunk = _jit(_word_chunk)
     _pre = _jit(_pre)
     _pad_reflect = _jit(_pad_reflect)
-    cc_stats = _jit(_cc_stats_impl, parallel=True)
+    _run_find = _jit(_run_find)
+    run_components = _jit(_run_components_impl, parallel=True)
     _table_chunks = _jit(_table_chunks)
     range_count = _jit(_range_count_impl, parallel=True)
     scatter_max = _jit(_scatter_max_impl, parallel=True)
@@ -2269,7 +2307,7 @@ else:  # pragma: no cover
     gather2d = None
     scan_order_map = None
     present = None
-    cc_stats = None
+    run_components = None
     scatter_max = None
     shape_moments = object_stats = None
     label_bbox = None

@@ -370,32 +370,21 @@ def label(bk: Backend, mask, *, ordered: bool = True):
 
 
 def _raster_components(mask):
-    """CPU (OpenCV and Numba): the 8-connected components of a 2-D bool mask numbered
-    in the raster order of their first pixels → ``(labels, n, area, bb)``: int32
-    labels, their count, each one's pixel count (int64, n + 1) and bounding box (int64
-    (n + 1, 4): y0, x0, y1, x1 inclusive).
-
-    OpenCV's SAUF labelling (Wu's scan, in parallel stripes) numbers the components as
-    their first pixels come in a raster scan (the block-based default does not), so
-    one compiled pass on both cores gives the boxes and sizes and checks that order;
-    only where it does not hold are the labels renumbered."""
+    """CPU (Numba): the 8-connected components of a 2-D bool mask numbered in the
+    raster order of their first pixels → ``(labels, n, area, bb)``: int32 labels, their
+    count, each one's pixel count (int64, n + 1) and bounding box (int64 (n + 1, 4):
+    y0, x0, y1, x1 inclusive). From the mask's runs (``_numba_kernels.run_components``:
+    cost ~ the runs, past the background eight pixels at a time), the sizes and boxes
+    with them; 2048², 8 % foreground: ~2 ms against ~5 for OpenCV's SAUF labelling and
+    a pass for the boxes."""
     from erquant import _numba_kernels
 
-    m8 = np.ascontiguousarray(mask).view(np.uint8)
-    n, lab = cv2.connectedComponentsWithAlgorithm(m8, 8, cv2.CV_32S, cv2.CCL_SAUF)
-    n = int(n) - 1
-    first = np.empty(n + 1, np.int64)
-    area = np.empty(n + 1, np.int64)
-    bb = np.empty((n + 1, 4), np.int64)
-    flat = lab.ravel()
-    # the background skipped 8 px at a time on the mask's bytes (not 2 on the labels')
-    if not _numba_kernels.cc_stats(lab, _words(m8.reshape(-1), 8), 8, n, first, area, bb):
-        old = np.argsort(first[1:], kind="stable") + 1  # the old ids in raster order
-        lut = np.zeros(n + 1, np.int32)
-        lut[old] = np.arange(1, n + 1, dtype=np.int32)
-        _numba_kernels.lut_gather(flat, lut, flat)
-        area[1:], bb[1:] = area[old], bb[old]
-    return lab, n, area, bb
+    m = np.ascontiguousarray(mask, dtype=np.bool_)
+    lab = np.empty(m.shape, np.int32)
+    n, area, bb = _numba_kernels.run_components(m, _words(m.reshape(-1).view(np.uint8), 8),
+                                                _numba_kernels.strips(), lab)
+    n = int(n)
+    return lab, n, area[:n + 1].copy(), bb[:n + 1].copy()
 
 
 def nearest_seed(bk: Backend, seeds, *, return_distance: bool = False):
