@@ -1169,15 +1169,18 @@ def _run_components_impl(mask, words, nstrips, lab):
     Y, X = mask.shape
     flat = mask.ravel()
     h = (Y + nstrips - 1) // nstrips
-    # a row holds at most (X + 1) // 2 runs: each strip's from its first row's slot on
+    # a row holds at most (X + 1) // 2 runs: each strip lists its runs one after the
+    # other from its first row's slot on (pages touched only as used)
     cap = (X + 1) // 2
-    r0 = np.empty(Y * cap, np.int32)  # (pages touched only as used)
+    r0 = np.empty(Y * cap, np.int32)
     r1 = np.empty(Y * cap, np.int32)
     rown = np.zeros(Y, np.int64)  # runs per row
+    rowpos = np.zeros(Y, np.int64)  # where each row's runs start in r0, r1
     for k in prange(nstrips):
+        slot = min(Y, k * h) * cap
         for y in range(min(Y, k * h), min(Y, k * h + h)):
             base = y * X
-            slot = y * cap
+            rowpos[y] = slot
             n = 0
             x = 0
             while x < X:
@@ -1196,6 +1199,7 @@ def _run_components_impl(mask, words, nstrips, lab):
                 r1[slot + n] = x  # (exclusive)
                 n += 1
             rown[y] = n
+            slot += n
     first = np.empty(Y + 1, np.int64)  # each row's first run in the list
     first[0] = 0
     for y in range(Y):
@@ -1208,8 +1212,8 @@ def _run_components_impl(mask, words, nstrips, lab):
         j = first[y]
         for t in range(rown[y]):
             ry[j + t] = y
-            a0[j + t] = r0[y * cap + t]
-            a1[j + t] = r1[y * cap + t]
+            a0[j + t] = r0[rowpos[y] + t]
+            a1[j + t] = r1[rowpos[y] + t]
     parent = np.arange(R)
     for y in range(1, Y):  # runs of consecutive rows that touch (8-connected)
         i, ie = first[y - 1], first[y]
