@@ -1640,6 +1640,16 @@ def _edt_impl(mask, out, g):
             out[y, x] = np.float32(np.sqrt(np.float64(best))) if best < inf else np.float32(2.0 ** 64)
 
 
+def _positive_impl(img, out):
+    # out = img > 0 (2-D; rows in parallel where compiled so)
+    Y, X = img.shape
+    for y in prange(Y):
+        a = img[y]
+        o = out[y]
+        for x in range(X):
+            o[x] = a[x] > 0
+
+
 def _to_float32_impl(img, out):
     # out = img cast to float32 (2-D; img may be a strided view)
     Y, X = img.shape
@@ -2287,6 +2297,7 @@ if numba is not None:
     add_scalar = _jit(_add_scalar_impl, parallel=True)
     multiply = _jit(_multiply_impl, parallel=True)
     to_float32 = _jit(_to_float32_impl, parallel=True)
+    positive = _jit(_positive_impl, parallel=True)
     block_mean_int = _jit(_block_mean_int_impl, parallel=True)
     area_resize = _jit(_area_resize_impl, parallel=True)
     _select = _jit(_select)
@@ -2296,7 +2307,7 @@ if numba is not None:
 else:  # pragma: no cover
     orphan_cores = owned = rim_stats = fill_holes = nearest_within = seam_resize = None
     fill_gaps = fill_labelled = None
-    nearest_in = propagate_in = edt = mask_above = gaussian = max_filter = affine = to_float32 = sub_scaled = None
+    nearest_in = propagate_in = edt = mask_above = gaussian = max_filter = affine = to_float32 = sub_scaled = positive = None
     block_mean_int = tile_quantile = area_resize = None
     excess = add_scalar = multiply = band_energies = focus_energies = None
     valleys_cc = label_area = None

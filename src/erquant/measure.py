@@ -282,7 +282,7 @@ def occupied_mask(labels: Any, margin: int = 3):
     [[0, 0, 1, 1, 1, 0, 0]]
     """
     bk = backend_for(labels)
-    mask = labels > 0
+    mask = K_.positive(bk, labels)
     margin = int(margin)
     if margin < 0:
         raise ValueError(f"background_margin must be >= 0, got {margin}")
