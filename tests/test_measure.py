@@ -382,6 +382,43 @@ def test_seed_cores_numba_equals_the_transform(monkeypatch):
     big = K.seed_cores(bk, seeds, mask, huge)
     assert np.array_equal(big[on], seeds[on]) and np.array_equal(big > 0, mask | on)
 
+def test_seed_cores_paint_only_as_far_as_a_neighbour_needs():
+    """Each seed pixel paints as far as the largest radius of the seeds within twice
+    that radius of it (kernels.seed_reach), not the field's largest radius: the same
+    cores as discs of the largest radius for all, pixel for pixel (ties included), on
+    fields of small seeds around a few big ones."""
+    from erquant import _numba_kernels as NK
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    if NK.seed_cores is None:
+        pytest.skip("Numba not installed")
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(31)
+    for trial in range(8):
+        seeds = np.zeros((160, 190) if trial % 2 else (400, 420), np.int32)
+        n = 70
+        for k in range(1, n):
+            y, x = (rng.integers(0, v - 3) for v in seeds.shape)
+            seeds[y:y + rng.integers(1, 4), x:x + rng.integers(1, 4)] = k
+        mask = rng.random(seeds.shape) < 0.85
+        radius = rng.uniform(0.5, 4.0, n).astype(np.float32)
+        radius[0] = 0
+        radius[rng.integers(1, n, 3)] = rng.uniform(9, 16, 3)  # a few big nuclei
+        idx = np.flatnonzero(seeds.ravel() > 0).astype(np.int64)
+        pr = np.empty(idx.size, np.int64)
+        NK.seed_reach(seeds, idx, radius, pr)
+        reach = int(np.ceil(float(radius.max())))
+        assert pr.max() <= reach and np.median(pr) < reach  # (less painted)
+        got, ref = np.empty_like(seeds), np.empty_like(seeds)
+        NK.seed_cores(seeds, mask, radius, reach, idx, pr, got, NK.strips())
+        NK.seed_cores(seeds, mask, radius, reach, idx, np.full(idx.size, reach), ref,
+                      NK.strips())
+        np.testing.assert_array_equal(got, ref, err_msg=f"trial {trial}")
+        if idx.size * (2 * reach + 1) ** 2 <= 4 * seeds.size:  # (else: the transform)
+            np.testing.assert_array_equal(K.seed_cores(bk, seeds, mask, radius), got)
+
+
 def test_separable_background_map_equals_the_map():
     """The factors that measure_cells sums on the fly make the same map."""
     from erquant.measure import background_map

@@ -613,17 +613,54 @@ def _seed_edges_impl(seeds, out, counts, nstrips):
         counts[k] = n - a * X
 
 
-def _seed_cores_impl(seeds, mask, radius, reach, idx, out, nstrips):
+def _seed_reach_impl(seeds, idx, radius, out):
+    """Each seed pixel's painting reach for :func:`_seed_cores_impl` (``idx``: the seed
+    pixels' flat indices, ascending): the largest radius[id] of the seed pixels q' (its
+    own included) within 2 · radius[id(q')] of it, rounded up. A pixel whose nearest
+    seed pixel q lies beyond radius[id(q)] must still be claimed by q (it stays 0) and
+    not by a farther seed q' whose disc holds it; then |q - q'| <= 2 · radius[id(q')],
+    so q paints it. The rest of a disc of the largest radius changes nothing."""
+    X = seeds.shape[1]
+    n = idx.size
+    ys = np.empty(n, np.int64)
+    xs = np.empty(n, np.int64)
+    rs = np.empty(n, np.float64)
+    rmax = 0.0
+    for j in range(n):
+        p = idx[j]
+        y = p // X
+        ys[j] = y
+        xs[j] = p - y * X
+        rs[j] = radius[seeds[y, p - y * X]]
+        rmax = max(rmax, rs[j])
+    span = int(np.ceil(2.0 * rmax))
+    for j in prange(n):
+        y = ys[j]
+        x = xs[j]
+        best = rs[j]
+        lo = np.searchsorted(ys, y - span)
+        hi = np.searchsorted(ys, y + span + 1)
+        for k in range(lo, hi):
+            r = rs[k]
+            if r > best:
+                dy = np.float64(ys[k] - y)
+                dx = np.float64(xs[k] - x)
+                if dy * dy + dx * dx <= 4.0 * r * r:
+                    best = r
+        out[j] = int(np.ceil(best))
+
+
+def _seed_cores_impl(seeds, mask, radius, reach, idx, pr, out, nstrips):
     """out = the seed id where seeds > 0; else, on ``mask``, the id of the nearest seed
     pixel (exact Euclidean; ties to the first in scan order) where that distance is
     ≤ radius[id]; else 0. The seed pixels (``idx``: their flat indices, ascending) paint
-    their disc of ``reach`` px (the largest radius). The rows are done in ``nstrips``
+    their disc of ``pr[j]`` px (:func:`_seed_reach_impl`: the same result as discs of
+    ``reach`` px, the largest radius, for all). The rows are done in ``nstrips``
     horizontal strips (in parallel where compiled so), each cleared, painted by the
     seeds within reach of it in scan order and decided on its own: the same result for
     any count; nothing but the seed pixels and the strips' rows is read."""
     Y, X = seeds.shape
     R = reach
-    R2 = R * R
     h = (Y + nstrips - 1) // nstrips
     for k in prange(nstrips):
         a = k * h
@@ -643,11 +680,13 @@ def _seed_cores_impl(seeds, mask, radius, reach, idx, out, nstrips):
             y = p // X
             x = p - y * X
             s = seeds[y, x]
-            for yy in range(max(a, y - R), min(b, y + R + 1)):
+            Rj = pr[j]
+            R2 = Rj * Rj
+            for yy in range(max(a, y - Rj), min(b, y + Rj + 1)):
                 dy2 = (yy - y) * (yy - y)
                 brow = best[yy - a]
                 orow = out[yy]
-                for xx in range(max(0, x - R), min(X, x + R + 1)):
+                for xx in range(max(0, x - Rj), min(X, x + Rj + 1)):
                     d2 = dy2 + (xx - x) * (xx - x)
                     if d2 <= R2 and (orow[xx] == 0 or d2 < brow[xx]):
                         brow[xx] = d2
@@ -2254,6 +2293,7 @@ if numba is not None:
     label_bbox = _jit(_label_bbox_impl, parallel=True)
     box_moments = _jit(_box_moments_impl)
     seed_cores = _jit(_seed_cores_impl, parallel=True)
+    seed_reach = _jit(_seed_reach_impl, parallel=True)
     nonzero = _jit(_nonzero_impl)
     label_sparse = _jit(_label_sparse_impl)
     seed_edges = _jit(_seed_edges_impl, parallel=True)
@@ -2327,7 +2367,7 @@ else:  # pragma: no cover
     shape_moments = object_stats = None
     label_bbox = None
     range_count = None
-    seed_cores = nonzero = seed_edges = None
+    seed_cores = seed_reach = nonzero = seed_edges = None
 
 
 def moments(nuc: np.ndarray, cyt: np.ndarray, K: int, images: tuple,

@@ -555,9 +555,14 @@ def seed_cores(bk: Backend, seeds, mask, radius, idx=None):
             nseed_px = idx.size
         if nseed_px * (2 * reach + 1) ** 2 <= 4 * seeds.size:  # else the transform is cheaper
             out = np.empty(seeds.shape, np.int32)
-            _numba_kernels.seed_cores(seeds, np.ascontiguousarray(mask, dtype=np.bool_),
-                                      np.ascontiguousarray(radius, dtype=np.float32),
-                                      reach, idx[:nseed_px], out, _numba_kernels.strips())
+            rad = np.ascontiguousarray(radius, dtype=np.float32)
+            idx = idx[:nseed_px]
+            # each seed pixel paints as far as a neighbour's radius needs it to (not
+            # the field's largest radius: one big nucleus made every disc its size)
+            pr = np.empty(nseed_px, np.int64)
+            _numba_kernels.seed_reach(seeds, idx, rad, pr)
+            _numba_kernels.seed_cores(seeds, np.ascontiguousarray(mask, dtype=np.bool_), rad,
+                                      reach, idx, pr, out, _numba_kernels.strips())
             return out
     owner, dseed = nearest_seed(bk, seeds, return_distance=True)
     cores = xp.where(mask & (dseed <= radius.astype(xp.float32)[owner]), owner, 0)
