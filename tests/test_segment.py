@@ -651,6 +651,24 @@ def test_fill_holes_compiled_equals_array_path(monkeypatch, max_area):
         assert (fused <= ref).all() and fused.sum() < ref.sum()
 
 
+def test_mask_op_equals_the_boolean_expressions(monkeypatch):
+    """kernels.mask_op (one compiled pass over parallel rows): a & ~b, a | (b & c) and
+    a | b as NumPy computes them, and the array path where it does not apply."""
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(4)
+    a, b, c = (rng.random((300, 257)) < p for p in (0.5, 0.3, 0.6))
+    want = {"and_not": a & ~b, "or_and": a | (b & c), "or": a | b}
+    for op, ref in want.items():
+        got = K.mask_op(bk, op, a, b, c if op == "or_and" else None)
+        assert got.dtype == np.bool_ and np.array_equal(got, ref), op
+    monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
+    for op, ref in want.items():
+        assert np.array_equal(K.mask_op(bk, op, a, b, c if op == "or_and" else None), ref)
+
+
 def test_run_components_are_scipys_labels_sizes_and_boxes():
     """kernels._raster_components (the compiled run labelling: runs listed in strips,
     joined by union-find, painted): SciPy's 8-connected labels (raster order of first

@@ -1689,6 +1689,27 @@ def _positive_impl(img, out):
             o[x] = a[x] > 0
 
 
+def _mask_op_impl(a, b, c, op, out):
+    # out = a & ~b (op 0), a | (b & c) (op 1), a | b (op 2): 2-D uint8 views of bool
+    # images (0 / 1), rows in parallel where compiled so
+    Y, X = a.shape
+    one = np.uint8(1)
+    for y in prange(Y):
+        ra = a[y]
+        rb = b[y]
+        rc = c[y]
+        o = out[y]
+        if op == 0:
+            for x in range(X):
+                o[x] = ra[x] & (rb[x] ^ one)
+        elif op == 1:
+            for x in range(X):
+                o[x] = ra[x] | (rb[x] & rc[x])
+        else:
+            for x in range(X):
+                o[x] = ra[x] | rb[x]
+
+
 def _to_float32_impl(img, out):
     # out = img cast to float32 (2-D; img may be a strided view)
     Y, X = img.shape
@@ -2338,6 +2359,7 @@ if numba is not None:
     multiply = _jit(_multiply_impl, parallel=True)
     to_float32 = _jit(_to_float32_impl, parallel=True)
     positive = _jit(_positive_impl, parallel=True)
+    mask_op = _jit(_mask_op_impl, parallel=True)
     block_mean_int = _jit(_block_mean_int_impl, parallel=True)
     area_resize = _jit(_area_resize_impl, parallel=True)
     _select = _jit(_select)
@@ -2347,7 +2369,7 @@ if numba is not None:
 else:  # pragma: no cover
     orphan_cores = owned = rim_stats = fill_holes = nearest_within = seam_resize = None
     fill_gaps = fill_labelled = None
-    nearest_in = propagate_in = edt = mask_above = gaussian = max_filter = affine = to_float32 = sub_scaled = positive = None
+    nearest_in = propagate_in = edt = mask_above = gaussian = max_filter = affine = to_float32 = sub_scaled = positive = mask_op = None
     block_mean_int = tile_quantile = area_resize = None
     excess = add_scalar = multiply = band_energies = focus_energies = None
     valleys_cc = label_area = None

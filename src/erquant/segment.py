@@ -988,23 +988,24 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
         else:  # the foreground's own peak
             s2, w2 = smooth, peak_window
         strict = K.mask_above_peak(bk, mask, s2, seed_contrast, w2)  # mask & (s2 > c · peak)
-        if valley_strength > 0:
-            strict &= ~_valleys(bk, smooth, cc, ncc, diameter, valley_strength, cc_area,
-                                mask=mask)
+        if valley_strength > 0:  # strict & ~valleys
+            strict = K.mask_op(bk, "and_not", strict,
+                               _valleys(bk, smooth, cc, ncc, diameter, valley_strength,
+                                        cc_area, mask=mask))
         # (a hole-free mask holds every hole of the stricter one: only its gaps searched)
         seed_mask = K.fill_holes(bk, strict,
                                  max_area=seed_hole_fraction * math.pi * (diameter / 2) ** 2,
                                  within=mask if labelled is not None else None)
         if GAP_SEED > 0:  # dim nuclei inside clumps: seeds in the seed mask's wide gaps
-            gap = mask & ~seed_mask
+            gap = K.mask_op(bk, "and_not", mask, seed_mask)
             core = K.erode_within(bk, gap, max(GAP_SEED * diameter / 2, 1.25))  # edt >=
             if bool(core.any()):  # host sync
                 # the partition's interiors: the gap within a radius of a core (local,
                 # so that the tiles of a mosaic agree)
                 near = K.maximum_filter(bk, core.view(xp.uint8),
                                         2 * int(round(diameter / 2)) + 1).view(bool)
-                part_mask = seed_mask | (gap & near)
-            seed_mask = seed_mask | core
+                part_mask = K.mask_op(bk, "or_and", seed_mask, gap, near)
+            seed_mask = K.mask_op(bk, "or", seed_mask, core)
     dist = K.edt(bk, seed_mask)
     sdist = K.gaussian(bk, dist, max(1.0, diameter / 16))
     # seed map: distance to the edge, slightly modulated by intensity above threshold
