@@ -1690,8 +1690,8 @@ def _positive_impl(img, out):
 
 
 def _mask_op_impl(a, b, c, op, out):
-    # out = a & ~b (op 0), a | (b & c) (op 1), a | b (op 2): 2-D uint8 views of bool
-    # images (0 / 1), rows in parallel where compiled so
+    # out = a & ~b (op 0), a | (b & c) (op 1): 2-D uint8 views of bool images (0 / 1),
+    # rows in parallel where compiled so
     Y, X = a.shape
     one = np.uint8(1)
     for y in prange(Y):
@@ -1702,12 +1702,9 @@ def _mask_op_impl(a, b, c, op, out):
         if op == 0:
             for x in range(X):
                 o[x] = ra[x] & (rb[x] ^ one)
-        elif op == 1:
-            for x in range(X):
-                o[x] = ra[x] | (rb[x] & rc[x])
         else:
             for x in range(X):
-                o[x] = ra[x] | rb[x]
+                o[x] = ra[x] | (rb[x] & rc[x])
 
 
 def _to_float32_impl(img, out):

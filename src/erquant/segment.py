@@ -1005,7 +1005,7 @@ def _split(bk: Backend, mask, smooth, t, diameter, seed_distance, min_area_fract
                 near = K.maximum_filter(bk, core.view(xp.uint8),
                                         2 * int(round(diameter / 2)) + 1).view(bool)
                 part_mask = K.mask_op(bk, "or_and", seed_mask, gap, near)
-            seed_mask = K.mask_op(bk, "or", seed_mask, core)
+            seed_mask = seed_mask | core
     dist = K.edt(bk, seed_mask)
     sdist = K.gaussian(bk, dist, max(1.0, diameter / 16))
     # seed map: distance to the edge, slightly modulated by intensity above threshold
