@@ -387,6 +387,27 @@ def _word_span(words, j, per, start, end):
     return i0, end
 
 
+def _zero_word(words, j):
+    """Whether word ``j`` of ``words`` (a flat array's groups of eight bytes viewed as
+    uint64) is all zeros (False past the last whole word: the tail is visited). The
+    sparse kernels' loop over a flat range [start, end)::
+
+        for j in range(start // 8, (end + 7) // 8):
+            if _zero_word(words, j):
+                continue
+            for jt in range(8):
+                i = 8 * j + jt
+                if i < start:
+                    continue
+                if i >= end:
+                    break
+                ...
+
+    visits what :func:`_word_span`'s does; the inner loop's constant trip count lets
+    LLVM unroll it (a sparse pass over a 2048² mask: ~0.65× the time)."""
+    return j < words.size and words[j] == np.uint64(0)
+
+
 def _word_chunk(n, k, nch=CHUNKS, per=8):
     """Flat range [start, end) of chunk ``k`` of ``nch`` (:data:`CHUNKS`) over ``n``
     elements, each chunk a whole number of ``per``-element words long (so no two chunks
@@ -916,15 +937,27 @@ def _orphan_cores_impl(cc, peaks, wpeaks, mask, wmask, cores, nseeds, has_seed, 
     for k in prange(CHUNKS):
         start, end = _word_chunk(n, k)
         for j in range(start // 8, (end + 7) // 8):
-            i0, i1 = _word_span(wpeaks, j, 8, start, end)
-            for i in range(i0, i1):
+            if _zero_word(wpeaks, j):
+                continue
+            for jt in range(8):  # (a constant trip count: unrolled)
+                i = 8 * j + jt
+                if i < start:
+                    continue
+                if i >= end:
+                    break
                 if peaks[i]:
                     has_seed[cc[i]] = True
     for k in prange(CHUNKS):
         start, end = _word_chunk(n, k)
         for j in range(start // 8, (end + 7) // 8):
-            i0, i1 = _word_span(wmask, j, 8, start, end)
-            for i in range(i0, i1):
+            if _zero_word(wmask, j):
+                continue
+            for jt in range(8):  # (a constant trip count: unrolled)
+                i = 8 * j + jt
+                if i < start:
+                    continue
+                if i >= end:
+                    break
                 if mask[i]:
                     c = cc[i]
                     if not has_seed[c]:
@@ -949,13 +982,17 @@ def _owned_impl(owner, cc, seed_cc, allowed, mask, wmask, has_seed, cores, orpha
     for k in prange(CHUNKS):
         start, end = _word_chunk(n, k)
         for j in range(start // 8, (end + 7) // 8):
-            i0, i1 = _word_span(wmask, j, 8, start, end)
-            if i0 == i1:  # (a zero word: off the mask)
+            if _zero_word(wmask, j):  # (off the mask)
                 if clear:
                     for i in range(max(start, 8 * j), min(end, 8 * j + 8)):
                         out[i] = 0
                 continue
-            for i in range(i0, i1):
+            for jt in range(8):  # (a constant trip count: unrolled)
+                i = 8 * j + jt
+                if i < start:
+                    continue
+                if i >= end:
+                    break
                 if not mask[i]:
                     if clear:
                         out[i] = 0
@@ -1003,8 +1040,14 @@ def _rim_stats_impl(labels, owner, mask, near, wnear, smooth, t, contrast, own_p
         y = start // width  # the row of the pixels visited, advanced as they go
         row_end = (y + 1) * width
         for j in range(start // 8, (end + 7) // 8):
-            i0, i1 = _word_span(wnear, j, 8, start, end)
-            for i in range(i0, i1):
+            if _zero_word(wnear, j):
+                continue
+            for jt in range(8):  # (a constant trip count: unrolled)
+                i = 8 * j + jt
+                if i < start:
+                    continue
+                if i >= end:
+                    break
                 if not near[i]:
                     continue
                 s = smooth[i]
@@ -1127,8 +1170,14 @@ def _fill_gaps_impl(strict, within, words_w, max_area, out, nstrips):
         buf = np.empty(end - start, np.int64)  # the flood's queue, then its region
         nc = 0
         for j in range(start // 8, (end + 7) // 8):
-            i0, i1 = _word_span(words_w, j, 8, start, end)
-            for i in range(i0, i1):
+            if _zero_word(words_w, j):
+                continue
+            for jt in range(8):  # (a constant trip count: unrolled)
+                i = 8 * j + jt
+                if i < start:
+                    continue
+                if i >= end:
+                    break
                 if not wi[i] or st[i] or state[i] != 0:
                     continue
                 tail, closed, crossed = _gap_flood(st, wi, state, Y, X, i, lo, hi, 1, buf)
@@ -1526,8 +1575,14 @@ def _nearest_in_impl(seeds, roi, wroi, oy, ox, out, idx, unres):
             orow[x] = 0
         inner_row = y >= reach and y < Y - reach
         for w in range(r // 8, (r + X + 7) // 8):
-            i0, i1 = _word_span(wroi, w, 8, r, r + X)
-            for x in range(i0 - r, i1 - r):
+            if _zero_word(wroi, w):
+                continue
+            for jt in range(8):  # (a constant trip count: unrolled)
+                x = 8 * w + jt - r
+                if x < 0:
+                    continue
+                if x >= X:
+                    break
                 if not rrow[x]:
                     continue
                 s = srow[x]
@@ -2295,6 +2350,7 @@ if numba is not None:
     scan_order_map = _jit(_scan_order_map_impl)
     present = _jit(_present_impl)
     _word_span = _jit(_word_span)
+    _zero_word = _jit(_zero_word)
     _word_chunk = _jit(_word_chunk)
     _pre = _jit(_pre)
     _pad_reflect = _jit(_pad_reflect)
