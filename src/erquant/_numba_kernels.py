@@ -562,27 +562,13 @@ def _label_sparse_impl(idx, n, X, out):
             xx = x - 1 if d < 2 else (x if d == 2 else x + 1)
             if yy >= 0 and 0 <= xx < X:
                 j = out[yy * X + xx]
-                if j > 0:
-                    # union of the roots (the smaller position, the earlier pixel, wins)
-                    a = j - 1
-                    while parent[a] != a:
-                        parent[a] = parent[parent[a]]
-                        a = parent[a]
-                    b = k
-                    while parent[b] != b:
-                        parent[b] = parent[parent[b]]
-                        b = parent[b]
-                    if a < b:
-                        parent[b] = a
-                    elif b < a:
-                        parent[a] = b
+                if j > 0:  # (the smaller position, the earlier pixel, is the root)
+                    _uf_union(parent, j - 1, k)
         out[p] = k + 1
     ids = np.zeros(n, np.int32)
     m = 0
     for k in range(n):
-        a = k
-        while parent[a] != a:
-            a = parent[a]
+        a = _uf_find(parent, k)
         if a == k:  # a root: its component's first pixel (the earliest joins win)
             m += 1
             ids[k] = m
@@ -1236,12 +1222,23 @@ def _box_flood(lab, k, y0, x0, h, w, seen, by, bx):
     return tail
 
 
-def _run_find(parent, i):
-    # union-find root of run i (path halving)
+def _uf_find(parent, i):
+    # union-find root of element i (path halving)
     while parent[i] != i:
         parent[i] = parent[parent[i]]
         i = parent[i]
     return i
+
+
+def _uf_union(parent, a, b):
+    # join the sets of a and b under the smaller root (the earlier element): the root
+    # of a set is then its first element
+    ra = _uf_find(parent, a)
+    rb = _uf_find(parent, b)
+    if ra < rb:
+        parent[rb] = ra
+    elif rb < ra:
+        parent[ra] = rb
 
 
 def _run_components_impl(mask, words, nstrips, lab):
@@ -1308,12 +1305,7 @@ def _run_components_impl(mask, words, nstrips, lab):
         j, je = first[y], first[y + 1]
         while i < ie and j < je:
             if a0[i] <= a1[j] and a0[j] <= a1[i]:
-                ri = _run_find(parent, i)
-                rj = _run_find(parent, j)
-                if ri < rj:
-                    parent[rj] = ri
-                elif rj < ri:
-                    parent[ri] = rj
+                _uf_union(parent, i, j)
             if a1[i] < a1[j]:
                 i += 1
             else:
@@ -1325,7 +1317,7 @@ def _run_components_impl(mask, words, nstrips, lab):
     area[0] = 0
     bb[0, 0], bb[0, 1], bb[0, 2], bb[0, 3] = Y, X, -1, -1
     for r in range(R):  # roots first in raster order: ids in the order of first pixels
-        root = _run_find(parent, r)
+        root = _uf_find(parent, r)
         if root == r:
             n += 1
             comp[r] = n
@@ -2354,7 +2346,8 @@ if numba is not None:
     _word_chunk = _jit(_word_chunk)
     _pre = _jit(_pre)
     _pad_reflect = _jit(_pad_reflect)
-    _run_find = _jit(_run_find)
+    _uf_find = _jit(_uf_find)
+    _uf_union = _jit(_uf_union)
     run_components = _jit(_run_components_impl, parallel=True)
     _table_chunks = _jit(_table_chunks)
     range_count = _jit(_range_count_impl, parallel=True)
