@@ -520,7 +520,8 @@ def test_numba_kernels_work_without_a_writable_cache(monkeypatch):
 def test_compiled_area_resize_equals_opencv_inter_area(dtype):
     """Non-integer factors on the CPU: the compiled taps of the area weights (read in
     the image's own type) give OpenCV's INTER_AREA of the float32 copy to float32
-    rounding, and the taps are the area matrix's rows (the GPU's weights)."""
+    rounding, and the area matrix (the GPU's weights, laid out from the taps) holds
+    each output pixel's overlap with each input pixel over the scale, entry by entry."""
     import cv2
 
     from erquant import _numba_kernels as NK
@@ -539,11 +540,10 @@ def test_compiled_area_resize_equals_opencv_inter_area(dtype):
         assert got.dtype == np.float32 and got.shape == small
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * top)
         for n, m in zip(shape, small):
-            start, count, w = K._area_taps(n, m)
-            dense = np.zeros((m, n), np.float32)
-            for i in range(m):
-                dense[i, start[i]:start[i] + count[i]] = w[i, :count[i]]
-            np.testing.assert_array_equal(dense, K._area_matrix(n, m))
+            sc = n / m  # output i covers input [i sc, (i + 1) sc): overlap with [j, j + 1)
+            ref = np.array([[max(0.0, min((i + 1) * sc, j + 1) - max(i * sc, j)) / sc
+                             for j in range(n)] for i in range(m)], np.float32)
+            np.testing.assert_array_equal(K._area_matrix(n, m), ref)
 
 
 @pytest.mark.parametrize("shape,small", [((101, 87), (42, 36)), ((96, 64), (48, 32)),

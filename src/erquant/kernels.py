@@ -617,24 +617,11 @@ def scaled_shape(shape, f: float) -> tuple[int, int]:
     return tuple(max(1, int(round(int(n) / float(f)))) for n in shape[:2])
 
 
-def _area_matrix(n: int, m: int) -> np.ndarray:
-    """(m, n) float32 weights: output pixel i is the mean of input [i·n/m, (i+1)·n/m)."""
-    s = n / m
-    w = np.zeros((m, n), np.float32)
-    i = np.arange(m)
-    lo, hi = i * s, (i + 1) * s
-    for k in range(int(np.ceil(s)) + 1):
-        j = np.floor(lo).astype(np.int64) + k
-        ok = j < n
-        ov = np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0, None)[ok]
-        w[i[ok], j[ok]] += ov / s
-    return w
-
-
 @functools.lru_cache(maxsize=32)
 def _area_taps(n: int, m: int):
-    """:func:`_area_matrix`'s rows as taps: output pixel i is Σ_t w[i, t] · input
-    [start[i] + t] over t < count[i] (the same float32 weights; read-only arrays)."""
+    """Area weights as taps: output pixel i (of m) is Σ_t w[i, t] · input[start[i] + t]
+    over t < count[i], the mean of input [i·n/m, (i+1)·n/m) (float32 weights; read-only
+    arrays)."""
     s = n / m
     i = np.arange(m)
     lo, hi = i * s, (i + 1) * s
@@ -648,6 +635,16 @@ def _area_taps(n: int, m: int):
     for a in (start, count, w):
         a.flags.writeable = False
     return start, count, w
+
+
+def _area_matrix(n: int, m: int) -> np.ndarray:
+    """(m, n) float32 weights: output pixel i is the mean of input [i·n/m, (i+1)·n/m)
+    (:func:`_area_taps` laid out as a matrix, for the GPU's two products)."""
+    start, count, taps = _area_taps(n, m)
+    w = np.zeros((m, n), np.float32)
+    for i in range(m):
+        w[i, start[i]:start[i] + count[i]] = taps[i, :count[i]]
+    return w
 
 
 def area_resize(bk: Backend, img, shape):
