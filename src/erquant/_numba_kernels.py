@@ -1893,90 +1893,110 @@ def _sub_scaled_impl(img, bg, scale, offset):
             img[y, x] = (img[y, x] - scale * bg[y, x]) - offset
 
 
-def _blur_row(a, y, w, tmp, out, pre, c0, c1):
+def _src_row(a, ring, tag, i, pre, c0, c1):
+    """Row ``i`` of ``_pre(a)``: ``a[i]`` itself without a transform, else row ``i``
+    transformed into slot i % len(tag) of the ring buffer (``tag``: which row each slot
+    holds, -1 none), where it is not already. One output row of the blur reads at most
+    len(tag) = 2r + 1 consecutive rows (reflected rows among them), so their slots are
+    distinct: a slot it still needs is never overwritten."""
+    if pre == 0:
+        return a[i]
+    j = i % tag.size
+    dst = ring[j]
+    if tag[j] != i:
+        src = a[i]
+        for x in range(src.size):
+            dst[x] = _pre(src[x], pre, c0, c1)
+        tag[j] = i
+    return dst
+
+
+def _blur_row(a, y, w, tmp, out, pre, c0, c1, ring, tag):
     """Row ``y`` of the Gaussian blur of ``_pre(a)`` by the symmetric kernel ``w`` (odd
     length 2r + 1) into ``out`` (tmp: X + 2r floats), borders reflected: the column
     pass into the padded row buffer, then the row pass, each as w[r] · centre +
     Σ w[r + k] · (left + right), k = 1..r in order, over whole rows (SIMD): up to
     four k per sweep of the row (the same float32 operations in the same order as
-    one k per sweep, with a quarter of the row buffer's loads and stores)."""
+    one k per sweep, with a quarter of the row buffer's loads and stores). With ``pre``
+    the rows are read transformed from ``ring`` (:func:`_src_row`): each row of ``a``
+    transformed once per chunk, not once per tap (the same float32 values)."""
     Y, X = a.shape
     r = (w.size - 1) // 2
     acc = tmp[r:r + X]
-    row = a[y]
+    row = _src_row(a, ring, tag, y, pre, c0, c1)
     wc = w[r]
     # the column pass: the centre and k = 1..min(r, 4), then four k at a time
     n = min(r, 4)
-    ra1 = a[_reflect(y - 1, Y)] if n >= 1 else row
-    rb1 = a[_reflect(y + 1, Y)] if n >= 1 else row
-    ra2 = a[_reflect(y - 2, Y)] if n >= 2 else row
-    rb2 = a[_reflect(y + 2, Y)] if n >= 2 else row
-    ra3 = a[_reflect(y - 3, Y)] if n >= 3 else row
-    rb3 = a[_reflect(y + 3, Y)] if n >= 3 else row
-    ra4 = a[_reflect(y - 4, Y)] if n >= 4 else row
-    rb4 = a[_reflect(y + 4, Y)] if n >= 4 else row
+    ra1 = _src_row(a, ring, tag, _reflect(y - 1, Y), pre, c0, c1) if n >= 1 else row
+    rb1 = _src_row(a, ring, tag, _reflect(y + 1, Y), pre, c0, c1) if n >= 1 else row
+    ra2 = _src_row(a, ring, tag, _reflect(y - 2, Y), pre, c0, c1) if n >= 2 else row
+    rb2 = _src_row(a, ring, tag, _reflect(y + 2, Y), pre, c0, c1) if n >= 2 else row
+    ra3 = _src_row(a, ring, tag, _reflect(y - 3, Y), pre, c0, c1) if n >= 3 else row
+    rb3 = _src_row(a, ring, tag, _reflect(y + 3, Y), pre, c0, c1) if n >= 3 else row
+    ra4 = _src_row(a, ring, tag, _reflect(y - 4, Y), pre, c0, c1) if n >= 4 else row
+    rb4 = _src_row(a, ring, tag, _reflect(y + 4, Y), pre, c0, c1) if n >= 4 else row
     w1 = w[r + 1] if n >= 1 else wc
     w2 = w[r + 2] if n >= 2 else wc
     w3 = w[r + 3] if n >= 3 else wc
     w4 = w[r + 4] if n >= 4 else wc
     if n == 0:
         for x in range(X):
-            acc[x] = wc * _pre(row[x], pre, c0, c1)
+            acc[x] = wc * row[x]
     elif n == 1:
         for x in range(X):
-            acc[x] = (wc * _pre(row[x], pre, c0, c1)
-                      + w1 * (_pre(ra1[x], pre, c0, c1) + _pre(rb1[x], pre, c0, c1)))
+            acc[x] = (wc * row[x]
+                      + w1 * (ra1[x] + rb1[x]))
     elif n == 2:
         for x in range(X):
-            acc[x] = (wc * _pre(row[x], pre, c0, c1)
-                      + w1 * (_pre(ra1[x], pre, c0, c1) + _pre(rb1[x], pre, c0, c1))
-                      + w2 * (_pre(ra2[x], pre, c0, c1) + _pre(rb2[x], pre, c0, c1)))
+            acc[x] = (wc * row[x]
+                      + w1 * (ra1[x] + rb1[x])
+                      + w2 * (ra2[x] + rb2[x]))
     elif n == 3:
         for x in range(X):
-            acc[x] = (wc * _pre(row[x], pre, c0, c1)
-                      + w1 * (_pre(ra1[x], pre, c0, c1) + _pre(rb1[x], pre, c0, c1))
-                      + w2 * (_pre(ra2[x], pre, c0, c1) + _pre(rb2[x], pre, c0, c1))
-                      + w3 * (_pre(ra3[x], pre, c0, c1) + _pre(rb3[x], pre, c0, c1)))
+            acc[x] = (wc * row[x]
+                      + w1 * (ra1[x] + rb1[x])
+                      + w2 * (ra2[x] + rb2[x])
+                      + w3 * (ra3[x] + rb3[x]))
     else:
         for x in range(X):
-            acc[x] = (wc * _pre(row[x], pre, c0, c1)
-                      + w1 * (_pre(ra1[x], pre, c0, c1) + _pre(rb1[x], pre, c0, c1))
-                      + w2 * (_pre(ra2[x], pre, c0, c1) + _pre(rb2[x], pre, c0, c1))
-                      + w3 * (_pre(ra3[x], pre, c0, c1) + _pre(rb3[x], pre, c0, c1))
-                      + w4 * (_pre(ra4[x], pre, c0, c1) + _pre(rb4[x], pre, c0, c1)))
+            acc[x] = (wc * row[x]
+                      + w1 * (ra1[x] + rb1[x])
+                      + w2 * (ra2[x] + rb2[x])
+                      + w3 * (ra3[x] + rb3[x])
+                      + w4 * (ra4[x] + rb4[x]))
     k = 5
     while k <= r:
         n = min(r - k + 1, 4)
-        ra1 = a[_reflect(y - k, Y)]
-        rb1 = a[_reflect(y + k, Y)]
-        ra2 = a[_reflect(y - k - 1, Y)] if n >= 2 else ra1
-        rb2 = a[_reflect(y + k + 1, Y)] if n >= 2 else rb1
-        ra3 = a[_reflect(y - k - 2, Y)] if n >= 3 else ra1
-        rb3 = a[_reflect(y + k + 2, Y)] if n >= 3 else rb1
-        ra4 = a[_reflect(y - k - 3, Y)] if n >= 4 else ra1
-        rb4 = a[_reflect(y + k + 3, Y)] if n >= 4 else rb1
+        ra1 = _src_row(a, ring, tag, _reflect(y - k, Y), pre, c0, c1)
+        rb1 = _src_row(a, ring, tag, _reflect(y + k, Y), pre, c0, c1)
+        ra2 = _src_row(a, ring, tag, _reflect(y - k - 1, Y), pre, c0, c1) if n >= 2 else ra1
+        rb2 = _src_row(a, ring, tag, _reflect(y + k + 1, Y), pre, c0, c1) if n >= 2 else rb1
+        ra3 = _src_row(a, ring, tag, _reflect(y - k - 2, Y), pre, c0, c1) if n >= 3 else ra1
+        rb3 = _src_row(a, ring, tag, _reflect(y + k + 2, Y), pre, c0, c1) if n >= 3 else rb1
+        ra4 = _src_row(a, ring, tag, _reflect(y - k - 3, Y), pre, c0, c1) if n >= 4 else ra1
+        rb4 = _src_row(a, ring, tag, _reflect(y + k + 3, Y), pre, c0, c1) if n >= 4 else rb1
         w1 = w[r + k]
         w2 = w[r + k + 1] if n >= 2 else w1
         w3 = w[r + k + 2] if n >= 3 else w1
         w4 = w[r + k + 3] if n >= 4 else w1
         if n == 1:
             for x in range(X):
-                acc[x] = acc[x] + w1 * (_pre(ra1[x], pre, c0, c1) + _pre(rb1[x], pre, c0, c1))
+                acc[x] = acc[x] + w1 * (ra1[x] + rb1[x])
         elif n == 2:
             for x in range(X):
-                acc[x] = (acc[x] + w1 * (_pre(ra1[x], pre, c0, c1) + _pre(rb1[x], pre, c0, c1))
-                          + w2 * (_pre(ra2[x], pre, c0, c1) + _pre(rb2[x], pre, c0, c1)))
+                acc[x] = (acc[x] + w1 * (ra1[x] + rb1[x])
+                          + w2 * (ra2[x] + rb2[x]))
         elif n == 3:
             for x in range(X):
-                acc[x] = (acc[x] + w1 * (_pre(ra1[x], pre, c0, c1) + _pre(rb1[x], pre, c0, c1))
-                          + w2 * (_pre(ra2[x], pre, c0, c1) + _pre(rb2[x], pre, c0, c1))
-                          + w3 * (_pre(ra3[x], pre, c0, c1) + _pre(rb3[x], pre, c0, c1)))
+                acc[x] = (acc[x] + w1 * (ra1[x] + rb1[x])
+                          + w2 * (ra2[x] + rb2[x])
+                          + w3 * (ra3[x] + rb3[x]))
         else:
             for x in range(X):
-                acc[x] = (acc[x] + w1 * (_pre(ra1[x], pre, c0, c1) + _pre(rb1[x], pre, c0, c1))
-                          + w2 * (_pre(ra2[x], pre, c0, c1) + _pre(rb2[x], pre, c0, c1))
-                          + w3 * (_pre(ra3[x], pre, c0, c1) + _pre(rb3[x], pre, c0, c1))
-                          + w4 * (_pre(ra4[x], pre, c0, c1) + _pre(rb4[x], pre, c0, c1)))
+                acc[x] = (acc[x] + w1 * (ra1[x] + rb1[x])
+                          + w2 * (ra2[x] + rb2[x])
+                          + w3 * (ra3[x] + rb3[x])
+                          + w4 * (ra4[x] + rb4[x]))
         k += n
     _pad_reflect(tmp, r, X)
     # the row pass, likewise
@@ -2070,10 +2090,12 @@ def _focus_energies_impl(f, w1, w2, w4):
         g4 = np.empty(X, np.float32)
         a = 0.0
         b = 0.0
+        ring = np.empty((1, 1), np.float32)  # (no transform: rows read from f)
+        tag = np.full(1, -1, np.int64)
         for y in range(k * h, min(Y, k * h + h)):
-            _blur_row(f, y, w1, t1, g1, 0, _F32_0, _F32_0)
-            _blur_row(f, y, w2, t2, g2, 0, _F32_0, _F32_0)
-            _blur_row(f, y, w4, t4, g4, 0, _F32_0, _F32_0)
+            _blur_row(f, y, w1, t1, g1, 0, _F32_0, _F32_0, ring, tag)
+            _blur_row(f, y, w2, t2, g2, 0, _F32_0, _F32_0, ring, tag)
+            _blur_row(f, y, w4, t4, g4, 0, _F32_0, _F32_0, ring, tag)
             a, b = _band_row(g1, g2, g4, a, b)
         fine[k] = a
         coarse[k] = b
@@ -2189,9 +2211,12 @@ def _gaussian_impl(a, w, pre, c0, c1, post, sd, p, out):
     h = (Y + GAUSS_CHUNKS - 1) // GAUSS_CHUNKS
     for c in prange(GAUSS_CHUNKS):
         tmp = np.empty(X + 2 * r, np.float32)
+        # the transformed rows' ring (pre != 0): each row transformed once per chunk
+        ring = np.empty((2 * r + 1 if pre != 0 else 1, X if pre != 0 else 1), np.float32)
+        tag = np.full(2 * r + 1, -1, np.int64)
         for y in range(c * h, min(Y, c * h + h)):
             orow = out[y]
-            _blur_row(a, y, w, tmp, orow, pre, c0, c1)
+            _blur_row(a, y, w, tmp, orow, pre, c0, c1, ring, tag)
             if post == 1:
                 srow = sd[y]
                 for x in range(X):
@@ -2397,6 +2422,7 @@ if numba is not None:
     _row_at = _jit(_row_at)
     _max_sweep = _jit(_max_sweep)
     _max_more = _jit(_max_more)
+    _src_row = _jit(_src_row)
     _blur_row = _jit(_blur_row)
     _band_row = _jit(_band_row)
     _in_order = _jit(_in_order)

@@ -692,10 +692,13 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
     kw = dict(smoothing=smoothing, background_factor=background_factor,
               log_threshold=log_threshold, local_contrast=local_contrast, fill_holes=fill_holes,
               contrast_window=contrast_window)
+    stats = dict(levels or {})  # image-level statistics: given, or measured here
     if downsample == 0:  # automatic: from the (given or estimated) diameter
-        # the estimate reads a central ≤ 1024² crop: normalise only that
+        # the estimate reads a central ≤ 1024² crop: normalise only that (the image's
+        # range kept in ``stats`` for the full-resolution path below: measured once)
         cy, cx = (max(0, (n - 1024) // 2) for n in img.shape)
-        norm, lo, hi = _normalise(bk, img, crop=(slice(cy, cy + 1024), slice(cx, cx + 1024)))
+        norm, lo, hi = _normalise(bk, img, crop=(slice(cy, cy + 1024), slice(cx, cx + 1024)),
+                                  levels=stats)
         tv = threshold_value
         if threshold == "manual" and tv is not None:
             tv = (float(tv) - lo) / (hi - lo) if hi > lo else 0.0
@@ -711,7 +714,6 @@ def segment_nuclei(image, *, method: str = "auto", diameter: float | None = None
             seed_hole_fraction=seed_hole_fraction, rim_fraction=rim_fraction,
             seed_smoothing=seed_smoothing, min_snr=min_snr, valley_strength=valley_strength,
             levels=levels, _quantum=_quantum)
-    stats = dict(levels or {})  # image-level statistics: given, or measured here
     # the levels only: the whole image is normalised as the foreground's blur reads it
     # (K.gaussian's offset and scale), central crops where the statistics need them
     lo, hi = _image_range(bk, img, stats)
