@@ -675,7 +675,7 @@ def measure_cells(
     for name, img in chans.items():
         mode, ff = bg_spec[name], flats.get(name)
         # any shift keeps Σ(v - shift)² free of cancellation; a strided mean is enough
-        shift = float(img[::4, ::4].astype(np.float64).mean())  # host sync: one scalar
+        shift = float(img[::8, ::8].astype(np.float64).mean())  # host sync: one scalar
         e: dict[str, Any] = {"shift": shift, "s1": add(img, True, shift)}
         if mode == "local" and ff is None:
             # the map's separable factors: its per-cell sums evaluated on the fly

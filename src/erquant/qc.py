@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from erquant.backend import backend_for, stack_to_host, to_numpy
-from erquant.kernels import median, range_and_count
+from erquant.kernels import median, percentile, range_and_count
 
 __all__ = [
     "FLAGS",
@@ -380,7 +380,7 @@ def field_qc(
         cy, cx = (max(0, (n - w) // 2) for n in arr.shape)
         crop = arr[cy:cy + w, cx:cx + w].astype(np.float32)
         fine, coarse = _focus_terms(bk, crop, focus_sigmas)
-        terms = [fine, coarse, bg, mad, xp.percentile(fs, 99.9)]
+        terms = [fine, coarse, bg, mad, percentile(bk, fs, 99.9)]
         # host sync: 5 scalars per channel
         fine, coarse, bg, mad, p999 = stack_to_host(xp, terms).tolist()
         noise = _MAD_TO_SIGMA * mad

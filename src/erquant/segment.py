@@ -229,7 +229,7 @@ def _image_range(bk: Backend, img, levels=None) -> tuple[float, float]:
         lo, hi = (float(v) for v in levels["image_range"])
     else:
         small = img[:: max(1, -(-img.shape[0] // 256)), :: max(1, -(-img.shape[1] // 256))]
-        lo, hi = (float(v) for v in to_numpy(xp.percentile(small, xp.asarray([0.5, 99.9]))))
+        lo, hi = (float(v) for v in to_numpy(K.percentile(bk, small, xp.asarray([0.5, 99.9]))))
         # host sync above: two scalars
         if hi <= lo:
             hi = float(img.max())  # host sync
