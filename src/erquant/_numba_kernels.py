@@ -305,13 +305,15 @@ def _label_bbox_impl(labels, words, per, want, out):
         o = part[c]
         o[:, :] = out
         start, end = _word_chunk(n, c, nch, per)
-        for j in range(start // per, (end + per - 1) // per):
-            i0, i1 = _word_span(words, j, per, start, end)
-            for i in range(i0, i1):
+        jend = (end + per - 1) // per
+        j = _next_word(words, start // per, jend)
+        while j < jend:
+            for i in range(max(start, per * j), min(end, per * j + per)):
                 k = flat[i]
                 if k and want[k]:
                     y = i // W
                     _box_take(o, k, y, i - y * W)
+            j = _next_word(words, j + 1, jend)
     _box_merge(out, part)
 
 
@@ -367,63 +369,27 @@ def _scan_order_map_impl(seeds, cc, out):
         out[i] = lut[cc[i]]
 
 
-def _word_span(words, j, per, start, end):
-    """Flat index range [i0, i1) of word ``j`` of ``words`` (a flat array's groups of
-    ``per`` elements viewed as uint64; past the last whole word, the array's tail)
-    clipped to [start, end): empty where the word is all zeros. The loop::
+def _next_word(words, j, jend):
+    """The first j' >= j before ``jend`` whose word of ``words`` (a flat array's groups
+    of ``per`` elements viewed as uint64: :func:`erquant.kernels._words`) is not all
+    zeros (a word past the last whole one counts as not: the tail is visited), else
+    ``jend``. The sparse kernels' loop over a flat range [start, end)::
 
-        for j in range(start // per, (end + per - 1) // per):
-            i0, i1 = _word_span(words, j, per, start, end)
-            for i in range(i0, i1):
-                ...
-
-    visits, in order, every element of [start, end) but the runs of zeros a word long
-    (the sparse kernels' way past the background)."""
-    i0 = max(start, per * j)
-    if j < words.size:
-        if words[j] == np.uint64(0):
-            return i0, i0
-        return i0, min(end, per * j + per)
-    return i0, end
-
-
-def _zero_word(words, j):
-    """Whether word ``j`` of ``words`` (a flat array's groups of eight bytes viewed as
-    uint64) is all zeros (False past the last whole word: the tail is visited). The
-    sparse kernels' loop over a flat range [start, end)::
-
-        for j in range(start // 8, (end + 7) // 8):
-            if _zero_word(words, j):
-                continue
-            for jt in range(8):
-                i = 8 * j + jt
+        jend = (end + per - 1) // per
+        j = _next_word(words, start // per, jend)
+        while j < jend:
+            for jt in range(per):  # (8: a constant trip count, unrolled)
+                i = per * j + jt
                 if i < start:
                     continue
                 if i >= end:
                     break
                 ...
-
-    visits what :func:`_word_span`'s does; the inner loop's constant trip count lets
-    LLVM unroll it (a sparse pass over a 2048² mask: ~0.65× the time)."""
-    return j < words.size and words[j] == np.uint64(0)
-
-
-def _next_word(words, j, jend):
-    """The first j' >= j before ``jend`` whose word of ``words`` is not all zeros (a word
-    past the last whole one counts as not: the tail is visited), else ``jend``. The
-    sparse kernels' loop over a flat range [start, end)::
-
-        jend = (end + 7) // 8
-        j = _next_word(words, start // 8, jend)
-        while j < jend:
-            for jt in range(8):
-                i = 8 * j + jt
-                ...
             j = _next_word(words, j + 1, jend)
 
-    visits what :func:`_zero_word`'s does, the zero words passed in a tight loop of
-    their own (as a branch of the loop over all words, beside the unrolled body, the
-    pass over a 2048² mask took 2-4 ms more on one core)."""
+    visits every element of [start, end) but the runs of zeros a word long, those
+    passed in a tight loop of their own (as a branch of one loop over all the words,
+    beside the unrolled body, a pass over a 2048² mask took 2-4 ms more on one core)."""
     nw = words.size
     while j < jend and j < nw and words[j] == np.uint64(0):
         j += 1
@@ -559,12 +525,14 @@ def _nonzero_impl(flat, words, per, out):
     returns their count. ``words``: the array's first ``size // per`` groups of ``per``
     elements viewed as uint64 (runs of zeros skipped a word at a time)."""
     n = 0
-    for j in range((flat.size + per - 1) // per):
-        i0, i1 = _word_span(words, j, per, 0, flat.size)
-        for i in range(i0, i1):
+    jend = (flat.size + per - 1) // per
+    j = _next_word(words, 0, jend)
+    while j < jend:
+        for i in range(per * j, min(flat.size, per * j + per)):
             if flat[i] != 0:
                 out[n] = i
                 n += 1
+        j = _next_word(words, j + 1, jend)
     return n
 
 
@@ -2400,8 +2368,6 @@ if numba is not None:
     gather2d = _jit(_gather2d_impl)
     scan_order_map = _jit(_scan_order_map_impl)
     present = _jit(_present_impl)
-    _word_span = _jit(_word_span)
-    _zero_word = _jit(_zero_word)
     _next_word = _jit(_next_word)
     _word_chunk = _jit(_word_chunk)
     _pre = _jit(_pre)
