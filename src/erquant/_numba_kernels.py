@@ -806,37 +806,51 @@ def _valleys_cc_impl(g, cc, is_cluster, sigma2, strength, within, wwithin, spars
             out[y, x] = (rel > strength) and (lmin < np.float32(0.3) * lmax)
 
 
-def _band_peaks_impl(sdist, score, mask, edges, halfs, out):
+def _band_peaks_impl(sdist, score, mask, wmask, edges, halfs, out):
     """out = mask & (score >= the maximum of score over the (2 halfs[k] + 1)² window)
     where edges[k] <= sdist < edges[k + 1] (pixels below edges[0] or above the last
     edge: False), in one pass that reads each candidate's window (stopping at the first
     greater score) instead of one maximum filter per band. Windows are cut at the image
     border: the same as a maximum filter with reflected borders (a reflected pixel lies
-    inside the window). Rows in parallel where compiled so."""
+    inside the window). Rows in parallel where compiled so, each cleared, then its
+    ``mask`` pixels visited (``wmask``: the mask's flat bytes as uint64 words, zero
+    words passed: :func:`_next_word`)."""
     H, W = sdist.shape
     nb = edges.shape[0] - 1
     for y in prange(H):
+        orow = out[y]
         for x in range(W):
-            out[y, x] = False
-            if not mask[y, x]:
-                continue
-            d = sdist[y, x]
-            if d < edges[0] or d >= edges[nb]:
-                continue
-            k = 0
-            while d >= edges[k + 1]:
-                k += 1
-            h = halfs[k]
-            v = score[y, x]
-            ok = True
-            for yy in range(max(0, y - h), min(H, y + h + 1)):
-                for xx in range(max(0, x - h), min(W, x + h + 1)):
-                    if score[yy, xx] > v:
-                        ok = False
-                        break
-                if not ok:
+            orow[x] = False
+        r = y * W
+        jend = (r + W + 7) // 8
+        j = _next_word(wmask, r // 8, jend)
+        while j < jend:
+            for jt in range(8):  # (a constant trip count: unrolled)
+                x = 8 * j + jt - r
+                if x < 0:
+                    continue
+                if x >= W:
                     break
-            out[y, x] = ok
+                if not mask[y, x]:
+                    continue
+                d = sdist[y, x]
+                if d < edges[0] or d >= edges[nb]:
+                    continue
+                k = 0
+                while d >= edges[k + 1]:
+                    k += 1
+                h = halfs[k]
+                v = score[y, x]
+                ok = True
+                for yy in range(max(0, y - h), min(H, y + h + 1)):
+                    for xx in range(max(0, x - h), min(W, x + h + 1)):
+                        if score[yy, xx] > v:
+                            ok = False
+                            break
+                    if not ok:
+                        break
+                orow[x] = ok
+            j = _next_word(wmask, j + 1, jend)
 
 
 def _softmax3_impl(z, y0, x0, out):

@@ -1293,9 +1293,10 @@ def band_peaks(bk: Backend, sdist, score, mask, bands):
         edges = np.array([bands[0][1]] + [hi for _, _, hi in bands], np.float32)
         halfs = np.array([int(win) // 2 for win, _, _ in bands], np.int64)
         out = np.empty(score.shape, np.bool_)
+        mask = np.ascontiguousarray(mask, np.bool_)
         _numba_kernels.band_peaks(np.ascontiguousarray(sdist, np.float32),
-                                  np.ascontiguousarray(score, np.float32),
-                                  np.ascontiguousarray(mask, np.bool_), edges, halfs, out)
+                                  np.ascontiguousarray(score, np.float32), mask,
+                                  _words(mask.ravel(), 8), edges, halfs, out)
         return out
     peaks = xp.zeros(mask.shape, bool)
     for win, lo, hi in bands:
