@@ -1909,48 +1909,35 @@ def _sub_scaled_impl(img, bg, scale, offset):
             img[y, x] = (img[y, x] - scale * bg[y, x]) - offset
 
 
-def _src_row(a, ring, tag, i, pre, c0, c1):
-    """Row ``i`` of ``_pre(a)``: ``a[i]`` itself without a transform, else row ``i``
-    transformed into slot i % len(tag) of the ring buffer (``tag``: which row each slot
-    holds, -1 none), where it is not already. One output row of the blur reads at most
-    len(tag) = 2r + 1 consecutive rows (reflected rows among them), so their slots are
-    distinct: a slot it still needs is never overwritten."""
-    if pre == 0:
-        return a[i]
-    j = i % tag.size
-    dst = ring[j]
-    if tag[j] != i:
-        src = a[i]
-        for x in range(src.size):
-            dst[x] = _pre(src[x], pre, c0, c1)
-        tag[j] = i
-    return dst
+def _ring_row(i, m):
+    # the row of a ring of m rows holding image row i (m 0: the image itself)
+    return i % m if m else i
 
 
-def _blur_row(a, y, w, tmp, out, pre, c0, c1, ring, tag):
+def _blur_row(a, Y, m, y, w, tmp, out):
     """Row ``y`` of the Gaussian blur of ``_pre(a)`` by the symmetric kernel ``w`` (odd
     length 2r + 1) into ``out`` (tmp: X + 2r floats), borders reflected: the column
     pass into the padded row buffer, then the row pass, each as w[r] · centre +
     Σ w[r + k] · (left + right), k = 1..r in order, over whole rows (SIMD): up to
     four k per sweep of the row (the same float32 operations in the same order as
-    one k per sweep, with a quarter of the row buffer's loads and stores). With ``pre``
-    the rows are read transformed from ``ring`` (:func:`_src_row`): each row of ``a``
-    transformed once per chunk, not once per tap (the same float32 values)."""
-    Y, X = a.shape
+    one k per sweep, with a quarter of the row buffer's loads and stores). ``Y``: the
+    image's height; ``m`` 0: ``a`` is the image; else a ring of ``m`` rows holding
+    image row i in row i % m (:func:`_gaussian_impl`'s transformed rows)."""
+    X = a.shape[1]
     r = (w.size - 1) // 2
     acc = tmp[r:r + X]
-    row = _src_row(a, ring, tag, y, pre, c0, c1)
+    row = a[y % m if m else y]
     wc = w[r]
     # the column pass: the centre and k = 1..min(r, 4), then four k at a time
     n = min(r, 4)
-    ra1 = _src_row(a, ring, tag, _reflect(y - 1, Y), pre, c0, c1) if n >= 1 else row
-    rb1 = _src_row(a, ring, tag, _reflect(y + 1, Y), pre, c0, c1) if n >= 1 else row
-    ra2 = _src_row(a, ring, tag, _reflect(y - 2, Y), pre, c0, c1) if n >= 2 else row
-    rb2 = _src_row(a, ring, tag, _reflect(y + 2, Y), pre, c0, c1) if n >= 2 else row
-    ra3 = _src_row(a, ring, tag, _reflect(y - 3, Y), pre, c0, c1) if n >= 3 else row
-    rb3 = _src_row(a, ring, tag, _reflect(y + 3, Y), pre, c0, c1) if n >= 3 else row
-    ra4 = _src_row(a, ring, tag, _reflect(y - 4, Y), pre, c0, c1) if n >= 4 else row
-    rb4 = _src_row(a, ring, tag, _reflect(y + 4, Y), pre, c0, c1) if n >= 4 else row
+    ra1 = a[_ring_row(_reflect(y - 1, Y), m)] if n >= 1 else row
+    rb1 = a[_ring_row(_reflect(y + 1, Y), m)] if n >= 1 else row
+    ra2 = a[_ring_row(_reflect(y - 2, Y), m)] if n >= 2 else row
+    rb2 = a[_ring_row(_reflect(y + 2, Y), m)] if n >= 2 else row
+    ra3 = a[_ring_row(_reflect(y - 3, Y), m)] if n >= 3 else row
+    rb3 = a[_ring_row(_reflect(y + 3, Y), m)] if n >= 3 else row
+    ra4 = a[_ring_row(_reflect(y - 4, Y), m)] if n >= 4 else row
+    rb4 = a[_ring_row(_reflect(y + 4, Y), m)] if n >= 4 else row
     w1 = w[r + 1] if n >= 1 else wc
     w2 = w[r + 2] if n >= 2 else wc
     w3 = w[r + 3] if n >= 3 else wc
@@ -1983,14 +1970,14 @@ def _blur_row(a, y, w, tmp, out, pre, c0, c1, ring, tag):
     k = 5
     while k <= r:
         n = min(r - k + 1, 4)
-        ra1 = _src_row(a, ring, tag, _reflect(y - k, Y), pre, c0, c1)
-        rb1 = _src_row(a, ring, tag, _reflect(y + k, Y), pre, c0, c1)
-        ra2 = _src_row(a, ring, tag, _reflect(y - k - 1, Y), pre, c0, c1) if n >= 2 else ra1
-        rb2 = _src_row(a, ring, tag, _reflect(y + k + 1, Y), pre, c0, c1) if n >= 2 else rb1
-        ra3 = _src_row(a, ring, tag, _reflect(y - k - 2, Y), pre, c0, c1) if n >= 3 else ra1
-        rb3 = _src_row(a, ring, tag, _reflect(y + k + 2, Y), pre, c0, c1) if n >= 3 else rb1
-        ra4 = _src_row(a, ring, tag, _reflect(y - k - 3, Y), pre, c0, c1) if n >= 4 else ra1
-        rb4 = _src_row(a, ring, tag, _reflect(y + k + 3, Y), pre, c0, c1) if n >= 4 else rb1
+        ra1 = a[_ring_row(_reflect(y - k, Y), m)]
+        rb1 = a[_ring_row(_reflect(y + k, Y), m)]
+        ra2 = a[_ring_row(_reflect(y - k - 1, Y), m)] if n >= 2 else ra1
+        rb2 = a[_ring_row(_reflect(y + k + 1, Y), m)] if n >= 2 else rb1
+        ra3 = a[_ring_row(_reflect(y - k - 2, Y), m)] if n >= 3 else ra1
+        rb3 = a[_ring_row(_reflect(y + k + 2, Y), m)] if n >= 3 else rb1
+        ra4 = a[_ring_row(_reflect(y - k - 3, Y), m)] if n >= 4 else ra1
+        rb4 = a[_ring_row(_reflect(y + k + 3, Y), m)] if n >= 4 else rb1
         w1 = w[r + k]
         w2 = w[r + k + 1] if n >= 2 else w1
         w3 = w[r + k + 2] if n >= 3 else w1
@@ -2106,12 +2093,10 @@ def _focus_energies_impl(f, w1, w2, w4):
         g4 = np.empty(X, np.float32)
         a = 0.0
         b = 0.0
-        ring = np.empty((1, 1), np.float32)  # (no transform: rows read from f)
-        tag = np.full(1, -1, np.int64)
         for y in range(k * h, min(Y, k * h + h)):
-            _blur_row(f, y, w1, t1, g1, 0, _F32_0, _F32_0, ring, tag)
-            _blur_row(f, y, w2, t2, g2, 0, _F32_0, _F32_0, ring, tag)
-            _blur_row(f, y, w4, t4, g4, 0, _F32_0, _F32_0, ring, tag)
+            _blur_row(f, Y, 0, y, w1, t1, g1)
+            _blur_row(f, Y, 0, y, w2, t2, g2)
+            _blur_row(f, Y, 0, y, w4, t4, g4)
             a, b = _band_row(g1, g2, g4, a, b)
         fine[k] = a
         coarse[k] = b
@@ -2227,12 +2212,26 @@ def _gaussian_impl(a, w, pre, c0, c1, post, sd, p, out):
     h = (Y + GAUSS_CHUNKS - 1) // GAUSS_CHUNKS
     for c in prange(GAUSS_CHUNKS):
         tmp = np.empty(X + 2 * r, np.float32)
-        # the transformed rows' ring (pre != 0): each row transformed once per chunk
-        ring = np.empty((2 * r + 1 if pre != 0 else 1, X if pre != 0 else 1), np.float32)
-        tag = np.full(2 * r + 1, -1, np.int64)
+        if pre != 0:
+            # the transformed rows in a ring of 2r + 1 (row i in i % m), each row
+            # transformed once per chunk, not once per tap (the same float32 values).
+            # One output row reads 2r + 1 consecutive rows at most (reflected ones
+            # among them): their slots are distinct, none it needs is overwritten.
+            m = 2 * r + 1
+            ring = np.empty((m, X), np.float32)
+            tag = np.full(m, -1, np.int64)
         for y in range(c * h, min(Y, c * h + h)):
             orow = out[y]
-            _blur_row(a, y, w, tmp, orow, pre, c0, c1, ring, tag)
+            if pre != 0:
+                for k in range(-r, r + 1):
+                    i = _reflect(y + k, Y)
+                    if tag[i % m] != i:
+                        tag[i % m] = i
+                        for x in range(X):
+                            ring[i % m, x] = _pre(a[i, x], pre, c0, c1)
+                _blur_row(ring, Y, m, y, w, tmp, orow)
+            else:
+                _blur_row(a, Y, 0, y, w, tmp, orow)
             if post == 1:
                 srow = sd[y]
                 for x in range(X):
@@ -2437,7 +2436,7 @@ if numba is not None:
     _row_at = _jit(_row_at)
     _max_sweep = _jit(_max_sweep)
     _max_more = _jit(_max_more)
-    _src_row = _jit(_src_row)
+    _ring_row = _jit(_ring_row)
     _blur_row = _jit(_blur_row)
     _band_row = _jit(_band_row)
     _in_order = _jit(_in_order)
