@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import types
 
 import numpy as np
 
@@ -2358,18 +2359,54 @@ def _max_filter_impl(a, r, mode, mask, frac, out, out_mask, thr):
 GAUSS_CHUNKS = 64
 
 
-def _jit(fn, parallel: bool = False):
-    """Compile ``fn`` lazily, cached on disk where a cache folder is writable (next to
-    this file, else numba's user-wide cache); without one (read-only install and home)
-    it is compiled once per process instead of failing. ``parallel``: its ``prange``
-    loops run threaded where :data:`PARALLEL` (serial loops otherwise)."""
-    opts = dict(nogil=True, boundscheck=False)
-    if parallel and PARALLEL:
-        opts["parallel"] = True
+#: a parallel kernel whose arrays (the largest of its first three arguments) hold fewer
+#: elements than this runs its serial twin: a threaded launch costs ~20-50 µs, more
+#: than such a call's work (the clump splitter's ~30² crops: 8 px sweep field's
+#: ``_split_oversized`` 15-22 ms on 2 threads, 9.6 ms on one)
+SERIAL_BELOW = 1 << 15
+
+
+class _SizeDispatch:
+    """A parallel kernel and its serial twin (the same code compiled without threads:
+    the same results, which never depend on the thread count): calls with small
+    arrays (:data:`SERIAL_BELOW`) take the twin."""
+
+    def __init__(self, parallel, serial, fn):
+        self.parallel, self.serial = parallel, serial
+        self.__name__, self.__doc__, self.__wrapped__ = fn.__name__, fn.__doc__, fn
+
+    def __call__(self, *args):
+        n = 0
+        for a in args[:3]:
+            size = getattr(a, "size", 0)
+            if size > n:
+                n = size
+        return (self.serial if n < SERIAL_BELOW else self.parallel)(*args)
+
+
+def _njit(fn, opts):
     try:
         return numba.njit(cache=True, **opts)(fn)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
         return numba.njit(cache=False, **opts)(fn)
+
+
+def _jit(fn, parallel: bool = False):
+    """Compile ``fn`` lazily, cached on disk where a cache folder is writable (next to
+    this file, else numba's user-wide cache); without one (read-only install and home)
+    it is compiled once per process instead of failing. ``parallel``: its ``prange``
+    loops run threaded where :data:`PARALLEL` (serial loops otherwise), small calls
+    serially (:class:`_SizeDispatch`)."""
+    opts = dict(nogil=True, boundscheck=False)
+    if not (parallel and PARALLEL):
+        return _njit(fn, opts)
+    # the twin: a copy under its own qualified name (numba's disk cache is keyed by
+    # the name and signature, not by the compile options)
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "__serial",
+                              fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + "__serial"
+    twin.__module__ = fn.__module__
+    return _SizeDispatch(_njit(fn, dict(opts, parallel=True)), _njit(twin, opts), fn)
 
 
 if numba is not None:
