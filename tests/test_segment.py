@@ -791,7 +791,8 @@ def test_parallel_kernels_do_not_depend_on_threads_or_strips(monkeypatch):
     """The prange kernels (edt, nearest_seed_in, nearest_seed_within, seed_cores) give
     the same output on one thread as on all, and for any number of painting strips;
     the classical segmenter (all its compiled kernels, the chunked sums too) the same
-    labels on one thread as on all."""
+    labels on one thread as on all, and with every call on the kernels' serial twins
+    or every one threaded (small calls take the twins: ``SERIAL_BELOW``)."""
     import numba
 
     from erquant import _numba_kernels as NK
@@ -830,6 +831,15 @@ def test_parallel_kernels_do_not_depend_on_threads_or_strips(monkeypatch):
     finally:
         numba.set_num_threads(threads)
     assert int(lab.max()) > 400
+    # every call on the serial twins (_SizeDispatch), then every one threaded: the same
+    if NK.PARALLEL:
+        assert isinstance(NK.edt, NK._SizeDispatch)
+        for below in (1 << 40, 0):
+            monkeypatch.setattr(NK, "SERIAL_BELOW", below)
+            for a, b in zip(run(), ref):
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(
+                to_numpy(segment_nuclei(img, method="classical")), lab)
 
 
 def test_band_peaks_window_reads_equal_the_maximum_filters(monkeypatch):

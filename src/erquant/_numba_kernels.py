@@ -2360,10 +2360,12 @@ GAUSS_CHUNKS = 64
 
 
 #: a parallel kernel whose arrays (the largest of its first three arguments) hold fewer
-#: elements than this runs its serial twin: a threaded launch costs ~20-50 µs, more
-#: than such a call's work (the clump splitter's ~30² crops: 8 px sweep field's
-#: ``_split_oversized`` 15-22 ms on 2 threads, 9.6 ms on one)
-SERIAL_BELOW = 1 << 15
+#: elements than this runs its serial twin: a threaded launch costs ~20-50 µs, the work
+#: ~1-5 ns an element (the clump splitter's ~30² crops: the 8 px sweep field's
+#: ``_split_oversized`` took 15-22 ms on 2 threads, 9.6 ms on one). 2**15 and 2**18
+#: measured no better on the sweep fields (the diameter estimate's 380-640² crops
+#: gain from both cores)
+SERIAL_BELOW = 1 << 14
 
 
 class _SizeDispatch:
