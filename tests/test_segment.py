@@ -1074,6 +1074,49 @@ def test_split_oversized_cuts_a_merged_clump_between_its_domes(backend, monkeypa
                                                    minlength=13), rtol=1e-5)
 
 
+@pytest.mark.parametrize("diameter", [4.0, 8.0, 14.0])
+def test_clump_maxima_compiled_equal_the_array_code(diameter):
+    """segment._clump_maxima (every clump candidate's blur, maximum filter and maxima in
+    one compiled pass, issue 15) finds the same maxima, in the same raster order with
+    the same values, as _split_oversized's per-candidate array code (K.gaussian of the
+    padded crop, K.maximum_filter, np.nonzero), boxes at the image's edges included."""
+    from erquant import kernels as K
+    from erquant import segment as S
+    from erquant.backend import get_backend
+    from erquant.synthetic import make_field
+
+    bk = get_backend("numpy")
+    if not K._numba_ok(bk):
+        pytest.skip("Numba not available")
+    f = make_field(shape=(300, 260), n_nuclei=int(20000 / diameter ** 2),
+                   nucleus_diameter=diameter, seed=3)
+    smooth = K.gaussian(bk, f.image[0].astype(np.float32) / 1000, 0.08 * diameter)
+    labels = np.ascontiguousarray(f.nuclei.astype(np.uint32))
+    n = int(labels.max())
+    boxes = K.label_bbox(bk, labels, np.ones(n + 1, bool))
+    ids = np.flatnonzero(np.bincount(labels.ravel(), minlength=n + 1)[1:]) + 1
+    sigma = S.DOME_SIGMA * diameter
+    win = int(S.DOME_WINDOW * diameter) | 1
+    pad = win // 2 + int(np.ceil(4 * sigma)) + 1
+    got = S._clump_maxima(bk, smooth, labels, ids, boxes, pad, sigma, win)
+    assert got is not None and len(got) == ids.size
+    H, W = labels.shape
+    edge = 0
+    for (ys, xs, gm), k in zip(got, ids.tolist()):
+        y0, x0, y1, x1 = (int(v) for v in boxes[k])
+        edge += y0 == 0 or x0 == 0 or y1 == H or x1 == W
+        py0, px0, py1, px1 = max(0, y0 - pad), max(0, x0 - pad), min(H, y1 + pad), min(W, x1 + pad)
+        gp = K.gaussian(bk, np.ascontiguousarray(smooth[py0:py1, px0:px1]), sigma)
+        inner = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
+        g, pmax = gp[inner], K.maximum_filter(bk, gp, win)[inner]
+        rys, rxs = np.nonzero((labels[y0:y1, x0:x1] == k) & (g >= pmax))
+        np.testing.assert_array_equal(ys, rys)
+        np.testing.assert_array_equal(xs, rxs)
+        np.testing.assert_array_equal(gm, g[rys, rxs])
+    assert edge > 0 and sum(len(m[0]) for m in got) > ids.size / 2
+    assert sum(len(m[0]) >= 2 for m in got) > 0  # (some with several: the cut's input)
+
+
 @pytest.mark.parametrize("no_opencv", [False, True])
 def test_erode_within_equals_the_distance_transform(backend, monkeypatch, no_opencv):
     """kernels.erode_within (the dim-nucleus seeds' core test, GAP_SEED): one erosion by

@@ -854,6 +854,55 @@ def _band_peaks_impl(sdist, score, mask, wmask, edges, halfs, out):
             j = _next_word(wmask, j + 1, jend)
 
 
+def _clump_maxima_impl(smooth, labels, ids, boxes, pad, w, half, offsets, counts, ys,
+                       xs, gv):
+    """For each candidate ``ids[j]`` (box ``boxes[ids[j]]``: min y, min x, max y + 1,
+    max x + 1), :func:`erquant.segment._split_oversized`'s intensity maxima: ``smooth``
+    over the box padded by ``pad`` (cut at the image) blurred by ``w`` (the compiled
+    Gaussian's rows, borders reflected at the crop's edge: K.gaussian of the crop),
+    its maximum filter of half-width ``half`` (reflected likewise: an exact maximum),
+    and the box's pixels of the candidate whose blur is at least that maximum, in
+    raster order: their box coordinates and blurred values from ``offsets[j]`` on in
+    ``ys``, ``xs``, ``gv``, their number in ``counts[j]``. Candidates in parallel where
+    compiled so (each with its own crop buffers): one call for all of them."""
+    H, W = smooth.shape
+    r = (w.size - 1) // 2
+    for j in prange(ids.size):
+        k = ids[j]
+        y0, x0, y1, x1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
+        py0, px0 = max(0, y0 - pad), max(0, x0 - pad)
+        py1, px1 = min(H, y1 + pad), min(W, x1 + pad)
+        ch, cw = py1 - py0, px1 - px0
+        crop = np.empty((ch, cw), np.float32)
+        for y in range(ch):
+            for x in range(cw):
+                crop[y, x] = smooth[py0 + y, px0 + x]
+        gp = np.empty((ch, cw), np.float32)
+        tmp = np.empty(cw + 2 * r, np.float32)
+        for y in range(ch):
+            _blur_row(crop, ch, 0, y, w, tmp, gp[y])
+        n = 0
+        base = offsets[j]
+        for y in range(y0 - py0, y1 - py0):
+            for x in range(x0 - px0, x1 - px0):
+                if labels[py0 + y, px0 + x] != k:
+                    continue
+                g = gp[y, x]
+                top = g
+                for yy in range(y - half, y + half + 1):
+                    ry = _reflect(yy, ch)
+                    for xx in range(x - half, x + half + 1):
+                        v = gp[ry, _reflect(xx, cw)]
+                        if v > top:
+                            top = v
+                if g >= top:
+                    ys[base + n] = y - (y0 - py0)
+                    xs[base + n] = x - (x0 - px0)
+                    gv[base + n] = g
+                    n += 1
+        counts[j] = n
+
+
 def _softmax3_impl(z, y0, x0, out):
     # softmax over the 3 class logits of every pixel of z[:, y0:, x0:] (the window out
     # covers), one pass, two exponentials per pixel in float32 (differences clamped: no
@@ -2447,6 +2496,7 @@ if numba is not None:
     label_area = _jit(_label_area_impl, parallel=True)
     histogram = _jit(_histogram_impl, parallel=True)
     band_peaks = _jit(_band_peaks_impl, parallel=True)
+    clump_maxima = _jit(_clump_maxima_impl, parallel=True)
     softmax3 = _jit(_softmax3_impl)
     lut_gather = _jit(_lut_gather_impl, parallel=True)
     clear = _jit(_clear_impl, parallel=True)
@@ -2502,7 +2552,7 @@ else:  # pragma: no cover
     softmax3 = None
     lut_gather = clear = None
     label_sums = None
-    band_peaks = None
+    band_peaks = clump_maxima = None
     _moments = None
     relabel_foreground = interior = None
     paste_upsampled = None

@@ -1239,18 +1239,24 @@ def _split_oversized(bk: Backend, labels, area, total, smooth, diameter, min_are
     H, W = labels.shape
     nxt = area.shape[0]
     new_area, new_total = [], []
-    for k, cap in zip(ids.tolist(), kmax.tolist()):
+    maxima = _clump_maxima(bk, smooth, labels, ids, boxes, pad, sigma, win)
+    for j, (k, cap) in enumerate(zip(ids.tolist(), kmax.tolist())):
         y0, x0, y1, x1 = (int(v) for v in boxes[k])
-        py0, px0, py1, px1 = max(0, y0 - pad), max(0, x0 - pad), min(H, y1 + pad), min(W, x1 + pad)
-        gp = K.gaussian(bk, xp.ascontiguousarray(smooth[py0:py1, px0:px1]), sigma)
-        inner = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
-        g, pmax = gp[inner], K.maximum_filter(bk, gp, win)[inner]
         crop = labels[y0:y1, x0:x1]
         obj = crop == k
-        ys, xs = xp.nonzero(obj & (g >= pmax))
+        if maxima is not None:  # (all candidates' maxima from one compiled pass)
+            ys, xs, gm = maxima[j]
+        else:
+            py0, px0 = max(0, y0 - pad), max(0, x0 - pad)
+            py1, px1 = min(H, y1 + pad), min(W, x1 + pad)
+            gp = K.gaussian(bk, xp.ascontiguousarray(smooth[py0:py1, px0:px1]), sigma)
+            inner = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
+            g, pmax = gp[inner], K.maximum_filter(bk, gp, win)[inner]
+            ys, xs = xp.nonzero(obj & (g >= pmax))
+            gm = g[ys, xs]
         if ys.shape[0] < 2:  # host sync
             continue
-        order = xp.argsort(-g[ys, xs])[:cap]  # the brightest maxima, at most cap
+        order = xp.argsort(-gm)[:cap]  # the brightest maxima, at most cap
         seeds = xp.zeros(crop.shape, bool)
         seeds[ys[order], xs[order]] = True
         seeds, ns = K.label(bk, seeds)  # touching maxima (plateaus) are one seed
@@ -1273,6 +1279,37 @@ def _split_oversized(bk: Backend, labels, area, total, smooth, diameter, min_are
     if total is not None:
         total = xp.concatenate([total] + [t.astype(total.dtype) for t in new_total])
     return labels, area, total
+
+
+def _clump_maxima(bk: Backend, smooth, labels, ids, boxes, pad: int, sigma: float,
+                  win: int):
+    """Each clump candidate's intensity maxima as :func:`_split_oversized` finds them
+    (its box of ``smooth`` padded by ``pad``, blurred by ``sigma``, maximum filter of
+    ``win``; the candidate's pixels at their window's maximum), for all candidates in
+    one compiled pass (:func:`erquant._numba_kernels._clump_maxima_impl`): a list of
+    ``(ys, xs, values)`` in the box's coordinates, raster order, the same as the
+    per-candidate array code's. None where it does not apply (CuPy, no Numba, a blur
+    of radius 0, other dtypes): the caller takes the array path."""
+    r = int(round(4 * sigma))
+    if not (K._numba_ok(bk) and isinstance(smooth, np.ndarray) and smooth.ndim == 2
+            and smooth.dtype == np.float32 and r >= 1 and len(ids)):
+        return None
+    from erquant import _numba_kernels as NK
+
+    ids = np.ascontiguousarray(ids, np.int64)
+    bx = np.ascontiguousarray(boxes, np.int64)
+    sizes = (bx[ids, 2] - bx[ids, 0]) * (bx[ids, 3] - bx[ids, 1])
+    offsets = np.zeros(ids.size, np.int64)
+    np.cumsum(sizes[:-1], out=offsets[1:])
+    total = int(sizes.sum())
+    ys, xs = np.empty(total, np.int64), np.empty(total, np.int64)
+    gv = np.empty(total, np.float32)
+    counts = np.zeros(ids.size, np.int64)
+    NK.clump_maxima(np.ascontiguousarray(smooth), np.ascontiguousarray(labels), ids, bx,
+                    int(pad), K._gauss_weights(float(sigma), r), int(win) // 2, offsets,
+                    counts, ys, xs, gv)
+    return [(ys[o:o + c], xs[o:o + c], gv[o:o + c])
+            for o, c in zip(offsets.tolist(), counts.tolist())]
 
 
 #: _split's two nearest-core partitions search each wanted pixel's neighbourhood up to
