@@ -8,7 +8,9 @@ Kernels whose rows, strips or chunks are independent (``edt``, ``nearest_in``,
 ``nearest_within``, ``seed_cores``, ``band_peaks``, ``valleys_cc``, ``orphan_cores``,
 ``owned``, ``rim_stats``) run their outer loop with ``prange`` on all cores
 where Numba's TBB threading layer loads (the ``tbb`` wheel, a dependency on Linux
-x86-64): :data:`PARALLEL`. Their results do not depend on the thread count (tested).
+x86-64): :data:`PARALLEL`. Their results do not depend on the thread count (tested);
+calls on small arrays run a serial twin of the same code (:data:`SERIAL_BELOW`,
+:class:`_SizeDispatch`: a threaded launch costs more than their work).
 ``ERQUANT_NO_PARALLEL=1`` or ``NUMBA_NUM_THREADS=1``: one thread. Numba's "workqueue"
 layer is never used (it aborts the process when two threads, say dask's, launch
 kernels at once), nor GNU OpenMP unless asked for (it kills children forked after it).
