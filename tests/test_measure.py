@@ -130,6 +130,20 @@ def test_large_noncontiguous_ids_match_small_ids(bk):
     pd.testing.assert_frame_equal(a, big.drop(columns="label"))
 
 
+def test_known_label_bound_gives_the_same_table_and_cells():
+    # the pipeline passes the labels' maximum (or any upper bound: a cut mosaic window)
+    # instead of measuring it again: the same cells and the same table
+    from erquant.segment import segment_cells
+
+    nuc, cel, er = _two_cells()
+    nuc = nuc.astype(np.uint32)
+    ref = measure_cells(nuc, cel, {"er": er})
+    for bound in (7, 8, 200):
+        pd.testing.assert_frame_equal(measure_cells(nuc, cel, {"er": er}, _label_max=bound), ref)
+        np.testing.assert_array_equal(segment_cells(nuc, max_distance=3, _label_max=bound),
+                                      segment_cells(nuc, max_distance=3))
+
+
 def test_orphan_cell_label_ignored_and_int64_labels():
     nuc, cel, er = _two_cells()
     cel = cel.astype(np.int64)

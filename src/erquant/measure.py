@@ -529,7 +529,7 @@ def _interp_matrix(xp, n: int, centres: np.ndarray):
 # --------------------------------------------------------------------------- region index
 
 
-def _region_slots(bk: Backend, nuclei, cells):
+def _region_slots(bk: Backend, nuclei, cells, label_max: int | None = None):
     """Slot images for :func:`erquant.kernels.label_moments` → ``(nuc, cyt, K, ids)``.
 
     Nucleus ``k`` sums into slot ``s(k)`` in [1, K), its cytoplasm into ``K + s(k)``.
@@ -539,13 +539,16 @@ def _region_slots(bk: Backend, nuclei, cells):
     the combined index.
     """
     xp = bk.xp
-    # host sync: label range (min, max of each: one compiled pass on all cores on the
-    # CPU) picks direct vs compressed indexing
-    r = [int(v) for lab in (nuclei, cells) if lab is not None
-         for v in K_.range_and_count(bk, lab, None)[:2]]
-    if r[0] < 0 or (cells is not None and r[2] < 0):
-        raise ValueError("label images must not contain negative labels")
-    top = int(r[1] if cells is None else max(r[1], r[3]))
+    if label_max is not None:  # unsigned labels of a known upper bound (the pipeline's)
+        top = int(label_max)
+    else:
+        # host sync: label range (min, max of each: one compiled pass on all cores on
+        # the CPU) picks direct vs compressed indexing
+        r = [int(v) for lab in (nuclei, cells) if lab is not None
+             for v in K_.range_and_count(bk, lab, None)[:2]]
+        if r[0] < 0 or (cells is not None and r[2] < 0):
+            raise ValueError("label images must not contain negative labels")
+        top = int(r[1] if cells is None else max(r[1], r[3]))
     if top <= _DIRECT_MAX_LABEL:
         # without cells, the "cytoplasm" image is the nuclei image: where nuc == 0 it is 0
         return nuclei, (nuclei if cells is None else cells), top + 1, None
@@ -583,6 +586,7 @@ def measure_cells(
     background_quantile: float = 0.5,
     min_tile_fraction: float = 0.05,
     fallback_percentile: float = 5.0,
+    _label_max: int | None = None,
 ) -> pd.DataFrame:
     """Measure every nucleus / cell / cytoplasm of a field: one row per nucleus.
 
@@ -651,7 +655,7 @@ def measure_cells(
     flats = _as_flatfields(bk, flatfield, names, shape)
     bg_spec = _background_spec(background, names)
 
-    nuc_s, cyt_s, K, ids = _region_slots(bk, nuclei, cells)
+    nuc_s, cyt_s, K, ids = _region_slots(bk, nuclei, cells, _label_max)
     nbins = 2 * K
 
     occ = None

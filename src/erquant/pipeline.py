@@ -198,8 +198,13 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
 
     yield Progress("cells", 0.45)
     cyto = next(iter(markers.values())) if (params.cells.use_marker and markers) else None
+    # the labels' maximum, taken once for the cells and the measurements (the cells'
+    # ids are their nuclei's; a cut window's labels stay at or below it)
+    from erquant.kernels import range_and_count
+
+    label_max = int(range_and_count(bk, nuclei, None)[1])  # host sync: one scalar
     cells = segment_cells(nuclei, cytoplasm_image=cyto, max_distance=params.cells.max_distance,
-                          downsample=float(info.get("downsample", 1)))
+                          downsample=float(info.get("downsample", 1)), _label_max=label_max)
     if valid_shape is not None and tuple(valid_shape) != tuple(nuc.shape):
         # a padded mosaic window: segmented whole, measured only where it is image
         h, w = (int(v) for v in valid_shape)
@@ -214,15 +219,16 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
 
     yield Progress("measure", 0.6)
     return (yield from _finish_field(bk, nuc, markers, nuclei, cells, info, params, roi_map,
-                                     flatfield, reference, ranges=ranges))
+                                     flatfield, reference, ranges=ranges, label_max=label_max))
 
 
 def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, flatfield,
-                  reference, start: float = 0.6, span: float = 0.4, ranges=None
-                  ) -> Generator[Progress, None, FieldResult]:
+                  reference, start: float = 0.6, span: float = 0.4, ranges=None,
+                  label_max: int | None = None) -> Generator[Progress, None, FieldResult]:
     """Measure, ROI-filter, classify and QC one segmented field → FieldResult (yields
     "classify" and "qc" progress between ``start`` and ``start + span``). ``ranges``:
-    the channels' (min, max, saturated count) where known (:func:`_field_on_device`)."""
+    the channels' (min, max, saturated count) where known (:func:`_field_on_device`);
+    ``label_max``: an upper bound of the label images' ids where known (else measured)."""
     from erquant.classify import classify_cells, field_scores
     from erquant.measure import measure_cells
     from erquant.qc import field_qc
@@ -231,7 +237,7 @@ def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, fl
     channels = {params.nuclei_name: nuc, **markers}
     table = measure_cells(nuclei, cells, channels, background=mp.background,
                           flatfield=flatfield, background_margin=mp.background_margin,
-                          tile=mp.tile)
+                          tile=mp.tile, _label_max=label_max)
     n_field = len(table)  # nuclei in the whole field (before the ROI filter), for QC
     nuclei_h, cells_h = to_numpy(nuclei), to_numpy(cells)  # the one device→host transfer
     if roi_map is not None:

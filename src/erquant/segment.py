@@ -1379,7 +1379,7 @@ def _relabel(xp, labels, keep):
 # ---------------------------------------------------------------- cells
 def segment_cells(nuclei, *, cytoplasm_image=None, max_distance: float | None = None,
                   threshold: str = "triangle", flood_levels: int = 16,
-                  downsample: float = 1):
+                  downsample: float = 1, _label_max: int | None = None):
     """Grow cells from nuclei; cell ``k`` contains nucleus ``k``.
 
     Without a cytoplasm image every pixel within ``max_distance`` of a nucleus
@@ -1427,7 +1427,10 @@ def segment_cells(nuclei, *, cytoplasm_image=None, max_distance: float | None = 
     if not np.issubdtype(np.dtype(nuclei.dtype), np.integer):
         raise ValueError(f"nuclei must be an integer label image, got dtype {nuclei.dtype}")
     nuclei = xp.ascontiguousarray(nuclei.astype(xp.uint32, copy=False))
-    nmax = int(K.range_and_count(bk, nuclei, None)[1])  # host sync (one parallel pass)
+    if _label_max is None:  # (the pipeline knows it: one image pass fewer)
+        nmax = int(K.range_and_count(bk, nuclei, None)[1])  # host sync (one parallel pass)
+    else:  # an upper bound of the labels (their counts are taken up to it)
+        nmax = int(_label_max)
     if nmax == 0:
         return xp.zeros(nuclei.shape, xp.uint32)
     # work on compact ids 1..n (exact in int32 and in the float32 flood); label images
