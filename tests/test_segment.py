@@ -1507,6 +1507,17 @@ def test_median_and_histogram_equal_numpy():
                 for arr in (v, v2):
                     np.testing.assert_array_equal(K.histogram(bk, arr, nb, lo, hi),
                                                   np.histogram(arr, bins=nb, range=(lo, hi))[0])
+    # every value on a float32 edge or one ulp either side of it, ranges cutting the
+    # data, and samples of >= 65,536 values (counted in chunks)
+    for nb, lo, hi in ((512, -2.3, 1.7), (97, 0.1, 0.9), (256, 1e-3, 1e-3 + 1e-4)):
+        edges = np.linspace(lo, hi, nb + 1, dtype=np.float32)
+        v = np.concatenate([edges, np.nextafter(edges, np.float32(-np.inf)),
+                            np.nextafter(edges, np.float32(np.inf))])
+        v = np.concatenate([v, rng.uniform(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo),
+                                           300_000).astype(np.float32)])
+        for arr in (v, v[: (v.size // 512) * 512].reshape(512, -1)):
+            np.testing.assert_array_equal(K.histogram(bk, arr, nb, lo, hi),
+                                          np.histogram(arr, bins=nb, range=(lo, hi))[0])
 
 
 def test_label_area_counts_any_layout():

@@ -713,39 +713,42 @@ def _reflect(i, n):
 
 def _histogram_impl(vals, first, last, edges, counts):
     """np.histogram(vals, bins=len(counts), range=(first, last)) of float32 ``vals`` (any
-    2-D layout) into ``counts``, with NumPy 2's arithmetic for equal bins step by step:
-    values outside the range dropped (compared in float32), the index from the float32
-    difference to the first edge, divided in float64 by (last - first) and scaled by
-    the bin count, then moved by one where it disagrees with the float32 ``edges``
-    (``np.linspace(first, last, n + 1, dtype=float32)``), the last bin closed."""
+    2-D layout) into ``counts``: values outside the range dropped (compared in float32),
+    each value counted in the bin of the float32 ``edges``
+    (``np.linspace(first, last, n + 1, dtype=float32)``) that holds it, the last bin
+    closed, as NumPy 2's equal-bin arithmetic ends (an index from the float32
+    difference to the first edge, then moved where it disagrees with the edges). The
+    first index here comes from a product by the bins per unit, not NumPy's quotient
+    (a division per value was most of the cost): at most one bin away, and the edges
+    decide as in NumPy. Each chunk counts into four tables by column (a run of
+    values in one bin does not wait on its own increments)."""
     nb = counts.size
     f32 = np.float32(first)
     l32 = np.float32(last)
-    denom = last - first
+    scale = nb / (last - first)
     H, W = vals.shape
-    # row chunks (parallel where compiled so), each with its own counts
-    nch = min(_table_chunks(H * W, nb), H)
-    part = np.zeros((nch, nb), np.int64)
+    # row chunks (parallel where compiled so), each with its own counts (integer counts:
+    # the same sums in any order; few chunks, so that their tables stay small)
+    nch = min(_table_chunks(H * W, nb), H, 4)
+    part = np.zeros((nch, 4, nb), np.int64)
     h = (H + nch - 1) // nch
     for c in prange(nch):
-        cnt = part[c]
         for y in range(c * h, min(H, c * h + h)):
             for x in range(W):
                 v = vals[y, x]
                 if not (v >= f32 and v <= l32):
                     continue
                 d = np.float64(np.float32(v - f32))
-                i = int((d / denom) * nb)
-                if i == nb:
+                i = min(int(d * scale), nb - 1)
+                while i > 0 and v < edges[i]:
                     i -= 1
-                if v < edges[i]:
-                    i -= 1
-                if v >= edges[i + 1] and i != nb - 1:
+                while i < nb - 1 and v >= edges[i + 1]:
                     i += 1
-                cnt[i] += 1
+                part[c, x & 3, i] += 1
     for c in range(nch):
-        for i in range(nb):
-            counts[i] += part[c, i]
+        for k in range(4):
+            for i in range(nb):
+                counts[i] += part[c, k, i]
 
 
 def _label_area_impl(labels, out):
