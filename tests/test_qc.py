@@ -208,3 +208,27 @@ def test_ranges_from_the_validation_pass_give_the_same_qc():
     ref = field_qc(chans, nuclei=r.nuclei, saturation_value=2500.0)
     assert r.qc["saturated_fraction"] == ref["saturated_fraction"]
     assert r.qc["saturated_fraction"]["er"] > 0
+
+
+def test_focus_terms_taken_beside_the_segmentation_give_the_same_qc(monkeypatch):
+    """quantify takes QC's focus band energies on a thread beside the segmentation
+    (qc.focus_terms, passed to field_qc): the same QC as field_qc taking them itself,
+    for the channel that drives the flags (≤ 1024² crop) and a reported one (≤ 512²);
+    a bad channel still fails with its message."""
+    from erquant import pipeline
+    from erquant.qc import field_qc, focus_terms
+    from erquant.synthetic import make_field
+
+    f = make_field(shape=(1200, 1100), n_nuclei=150, seed=9)
+    chans = {"nuclei": f.image[0], "er": f.image[1]}
+    terms = focus_terms(chans)
+    assert set(terms) == {"nuclei", "er"}
+    assert field_qc(chans, nuclei=f.nuclei, focus_terms=terms) == field_qc(chans,
+                                                                          nuclei=f.nuclei)
+    with pytest.raises(TypeError, match="channel 'er'"):
+        focus_terms({"nuclei": f.image[0], "er": f.image[1].astype(bool)})
+    beside = pipeline.quantify(f.image, backend="numpy")
+    monkeypatch.setattr(pipeline, "_focus_beside", lambda *a, **k: None)
+    alone = pipeline.quantify(f.image, backend="numpy")
+    assert beside.qc == alone.qc
+    np.testing.assert_array_equal(beside.nuclei, alone.nuclei)

@@ -190,6 +190,9 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
     nuc, markers, ranges = _field_on_device(bk, field_, nuclei_channel, marker_channels,
                                             params)
     roi_map = roi_index_map(roi, tuple(nuc.shape)) if roi is not None else None
+    whole = valid_shape is None or tuple(valid_shape) == tuple(nuc.shape)
+    # QC's focus needs the raw channels only: taken beside the segmentation
+    focus = _focus_beside(bk, {params.nuclei_name: nuc, **markers}, params) if whole else None
 
     yield Progress("nuclei", 0.05)
     # SegmentParams mirrors segment_nuclei's keyword arguments one to one
@@ -219,16 +222,61 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
 
     yield Progress("measure", 0.6)
     return (yield from _finish_field(bk, nuc, markers, nuclei, cells, info, params, roi_map,
-                                     flatfield, reference, ranges=ranges, label_max=label_max))
+                                     flatfield, reference, ranges=ranges, label_max=label_max,
+                                     focus=focus))
+
+
+class _Beside:
+    """A call run on a thread of its own; :meth:`result` waits for it and returns its
+    value (or raises its exception)."""
+
+    def __init__(self, fn, *args, **kwargs):
+        import threading
+
+        self._out: tuple = ()
+        self._thread = threading.Thread(target=self._run, args=(fn, args, kwargs),
+                                        name="erquant-beside", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args, kwargs):
+        try:
+            self._out = (fn(*args, **kwargs), None)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in result()
+            self._out = (None, exc)
+
+    def result(self):
+        self._thread.join()
+        value, exc = self._out
+        if exc is not None:
+            raise exc
+        return value
+
+
+def _focus_beside(bk, channels, params: Params):
+    """QC's focus band energies of ``channels`` (:func:`erquant.qc.focus_terms`) started
+    on a thread beside the segmentation, on the CPU where the compiled kernels may run
+    from two threads at once (TBB, or serial): the diameter estimate is many small
+    steps that leave a core idle, which the focus's compiled passes fill (2048² at
+    12 px: estimate then focus 30 ms, beside each other 23 ms; the same values).
+    None on the GPU or without the compiled kernels (taken in QC as before)."""
+    from erquant.kernels import _numba_ok
+
+    if bk.is_gpu or not _numba_ok(bk):
+        return None
+    from erquant.qc import focus_terms
+
+    return _Beside(focus_terms, channels, focus_channel=params.nuclei_name)
 
 
 def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, flatfield,
                   reference, start: float = 0.6, span: float = 0.4, ranges=None,
-                  label_max: int | None = None) -> Generator[Progress, None, FieldResult]:
+                  label_max: int | None = None, focus=None
+                  ) -> Generator[Progress, None, FieldResult]:
     """Measure, ROI-filter, classify and QC one segmented field → FieldResult (yields
     "classify" and "qc" progress between ``start`` and ``start + span``). ``ranges``:
     the channels' (min, max, saturated count) where known (:func:`_field_on_device`);
-    ``label_max``: an upper bound of the label images' ids where known (else measured)."""
+    ``label_max``: an upper bound of the label images' ids where known (else measured);
+    ``focus``: QC's focus band energies under way (:func:`_focus_beside`), or None."""
     from erquant.classify import classify_cells, field_scores
     from erquant.measure import measure_cells
     from erquant.qc import field_qc
@@ -266,7 +314,8 @@ def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, fl
     qp = params.qc
     qc = field_qc(channels, nuclei=nuclei, saturation_value=qp.saturation_value,
                   focus_channel=params.nuclei_name, saturation_limit=qp.saturation_limit,
-                  focus_threshold=qp.focus_threshold, n_nuclei=n_field, ranges=ranges)
+                  focus_threshold=qp.focus_threshold, n_nuclei=n_field, ranges=ranges,
+                  focus_terms=focus.result() if focus is not None else None)
     info = {"diameter": float(seg_info["diameter"]) if seg_info["diameter"] else None,
             "threshold": seg_info["threshold"],
             "downsample": float(seg_info.get("downsample", 1)), "backend": bk.name,

@@ -186,6 +186,36 @@ def _focus_terms(bk, f, sigmas):
     return xp.mean(fine * fine, dtype=np.float64), xp.mean(coarse * coarse, dtype=np.float64)
 
 
+def _channel_focus_terms(bk, arr, drives_flags: bool, sigmas):
+    """:func:`_focus_terms` of a channel's central crop: ≤ 1024² for the channel whose
+    focus drives the flags (band-pass energies need whole pixels; a quarter of a 2048²
+    field holds hundreds of nuclei), ≤ 512² for the others (reported only)."""
+    w = 1024 if drives_flags else 512
+    cy, cx = (max(0, (n - w) // 2) for n in arr.shape)
+    return _focus_terms(bk, arr[cy:cy + w, cx:cx + w].astype(np.float32), sigmas)
+
+
+def focus_terms(channels: Mapping[str, Any], *, focus_channel: str | None = None,
+                sigmas: tuple[float, float, float] = (1.0, 2.0, 4.0)
+                ) -> dict[str, tuple[float, float]]:
+    """The band energies ``(fine, coarse)`` behind each channel's focus score in
+    :func:`field_qc` (the same crops and values), by channel name: they need the raw
+    images only, so a caller can take them before the nuclei are segmented and pass
+    them to :func:`field_qc` (``focus_terms``)."""
+    names = list(channels)
+    if focus_channel is None:
+        focus_channel = "nuclei" if "nuclei" in channels else names[0]
+    out = {}
+    for name, image in channels.items():
+        bk, arr = _check_numeric(image, f"channel {name!r}")
+        if arr.ndim != 2:
+            raise ValueError(f"channel {name!r} must be 2-D, got shape {tuple(arr.shape)}")
+        fine, coarse = to_numpy(bk.xp.stack(  # host sync: 2 scalars
+            _channel_focus_terms(bk, arr, name == focus_channel, sigmas)))
+        out[name] = (float(fine), float(coarse))
+    return out
+
+
 def _ratio(fine: float, coarse: float) -> float:
     if coarse > 0:
         return fine / coarse
@@ -265,6 +295,7 @@ def field_qc(
     focus_sigmas: tuple[float, float, float] = (1.0, 2.0, 4.0),
     n_nuclei: int | None = None,
     ranges: Mapping[str, tuple[float, float, int]] | None = None,
+    focus_terms: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     """Quality measures and flags of one field.
 
@@ -294,6 +325,10 @@ def field_qc(
         Each channel's range and number of pixels at or above its saturation level
         (:func:`channel_saturation`) where the caller has them already
         (:func:`validate_image` with ``saturation``): skips that pass over the image.
+    focus_terms : mapping of str to (fine, coarse), optional
+        Each channel's band energies from :func:`focus_terms` (the same
+        ``focus_channel`` and ``focus_sigmas``) where the caller has them already:
+        :func:`erquant.pipeline.quantify` takes them while the nuclei are segmented.
 
     Returns
     -------
@@ -373,13 +408,10 @@ def field_qc(
             bgpix = fs.ravel()
         bg = median(bk, bgpix)
         mad = median(bk, xp.abs(bgpix - bg))
-        # focus on a central crop of ≤ 1024² (band-pass energies need whole pixels;
-        # a quarter of a 2048² field holds hundreds of nuclei); the channels that do
-        # not drive the flags (reported only) on ≤ 512²
-        w = 1024 if name == focus_channel else 512
-        cy, cx = (max(0, (n - w) // 2) for n in arr.shape)
-        crop = arr[cy:cy + w, cx:cx + w].astype(np.float32)
-        fine, coarse = _focus_terms(bk, crop, focus_sigmas)
+        if focus_terms is not None and name in focus_terms:
+            fine, coarse = (np.float64(v) for v in focus_terms[name])
+        else:
+            fine, coarse = _channel_focus_terms(bk, arr, name == focus_channel, focus_sigmas)
         terms = [fine, coarse, bg, mad, percentile(bk, fs, 99.9)]
         # host sync: 5 scalars per channel
         fine, coarse, bg, mad, p999 = stack_to_host(xp, terms).tolist()
