@@ -68,6 +68,7 @@ CellProfiler intensities are usually rescaled to 0–1 (divided by 65535 for
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -337,20 +338,31 @@ def _interp_weights(xp, n: int, centres: np.ndarray):
     Inside the outermost centres this is ordinary linear interpolation; over the
     (at most half-tile) margins beyond them the first / last segment is
     extrapolated linearly, so a smooth gradient is followed up to the border.
+    (Computed once per ``n`` and centres: read-only host arrays, cached.)
     """
+    i0, i1, w = _interp_weights_host(int(n), np.asarray(centres, np.float64).tobytes())
+    return xp.asarray(i0), xp.asarray(i1), xp.asarray(w)
+
+
+@functools.lru_cache(maxsize=32)
+def _interp_weights_host(n: int, centres_bytes: bytes):
+    centres = np.frombuffer(centres_bytes, np.float64)
     m = len(centres)
     y = np.arange(n, dtype=np.float64)
     if m == 1:
         zero = np.zeros(n, dtype=np.intp)
-        return xp.asarray(zero), xp.asarray(zero), xp.asarray(np.zeros(n))
-    pos = np.interp(y, centres, np.arange(m, dtype=np.float64))
-    left, right = y < centres[0], y > centres[-1]
-    pos[left] = (y[left] - centres[0]) / (centres[1] - centres[0])
-    pos[right] = (m - 1) + (y[right] - centres[-1]) / (centres[-1] - centres[-2])
-    i0 = np.clip(np.floor(pos).astype(np.intp), 0, m - 2)
-    w = pos - i0  # < 0 or > 1 on the extrapolated margins
-    return xp.asarray(i0), xp.asarray(i0 + 1), xp.asarray(w)
-
+        out = zero, zero.copy(), np.zeros(n)
+    else:
+        pos = np.interp(y, centres, np.arange(m, dtype=np.float64))
+        left, right = y < centres[0], y > centres[-1]
+        pos[left] = (y[left] - centres[0]) / (centres[1] - centres[0])
+        pos[right] = (m - 1) + (y[right] - centres[-1]) / (centres[-1] - centres[-2])
+        i0 = np.clip(np.floor(pos).astype(np.intp), 0, m - 2)
+        w = pos - i0  # < 0 or > 1 on the extrapolated margins
+        out = i0, i0 + 1, w
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 def background_map(
     image: Any,
@@ -517,13 +529,20 @@ def _blas_one_thread(bk: Backend):
 
 
 def _interp_matrix(xp, n: int, centres: np.ndarray):
-    """(n, len(centres)) matrix of the weights of :func:`_interp_weights`."""
-    i0, i1, w = (to_numpy(a) for a in _interp_weights(np, n, centres))
-    m = np.zeros((n, max(1, len(centres))), dtype=np.float64)
+    """(n, len(centres)) matrix of the weights of :func:`_interp_weights` (cached: a
+    read-only host array)."""
+    return xp.asarray(_interp_matrix_host(int(n), np.asarray(centres, np.float64).tobytes()))
+
+
+@functools.lru_cache(maxsize=16)
+def _interp_matrix_host(n: int, centres_bytes: bytes):
+    i0, i1, w = _interp_weights_host(n, centres_bytes)
+    m = np.zeros((n, max(1, len(centres_bytes) // 8)), dtype=np.float64)
     rows = np.arange(n)
     np.add.at(m, (rows, i0), 1.0 - w)
     np.add.at(m, (rows, i1), w)
-    return xp.asarray(m)
+    m.flags.writeable = False
+    return m
 
 
 # --------------------------------------------------------------------------- region index
