@@ -228,6 +228,23 @@ def test_focus_terms_taken_beside_the_segmentation_give_the_same_qc(monkeypatch)
     with pytest.raises(TypeError, match="channel 'er'"):
         focus_terms({"nuclei": f.image[0], "er": f.image[1].astype(bool)})
     beside = pipeline.quantify(f.image, backend="numpy")
+    # one thread asked for: no thread beside (QC takes the focus itself)
+    import numba
+
+    from erquant.backend import get_backend
+    from erquant.params import Params
+
+    bk = get_backend("numpy")
+    assert pipeline._focus_beside(bk, chans, Params()) is not None or numba.get_num_threads() < 2
+    monkeypatch.setenv("ERQUANT_NO_PARALLEL", "1")
+    assert pipeline._focus_beside(bk, chans, Params()) is None
+    monkeypatch.delenv("ERQUANT_NO_PARALLEL")
+    n = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert pipeline._focus_beside(bk, chans, Params()) is None
+    finally:
+        numba.set_num_threads(n)
     monkeypatch.setattr(pipeline, "_focus_beside", lambda *a, **k: None)
     alone = pipeline.quantify(f.image, backend="numpy")
     assert beside.qc == alone.qc

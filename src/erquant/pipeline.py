@@ -258,10 +258,18 @@ def _focus_beside(bk, channels, params: Params):
     from two threads at once (TBB, or serial): the diameter estimate is many small
     steps that leave a core idle, which the focus's compiled passes fill (2048² at
     12 px: estimate then focus 30 ms, beside each other 23 ms; the same values).
-    None on the GPU or without the compiled kernels (taken in QC as before)."""
+    None on the GPU, without the compiled kernels, or where one thread was asked for
+    (``ERQUANT_NO_PARALLEL=1``, ``NUMBA_NUM_THREADS=1`` or ``numba.set_num_threads(1)``):
+    QC takes them itself, as before."""
+    import os
+
     from erquant.kernels import _numba_ok
 
-    if bk.is_gpu or not _numba_ok(bk):
+    if bk.is_gpu or not _numba_ok(bk) or os.environ.get("ERQUANT_NO_PARALLEL") == "1":
+        return None
+    import numba
+
+    if numba.get_num_threads() < 2:
         return None
     from erquant.qc import focus_terms
 
