@@ -351,7 +351,7 @@ def _interp_weights_host(n: int, centres_bytes: bytes):
     y = np.arange(n, dtype=np.float64)
     if m == 1:
         zero = np.zeros(n, dtype=np.intp)
-        out = zero, zero.copy(), np.zeros(n)
+        out = zero, zero, np.zeros(n)
     else:
         pos = np.interp(y, centres, np.arange(m, dtype=np.float64))
         left, right = y < centres[0], y > centres[-1]
@@ -363,6 +363,7 @@ def _interp_weights_host(n: int, centres_bytes: bytes):
     for a in out:
         a.flags.writeable = False
     return out
+
 
 def background_map(
     image: Any,

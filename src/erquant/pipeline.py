@@ -226,32 +226,6 @@ def quantify_iter(field_, *, nuclei_channel: int = 0,
                                      focus=focus))
 
 
-class _Beside:
-    """A call run on a thread of its own; :meth:`result` waits for it and returns its
-    value (or raises its exception)."""
-
-    def __init__(self, fn, *args, **kwargs):
-        import threading
-
-        self._out: tuple = ()
-        self._thread = threading.Thread(target=self._run, args=(fn, args, kwargs),
-                                        name="erquant-beside", daemon=True)
-        self._thread.start()
-
-    def _run(self, fn, args, kwargs):
-        try:
-            self._out = (fn(*args, **kwargs), None)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in result()
-            self._out = (None, exc)
-
-    def result(self):
-        self._thread.join()
-        value, exc = self._out
-        if exc is not None:
-            raise exc
-        return value
-
-
 def _focus_beside(bk, channels, params: Params):
     """QC's focus band energies of ``channels`` (:func:`erquant.qc.focus_terms`) started
     on a thread beside the segmentation, on the CPU where the compiled kernels may run
@@ -271,9 +245,15 @@ def _focus_beside(bk, channels, params: Params):
 
     if numba.get_num_threads() < 2:
         return None
+    from concurrent.futures import ThreadPoolExecutor
+
     from erquant.qc import focus_terms
 
-    return _Beside(focus_terms, channels, focus_channel=params.nuclei_name)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="erquant-focus")
+    try:
+        return pool.submit(focus_terms, channels, focus_channel=params.nuclei_name)
+    finally:
+        pool.shutdown(wait=False)  # (its thread ends with this one task)
 
 
 def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, flatfield,
@@ -284,7 +264,8 @@ def _finish_field(bk, nuc, markers, nuclei, cells, seg_info, params, roi_map, fl
     "classify" and "qc" progress between ``start`` and ``start + span``). ``ranges``:
     the channels' (min, max, saturated count) where known (:func:`_field_on_device`);
     ``label_max``: an upper bound of the label images' ids where known (else measured);
-    ``focus``: QC's focus band energies under way (:func:`_focus_beside`), or None."""
+    ``focus``: QC's focus band energies under way (:func:`_focus_beside`'s future), or
+    None."""
     from erquant.classify import classify_cells, field_scores
     from erquant.measure import measure_cells
     from erquant.qc import field_qc

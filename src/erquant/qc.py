@@ -186,6 +186,14 @@ def _focus_terms(bk, f, sigmas):
     return xp.mean(fine * fine, dtype=np.float64), xp.mean(coarse * coarse, dtype=np.float64)
 
 
+def _default_focus_channel(channels: Mapping[str, Any], focus_channel: str | None):
+    """``focus_channel``, or by default ``"nuclei"`` where present, else the first (None
+    for no channels)."""
+    if focus_channel is not None:
+        return focus_channel
+    return "nuclei" if "nuclei" in channels else next(iter(channels), None)
+
+
 def _channel_focus_terms(bk, arr, drives_flags: bool, sigmas):
     """:func:`_focus_terms` of a channel's central crop: ≤ 1024² for the channel whose
     focus drives the flags (band-pass energies need whole pixels; a quarter of a 2048²
@@ -202,9 +210,7 @@ def focus_terms(channels: Mapping[str, Any], *, focus_channel: str | None = None
     :func:`field_qc` (the same crops and values), by channel name: they need the raw
     images only, so a caller can take them before the nuclei are segmented and pass
     them to :func:`field_qc` (``focus_terms``)."""
-    names = list(channels)
-    if focus_channel is None:
-        focus_channel = "nuclei" if "nuclei" in channels else names[0]
+    focus_channel = _default_focus_channel(channels, focus_channel)
     out = {}
     for name, image in channels.items():
         bk, arr = _check_numeric(image, f"channel {name!r}")
@@ -350,8 +356,7 @@ def field_qc(
     if not isinstance(channels, Mapping) or len(channels) == 0:
         raise ValueError("channels must be a non-empty mapping {name: 2-D image}")
     names = list(channels)
-    if focus_channel is None:
-        focus_channel = "nuclei" if "nuclei" in channels else names[0]
+    focus_channel = _default_focus_channel(channels, focus_channel)
     if focus_channel not in channels:
         raise ValueError(f"focus_channel {focus_channel!r} is not one of {names}")
 
