@@ -29,6 +29,8 @@ def main(argv=None) -> None:
     ap.add_argument("--fields", type=int, default=5)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--min-ms", type=float, default=3.0)
+    ap.add_argument("--density", type=float, default=1.0,
+                    help="nuclei per field relative to the sweep's (8 %% covered)")
     args = ap.parse_args(argv)
 
     import erquant.kernels as K
@@ -64,7 +66,7 @@ def main(argv=None) -> None:
                 wrap(mod, name)
 
     d = args.diameter
-    f = make_field(shape=(args.size, args.size), n_nuclei=n_nuclei(args.size, d),
+    f = make_field(shape=(args.size, args.size), n_nuclei=int(round(n_nuclei(args.size, d) * args.density)),
                    nucleus_diameter=d, seed=200 + int(d))
     params = Params().replace(**{"segment.method": "classical"})
 
