@@ -8,7 +8,7 @@ covered) ``--fields`` times after a warm-up, and prints each function's time per
 *including what it calls* (so the rows overlap) as the minimum over the repeats, with
 its number of calls per field::
 
-    python benchmarks/stages.py 12 [--fields 5] [--min-ms 3]
+    python benchmarks/stages.py 12 [--fields 5] [--min-ms 3] [--density 0.25] [--clumps 20]
 
 Compare two revisions by running it alternately in fresh processes (e.g. with
 ``PYTHONPATH=<worktree>/src`` for the old one): the machine is shared and noisy.
@@ -31,6 +31,8 @@ def main(argv=None) -> None:
     ap.add_argument("--min-ms", type=float, default=3.0)
     ap.add_argument("--density", type=float, default=1.0,
                     help="nuclei per field relative to the sweep's (8 %% covered)")
+    ap.add_argument("--clumps", type=int, default=0, metavar="N",
+                    help="an MCF-7-like field of N-nucleus clumps (make_clumped_field)")
     args = ap.parse_args(argv)
 
     import erquant.kernels as K
@@ -40,7 +42,7 @@ def main(argv=None) -> None:
     from erquant._bench_sweep import n_nuclei
     from erquant.params import Params
     from erquant.pipeline import quantify
-    from erquant.synthetic import make_field
+    from erquant.synthetic import make_clumped_field, make_field
 
     acc: dict[str, float] = collections.defaultdict(float)
     calls: dict[str, int] = collections.defaultdict(int)
@@ -66,8 +68,13 @@ def main(argv=None) -> None:
                 wrap(mod, name)
 
     d = args.diameter
-    f = make_field(shape=(args.size, args.size), n_nuclei=int(round(n_nuclei(args.size, d) * args.density)),
-                   nucleus_diameter=d, seed=200 + int(d))
+    n = int(round(n_nuclei(args.size, d) * args.density))
+    if args.clumps:
+        f = make_clumped_field(shape=(args.size, args.size), n_nuclei=n, nucleus_diameter=d,
+                               clump_size=args.clumps, seed=200 + int(d))
+    else:
+        f = make_field(shape=(args.size, args.size), n_nuclei=n, nucleus_diameter=d,
+                       seed=200 + int(d))
     params = Params().replace(**{"segment.method": "classical"})
 
     def run():

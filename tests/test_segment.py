@@ -1253,6 +1253,48 @@ def test_label_filled_equals_fill_then_label(monkeypatch, compiled):
     assert n == 0 and not filled.any() and not lab.any() and area.tolist() == [0]
 
 
+def test_label_filled_many_holed_objects_on_threads():
+    """The compiled label_filled fills objects whose holes hold only background on the
+    threads of its first pass (issue 15: MCF-7-like clumps enclose gaps, and refilling
+    them one by one took 13 ms of a 12 px field): on 1024² canvases of clumped nuclei
+    (gaps enclosed, nothing nested) and of a few hundred random blobs (rings, objects
+    inside others' holes, broken rings) the filled mask, labels and areas equal scipy's
+    fill and labelling."""
+    from erquant import kernels as K
+    from erquant.backend import get_backend
+
+    from erquant.synthetic import make_clumped_field
+
+    bk = get_backend("numpy")
+    rng = np.random.default_rng(11)
+
+    def canvases():
+        # clumps of touching nuclei: 39 of 40 clumps enclose gaps, nothing nested
+        f = make_clumped_field(shape=(1024, 1024), n_nuclei=1000, clump_size=20,
+                               nucleus_diameter=12.0, seed=3)
+        yield f.nuclei > 0, False
+        for with_rings in (False, True, True):  # random blobs: some inside others' holes
+            canvas = np.zeros((1024, 1024), bool)
+            for i, m in enumerate(_blob_masks(rng, 400)):
+                if not with_rings and i % 5 == 0:
+                    continue
+                h, w = m.shape
+                y, x = (int(v) for v in rng.integers(0, 1024 - 160, 2))
+                canvas[y:y + h, x:x + w] |= m
+            yield canvas, True
+
+    for trial, (canvas, nested) in enumerate(canvases()):
+        ref = sp_ndi.binary_fill_holes(canvas)
+        rl, rn = sp_ndi.label(ref, structure=np.ones((3, 3)))
+        holed = np.unique(rl[ref & ~canvas]).size
+        assert holed >= 18 and (sp_ndi.label(canvas, structure=np.ones((3, 3)))[1] > rn) == nested
+        filled, lab, n, area = K.label_filled(bk, canvas)
+        assert np.array_equal(filled, ref), trial
+        assert n == rn and np.array_equal(lab, rl), trial
+        assert area[0] == 0
+        np.testing.assert_array_equal(area[1:], np.bincount(rl.ravel(), minlength=n + 1)[1:])
+
+
 @pytest.mark.parametrize("max_area", [None, 4.0, 30.0])
 def test_fill_holes_within_a_filled_mask_equals_the_whole_search(max_area):
     """kernels.fill_holes(..., within=hole-free mask ⊇ mask) floods only the gaps and

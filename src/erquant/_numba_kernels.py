@@ -1530,11 +1530,16 @@ def _fill_labelled_impl(lab, n, bb, area, mask, out):
     # bounding boxes, not the background. Returns False when a hole held another
     # component (nested objects, merged by the fill: the caller relabels ``out``).
     # (``out`` holds a copy of ``mask`` on entry)
-    # First every component's flood, reading only (components in parallel where
-    # compiled so): which have holes; then those few, in order, flooded again and
-    # filled. A fill only turns a nested component's pixels into the filling one's,
-    # which can take holes from a later component but never give it any: the same
-    # result as filling every component in order.
+    # First every component's flood (components in parallel where compiled so); a
+    # component whose holes hold background only is filled there and then; those whose
+    # holes hold another component (nested), in order, are flooded again and filled.
+    # A background pixel lies in the holes of one component at most (its background
+    # region would be bounded by two components' pixels at once), and filling it
+    # changes no other flood (any id but the flooding one's is passable) nor any other
+    # nested test (a hole around it holds the filler's pixels too). A nested fill only
+    # turns a nested component's pixels into the filling one's, which can take holes
+    # from a later component but never give it any: the same result as filling every
+    # component in order (with nesting, the same filled mask, which the caller labels).
     holed = np.zeros(n + 1, np.bool_)
     for k in prange(1, n + 1):
         y0 = bb[k, 0]
@@ -1549,7 +1554,28 @@ def _fill_labelled_impl(lab, n, bb, area, mask, out):
         seen = np.zeros(h * w, np.bool_)
         by = np.empty(others, np.int32)  # the flood's queue (box coordinates)
         bx = np.empty(others, np.int32)
-        holed[k] = _box_flood(lab, k, y0, x0, h, w, seen, by, bx) != others
+        if _box_flood(lab, k, y0, x0, h, w, seen, by, bx) == others:
+            continue
+        nested = False
+        for yy in range(h):
+            for xx in range(w):
+                j = lab[y0 + yy, x0 + xx]
+                if j != k and j != 0 and not seen[yy * w + xx]:
+                    nested = True
+                    break
+            if nested:
+                break
+        if nested:
+            holed[k] = True
+            continue
+        filled = 0
+        for yy in range(h):
+            for xx in range(w):
+                if lab[y0 + yy, x0 + xx] == 0 and not seen[yy * w + xx]:
+                    lab[y0 + yy, x0 + xx] = k
+                    out[y0 + yy, x0 + xx] = True
+                    filled += 1
+        area[k] += filled
     ok = True
     for k in range(1, n + 1):
         if not holed[k]:
