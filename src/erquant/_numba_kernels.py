@@ -751,7 +751,7 @@ def _disc_morph_impl(src, yi, xi, halfw, dilate, out):
     BORDER_REFLECT's), so the values are OpenCV's ``erode`` / ``dilate`` with that
     border, exactly (min and max do not round).
 
-    Per band of 64 output rows (``prange``): the band's padded rows, then the rows'
+    Per band of 128 output rows (``prange``): the band's padded rows, then the rows'
     running window extremes grown from width 0 to the widest (a window of half-width
     ``w + d`` is two of half-width ``w`` ``2 d`` apart, where ``d <= w``), and at each
     width in use the element's rows of that width folded into the output at their
@@ -765,7 +765,7 @@ def _disc_morph_impl(src, yi, xi, halfw, dilate, out):
         if halfw[k] > Rx:
             Rx = halfw[k]
     Wp = W + 2 * Rx
-    B = 64
+    B = 128
     nb = (H + B - 1) // B
     for b in prange(nb):
         y0 = b * B
