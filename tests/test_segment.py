@@ -167,7 +167,7 @@ def _packed_discs(r=10, n=24, seam=1.5, seed=0):
 @pytest.mark.parametrize("no_opencv", [False, True])
 def test_granulometric_diameter_sees_nuclei_inside_a_clump(backend, monkeypatch, no_opencv):
     """The pattern spectrum of disc openings peaks at the packed discs' size, where the
-    mask is one sheet; OpenCV's opening and ndimage's agree."""
+    mask is one sheet; OpenCV's opening and ndimage's agree (the same element)."""
     from erquant.segment import _granulometric_diameter
 
     if no_opencv:
@@ -178,21 +178,34 @@ def test_granulometric_diameter_sees_nuclei_inside_a_clump(backend, monkeypatch,
     assert 20 / 1.2 <= d <= 20 * 1.2, d
 
 
-def test_compiled_disc_opening_equals_opencv():
-    """kernels.disc_opening's compiled path (issue 15: the granulometry cost 139 ms of a
-    sparse 40 px field) gives OpenCV's ellipse opening with BORDER_REFLECT bit for bit:
-    radii 1-48, images down to 1 px and smaller than the element (the borders reflect
-    again), ties, the serial twin (small images) and the threaded kernel (512²)."""
+@pytest.mark.parametrize("path", ["compiled", "opencv", "ndimage"])
+def test_disc_opening_equals_opencv_on_every_path(monkeypatch, path):
+    """kernels.disc_opening gives OpenCV's ellipse opening with BORDER_REFLECT bit for
+    bit on every path: the compiled one (issue 15: the granulometry's OpenCV openings
+    cost 139 ms of a sparse 40 px field), OpenCV itself (no Numba) and ndimage with the
+    same footprint (the CuPy backend's code, on the CPU); kernels.disc_rows is OpenCV's
+    element. Radii 1-48; images down to 1 px and smaller than the element (the compiled
+    path reflects again as OpenCV does), ties, the serial twin (small images) and the
+    threaded kernel (512²), a strided view."""
     cv2 = pytest.importorskip("cv2")
     from erquant import _numba_kernels as NK
     from erquant import kernels as K
     from erquant.backend import get_backend
 
-    if NK.disc_morph is None:
+    for r in range(1, 101):
+        want = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        np.testing.assert_array_equal(K.disc_rows(r), (want.sum(axis=1) - 1) // 2)
+    shapes = [(512, 512), (300, 130), (37, 53), (5, 9), (1, 1), (1, 7), (64, 3)]
+    if path == "compiled" and NK.disc_morph is None:
         pytest.skip("Numba is not installed")
+    if path != "compiled":
+        monkeypatch.setenv("ERQUANT_NO_NUMBA", "1")
+    if path == "ndimage":
+        monkeypatch.setenv("ERQUANT_NO_OPENCV", "1")
+        shapes = shapes[:3]  # (past twice the smaller side, scipy reflects otherwise)
     bk = get_backend("numpy")
     rng = np.random.default_rng(0)
-    for shape in [(512, 512), (300, 130), (37, 53), (5, 9), (1, 1), (1, 7), (64, 3)]:
+    for shape in shapes:
         for r in [1, 2, 3, 5, 8, 13, 20, 29, 48]:
             img = rng.random(shape, dtype=np.float32)
             img[rng.random(shape) < 0.3] = 0.5  # ties
@@ -201,9 +214,8 @@ def test_compiled_disc_opening_equals_opencv():
             got = K.disc_opening(bk, img, r)
             assert got.dtype == np.float32
             np.testing.assert_array_equal(got, want, err_msg=f"{shape}, radius {r}")
-    # a strided view and a smooth image (the granulometry's input)
     big = cv2.GaussianBlur(rng.random((700, 600), dtype=np.float32), (0, 0), 2.0)
-    view = big[100:612:1, 50:562]
+    view = big[100:612, 50:562]  # the granulometry's input: a smooth crop
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (59, 59))
     np.testing.assert_array_equal(
         K.disc_opening(bk, view, 29),
