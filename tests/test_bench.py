@@ -141,6 +141,32 @@ def test_add_parser_and_bad_arguments(capsys):
     assert "--size" in capsys.readouterr().err
 
 
+def test_sweep_at_other_densities_and_in_clumps(capsys):
+    """The sweep's --density scales the nuclei per field and --clumps makes MCF-7-like
+    clumped fields (issue 15: the ratio measured beyond the default density); the
+    report says which fields it timed; bad values are usage errors."""
+    from erquant._bench_sweep import n_nuclei, render, run_sweep
+    from erquant.backend import get_backend
+    from erquant.synthetic import make_clumped_field
+
+    bk = get_backend("numpy")
+    base = n_nuclei(256, 16)
+    sparse = run_sweep([bk], size=256, diameters=(16,), repeats=1, density=0.5,
+                       log=lambda *a: None)
+    assert sparse["rows"][0]["n_nuclei"] == round(base * 0.5)
+    assert sparse["rows"][0]["numpy"]["f1"] > 0.8
+    assert "4 % of each field covered" in "\n".join(render(sparse))
+    clumped = run_sweep([bk], size=256, diameters=(16,), repeats=1, density=2, clumps=10,
+                        log=lambda *a: None)
+    f = make_clumped_field(shape=(256, 256), n_nuclei=2 * base, clump_size=10,
+                           nucleus_diameter=16.0, seed=216)
+    assert clumped["rows"][0]["n_nuclei"] == f.n_nuclei == 2 * base
+    assert clumped["clumps"] == 10 and "clumps of 10" in "\n".join(render(clumped))
+    assert clumped["rows"][0]["numpy"]["ratio"] > 0
+    assert bench.main(["--density", "0", "--out", "/nonexistent"]) == 2
+    assert "--density" in capsys.readouterr().err
+
+
 def test_kernel_ablation_rows(tmp_path, monkeypatch):
     """Without --quick the bench times the CPU pipeline with each kernel variant; the
     switches are restored afterwards and every variant finds the same nuclei."""

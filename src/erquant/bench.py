@@ -101,6 +101,8 @@ class BenchConfig:
     method: str = "classical"  # segment.method of the stage/pipeline/reference sections
     methods: bool = True  # time both segmenters side by side (METHODS_DIAMETER px nuclei)
     sweep: tuple[int, ...] = (8, 12, 16, 20, 24, 32, 40)  # nucleus diameters (); () skips
+    sweep_density: float = 1.0  # the sweep's nuclei per field, × its default (8 % covered)
+    sweep_clumps: int = 0  # > 0: the sweep's fields in MCF-7-like clumps of that many
 
 
 # ------------------------------------------------------------------ helpers
@@ -671,7 +673,9 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         _log(f"speed at every magnification: nucleus diameters "
              f"{', '.join(f'{d:g}' for d in cfg.sweep)} px, {cfg.size}² fields")
         result["sweep"] = run_sweep(backends, size=cfg.size, diameters=cfg.sweep,
-                                    repeats=cfg.repeats, seed=cfg.seed, log=_log)
+                                    repeats=cfg.repeats, seed=cfg.seed,
+                                    density=cfg.sweep_density, clumps=cfg.sweep_clumps,
+                                    log=_log)
         for b, w in result["sweep"]["worst"].items():
             _log(f"  worst speed-up [{b}]: {w['ratio']:.2f}× at {w['at_diameter']:g} px")
     else:
@@ -892,6 +896,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--diameters", type=lambda v: _int_list(v) if v.strip() else (),
                    help="nucleus diameters (px) of the speed-at-every-magnification sweep "
                         "(default 8,12,16,20,24,32,40; quick 12,24; '' skips it)")
+    p.add_argument("--density", type=float, default=1.0,
+                   help="the sweep's nuclei per field relative to its default (8 %% of "
+                        "the field covered): 0.25 sparse, 3 confluent")
+    p.add_argument("--clumps", type=int, default=0, metavar="N",
+                   help="the sweep's fields as MCF-7-like clumps of N nuclei (default 0: "
+                        "scattered nuclei)")
     p.add_argument("--out", default="benchmarks/results",
                    help="output folder for bench.json and bench.md")
 
@@ -917,9 +927,13 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         method=getattr(args, "method", None) or "classical",
         methods=not getattr(args, "no_methods", False),
         sweep=(args.diameters if getattr(args, "diameters", None) is not None
-               else ((12, 24) if q else (8, 12, 16, 20, 24, 32, 40))))
+               else ((12, 24) if q else (8, 12, 16, 20, 24, 32, 40))),
+        sweep_density=float(getattr(args, "density", 1.0)),
+        sweep_clumps=int(getattr(args, "clumps", 0) or 0))
     if cfg.size < 32 or cfg.fields < 1 or cfg.repeats < 1:
         raise ValueError("--size must be >= 32, --fields and --repeats >= 1")
+    if not (cfg.sweep_density > 0) or cfg.sweep_clumps < 0:
+        raise ValueError("--density must be > 0 and --clumps >= 0")
     unknown = [b for b in cfg.backends if b not in ("numpy", "cupy")]
     if unknown or not cfg.backends:
         raise ValueError(f"--backends: unknown backend(s) {', '.join(map(repr, unknown))}; "
