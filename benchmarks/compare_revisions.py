@@ -123,13 +123,10 @@ def _paired(sides: dict, folder: Path, diameters, pairs: int) -> dict:
 def _fields(folder: Path, diameters, size: int) -> None:
     import numpy as np
 
-    from erquant._bench_sweep import n_nuclei
-    from erquant.synthetic import make_field
+    from erquant._bench_sweep import sweep_field
 
     for d in diameters:
-        f = make_field(shape=(size, size), n_nuclei=n_nuclei(size, d),
-                       nucleus_diameter=float(d), seed=200 + int(d))
-        np.save(folder / f"f{d}.npy", f.image)
+        np.save(folder / f"f{d}.npy", sweep_field(size, d).image)
 
 
 def _time(src: Path, folder: Path, repeats: int, diameters) -> dict:

@@ -39,10 +39,9 @@ def main(argv=None) -> None:
     import erquant.measure as M
     import erquant.qc as Q
     import erquant.segment as S
-    from erquant._bench_sweep import n_nuclei
+    from erquant._bench_sweep import sweep_field
     from erquant.params import Params
     from erquant.pipeline import quantify
-    from erquant.synthetic import make_clumped_field, make_field
 
     acc: dict[str, float] = collections.defaultdict(float)
     calls: dict[str, int] = collections.defaultdict(int)
@@ -68,13 +67,7 @@ def main(argv=None) -> None:
                 wrap(mod, name)
 
     d = args.diameter
-    n = int(round(n_nuclei(args.size, d) * args.density))
-    if args.clumps:
-        f = make_clumped_field(shape=(args.size, args.size), n_nuclei=n, nucleus_diameter=d,
-                               clump_size=args.clumps, seed=200 + int(d))
-    else:
-        f = make_field(shape=(args.size, args.size), n_nuclei=n, nucleus_diameter=d,
-                       seed=200 + int(d))
+    f = sweep_field(args.size, d, density=args.density, clumps=args.clumps)
     params = Params().replace(**{"segment.method": "classical"})
 
     def run():

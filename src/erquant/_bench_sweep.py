@@ -38,6 +38,23 @@ def n_nuclei(size: int, diameter: float) -> int:
     return int(round(1500 * (size / 2048) ** 2 * (24.0 / diameter) ** 2 * 0.5))
 
 
+def sweep_field(size: int, diameter: float, *, seed: int = 0, density: float = 1.0,
+                clumps: int = 0):
+    """The sweep's synthetic two-channel field of ``size``² at ``diameter`` px
+    (:func:`n_nuclei` × ``density`` nuclei; in MCF-7-like clumps of ``clumps`` where
+    > 0, :func:`erquant.synthetic.make_clumped_field`), generator seed
+    ``seed + 200 + int(diameter)``: the fields :func:`run_sweep`,
+    ``benchmarks/stages.py`` and ``benchmarks/compare_revisions.py`` time."""
+    from erquant.synthetic import make_clumped_field, make_field
+
+    n = max(1, int(round(n_nuclei(size, diameter) * density)))
+    kw = dict(shape=(size, size), n_nuclei=n, nucleus_diameter=float(diameter),
+              seed=seed + 200 + int(diameter))
+    if clumps > 0:
+        return make_clumped_field(clump_size=int(clumps), **kw)
+    return make_field(**kw)
+
+
 def run_sweep(backends, *, size: int = 2048, diameters: Sequence[float] = DIAMETERS,
               repeats: int = 3, seed: int = 0, density: float = 1.0, clumps: int = 0,
               log=print) -> dict:
@@ -68,18 +85,10 @@ def run_sweep(backends, *, size: int = 2048, diameters: Sequence[float] = DIAMET
     from erquant.bench import _f1
     from erquant.params import Params
     from erquant.pipeline import quantify
-    from erquant.synthetic import make_clumped_field, make_field
-
     params = Params().replace(**{"segment.method": "classical"})
     rows = []
     for d in diameters:
-        n = max(1, int(round(n_nuclei(size, d) * density)))
-        if clumps > 0:
-            f = make_clumped_field(shape=(size, size), n_nuclei=n, clump_size=int(clumps),
-                                   nucleus_diameter=float(d), seed=seed + 200 + int(d))
-        else:
-            f = make_field(shape=(size, size), n_nuclei=n, nucleus_diameter=float(d),
-                           seed=seed + 200 + int(d))
+        f = sweep_field(size, d, seed=seed, density=density, clumps=clumps)
         img = f.image
         dev = {bk.name: bk.asarray(img) for bk in backends}
 
